@@ -1,0 +1,219 @@
+//! The control API: HTTP/JSON over a Unix socket, one per VMM.
+//!
+//! ```text
+//! GET  /vm                                  state, config, uptime, per-vCPU exit counts
+//! PUT  /vm/state  {"state":"Paused"|"Resumed"}
+//! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
+//! ```
+//! The server thread only parses and renders; every request is carried out
+//! by the VMM's main loop, so API calls and guest exits are serialised.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+
+use serde::{Deserialize, Serialize};
+
+use crate::VmmEvent;
+
+/// Errors starting the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Another process is listening on the socket path.
+    #[error("API socket {0} is in use by another process")]
+    InUse(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot listen on API socket {path}: {reason}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Requested VM state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmStateRequest {
+    /// Pause every vCPU.
+    Paused,
+    /// Resume every vCPU.
+    Resumed,
+}
+
+/// Instance actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    /// Press Ctrl-Alt-Del on the guest's keyboard (graceful shutdown request).
+    SendCtrlAltDel,
+    /// Stop the VM now.
+    Shutdown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: VmStateRequest,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action: ActionType,
+}
+
+/// A parsed API request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// GET /vm.
+    Describe,
+    /// PUT /vm/state.
+    SetState(VmStateRequest),
+    /// PUT /actions.
+    Action(ActionType),
+}
+
+/// The VMM's answer.
+#[derive(Debug)]
+pub enum ApiResponse {
+    /// 200 with a JSON body.
+    Json(serde_json::Value),
+    /// 204.
+    NoContent,
+    /// An error status with a message.
+    Error(u16, String),
+}
+
+/// Maps method, path and body to a request, or an HTTP error.
+pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, (u16, String)> {
+    let bad = |e: serde_json::Error| (400, format!("invalid request body: {e}"));
+    match (method, path) {
+        ("GET", "/vm") => Ok(ApiRequest::Describe),
+        ("PUT" | "PATCH", "/vm/state") => {
+            let b: StateBody = serde_json::from_slice(body).map_err(bad)?;
+            Ok(ApiRequest::SetState(b.state))
+        }
+        ("PUT", "/actions") => {
+            let b: ActionBody = serde_json::from_slice(body).map_err(bad)?;
+            Ok(ApiRequest::Action(b.action))
+        }
+        (_, "/vm" | "/vm/state" | "/actions") => {
+            Err((405, format!("method {method} not allowed on {path}")))
+        }
+        _ => Err((404, format!("no such resource: {path}"))),
+    }
+}
+
+/// Largest request body we read; every valid body is a few dozen bytes.
+const MAX_BODY: u64 = 64 * 1024;
+
+/// The running server; removes its socket when dropped.
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts the server thread on `path`.
+pub fn start(path: &Path, events: Sender<VmmEvent>) -> Result<ApiServer, ApiError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ApiError::InUse(path.to_path_buf()));
+        }
+        // A stale socket from a VMM that did not clean up.
+        let _ = std::fs::remove_file(path);
+    }
+    let server = tiny_http::Server::http_unix(path).map_err(|e| ApiError::Bind {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    std::thread::Builder::new()
+        .name("api".to_string())
+        .spawn(move || serve(server, events))
+        .map_err(|e| ApiError::Bind {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(ApiServer {
+        path: path.to_path_buf(),
+    })
+}
+
+fn serve(server: tiny_http::Server, events: Sender<VmmEvent>) {
+    for mut request in server.incoming_requests() {
+        let mut body = Vec::new();
+        let read = request.as_reader().take(MAX_BODY).read_to_end(&mut body);
+        let response = match read {
+            Err(e) => ApiResponse::Error(400, format!("cannot read request body: {e}")),
+            Ok(_) => match parse(request.method().as_str(), request.url(), &body) {
+                Err((status, msg)) => ApiResponse::Error(status, msg),
+                Ok(req) => {
+                    let (tx, rx) = mpsc::channel();
+                    if events.send(VmmEvent::Api(req, tx)).is_err() {
+                        ApiResponse::Error(503, "the VMM is shutting down".to_string())
+                    } else {
+                        rx.recv().unwrap_or_else(|_| {
+                            ApiResponse::Error(503, "the VMM is shutting down".to_string())
+                        })
+                    }
+                }
+            },
+        };
+        let json = tiny_http::Header::from_bytes("Content-Type", "application/json").ok();
+        let reply = match response {
+            ApiResponse::Json(v) => {
+                tiny_http::Response::from_string(v.to_string()).with_status_code(200)
+            }
+            ApiResponse::NoContent => tiny_http::Response::from_string("").with_status_code(204),
+            ApiResponse::Error(status, msg) => tiny_http::Response::from_string(
+                serde_json::json!({ "fault_message": msg }).to_string(),
+            )
+            .with_status_code(status),
+        };
+        let reply = match json {
+            Some(h) => reply.with_header(h),
+            None => reply,
+        };
+        if let Err(e) = request.respond(reply) {
+            log::debug!("api: cannot send response: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse() {
+        assert_eq!(parse("GET", "/vm", b""), Ok(ApiRequest::Describe));
+        assert_eq!(
+            parse("PUT", "/vm/state", br#"{"state":"Paused"}"#),
+            Ok(ApiRequest::SetState(VmStateRequest::Paused))
+        );
+        assert_eq!(
+            parse("PUT", "/actions", br#"{"action":"SendCtrlAltDel"}"#),
+            Ok(ApiRequest::Action(ActionType::SendCtrlAltDel))
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_http_errors() {
+        assert_eq!(parse("GET", "/nope", b"").map_err(|e| e.0), Err(404));
+        assert_eq!(parse("DELETE", "/vm", b"").map_err(|e| e.0), Err(405));
+        assert_eq!(parse("PUT", "/vm/state", b"{").map_err(|e| e.0), Err(400));
+        assert_eq!(
+            parse("PUT", "/vm/state", br#"{"state":"Sleeping"}"#).map_err(|e| e.0),
+            Err(400)
+        );
+        assert_eq!(
+            parse("PUT", "/actions", br#"{"action":"Shutdown","x":1}"#).map_err(|e| e.0),
+            Err(400)
+        );
+    }
+}

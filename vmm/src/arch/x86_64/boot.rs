@@ -1,0 +1,452 @@
+//! Loading a kernel, initrd and command line, and writing the boot
+//! structures of the protocol the kernel supports: PVH when the ELF carries a
+//! PVH note, else the Linux 64-bit boot protocol (ELF vmlinux or bzImage).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader, KernelLoaderResult};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::{self, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START};
+use super::regs::EntryMode;
+
+/// Errors loading the kernel or writing boot structures.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// A file could not be opened or read.
+    #[error("cannot read {what} {path}: {source}")]
+    Io {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The kernel file is neither an ELF nor a bzImage.
+    #[error("{0}: not a kernel image (neither an ELF vmlinux nor a bzImage)")]
+    NotAKernel(PathBuf),
+    /// linux-loader refused the image.
+    #[error("{path}: cannot load kernel: {source}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// The loader's error.
+        source: linux_loader::loader::Error,
+    },
+    /// The kernel does not fit in guest memory.
+    #[error("{path}: kernel ends at {end:#x}, beyond guest memory ({mem:#x} bytes)")]
+    KernelTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// End of the loaded image.
+        end: u64,
+        /// Guest memory size.
+        mem: u64,
+    },
+    /// The initrd does not fit between the kernel and the end of low memory.
+    #[error("{path}: initrd of {size} bytes does not fit in guest memory ({available} bytes free above the kernel)")]
+    InitrdTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Room there is.
+        available: u64,
+    },
+    /// The command line is invalid.
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    /// Writing boot parameters failed.
+    #[error("cannot write boot parameters: {0}")]
+    BootParams(linux_loader::configurator::Error),
+    /// Writing to guest memory failed.
+    #[error("cannot write {what} into guest memory: {source}")]
+    Memory {
+        /// What.
+        what: &'static str,
+        /// The error.
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// The kernel image formats we boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// ELF vmlinux.
+    Elf,
+    /// bzImage (Linux boot protocol ≥ 2.00).
+    BzImage,
+}
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
+/// The 64-bit entry point of a bzImage sits 0x200 bytes into the protected-mode code.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+/// Tells the kernel format from the first bytes of the file.
+pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootError> {
+    let io = |source| BootError::Io {
+        what: "kernel",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut magic = [0u8; 4];
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    if file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF" {
+        return Ok(KernelFormat::Elf);
+    }
+    let mut hdrs = [0u8; 4];
+    if file.seek(SeekFrom::Start(0x202)).is_ok()
+        && file.read_exact(&mut hdrs).is_ok()
+        && u32::from_le_bytes(hdrs) == KERNEL_HDR_MAGIC
+    {
+        return Ok(KernelFormat::BzImage);
+    }
+    Err(BootError::NotAKernel(path.to_path_buf()))
+}
+
+/// What the boot vCPU needs after loading.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedKernel {
+    /// How to enter the kernel.
+    pub entry: EntryMode,
+    /// The format that was loaded.
+    pub format: KernelFormat,
+    /// End of the loaded image (first free byte).
+    pub end: u64,
+    setup_header: Option<linux_loader::loader::bootparam::setup_header>,
+}
+
+/// Loads the kernel image into guest memory.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    mem_size: u64,
+) -> Result<LoadedKernel, BootError> {
+    let mut file = File::open(path).map_err(|source| BootError::Io {
+        what: "kernel",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let format = detect_format(&mut file, path)?;
+    let load_err = |source| BootError::Load {
+        path: path.to_path_buf(),
+        source,
+    };
+    let result: KernelLoaderResult = match format {
+        KernelFormat::Elf => {
+            Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?
+        }
+        KernelFormat::BzImage => {
+            BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(load_err)?
+        }
+    };
+    if result.kernel_end > layout::low_ram_end(mem_size) {
+        return Err(BootError::KernelTooLarge {
+            path: path.to_path_buf(),
+            end: result.kernel_end,
+            mem: mem_size,
+        });
+    }
+    let entry = match (format, result.pvh_boot_cap) {
+        (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(addr)) => EntryMode::Pvh {
+            entry: addr.raw_value(),
+        },
+        (KernelFormat::Elf, _) => EntryMode::Linux64 {
+            entry: result.kernel_load.raw_value(),
+        },
+        (KernelFormat::BzImage, _) => EntryMode::Linux64 {
+            entry: result.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
+        },
+    };
+    Ok(LoadedKernel {
+        entry,
+        format,
+        end: result.kernel_end,
+        setup_header: result.setup_header,
+    })
+}
+
+/// Where the initrd went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitrdPlacement {
+    /// Guest physical address.
+    pub addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Chooses the initrd's address: page-aligned, as high in low memory as it
+/// fits (kernels relocate themselves upward while decompressing, so the top
+/// is the safe end), and never over the kernel.
+pub fn place_initrd(size: u64, kernel_end: u64, low_ram_end: u64, addr_max: u64) -> Option<u64> {
+    let top = low_ram_end.min(addr_max.saturating_add(1));
+    let addr = top.checked_sub(size)? & !0xfff;
+    (addr >= kernel_end && size > 0).then_some(addr)
+}
+
+/// Loads the initrd into guest memory.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+    mem_size: u64,
+) -> Result<InitrdPlacement, BootError> {
+    let io = |source| BootError::Io {
+        what: "initrd",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let addr_max = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|m| *m != 0)
+        .unwrap_or(0x7fff_ffff);
+    let low_end = layout::low_ram_end(mem_size);
+    let addr = place_initrd(size, kernel.end, low_end, addr_max).ok_or_else(|| {
+        BootError::InitrdTooLarge {
+            path: path.to_path_buf(),
+            size,
+            available: low_end.saturating_sub(kernel.end),
+        }
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|source| BootError::Memory {
+            what: "initrd",
+            source,
+        })?;
+    Ok(InitrdPlacement { addr, size })
+}
+
+/// Writes the command line at `CMDLINE_START`.
+pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
+    let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
+    c.insert_str(cmdline).map_err(BootError::Cmdline)?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &c).map_err(|e| BootError::Load {
+        path: PathBuf::from("<cmdline>"),
+        source: e,
+    })
+}
+
+/// The guest's memory map, shared by both protocols.
+pub fn memory_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![
+        (0, EBDA_START, E820_RAM),
+        (EBDA_START, 0xa0000 - EBDA_START, E820_RESERVED),
+        (
+            layout::ACPI_START,
+            layout::ACPI_END - layout::ACPI_START,
+            E820_RESERVED,
+        ),
+    ];
+    for (start, size) in layout::ram_regions(mem_size) {
+        if start == 0 {
+            map.push((HIMEM_START, size - HIMEM_START, E820_RAM));
+        } else {
+            map.push((start, size, E820_RAM));
+        }
+    }
+    map
+}
+
+/// Everything the boot structures point at.
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    /// Command line length, without the NUL.
+    pub cmdline_len: usize,
+    /// The initrd, if any.
+    pub initrd: Option<InitrdPlacement>,
+    /// ACPI RSDP address.
+    pub rsdp: u64,
+    /// Guest memory size.
+    pub mem_size: u64,
+}
+
+/// Writes the zero page (Linux 64-bit protocol) or the PVH start info.
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    info: &BootInfo,
+) -> Result<(), BootError> {
+    match kernel.entry {
+        EntryMode::Pvh { .. } => write_pvh_start_info(mem, info),
+        EntryMode::Linux64 { .. } => write_zero_page(mem, kernel, info),
+    }
+}
+
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    info: &BootInfo,
+) -> Result<(), BootError> {
+    let mut params = boot_params::default();
+    if let Some(hdr) = kernel.setup_header {
+        params.hdr = hdr;
+    }
+    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+    params.hdr.header = KERNEL_HDR_MAGIC;
+    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmdline_size = info.cmdline_len as u32 + 1;
+    if params.hdr.kernel_alignment == 0 {
+        params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
+    }
+    if let Some(initrd) = info.initrd {
+        params.hdr.ramdisk_image = initrd.addr as u32;
+        params.hdr.ramdisk_size = initrd.size as u32;
+    }
+    params.acpi_rsdp_addr = info.rsdp;
+    let map = memory_map(info.mem_size);
+    for (i, (addr, size, type_)) in map.iter().enumerate() {
+        params.e820_table[i] = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *type_,
+        };
+    }
+    params.e820_entries = map.len() as u8;
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
+        &BootParams::new::<boot_params>(&params, GuestAddress(layout::ZERO_PAGE_START)),
+        mem,
+    )
+    .map_err(BootError::BootParams)
+}
+
+fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), BootError> {
+    let map: Vec<hvm_memmap_table_entry> = memory_map(info.mem_size)
+        .into_iter()
+        .map(|(addr, size, type_)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_,
+            reserved: 0,
+        })
+        .collect();
+    let mut start_info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: info.rsdp,
+        memmap_paddr: layout::PVH_MEMMAP_START,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    let modules_addr = GuestAddress(
+        layout::PVH_MEMMAP_START
+            + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64,
+    );
+    let mut params =
+        BootParams::new::<hvm_start_info>(&start_info, GuestAddress(layout::PVH_INFO_START));
+    params.set_sections::<hvm_memmap_table_entry>(&map, GuestAddress(layout::PVH_MEMMAP_START));
+    if let Some(initrd) = info.initrd {
+        start_info.nr_modules = 1;
+        start_info.modlist_paddr = modules_addr.raw_value();
+        params =
+            BootParams::new::<hvm_start_info>(&start_info, GuestAddress(layout::PVH_INFO_START));
+        params.set_sections::<hvm_memmap_table_entry>(&map, GuestAddress(layout::PVH_MEMMAP_START));
+        let module = hvm_modlist_entry {
+            paddr: initrd.addr,
+            size: initrd.size,
+            ..Default::default()
+        };
+        params.set_modules::<hvm_modlist_entry>(&[module], modules_addr);
+    }
+    if modules_addr.raw_value() + std::mem::size_of::<hvm_modlist_entry>() as u64
+        > layout::ZERO_PAGE_START
+    {
+        return Err(BootError::Memory {
+            what: "PVH memory map",
+            source: vm_memory::GuestMemoryError::InvalidGuestAddress(modules_addr),
+        });
+    }
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
+        .map_err(BootError::BootParams)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initrd_goes_to_the_top_page_aligned() {
+        let addr = place_initrd(0x1800, 0x200_0000, 0x800_0000, 0x7fff_ffff).expect("fits");
+        assert_eq!(addr, 0x800_0000 - 0x2000);
+        assert_eq!(addr % 0x1000, 0);
+    }
+
+    #[test]
+    fn initrd_respects_addr_max() {
+        let addr = place_initrd(0x1000, 0x100_0000, 0x4000_0000, 0x1fff_ffff).expect("fits");
+        assert_eq!(addr, 0x2000_0000 - 0x1000);
+    }
+
+    #[test]
+    fn initrd_larger_than_memory_is_refused() {
+        assert_eq!(
+            place_initrd(0x900_0000, 0x200_0000, 0x800_0000, 0x7fff_ffff),
+            None
+        );
+        assert_eq!(
+            place_initrd(0x700_0000, 0x200_0000, 0x800_0000, 0x7fff_ffff),
+            None
+        );
+        assert_eq!(place_initrd(0, 0x200_0000, 0x800_0000, 0x7fff_ffff), None);
+    }
+
+    #[test]
+    fn memory_map_covers_ram_and_reserves_firmware() {
+        let map = memory_map(256 << 20);
+        let ram: u64 = map.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
+        assert_eq!(ram, (256 << 20) - (HIMEM_START - EBDA_START));
+        assert!(map.contains(&(layout::ACPI_START, 0x20000, E820_RESERVED)));
+        let big = memory_map(4 << 30);
+        assert!(big.contains(&(layout::MMIO_GAP_END, 1 << 30, E820_RAM)));
+    }
+
+    #[test]
+    fn format_is_detected_from_magic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elf = dir.path().join("elf");
+        std::fs::write(&elf, b"\x7fELF\x02\x01\x01").expect("write");
+        let mut f = File::open(&elf).expect("open");
+        assert_eq!(detect_format(&mut f, &elf).expect("elf"), KernelFormat::Elf);
+
+        let bz = dir.path().join("bz");
+        let mut bytes = vec![0u8; 0x300];
+        bytes[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&bz, &bytes).expect("write");
+        let mut f = File::open(&bz).expect("open");
+        assert_eq!(
+            detect_format(&mut f, &bz).expect("bz"),
+            KernelFormat::BzImage
+        );
+
+        let txt = dir.path().join("txt");
+        std::fs::write(&txt, b"hello").expect("write");
+        let mut f = File::open(&txt).expect("open");
+        assert!(matches!(
+            detect_format(&mut f, &txt),
+            Err(BootError::NotAKernel(_))
+        ));
+    }
+}

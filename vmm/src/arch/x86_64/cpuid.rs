@@ -1,0 +1,241 @@
+//! Per-vCPU CPUID: the host's KVM-supported leaves, normalised so each vCPU
+//! sees its own APIC id and a topology of `vcpus` single-threaded cores in one
+//! socket, with the hypervisor bit set. A template may additionally hide
+//! features from the guest.
+
+use kvm_bindings::kvm_cpuid_entry2;
+
+/// A CPUID feature bit: leaf, register, bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    /// Kernel name of the feature (as in /proc/cpuinfo and `clearcpuid=`).
+    pub name: &'static str,
+    leaf: u32,
+    subleaf: u32,
+    reg: Reg,
+    bit: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reg {
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+const fn feature(name: &'static str, leaf: u32, subleaf: u32, reg: Reg, bit: u8) -> Feature {
+    Feature {
+        name,
+        leaf,
+        subleaf,
+        reg,
+        bit,
+    }
+}
+
+/// Features whose instructions a kernel-emulating KVM host cannot emulate in
+/// guest kernel mode (measured: popcnt, clac/stac, cmpxchg16b, xsave family)
+/// or is likely not to (the rest, switched off pre-emptively). See DESIGN.md.
+pub const EMULATED_KERNEL_HIDDEN: &[Feature] = &[
+    feature("pclmulqdq", 1, 0, Reg::Ecx, 1),
+    feature("cx16", 1, 0, Reg::Ecx, 13),
+    feature("popcnt", 1, 0, Reg::Ecx, 23),
+    feature("aes", 1, 0, Reg::Ecx, 25),
+    feature("xsave", 1, 0, Reg::Ecx, 26),
+    feature("rdrand", 1, 0, Reg::Ecx, 30),
+    feature("fsgsbase", 7, 0, Reg::Ebx, 0),
+    feature("invpcid", 7, 0, Reg::Ebx, 10),
+    feature("rdseed", 7, 0, Reg::Ebx, 18),
+    feature("smap", 7, 0, Reg::Ebx, 20),
+    feature("clflushopt", 7, 0, Reg::Ebx, 23),
+    feature("clwb", 7, 0, Reg::Ebx, 24),
+    feature("serialize", 7, 0, Reg::Edx, 14),
+    feature("rdtscp", 0x8000_0001, 0, Reg::Edx, 27),
+];
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE_PARAMS: u32 = 0x4;
+const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
+const EDX_HTT: u32 = 1 << 28;
+
+/// Topology-level types in leaves 0xB/0x1F.
+const LEVEL_TYPE_SMT: u32 = 1;
+const LEVEL_TYPE_CORE: u32 = 2;
+
+/// Everything that varies between vCPUs or hosts.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuidParams {
+    /// This vCPU's index, which is also its APIC id.
+    pub vcpu_id: u8,
+    /// Total vCPUs.
+    pub vcpu_count: u8,
+    /// Whether KVM emulates the TSC-deadline timer.
+    pub tsc_deadline: bool,
+    /// Features to hide from the guest.
+    pub hidden: &'static [Feature],
+}
+
+/// Bits needed to number `count` items (APIC-id field width).
+fn id_bits(count: u8) -> u32 {
+    if count <= 1 {
+        0
+    } else {
+        u32::BITS - u32::from(count - 1).leading_zeros()
+    }
+}
+
+/// Rewrites `entries` (from KVM_GET_SUPPORTED_CPUID) for one vCPU.
+pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
+    let apic_id = u32::from(p.vcpu_id);
+    let count = u32::from(p.vcpu_count);
+    for e in entries.iter_mut() {
+        match e.function {
+            LEAF_FEATURES => {
+                e.ebx = (apic_id << 24) | (count << 16) | (8 << 8) | (e.ebx & 0xff);
+                e.ecx |= ECX_HYPERVISOR;
+                if p.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !ECX_TSC_DEADLINE;
+                }
+                if p.vcpu_count > 1 {
+                    e.edx |= EDX_HTT;
+                } else {
+                    e.edx &= !EDX_HTT;
+                }
+            }
+            LEAF_CACHE_PARAMS => {
+                // Cores per package - 1 in EAX[31:26]; each cache is private
+                // to its core except the last level, shared by the package.
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 {
+                    count.saturating_sub(1)
+                } else {
+                    0
+                };
+                e.eax = (e.eax & 0x3fff) | (sharing << 14) | (count.saturating_sub(1) << 26);
+            }
+            LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {
+                e.edx = apic_id;
+                match e.index {
+                    0 => {
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = (LEVEL_TYPE_SMT << 8) | e.index;
+                    }
+                    1 => {
+                        e.eax = id_bits(p.vcpu_count);
+                        e.ebx = count;
+                        e.ecx = (LEVEL_TYPE_CORE << 8) | e.index;
+                    }
+                    _ => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = e.index;
+                    }
+                }
+            }
+            _ => {}
+        }
+        for f in p.hidden {
+            if f.leaf == e.function && f.subleaf == e.index {
+                let reg = match f.reg {
+                    Reg::Ebx => &mut e.ebx,
+                    Reg::Ecx => &mut e.ecx,
+                    Reg::Edx => &mut e.edx,
+                };
+                *reg &= !(1 << f.bit);
+            }
+        }
+        // OSXSAVE mirrors CR4.OSXSAVE; it must go with XSAVE.
+        if e.function == LEAF_FEATURES && p.hidden.iter().any(|f| f.name == "xsave") {
+            e.ecx &= !(1 << 27);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: 0xffff_ffff,
+            ebx: 0xffff_ffff,
+            ecx: 0xffff_ffff,
+            edx: 0xffff_ffff,
+            ..Default::default()
+        }
+    }
+
+    fn params(vcpu_id: u8, vcpu_count: u8) -> CpuidParams {
+        CpuidParams {
+            vcpu_id,
+            vcpu_count,
+            tsc_deadline: true,
+            hidden: &[],
+        }
+    }
+
+    #[test]
+    fn each_vcpu_sees_its_apic_id() {
+        let mut e = vec![entry(1, 0), entry(0xb, 0), entry(0xb, 1)];
+        normalize(&mut e, params(3, 4));
+        assert_eq!(e[0].ebx >> 24, 3);
+        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
+        assert_eq!(e[1].edx, 3);
+        assert_eq!(e[2].edx, 3);
+    }
+
+    #[test]
+    fn topology_is_single_threaded_cores() {
+        let mut e = vec![entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
+        normalize(&mut e, params(0, 4));
+        assert_eq!((e[0].eax, e[0].ebx, e[0].ecx >> 8), (0, 1, LEVEL_TYPE_SMT));
+        assert_eq!((e[1].eax, e[1].ebx, e[1].ecx >> 8), (2, 4, LEVEL_TYPE_CORE));
+        assert_eq!(e[2].ebx, 0);
+    }
+
+    #[test]
+    fn hypervisor_and_htt_bits() {
+        let mut e = vec![entry(1, 0)];
+        e[0].ecx = 0;
+        e[0].edx = EDX_HTT;
+        normalize(&mut e, params(0, 1));
+        assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_eq!(e[0].edx & EDX_HTT, 0);
+        normalize(&mut e, params(0, 2));
+        assert_ne!(e[0].edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn template_hides_features() {
+        let mut e = vec![entry(1, 0), entry(7, 0), entry(7, 1), entry(0x8000_0001, 0)];
+        let p = CpuidParams {
+            hidden: EMULATED_KERNEL_HIDDEN,
+            ..params(0, 1)
+        };
+        normalize(&mut e, p);
+        assert_eq!(e[0].ecx & (1 << 23), 0, "popcnt");
+        assert_eq!(e[0].ecx & (1 << 13), 0, "cx16");
+        assert_eq!(e[0].ecx & (1 << 27), 0, "osxsave");
+        assert_eq!(e[1].ebx & (1 << 20), 0, "smap");
+        assert_eq!(e[2].ebx, 0xffff_ffff, "other subleaves untouched");
+        assert_eq!(e[3].edx & (1 << 27), 0, "rdtscp");
+    }
+
+    #[test]
+    fn id_bits_cover_the_count() {
+        assert_eq!(id_bits(1), 0);
+        assert_eq!(id_bits(2), 1);
+        assert_eq!(id_bits(3), 2);
+        assert_eq!(id_bits(4), 2);
+        assert_eq!(id_bits(64), 6);
+    }
+}

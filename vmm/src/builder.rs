@@ -1,0 +1,376 @@
+//! Assembles a VM from a [`VmConfig`] and runs its main loop.
+//!
+//! Build order puts every check of user input (config, kernel, initrd,
+//! command line) before anything touches KVM, so bad input fails fast with
+//! one clear error and nothing is left half-created.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{self, ActionType, ApiRequest, ApiResponse, ApiServer, VmStateRequest};
+use crate::arch::x86_64::layout::{self, ACPI_SLEEP_CONTROL_PORT};
+use crate::arch::x86_64::regs::EntryMode;
+use crate::arch::x86_64::{acpi, boot, mptable};
+use crate::config::{ConfigError, VmConfig};
+use crate::console::{self, RawTerminal};
+use crate::devices::bus::{lock, BusError};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
+use crate::devices::serial::{self, SerialDevice};
+use crate::devices::Bus;
+use crate::exit::VmExit;
+use crate::host::{HostKind, Workarounds};
+use crate::vstate::vcpu::{self, Activity, Request, Vcpu, VcpuContext, VcpuHandle};
+use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::{memory, vcpu::VcpuError};
+use crate::VmmEvent;
+
+/// Errors building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Kernel, initrd or command line problem.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// The serial output file could not be opened.
+    #[error("cannot open serial output: {0}")]
+    SerialOut(std::io::Error),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// MP table.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// KVM VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// vCPUs.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Device wiring.
+    #[error("cannot wire devices: {0}")]
+    Bus(#[from] BusError),
+    /// Device eventfds.
+    #[error("cannot create device eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// Control API.
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+}
+
+impl BuildError {
+    /// Whether the user's input is at fault (exit status 2) rather than the host.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            BuildError::Config(_)
+                | BuildError::Boot(_)
+                | BuildError::SerialOut(_)
+                | BuildError::Api(_)
+        )
+    }
+}
+
+/// Reports power events from the ACPI register and the i8042 to the main loop.
+struct EventSink(Sender<VmmEvent>);
+
+impl PowerHandler for EventSink {
+    fn power_event(&mut self, event: PowerEvent) {
+        let exit = match event {
+            PowerEvent::Poweroff => VmExit::GuestPoweroff,
+            PowerEvent::Reset => VmExit::GuestReset,
+        };
+        let _ = self.0.send(VmmEvent::Exit(exit));
+    }
+}
+
+impl i8042::ResetHandler for EventSink {
+    fn reset(&mut self) {
+        let _ = self.0.send(VmmEvent::Exit(VmExit::GuestReset));
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    config: VmConfig,
+    cmdline: String,
+    entry: EntryMode,
+    format: boot::KernelFormat,
+    host: HostKind,
+    workarounds: Workarounds,
+    // Kept alive for as long as vCPUs may touch them.
+    _vm: Vm,
+    _mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+    events_tx: Sender<VmmEvent>,
+    events_rx: Receiver<VmmEvent>,
+    api: Option<ApiServer>,
+}
+
+/// Builds the VM described by `config`.
+pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
+    config.validate(crate::config::host_memory_mib())?;
+    let host = HostKind::detect();
+    let workarounds = Workarounds::new(config.cpu_template, host);
+    let cmdline = workarounds.extend_cmdline(&config.cmdline);
+    if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+        return Err(ConfigError::CmdlineTooLong(cmdline.len()).into());
+    }
+    let vcpu_count = config.vcpus as u8;
+    let mem_size = config.memory_bytes();
+
+    let mem = memory::create(mem_size)?;
+    let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+        None => None,
+    };
+    boot::write_cmdline(&mem, &cmdline)?;
+    mptable::setup(&mem, vcpu_count)?;
+    let acpi = acpi::setup(&mem, vcpu_count)?;
+    boot::write_boot_params(
+        &mem,
+        &kernel,
+        &boot::BootInfo {
+            cmdline_len: cmdline.len(),
+            initrd,
+            rsdp: acpi.rsdp,
+            mem_size,
+        },
+    )?;
+    let serial_out =
+        console::open_output(config.serial_out.as_deref()).map_err(BuildError::SerialOut)?;
+
+    let vm = Vm::new(&mem)?;
+    let (events_tx, events_rx) = mpsc::channel();
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&serial_irq, serial::COM1_GSI)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&kbd_irq, i8042::KBD_GSI)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        kbd_irq,
+        Box::new(EventSink(events_tx.clone())),
+    )));
+    let power = Arc::new(Mutex::new(AcpiPowerRegister::new(Box::new(EventSink(
+        events_tx.clone(),
+    )))));
+
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), serial::COM1_PORT, serial::COM1_PORT_LEN)?;
+    pio.insert(
+        i8042.clone(),
+        i8042::DATA_PORT,
+        i8042::COMMAND_PORT - i8042::DATA_PORT + 1,
+    )?;
+    pio.insert(power, u64::from(ACPI_SLEEP_CONTROL_PORT), 1)?;
+    let mmio = Bus::new();
+
+    vcpu::install_kick_handler()?;
+    let ctx = VcpuContext {
+        mem: mem.clone(),
+        pio,
+        mmio,
+        workarounds,
+        events: events_tx.clone(),
+        count: vcpu_count,
+    };
+    let vcpus = (0..vcpu_count)
+        .map(|id| Vcpu::new(&vm, id, &ctx, kernel.entry))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let api = match &config.api_sock {
+        Some(path) => Some(api::start(path, events_tx.clone())?),
+        None => None,
+    };
+
+    Ok(Vmm {
+        config: config.clone(),
+        cmdline,
+        entry: kernel.entry,
+        format: kernel.format,
+        host,
+        workarounds,
+        _vm: vm,
+        _mem: mem,
+        vcpus,
+        serial,
+        i8042,
+        events_tx,
+        events_rx,
+        api,
+    })
+}
+
+/// How long pause waits for every vCPU to leave the guest.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Running {
+    handles: Vec<VcpuHandle>,
+    started: Instant,
+    paused: bool,
+}
+
+impl Vmm {
+    /// The command line the guest gets, workarounds included.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Runs the VM until it stops; returns why.
+    pub fn run(self) -> VmExit {
+        log::info!("{}", self.workarounds.describe(self.host));
+        log::info!(
+            "booting {} ({:?}, {} entry) with {} vCPU(s), {} MiB: {}",
+            self.config.kernel.display(),
+            self.format,
+            match self.entry {
+                EntryMode::Pvh { .. } => "PVH",
+                EntryMode::Linux64 { .. } => "64-bit",
+            },
+            self.config.vcpus,
+            self.config.memory_mib,
+            self.cmdline
+        );
+        let _terminal = if self.config.serial_out.is_none() {
+            RawTerminal::enable()
+        } else {
+            None
+        };
+        if _terminal.is_some() {
+            if let Err(e) = console::spawn_input(self.serial.clone(), self.events_tx.clone()) {
+                log::warn!("no console input: {e}");
+            }
+        }
+        if let Err(e) = spawn_signal_thread(self.events_tx.clone()) {
+            return VmExit::VmmError(format!("cannot watch signals: {e}"));
+        }
+
+        let mut running = Running {
+            handles: Vec::new(),
+            started: Instant::now(),
+            paused: false,
+        };
+        let mut exit = None;
+        let vcpus: Vec<Vcpu> = self.vcpus.into_iter().collect();
+        for v in vcpus {
+            match v.start() {
+                Ok(h) => running.handles.push(h),
+                Err(e) => {
+                    exit = Some(VmExit::VmmError(e.to_string()));
+                    break;
+                }
+            }
+        }
+        let exit = match exit {
+            Some(e) => e,
+            None => loop {
+                let Ok(event) = self.events_rx.recv() else {
+                    break VmExit::VmmError("event channel closed".to_string());
+                };
+                match event {
+                    VmmEvent::Exit(e) => break e,
+                    VmmEvent::Api(req, reply) => {
+                        let (response, stop) =
+                            handle_api(req, &mut running, &self.config, &self.cmdline, &self.i8042);
+                        let _ = reply.send(response);
+                        if stop {
+                            break VmExit::ApiShutdown;
+                        }
+                    }
+                }
+            },
+        };
+        for h in running.handles.iter_mut() {
+            h.stop();
+        }
+        for h in &running.handles {
+            log::info!("vcpu{} exits: {}", h.id(), h.control().stats.summary());
+        }
+        drop(self.api);
+        exit
+    }
+}
+
+fn handle_api(
+    req: ApiRequest,
+    running: &mut Running,
+    config: &VmConfig,
+    cmdline: &str,
+    i8042: &Arc<Mutex<I8042>>,
+) -> (ApiResponse, bool) {
+    match req {
+        ApiRequest::Describe => {
+            let vcpus: Vec<_> = running
+                .handles
+                .iter()
+                .map(|h| json!({ "id": h.id(), "exits": h.control().stats.snapshot() }))
+                .collect();
+            let body = json!({
+                "state": if running.paused { "Paused" } else { "Running" },
+                "config": config,
+                "cmdline": cmdline,
+                "uptime_ms": running.started.elapsed().as_millis() as u64,
+                "vcpus": vcpus,
+            });
+            (ApiResponse::Json(body), false)
+        }
+        ApiRequest::SetState(VmStateRequest::Paused) => {
+            for h in &running.handles {
+                h.control().request(Request::Pause);
+                h.kick();
+            }
+            let all_parked = running.handles.iter().all(|h| {
+                h.control()
+                    .wait_for(|a| a != Activity::Running, PAUSE_TIMEOUT)
+            });
+            running.paused = true;
+            if all_parked {
+                (ApiResponse::NoContent, false)
+            } else {
+                (
+                    ApiResponse::Error(500, "a vCPU did not pause in time".to_string()),
+                    false,
+                )
+            }
+        }
+        ApiRequest::SetState(VmStateRequest::Resumed) => {
+            for h in &running.handles {
+                h.control().request(Request::Run);
+            }
+            running.paused = false;
+            (ApiResponse::NoContent, false)
+        }
+        ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+            lock(i8042).send_ctrl_alt_del();
+            (ApiResponse::NoContent, false)
+        }
+        ApiRequest::Action(ActionType::Shutdown) => (ApiResponse::NoContent, true),
+    }
+}
+
+fn spawn_signal_thread(events: Sender<VmmEvent>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            if let Some(signo) = signals.forever().next() {
+                let _ = events.send(VmmEvent::Exit(VmExit::Signal(signo)));
+            }
+        })?;
+    Ok(())
+}

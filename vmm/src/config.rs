@@ -1,0 +1,235 @@
+//! The VM's configuration: one plain struct, filled either from command-line
+//! flags or from a JSON file (`--config`), validated once before anything is
+//! built. The control plane writes the JSON form.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest vCPU count we accept; the MP table and MADT use 8-bit APIC ids.
+pub const MAX_VCPUS: u8 = 64;
+/// Smallest guest we accept: below this no Linux kernel boots.
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+/// Errors in a VM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON for a VM config.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// No kernel was given.
+    #[error("no kernel given (use --kernel or \"kernel\" in the config file)")]
+    NoKernel,
+    /// vCPU count out of range.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u64),
+    /// Memory size out of range.
+    #[error(
+        "memory_mib must be between {MIN_MEMORY_MIB} and the host's {host_mib} MiB, got {got}"
+    )]
+    MemorySize {
+        /// Requested size.
+        got: u64,
+        /// The host's physical memory.
+        host_mib: u64,
+    },
+    /// Command line too long.
+    #[error("kernel command line is {0} bytes; the limit is {max}", max = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE - 1)]
+    CmdlineTooLong(usize),
+}
+
+/// How the VMM adapts the guest to the host's KVM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuTemplate {
+    /// Detect the host and apply workarounds only where needed.
+    #[default]
+    Auto,
+    /// Never apply host workarounds (the right choice on bare-metal KVM).
+    None,
+    /// Always apply the workarounds for KVM hosts that emulate guest kernel mode.
+    EmulatedKernel,
+}
+
+/// A complete VM description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initrd / initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line as given by the user (the VMM may append to it).
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u64,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Control API socket path.
+    #[serde(default)]
+    pub api_sock: Option<PathBuf>,
+    /// Where the serial console goes; stdout when absent.
+    #[serde(default)]
+    pub serial_out: Option<PathBuf>,
+    /// Host adaptation.
+    #[serde(default)]
+    pub cpu_template: CpuTemplate,
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0".to_string()
+}
+
+fn default_vcpus() -> u64 {
+    1
+}
+
+fn default_memory_mib() -> u64 {
+    128
+}
+
+impl VmConfig {
+    /// Reads a JSON config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Parses the JSON form.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Checks every field against hard limits; `host_mem_mib` is the host's
+    /// physical memory (a guest larger than the host is refused up front
+    /// rather than failing later with an obscure mmap or OOM error).
+    pub fn validate(&self, host_mem_mib: u64) -> Result<(), ConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
+        if self.vcpus == 0 || self.vcpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::VcpuCount(self.vcpus));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB || self.memory_mib > host_mem_mib {
+            return Err(ConfigError::MemorySize {
+                got: self.memory_mib,
+                host_mib: host_mem_mib,
+            });
+        }
+        if self.cmdline.len() >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        Ok(())
+    }
+
+    /// Guest memory size in bytes (valid after [`VmConfig::validate`]).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+/// The host's physical memory in MiB, from /proc/meminfo.
+pub fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_meminfo_total_mib(&text))
+        .unwrap_or(u64::MAX >> 20)
+}
+
+fn parse_meminfo_total_mib(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig::from_json(r#"{"kernel":"/k"}"#).expect("minimal config parses")
+    }
+
+    #[test]
+    fn json_defaults_match_the_flags() {
+        let c = config();
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.memory_mib, 128);
+        assert_eq!(c.cmdline, "console=ttyS0");
+        assert_eq!(c.cpu_template, CpuTemplate::Auto);
+        assert!(c.validate(1024).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = VmConfig::from_json(r#"{"kernel":"/k","vcpu":2}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn template_names_are_kebab_case() {
+        let c = VmConfig::from_json(r#"{"kernel":"/k","cpu_template":"emulated-kernel"}"#)
+            .expect("parses");
+        assert_eq!(c.cpu_template, CpuTemplate::EmulatedKernel);
+    }
+
+    #[test]
+    fn zero_and_too_many_vcpus_are_refused() {
+        let mut c = config();
+        c.vcpus = 0;
+        assert!(matches!(c.validate(1024), Err(ConfigError::VcpuCount(0))));
+        c.vcpus = 65;
+        assert!(matches!(c.validate(1024), Err(ConfigError::VcpuCount(65))));
+    }
+
+    #[test]
+    fn memory_outside_limits_is_refused() {
+        let mut c = config();
+        c.memory_mib = 0;
+        assert!(c.validate(1024).is_err());
+        c.memory_mib = 2048;
+        assert!(c.validate(1024).is_err());
+        c.memory_mib = 1024;
+        assert!(c.validate(1024).is_ok());
+    }
+
+    #[test]
+    fn overlong_cmdline_is_refused() {
+        let mut c = config();
+        c.cmdline = "x".repeat(5000);
+        assert!(matches!(
+            c.validate(1024),
+            Err(ConfigError::CmdlineTooLong(5000))
+        ));
+    }
+
+    #[test]
+    fn meminfo_is_parsed() {
+        let text = "MemTotal:       24589944 kB\nMemFree:  1 kB\n";
+        assert_eq!(parse_meminfo_total_mib(text), Some(24013));
+        assert_eq!(parse_meminfo_total_mib("garbage"), None);
+    }
+}

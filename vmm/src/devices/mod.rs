@@ -1,0 +1,8 @@
+//! Emulated devices and the buses that route guest I/O to them.
+
+pub mod bus;
+pub mod i8042;
+pub mod power;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice};

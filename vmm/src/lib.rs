@@ -1,0 +1,25 @@
+//! ec2lab-vmm: the ec2lab hypervisor, one process per instance, on KVM.
+//!
+//! [`builder::build`] turns a [`config::VmConfig`] into a ready VM (memory,
+//! kernel, firmware tables, devices, vCPUs); [`builder::Vmm::run`] runs it
+//! until the guest or the host stops it and returns the [`exit::VmExit`].
+
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod console;
+pub mod devices;
+pub mod diag;
+pub mod exit;
+pub mod host;
+pub mod vstate;
+
+/// Everything that reaches the VMM's main loop.
+#[derive(Debug)]
+pub enum VmmEvent {
+    /// The VM must stop for this reason.
+    Exit(exit::VmExit),
+    /// A control API request and where to send the answer.
+    Api(api::ApiRequest, std::sync::mpsc::Sender<api::ApiResponse>),
+}

@@ -1,0 +1,115 @@
+//! `ec2lab-vmm`: boot a kernel in a KVM VM from flags or a JSON config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ec2lab_vmm::builder;
+use ec2lab_vmm::config::{CpuTemplate, VmConfig};
+use ec2lab_vmm::exit::{EXIT_BAD_INPUT, EXIT_VMM_ERROR};
+
+/// Boots a Linux kernel (ELF vmlinux with or without a PVH note, or bzImage)
+/// in a KVM virtual machine and prints its serial console.
+///
+/// Exit status: 0 guest powered off, 1 VMM error, 2 bad input, 3 guest
+/// rebooted, 4 triple fault, 5 unhandled KVM exit or internal error,
+/// 6 stopped through the API, 128+N stopped by signal N (143 for SIGTERM).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// JSON VM config (same fields as the flags); excludes the other VM flags.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template"])]
+    config: Option<PathBuf>,
+    /// Kernel image.
+    #[arg(long, required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initrd / initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u64,
+    /// Control API socket (HTTP/JSON over a Unix socket).
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Write the serial console here instead of stdout.
+    #[arg(long)]
+    serial_out: Option<PathBuf>,
+    /// Host adaptation: auto-detect, none, or force the kernel-emulating-host workarounds.
+    #[arg(long, value_enum, default_value_t = CpuTemplate::Auto)]
+    cpu_template: CpuTemplate,
+}
+
+impl Args {
+    fn into_config(self) -> Result<VmConfig, ec2lab_vmm::config::ConfigError> {
+        if let Some(path) = &self.config {
+            return VmConfig::from_file(path);
+        }
+        Ok(VmConfig {
+            kernel: self.kernel.unwrap_or_default(),
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            api_sock: self.api_sock,
+            serial_out: self.serial_out,
+            cpu_template: self.cpu_template,
+        })
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("EC2LAB_VMM_LOG", "info"))
+        .format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "ec2lab-vmm: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
+        })
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("ec2lab-vmm: {first}");
+            return ExitCode::from(EXIT_BAD_INPUT as u8);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    init_logging();
+    let vmm = match args
+        .into_config()
+        .map_err(builder::BuildError::from)
+        .and_then(|c| builder::build(&c))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("ec2lab-vmm: error: {e}");
+            let code = if e.is_bad_input() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_VMM_ERROR
+            };
+            return ExitCode::from(code as u8);
+        }
+    };
+    let exit = vmm.run();
+    log::info!("{exit}");
+    ExitCode::from(exit.exit_code() as u8)
+}

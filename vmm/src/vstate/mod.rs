@@ -1,0 +1,6 @@
+//! KVM state: guest memory, the VM, its vCPUs.
+
+pub mod emulate;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

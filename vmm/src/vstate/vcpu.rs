@@ -1,0 +1,621 @@
+//! vCPU threads: creation, the KVM_RUN loop, exit dispatch, and the kick
+//! (immediate_exit + a signal) that brings a vCPU out of the guest for pause
+//! and stop.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{
+    kvm_run, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::emulate::{self, Emulated};
+use super::vm::Vm;
+use crate::arch::x86_64::cpuid::{self, CpuidParams};
+use crate::arch::x86_64::msr;
+use crate::arch::x86_64::regs::{self, EntryMode};
+use crate::devices::bus::lock;
+use crate::devices::Bus;
+use crate::diag;
+use crate::exit::VmExit;
+use crate::host::Workarounds;
+use crate::VmmEvent;
+
+/// Errors creating or configuring vCPUs.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A vCPU ioctl failed.
+    #[error("vcpu{id}: cannot {what}: {source}")]
+    Kvm {
+        /// The vCPU.
+        id: u8,
+        /// Which operation.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// Boot register set-up failed.
+    #[error("vcpu0: {0}")]
+    Regs(#[from] regs::RegsError),
+    /// The CPUID or MSR list could not be built.
+    #[error("vcpu{0}: cannot build the CPUID/MSR list")]
+    Fam(u8),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    /// The vCPU thread could not be started.
+    #[error("cannot start vcpu{0} thread: {1}")]
+    Spawn(u8, std::io::Error),
+}
+
+/// Exit reasons we count, in the order they are reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ExitKind {
+    /// Port read.
+    IoIn,
+    /// Port write.
+    IoOut,
+    /// MMIO read.
+    MmioRead,
+    /// MMIO write.
+    MmioWrite,
+    /// HLT reached userspace.
+    Hlt,
+    /// KVM_RUN interrupted (kick or signal).
+    Interrupted,
+    /// INT3 finished by the VMM.
+    EmulatedInt3,
+    /// FWAIT finished by the VMM.
+    EmulatedFwait,
+    /// System event (shutdown / reset).
+    SystemEvent,
+    /// Triple fault.
+    Shutdown,
+    /// Anything else.
+    Other,
+}
+
+const EXIT_KINDS: [(ExitKind, &str); 11] = [
+    (ExitKind::IoIn, "io_in"),
+    (ExitKind::IoOut, "io_out"),
+    (ExitKind::MmioRead, "mmio_read"),
+    (ExitKind::MmioWrite, "mmio_write"),
+    (ExitKind::Hlt, "hlt"),
+    (ExitKind::Interrupted, "interrupted"),
+    (ExitKind::EmulatedInt3, "emulated_int3"),
+    (ExitKind::EmulatedFwait, "emulated_fwait"),
+    (ExitKind::SystemEvent, "system_event"),
+    (ExitKind::Shutdown, "shutdown"),
+    (ExitKind::Other, "other"),
+];
+
+/// Per-vCPU exit counters, readable from any thread.
+#[derive(Debug, Default)]
+pub struct ExitStats {
+    counts: [AtomicU64; EXIT_KINDS.len()],
+}
+
+impl ExitStats {
+    /// Counts one exit.
+    pub fn inc(&self, kind: ExitKind) {
+        self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters by name.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        EXIT_KINDS
+            .iter()
+            .map(|(kind, name)| (*name, self.counts[*kind as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// `name=count` pairs for the exit log line, in a fixed order.
+    pub fn summary(&self) -> String {
+        EXIT_KINDS
+            .iter()
+            .map(|(kind, name)| {
+                format!(
+                    "{name}={}",
+                    self.counts[*kind as usize].load(Ordering::Relaxed)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What the VMM wants a vCPU to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Run the guest.
+    Run,
+    /// Leave the guest and wait.
+    Pause,
+    /// Leave the guest and end the thread.
+    Exit,
+}
+
+/// Where a vCPU thread is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activity {
+    /// Not started or running guest code.
+    Running,
+    /// Parked on a pause request.
+    Paused,
+    /// Thread finished.
+    Exited,
+}
+
+#[derive(Debug)]
+struct ControlState {
+    request: Request,
+    activity: Activity,
+}
+
+/// Shared between a vCPU thread and the VMM.
+#[derive(Debug)]
+pub struct VcpuControl {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+    /// Exit counters.
+    pub stats: ExitStats,
+}
+
+impl VcpuControl {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ControlState {
+                request: Request::Run,
+                activity: Activity::Running,
+            }),
+            changed: Condvar::new(),
+            stats: ExitStats::default(),
+        }
+    }
+
+    /// Sets the request (the caller kicks the thread afterwards).
+    pub fn request(&self, request: Request) {
+        let mut s = lock(&self.state);
+        if s.request != Request::Exit {
+            s.request = request;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until the thread's activity satisfies `done`, up to `timeout`.
+    pub fn wait_for(&self, done: impl Fn(Activity) -> bool, timeout: std::time::Duration) -> bool {
+        let s = lock(&self.state);
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| !done(s.activity))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        done(s.activity)
+    }
+
+    /// The thread's current activity.
+    pub fn activity(&self) -> Activity {
+        lock(&self.state).activity
+    }
+
+    fn set_activity(&self, activity: Activity) {
+        lock(&self.state).activity = activity;
+        self.changed.notify_all();
+    }
+
+    /// Blocks while paused; returns false when the thread must exit.
+    fn wait_runnable(&self) -> bool {
+        let mut s = lock(&self.state);
+        loop {
+            match s.request {
+                Request::Run => {
+                    if s.activity != Activity::Running {
+                        s.activity = Activity::Running;
+                        self.changed.notify_all();
+                    }
+                    return true;
+                }
+                Request::Exit => return false,
+                Request::Pause => {
+                    if s.activity != Activity::Paused {
+                        s.activity = Activity::Paused;
+                        self.changed.notify_all();
+                    }
+                    s = self
+                        .changed
+                        .wait(s)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's kvm_run mapping, so the kick signal handler can set immediate_exit.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's own kvm_run mapping, set by the
+        // vCPU thread before it first enters KVM_RUN and cleared before the
+        // VcpuFd (and so the mapping) is dropped. A byte store is
+        // async-signal-safe.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// The signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the kick handler (once per process).
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal)
+}
+
+/// A configured vCPU, not yet running.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    mem: GuestMemoryMmap,
+    pio: Bus,
+    mmio: Bus,
+    workarounds: Workarounds,
+    events: Sender<VmmEvent>,
+    control: Arc<VcpuControl>,
+}
+
+/// Everything vCPUs share.
+pub struct VcpuContext {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// Port-I/O bus.
+    pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Bus,
+    /// Host adaptations.
+    pub workarounds: Workarounds,
+    /// Where vCPUs report fatal exits.
+    pub events: Sender<VmmEvent>,
+    /// Total vCPUs.
+    pub count: u8,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` with its CPUID, MSRs, LAPIC and (for the boot vCPU) registers.
+    pub fn new(vm: &Vm, id: u8, ctx: &VcpuContext, entry: EntryMode) -> Result<Self, VcpuError> {
+        let kvm_err = |what| move |source| VcpuError::Kvm { id, what, source };
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("create the vCPU"))?;
+
+        let mut cpuid: CpuId = vm
+            .kvm()
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get supported CPUID"))?;
+        cpuid::normalize(
+            cpuid.as_mut_slice(),
+            CpuidParams {
+                vcpu_id: id,
+                vcpu_count: ctx.count,
+                tsc_deadline: vm.fd().check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+                hidden: ctx.workarounds.hidden_features(),
+            },
+        );
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+
+        let msrs = msr::boot_msrs().map_err(|_| VcpuError::Fam(id))?;
+        let written = fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+        if written != msrs.as_slice().len() {
+            log::warn!(
+                "vcpu{id}: KVM accepted {written} of {} boot MSRs",
+                msrs.as_slice().len()
+            );
+        }
+
+        set_lint(&fd).map_err(kvm_err("configure the local APIC"))?;
+        if id == 0 {
+            regs::setup_boot_vcpu(&fd, &ctx.mem, entry)?;
+        }
+        Ok(Self {
+            id,
+            fd,
+            mem: ctx.mem.clone(),
+            pio: ctx.pio.clone(),
+            mmio: ctx.mmio.clone(),
+            workarounds: ctx.workarounds,
+            events: ctx.events.clone(),
+            control: Arc::new(VcpuControl::new()),
+        })
+    }
+
+    /// The control block shared with the VMM.
+    pub fn control(&self) -> Arc<VcpuControl> {
+        self.control.clone()
+    }
+
+    /// Starts the vCPU thread.
+    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        let id = self.id;
+        let control = self.control.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || self.run())
+            .map_err(|e| VcpuError::Spawn(id, e))?;
+        Ok(VcpuHandle {
+            id,
+            thread: Some(thread),
+            control,
+        })
+    }
+
+    fn run(mut self) {
+        KVM_RUN.with(|p| p.set(self.fd.get_kvm_run()));
+        while self.control.wait_runnable() {
+            if let Some(exit) = self.run_once() {
+                let _ = self.events.send(VmmEvent::Exit(exit));
+                break;
+            }
+        }
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+        self.control.set_activity(Activity::Exited);
+    }
+
+    /// One KVM_RUN and its exit; `Some` when the VM must stop.
+    fn run_once(&mut self) -> Option<VmExit> {
+        let stats = &self.control.stats;
+        let id = self.id;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                stats.inc(ExitKind::Interrupted);
+                return None;
+            }
+            Err(e) => {
+                return Some(VmExit::Unhandled {
+                    vcpu: id,
+                    reason: format!("KVM_RUN failed: {e}"),
+                });
+            }
+        };
+        let fatal = match exit {
+            VcpuExit::IoIn(port, data) => {
+                stats.inc(ExitKind::IoIn);
+                if !self.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+                return None;
+            }
+            VcpuExit::IoOut(port, data) => {
+                stats.inc(ExitKind::IoOut);
+                self.pio.write(u64::from(port), data);
+                return None;
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                stats.inc(ExitKind::MmioRead);
+                if !self.mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+                return None;
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                stats.inc(ExitKind::MmioWrite);
+                self.mmio.write(addr, data);
+                return None;
+            }
+            VcpuExit::Hlt => {
+                stats.inc(ExitKind::Hlt);
+                return None;
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                stats.inc(ExitKind::SystemEvent);
+                return match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::GuestPoweroff),
+                    KVM_SYSTEM_EVENT_RESET => Some(VmExit::GuestReset),
+                    other => Some(VmExit::Unhandled {
+                        vcpu: id,
+                        reason: format!("system event {other}"),
+                    }),
+                };
+            }
+            VcpuExit::Shutdown => {
+                stats.inc(ExitKind::Shutdown);
+                Fatal::TripleFault
+            }
+            VcpuExit::InternalError => Fatal::Internal,
+            VcpuExit::FailEntry(reason, cpu) => Fatal::Other(format!(
+                "KVM entry failure: hardware reason {reason:#x} on cpu {cpu}"
+            )),
+            other => Fatal::Other(format!("unhandled KVM exit {other:?}")),
+        };
+        let reason = match fatal {
+            Fatal::TripleFault => {
+                log::error!(
+                    "vcpu{id}: triple fault\n{}",
+                    diag::dump(&self.fd, &self.mem)
+                );
+                return Some(VmExit::TripleFault { vcpu: id });
+            }
+            Fatal::Internal => {
+                let (suberror, data) = internal_error(&mut self.fd);
+                if self.workarounds.emulated_kernel {
+                    match emulate::handle(&self.fd, &self.mem, suberror) {
+                        Some(Emulated::Int3) => {
+                            stats.inc(ExitKind::EmulatedInt3);
+                            return None;
+                        }
+                        Some(Emulated::Fwait | Emulated::FwaitFault) => {
+                            stats.inc(ExitKind::EmulatedFwait);
+                            return None;
+                        }
+                        None => {}
+                    }
+                }
+                format!(
+                    "KVM internal error: {} (data {data:x?})",
+                    suberror_name(suberror)
+                )
+            }
+            Fatal::Other(reason) => reason,
+        };
+        stats.inc(ExitKind::Other);
+        log::error!("vcpu{id}: {reason}\n{}", diag::dump(&self.fd, &self.mem));
+        Some(VmExit::Unhandled { vcpu: id, reason })
+    }
+}
+
+enum Fatal {
+    TripleFault,
+    Internal,
+    Other(String),
+}
+
+fn internal_error(fd: &mut VcpuFd) -> (u32, Vec<u64>) {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+    // active member of the exit union, as KVM's ABI specifies.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    (internal.suberror, internal.data[..n].to_vec())
+}
+
+fn suberror_name(suberror: u32) -> String {
+    match suberror {
+        1 => "emulation failure".to_string(),
+        2 => "simultaneous exception".to_string(),
+        3 => "delivery event".to_string(),
+        4 => "unexpected exit reason".to_string(),
+        other => format!("suberror {other}"),
+    }
+}
+
+/// Local APIC LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them.
+fn set_lint(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    const APIC_LVT0: usize = 0x350;
+    const APIC_LVT1: usize = 0x360;
+    const APIC_MODE_NMI: u32 = 0x4;
+    const APIC_MODE_EXTINT: u32 = 0x7;
+    let mut lapic = fd.get_lapic()?;
+    let mut set = |offset: usize, mode: u32| {
+        let reg = &mut lapic.regs[offset..offset + 4];
+        let bytes: [u8; 4] = reg
+            .iter()
+            .map(|b| *b as u8)
+            .collect::<Vec<u8>>()
+            .try_into()
+            .unwrap_or([0; 4]);
+        let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+        for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
+            *dst = src as _;
+        }
+    };
+    set(APIC_LVT0, APIC_MODE_EXTINT);
+    set(APIC_LVT1, APIC_MODE_NMI);
+    fd.set_lapic(&lapic)
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    id: u8,
+    thread: Option<JoinHandle<()>>,
+    control: Arc<VcpuControl>,
+}
+
+impl VcpuHandle {
+    /// The vCPU index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// The shared control block.
+    pub fn control(&self) -> &Arc<VcpuControl> {
+        &self.control
+    }
+
+    /// Brings the thread out of KVM_RUN so it sees a new request.
+    pub fn kick(&self) {
+        if let Some(t) = &self.thread {
+            if self.control.activity() != Activity::Exited {
+                if let Err(e) = t.kill(kick_signal()) {
+                    log::debug!("vcpu{}: kick: {e}", self.id);
+                }
+            }
+        }
+    }
+
+    /// Asks the thread to exit, kicks it, and joins it.
+    pub fn stop(&mut self) {
+        self.control.request(Request::Exit);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.control.activity() != Activity::Exited && std::time::Instant::now() < deadline {
+            self.kick();
+            self.control.wait_for(
+                |a| a == Activity::Exited,
+                std::time::Duration::from_millis(10),
+            );
+        }
+        if self.control.activity() == Activity::Exited {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        } else {
+            log::warn!(
+                "vcpu{} did not leave KVM_RUN; abandoning its thread",
+                self.id
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_summary_lists_every_counter() {
+        let s = ExitStats::default();
+        s.inc(ExitKind::MmioWrite);
+        s.inc(ExitKind::MmioWrite);
+        s.inc(ExitKind::IoOut);
+        let text = s.summary();
+        assert!(
+            text.starts_with("io_in=0 io_out=1 mmio_read=0 mmio_write=2"),
+            "{text}"
+        );
+        assert_eq!(s.snapshot()["mmio_write"], 2);
+        assert_eq!(s.snapshot().len(), EXIT_KINDS.len());
+    }
+
+    #[test]
+    fn exit_request_is_sticky() {
+        let c = VcpuControl::new();
+        c.request(Request::Exit);
+        c.request(Request::Run);
+        assert!(!c.wait_runnable());
+    }
+
+    #[test]
+    fn pause_parks_until_resumed() {
+        let c = Arc::new(VcpuControl::new());
+        c.request(Request::Pause);
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.wait_runnable());
+        assert!(c.wait_for(|a| a == Activity::Paused, std::time::Duration::from_secs(5)));
+        c.request(Request::Run);
+        assert!(t.join().expect("thread"));
+        assert_eq!(c.activity(), Activity::Running);
+    }
+}
