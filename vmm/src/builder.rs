@@ -4,6 +4,7 @@
 //! command line) before anything touches KVM, so bad input fails fast with
 //! one clear error and nothing is left half-created.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use crate::arch::x86_64::{acpi, boot, mptable};
 use crate::config::{ConfigError, VmConfig};
 use crate::console::{self, RawTerminal};
 use crate::devices::bus::{lock, BusError};
+use crate::devices::cmos::{self, CmosRtc};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
 use crate::devices::serial::{self, SerialDevice};
@@ -81,22 +83,32 @@ impl BuildError {
     }
 }
 
-/// Reports power events from the ACPI register and the i8042 to the main loop.
-struct EventSink(Sender<VmmEvent>);
+/// Reports power events from the ACPI register and the i8042 to the main
+/// loop, and stops the requesting vCPU before its next guest instruction.
+struct EventSink {
+    events: Sender<VmmEvent>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl EventSink {
+    fn stop(&self, exit: VmExit) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.events.send(VmmEvent::Exit(exit));
+    }
+}
 
 impl PowerHandler for EventSink {
     fn power_event(&mut self, event: PowerEvent) {
-        let exit = match event {
+        self.stop(match event {
             PowerEvent::Poweroff => VmExit::GuestPoweroff,
             PowerEvent::Reset => VmExit::GuestReset,
-        };
-        let _ = self.0.send(VmmEvent::Exit(exit));
+        });
     }
 }
 
 impl i8042::ResetHandler for EventSink {
     fn reset(&mut self) {
-        let _ = self.0.send(VmmEvent::Exit(VmExit::GuestReset));
+        self.stop(VmExit::GuestReset);
     }
 }
 
@@ -155,22 +167,24 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     let vm = Vm::new(&mem)?;
     let (events_tx, events_rx) = mpsc::channel();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let sink = || EventSink {
+        events: events_tx.clone(),
+        stopping: stopping.clone(),
+    };
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&serial_irq, serial::COM1_GSI)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&kbd_irq, i8042::KBD_GSI)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        kbd_irq,
-        Box::new(EventSink(events_tx.clone())),
-    )));
-    let power = Arc::new(Mutex::new(AcpiPowerRegister::new(Box::new(EventSink(
-        events_tx.clone(),
-    )))));
+    let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, Box::new(sink()))));
+    let power = Arc::new(Mutex::new(AcpiPowerRegister::new(Box::new(sink()))));
+    let rtc = Arc::new(Mutex::new(CmosRtc::new()));
 
     let mut pio = Bus::new();
     pio.insert(serial.clone(), serial::COM1_PORT, serial::COM1_PORT_LEN)?;
+    pio.insert(rtc, cmos::PORT, cmos::PORT_LEN)?;
     pio.insert(
         i8042.clone(),
         i8042::DATA_PORT,
@@ -186,6 +200,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         mmio,
         workarounds,
         events: events_tx.clone(),
+        stopping: stopping.clone(),
         count: vcpu_count,
     };
     let vcpus = (0..vcpu_count)

@@ -1,6 +1,7 @@
 //! Emulated devices and the buses that route guest I/O to them.
 
 pub mod bus;
+pub mod cmos;
 pub mod i8042;
 pub mod power;
 pub mod serial;

@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -273,6 +273,7 @@ pub struct Vcpu {
     mmio: Bus,
     workarounds: Workarounds,
     events: Sender<VmmEvent>,
+    stopping: Arc<AtomicBool>,
     control: Arc<VcpuControl>,
 }
 
@@ -288,6 +289,9 @@ pub struct VcpuContext {
     pub workarounds: Workarounds,
     /// Where vCPUs report fatal exits.
     pub events: Sender<VmmEvent>,
+    /// Set by a device when the guest asked to power off or reset: the vCPU
+    /// that made the request must not execute another guest instruction.
+    pub stopping: Arc<AtomicBool>,
     /// Total vCPUs.
     pub count: u8,
 }
@@ -305,6 +309,25 @@ impl Vcpu {
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported CPUID"))?;
+        if !cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == cpuid::LEAF_TSC_FREQ)
+        {
+            let max_leaf = cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == 0)
+                .map_or(0, |e| e.eax);
+            if max_leaf >= cpuid::LEAF_TSC_FREQ {
+                let leaf = kvm_bindings::kvm_cpuid_entry2 {
+                    function: cpuid::LEAF_TSC_FREQ,
+                    ..Default::default()
+                };
+                cpuid.push(leaf).map_err(|_| VcpuError::Fam(id))?;
+            }
+        }
+        let tsc_khz = fd.get_tsc_khz().ok();
         cpuid::normalize(
             cpuid.as_mut_slice(),
             CpuidParams {
@@ -312,6 +335,7 @@ impl Vcpu {
                 vcpu_count: ctx.count,
                 tsc_deadline: vm.fd().check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
                 hidden: ctx.workarounds.hidden_features(),
+                tsc_khz,
             },
         );
         fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
@@ -337,6 +361,7 @@ impl Vcpu {
             mmio: ctx.mmio.clone(),
             workarounds: ctx.workarounds,
             events: ctx.events.clone(),
+            stopping: ctx.stopping.clone(),
             control: Arc::new(VcpuControl::new()),
         })
     }
@@ -366,6 +391,10 @@ impl Vcpu {
         while self.control.wait_runnable() {
             if let Some(exit) = self.run_once() {
                 let _ = self.events.send(VmmEvent::Exit(exit));
+                break;
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                // The device that set the flag has reported the exit already.
                 break;
             }
         }

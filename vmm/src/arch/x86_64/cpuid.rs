@@ -56,6 +56,8 @@ pub const EMULATED_KERNEL_HIDDEN: &[Feature] = &[
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+/// TSC / core crystal clock ratio.
+pub const LEAF_TSC_FREQ: u32 = 0x15;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -77,6 +79,37 @@ pub struct CpuidParams {
     pub tsc_deadline: bool,
     /// Features to hide from the guest.
     pub hidden: &'static [Feature],
+    /// The guest TSC frequency, to publish in leaf 0x15 when the host leaves it empty.
+    pub tsc_khz: Option<u32>,
+}
+
+/// KVM's emulated local APIC timer counts at 1 GHz.
+const APIC_BUS_KHZ: u64 = 1_000_000;
+/// Linux computes `crystal_khz * numerator` in 32 bits, so the numerator must
+/// stay below 2^32 / 1_000_000.
+const MAX_NUMERATOR: u64 = (u32::MAX as u64) / APIC_BUS_KHZ;
+
+/// Leaf 0x15 (EAX denominator, EBX numerator, ECX crystal Hz) describing a TSC
+/// of about `tsc_khz` over a crystal at the APIC timer's frequency. Linux then
+/// knows both the TSC and the APIC timer rate without calibrating against the
+/// PIT, which fails where guest kernel code is emulated (too slow for its
+/// timing loop) and no kvmclock is available (`nopv`). The ratio is the best
+/// approximation with a numerator Linux can multiply without overflow
+/// (within about 1 ppm, well inside a real crystal's tolerance).
+pub fn tsc_leaf(tsc_khz: u32) -> (u32, u32, u32) {
+    let tsc = u64::from(tsc_khz);
+    let mut best = (1u64, 1u64, u64::MAX);
+    for den in 1..=2000u64 {
+        let num = (tsc * den + APIC_BUS_KHZ / 2) / APIC_BUS_KHZ;
+        if num == 0 || num > MAX_NUMERATOR {
+            continue;
+        }
+        let err = (num * APIC_BUS_KHZ).abs_diff(tsc * den) * 1_000_000 / (tsc * den);
+        if err < best.2 {
+            best = (den, num, err);
+        }
+    }
+    (best.0 as u32, best.1 as u32, (APIC_BUS_KHZ * 1000) as u32)
 }
 
 /// Bits needed to number `count` items (APIC-id field width).
@@ -139,6 +172,11 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                     }
                 }
             }
+            LEAF_TSC_FREQ if e.index == 0 && (e.eax == 0 || e.ebx == 0 || e.ecx == 0) => {
+                if let Some(khz) = p.tsc_khz.filter(|k| *k > 0) {
+                    (e.eax, e.ebx, e.ecx) = tsc_leaf(khz);
+                }
+            }
             _ => {}
         }
         for f in p.hidden {
@@ -180,6 +218,7 @@ mod tests {
             vcpu_count,
             tsc_deadline: true,
             hidden: &[],
+            tsc_khz: None,
         }
     }
 
@@ -228,6 +267,47 @@ mod tests {
         assert_eq!(e[1].ebx & (1 << 20), 0, "smap");
         assert_eq!(e[2].ebx, 0xffff_ffff, "other subleaves untouched");
         assert_eq!(e[3].edx & (1 << 27), 0, "rdtscp");
+    }
+
+    #[test]
+    fn tsc_leaf_describes_the_tsc_over_a_1ghz_crystal() {
+        let (den, num, crystal_hz) = tsc_leaf(2_100_000);
+        assert_eq!((den, num, crystal_hz), (10, 21, 1_000_000_000));
+        for khz in [2_599_998u32, 2_999_997, 1_234_567, 3_700_001, 400_000] {
+            let (den, num, _) = tsc_leaf(khz);
+            // What Linux computes, in its 32-bit arithmetic.
+            let linux = (1_000_000u32.wrapping_mul(num)) / den;
+            let ppm = u64::from(linux.abs_diff(khz)) * 1_000_000 / u64::from(khz);
+            assert!(
+                ppm <= 2,
+                "{khz} kHz -> {num}/{den} -> {linux} kHz ({ppm} ppm)"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_leaf_0x15_is_filled_and_real_one_kept() {
+        let mut e = vec![kvm_cpuid_entry2 {
+            function: 0x15,
+            ..Default::default()
+        }];
+        normalize(
+            &mut e,
+            CpuidParams {
+                tsc_khz: Some(2_000_000),
+                ..params(0, 1)
+            },
+        );
+        assert_eq!((e[0].eax, e[0].ebx, e[0].ecx), (1, 2, 1_000_000_000));
+        let mut real = vec![entry(0x15, 0)];
+        normalize(
+            &mut real,
+            CpuidParams {
+                tsc_khz: Some(2_000_000),
+                ..params(0, 1)
+            },
+        );
+        assert_eq!(real[0].ecx, 0xffff_ffff);
     }
 
     #[test]
