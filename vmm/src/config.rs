@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = VmConfig::from_json(r#"{"kernel":"/k","vcpu":2}"#).unwrap_err();
+        let err = VmConfig::from_json(r#"{"kernel":"/k","vcpu":2}"#).expect_err("misspelt field");
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 

@@ -63,6 +63,10 @@ pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 /// Value written to the reset register to reset the machine.
 pub const ACPI_RESET_VALUE: u8 = 1;
 
+// The boot stack grows down from between the zero page and the page tables.
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+
 /// Guest RAM regions for a guest of `mem_size` bytes, skipping the MMIO gap.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
@@ -121,6 +125,5 @@ mod tests {
                 pair[1]
             );
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
     }
 }

@@ -1,0 +1,171 @@
+//! Unmodified Linux kernels boot to their `Run /init` line through ec2lab-vmm
+//! alone: Debian's cloud kernel as a bzImage (Linux 64-bit boot protocol,
+//! compressed) and a vmlinux built from Debian's linux-source with a small
+//! config (ELF with a PVH note). Nothing in either kernel is patched, so on
+//! hosts that emulate guest kernel mode this proves the VMM's INT3/FWAIT
+//! emulation, CPUID and command-line workarounds and both boot protocols.
+//!
+//! The kernels are fetched/built once by `scripts/fetch-debian-kernel` and
+//! `scripts/build-kernel --variant plain` (cached outside the repo, see
+//! `.ci/run`). Without them these tests skip, unless
+//! `EC2LAB_REQUIRE_KERNELS=1`, where they fail.
+//!
+//! User space is not the point here: on a kernel-emulating host an
+//! unmodified kernel cannot run it (SYSCALL never reaches ring 0, see
+//! DESIGN.md), so each test stops the VM once init has been started.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{status, Vmm};
+
+/// Boots here take minutes: guest kernel code is emulated.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("EC2LAB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ec2lab")
+        })
+}
+
+/// The kernel at `relative` in the cache, or None (skip) when absent and not required.
+fn kernel(test: &str, relative: &str) -> Option<PathBuf> {
+    let path = cache_dir().join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("EC2LAB_REQUIRE_KERNELS").as_deref() == Ok("1") {
+        panic!(
+            "{test}: {} is missing and EC2LAB_REQUIRE_KERNELS=1",
+            path.display()
+        );
+    }
+    println!(
+        "SKIPPED {test}: {} is missing (run scripts/fetch-debian-kernel / scripts/build-kernel)",
+        path.display()
+    );
+    None
+}
+
+/// Writes a newc cpio archive holding `/init` (a shell script: whether it can
+/// run is not what these tests check) and `/dev/console`-less minimal tree.
+fn write_initramfs(path: &Path) {
+    fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
+        let header = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    let mut cpio = Vec::new();
+    entry(&mut cpio, 1, "dev", 0o040755, b"");
+    entry(
+        &mut cpio,
+        2,
+        "init",
+        0o100755,
+        b"#!/bin/sh\necho never reached without a shell\n",
+    );
+    entry(&mut cpio, 3, "TRAILER!!!", 0, b"");
+    let mut f = std::fs::File::create(path).expect("create initramfs");
+    f.write_all(&cpio).expect("write initramfs");
+}
+
+/// Boots `kernel` with `vcpus`, waits for `Run /init`, stops the VM with
+/// SIGTERM, and returns what it printed.
+fn boot_to_init(kernel: &Path, vcpus: u32) -> common::Outcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = dir.path().join("initramfs.cpio");
+    write_initramfs(&initrd);
+    let mut vmm = Vmm::spawn([
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--initrd".as_ref(),
+        initrd.as_os_str(),
+        "--cmdline".as_ref(),
+        "console=ttyS0 panic=-1".as_ref(),
+        "--vcpus".as_ref(),
+        vcpus.to_string().as_ref(),
+        "--memory-mib".as_ref(),
+        "256".as_ref(),
+    ]);
+    vmm.wait_for_stdout("Run /init as init process", BOOT_TIMEOUT);
+    vmm.signal(libc::SIGTERM);
+    vmm.wait(Duration::from_secs(30))
+}
+
+fn on_emulating_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// What every boot must show, whichever kernel.
+fn check_common(out: &common::Outcome) {
+    out.assert_code(status::SIGTERM);
+    out.assert_stdout_contains("Linux version");
+    out.assert_stdout_contains("ACPI: RSDP");
+    out.assert_stdout_contains("Run /init as init process");
+    if on_emulating_host() {
+        // The VMM's workarounds reached the kernel and its INT3s were emulated.
+        out.assert_stdout_contains("nopv");
+        out.assert_stdout_contains("Clearing CPUID bits:");
+        let exits = out.exit_counts(0);
+        assert!(
+            exits["emulated_int3"] >= 1,
+            "no INT3 emulated on vcpu0\n{out}"
+        );
+    }
+}
+
+#[test]
+fn debian_cloud_bzimage_boots_unmodified_to_run_init() {
+    require_kvm!("debian_cloud_bzimage_boots_unmodified_to_run_init");
+    let Some(bz) = kernel("debian_cloud_bzimage", "kernels/debian-cloud/vmlinuz") else {
+        return;
+    };
+    let out = boot_to_init(&bz, 1);
+    check_common(&out);
+    out.assert_stdout_contains("cloud-amd64");
+    assert!(
+        out.stderr.contains("BzImage, 64-bit entry"),
+        "not booted as a bzImage\n{out}"
+    );
+}
+
+#[test]
+fn plain_vmlinux_boots_unmodified_through_pvh_with_two_vcpus() {
+    require_kvm!("plain_vmlinux_boots_unmodified_through_pvh_with_two_vcpus");
+    let Some(elf) = kernel("plain_vmlinux", "kernels/plain/vmlinux") else {
+        return;
+    };
+    let out = boot_to_init(&elf, 2);
+    check_common(&out);
+    assert!(
+        out.stderr.contains("Elf, PVH entry"),
+        "not booted through PVH\n{out}"
+    );
+    out.assert_stdout_contains("smp: Brought up 1 node, 2 CPUs");
+}
