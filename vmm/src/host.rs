@@ -70,8 +70,8 @@ impl Workarounds {
     /// Parameters to append to the kernel command line: features the
     /// emulator lacks (CPUID filtering does not reach the guest, so the kernel
     /// must be told), no paravirt hypercalls (they never return), no page-table
-    /// isolation (every syscall already costs an emulated fault), and the
-    /// lab kernel's syscall patch.
+    /// isolation (every syscall already costs an emulated fault), no RCU
+    /// stall reports, and the lab kernel's syscall patch.
     pub fn cmdline_params(&self) -> Vec<String> {
         if !self.emulated_kernel {
             return Vec::new();
@@ -86,6 +86,9 @@ impl Workarounds {
             "noxsave".to_string(),
             format!("clearcpuid={}", names.join(",")),
             "pti=off".to_string(),
+            // Emulated kernel code legitimately holds a CPU for seconds; the
+            // stall reports would only add minutes of emulated printing.
+            "rcupdate.rcu_cpu_stall_suppress=1".to_string(),
             SYSCALL_VIA_PF_PARAM.to_string(),
         ]
     }

@@ -1,18 +1,23 @@
 //! Finishing instructions that a kernel-emulating KVM host fails to emulate
-//! in guest kernel mode. Only INT3 and FWAIT are handled: both are one byte,
-//! their effect is fully specified, and Linux executes both routinely (INT3
-//! for its self-test and text patching, FWAIT on every exec).
+//! in guest kernel mode. Only instructions whose whole effect is simple and
+//! fully specified are handled, each because Linux executes it routinely:
+//! INT3 (self-test, text patching), FWAIT (every exec), LDMXCSR/STMXCSR
+//! (`kernel_fpu_begin`, around any in-kernel SIMD code).
 
-use kvm_bindings::{kvm_fpu, KVM_INTERNAL_ERROR_EMULATION};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, Register};
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION};
 use kvm_ioctls::VcpuFd;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::diag;
 
 const INT3: u8 = 0xcc;
 const FWAIT: u8 = 0x9b;
 const BP_VECTOR: u8 = 3;
+const GP_VECTOR: u8 = 13;
 const MF_VECTOR: u8 = 16;
+/// MXCSR bits a write may set (with DAZ); others raise #GP.
+const MXCSR_WRITABLE: u32 = 0xffff;
 
 /// What the VMM did about an emulation failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +28,8 @@ pub enum Emulated {
     Fwait,
     /// FWAIT with an unmasked x87 exception pending: #MF injected.
     FwaitFault,
+    /// LDMXCSR or STMXCSR carried out.
+    Mxcsr,
 }
 
 /// Whether an FWAIT must raise #MF: an exception flag in FSW that FCW does not mask.
@@ -36,39 +43,158 @@ pub fn handle(vcpu: &VcpuFd, mem: &GuestMemoryMmap, suberror: u32) -> Option<Emu
         return None;
     }
     let mut regs = vcpu.get_regs().ok()?;
-    let first = *diag::read_insn_bytes(vcpu, mem, regs.rip).first()?;
-    let (done, inject) = match first {
-        INT3 => (Emulated::Int3, Some(BP_VECTOR)),
+    let bytes = diag::read_insn_bytes(vcpu, mem, regs.rip);
+    match *bytes.first()? {
+        INT3 => {
+            // A trap: reported after the instruction.
+            regs.rip = regs.rip.wrapping_add(1);
+            vcpu.set_regs(&regs).ok()?;
+            inject(vcpu, BP_VECTOR, None)?;
+            Some(Emulated::Int3)
+        }
         FWAIT => {
             let fpu = vcpu.get_fpu().ok()?;
             if x87_exception_pending(&fpu) {
-                (Emulated::FwaitFault, Some(MF_VECTOR))
+                // A fault: reported at the instruction.
+                inject(vcpu, MF_VECTOR, None)?;
+                Some(Emulated::FwaitFault)
             } else {
-                (Emulated::Fwait, None)
+                regs.rip = regs.rip.wrapping_add(1);
+                vcpu.set_regs(&regs).ok()?;
+                Some(Emulated::Fwait)
             }
         }
+        _ => {
+            let sregs = vcpu.get_sregs().ok()?;
+            let mut decoder = Decoder::with_ip(
+                diag::bitness(&sregs),
+                &bytes,
+                regs.rip,
+                DecoderOptions::NONE,
+            );
+            let insn = decoder.decode();
+            match insn.mnemonic() {
+                Mnemonic::Ldmxcsr | Mnemonic::Stmxcsr => mxcsr(vcpu, mem, &insn, regs, &sregs),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn inject(vcpu: &VcpuFd, vector: u8, error_code: Option<u32>) -> Option<()> {
+    let mut events = vcpu.get_vcpu_events().ok()?;
+    events.exception.injected = 1;
+    events.exception.nr = vector;
+    events.exception.has_error_code = u8::from(error_code.is_some());
+    events.exception.error_code = error_code.unwrap_or(0);
+    vcpu.set_vcpu_events(&events).ok()
+}
+
+/// The value of `reg` (any width) or segment base, for effective addresses.
+fn register_value(reg: Register, regs: &kvm_regs, sregs: &kvm_sregs) -> Option<u64> {
+    let full = match reg.full_register() {
+        Register::ES => return Some(sregs.es.base),
+        Register::CS => return Some(sregs.cs.base),
+        Register::SS => return Some(sregs.ss.base),
+        Register::DS => return Some(sregs.ds.base),
+        Register::FS => return Some(sregs.fs.base),
+        Register::GS => return Some(sregs.gs.base),
+        Register::RAX => regs.rax,
+        Register::RBX => regs.rbx,
+        Register::RCX => regs.rcx,
+        Register::RDX => regs.rdx,
+        Register::RSI => regs.rsi,
+        Register::RDI => regs.rdi,
+        Register::RSP => regs.rsp,
+        Register::RBP => regs.rbp,
+        Register::R8 => regs.r8,
+        Register::R9 => regs.r9,
+        Register::R10 => regs.r10,
+        Register::R11 => regs.r11,
+        Register::R12 => regs.r12,
+        Register::R13 => regs.r13,
+        Register::R14 => regs.r14,
+        Register::R15 => regs.r15,
+        Register::RIP => regs.rip,
         _ => return None,
     };
-    // #BP is a trap (reported after the instruction); #MF from FWAIT is a
-    // fault (reported at it).
-    if done != Emulated::FwaitFault {
-        regs.rip = regs.rip.wrapping_add(1);
-        vcpu.set_regs(&regs).ok()?;
+    Some(match reg.size() {
+        1 => full & 0xff,
+        2 => full & 0xffff,
+        4 => full & 0xffff_ffff,
+        _ => full,
+    })
+}
+
+/// Guest-physical address of each byte of a `len`-byte access at `gva`
+/// (the access may straddle a page boundary).
+fn translate(vcpu: &VcpuFd, gva: u64, len: u64) -> Option<Vec<GuestAddress>> {
+    (0..len)
+        .map(|i| {
+            let t = vcpu.translate_gva(gva.wrapping_add(i)).ok()?;
+            (t.valid != 0).then_some(GuestAddress(t.physical_address))
+        })
+        .collect()
+}
+
+fn mxcsr(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    insn: &Instruction,
+    mut regs: kvm_regs,
+    sregs: &kvm_sregs,
+) -> Option<Emulated> {
+    let gva = insn.virtual_address(0, 0, |r, _, _| register_value(r, &regs, sregs))?;
+    let addrs = translate(vcpu, gva, 4)?;
+    let mut fpu = vcpu.get_fpu().ok()?;
+    if insn.mnemonic() == Mnemonic::Ldmxcsr {
+        let mut bytes = [0u8; 4];
+        for (b, a) in bytes.iter_mut().zip(&addrs) {
+            *b = mem.read_obj(*a).ok()?;
+        }
+        let value = u32::from_le_bytes(bytes);
+        if value & !MXCSR_WRITABLE != 0 {
+            inject(vcpu, GP_VECTOR, Some(0))?;
+            return Some(Emulated::Mxcsr);
+        }
+        fpu.mxcsr = value;
+        vcpu.set_fpu(&fpu).ok()?;
+    } else {
+        for (b, a) in fpu.mxcsr.to_le_bytes().iter().zip(&addrs) {
+            mem.write_obj(*b, *a).ok()?;
+        }
     }
-    if let Some(vector) = inject {
-        let mut events = vcpu.get_vcpu_events().ok()?;
-        events.exception.injected = 1;
-        events.exception.nr = vector;
-        events.exception.has_error_code = 0;
-        events.exception.error_code = 0;
-        vcpu.set_vcpu_events(&events).ok()?;
-    }
-    Some(done)
+    regs.rip = regs.rip.wrapping_add(insn.len() as u64);
+    vcpu.set_regs(&regs).ok()?;
+    Some(Emulated::Mxcsr)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn effective_addresses_use_register_widths_and_segment_bases() {
+        let regs = kvm_regs {
+            rsp: 0xffff_c900_0000_1000,
+            rax: 0x1_0000_0010,
+            ..Default::default()
+        };
+        let mut sregs = kvm_sregs::default();
+        sregs.gs.base = 0xffff_8880_0000_0000;
+        // ldmxcsr [rsp+4]
+        let insn =
+            Decoder::with_ip(64, &[0x0f, 0xae, 0x54, 0x24, 0x04], 0, DecoderOptions::NONE).decode();
+        assert_eq!(insn.mnemonic(), Mnemonic::Ldmxcsr);
+        let va = insn.virtual_address(0, 0, |r, _, _| register_value(r, &regs, &sregs));
+        assert_eq!(va, Some(0xffff_c900_0000_1004));
+        // stmxcsr gs:[eax] (address-size override: 32-bit register)
+        let insn =
+            Decoder::with_ip(64, &[0x65, 0x67, 0x0f, 0xae, 0x18], 0, DecoderOptions::NONE).decode();
+        assert_eq!(insn.mnemonic(), Mnemonic::Stmxcsr);
+        let va = insn.virtual_address(0, 0, |r, _, _| register_value(r, &regs, &sregs));
+        assert_eq!(va, Some(0xffff_8880_0000_0010));
+    }
 
     #[test]
     fn masked_x87_exceptions_do_not_fault() {

@@ -75,6 +75,8 @@ pub enum ExitKind {
     EmulatedInt3,
     /// FWAIT finished by the VMM.
     EmulatedFwait,
+    /// LDMXCSR/STMXCSR finished by the VMM.
+    EmulatedMxcsr,
     /// System event (shutdown / reset).
     SystemEvent,
     /// Triple fault.
@@ -83,7 +85,7 @@ pub enum ExitKind {
     Other,
 }
 
-const EXIT_KINDS: [(ExitKind, &str); 11] = [
+const EXIT_KINDS: [(ExitKind, &str); 12] = [
     (ExitKind::IoIn, "io_in"),
     (ExitKind::IoOut, "io_out"),
     (ExitKind::MmioRead, "mmio_read"),
@@ -92,6 +94,7 @@ const EXIT_KINDS: [(ExitKind, &str); 11] = [
     (ExitKind::Interrupted, "interrupted"),
     (ExitKind::EmulatedInt3, "emulated_int3"),
     (ExitKind::EmulatedFwait, "emulated_fwait"),
+    (ExitKind::EmulatedMxcsr, "emulated_mxcsr"),
     (ExitKind::SystemEvent, "system_event"),
     (ExitKind::Shutdown, "shutdown"),
     (ExitKind::Other, "other"),
@@ -488,6 +491,10 @@ impl Vcpu {
                         }
                         Some(Emulated::Fwait | Emulated::FwaitFault) => {
                             stats.inc(ExitKind::EmulatedFwait);
+                            return None;
+                        }
+                        Some(Emulated::Mxcsr) => {
+                            stats.inc(ExitKind::EmulatedMxcsr);
                             return None;
                         }
                         None => {}

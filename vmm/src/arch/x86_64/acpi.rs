@@ -102,8 +102,9 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     f.sleep_status_reg = port;
     f.reset_reg = port;
     f.reset_value = ACPI_RESET_VALUE;
-    // No VGA, no MSI, no ASPM control: what a microVM platform has.
-    f.iapc_boot_arch = ((1u16 << 2) | (1 << 3) | (1 << 4)).into();
+    // An 8042 is present (so Linux probes it even without PNP); no VGA, no
+    // MSI, no ASPM control: what a microVM platform has.
+    f.iapc_boot_arch = ((1u16 << 1) | (1 << 2) | (1 << 3) | (1 << 4)).into();
     bytes_of(&f.finalize())
 }
 
