@@ -85,6 +85,10 @@ impl I8042 {
         for b in bytes {
             self.push(*b);
         }
+        self.raise_kbd_irq();
+    }
+
+    fn raise_kbd_irq(&self) {
         if self.ctr & CTR_KBD_INT != 0 {
             if let Err(e) = self.irq.write(1) {
                 log::warn!("i8042: cannot raise IRQ: {e}");
@@ -139,7 +143,15 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
-            0 => self.output.pop_front().unwrap_or(0),
+            0 => {
+                let byte = self.output.pop_front().unwrap_or(0);
+                // Each byte loaded into the output buffer interrupts anew, as
+                // on the real controller: Linux reads one byte per interrupt.
+                if !self.output.is_empty() {
+                    self.raise_kbd_irq();
+                }
+                byte
+            }
             4 => self.status(),
             _ => 0xff,
         };
@@ -220,6 +232,18 @@ mod tests {
         assert_eq!(irq.read().expect("irq"), 1);
         let got: Vec<u8> = (0..4).map(|_| read(&mut dev, 0)).collect();
         assert_eq!(got, CTRL_ALT_DEL);
+    }
+
+    #[test]
+    fn every_queued_byte_gets_its_own_interrupt() {
+        let (mut dev, _, irq) = controller();
+        dev.send_ctrl_alt_del();
+        let mut interrupts = irq.read().expect("irq");
+        for _ in 0..CTRL_ALT_DEL.len() {
+            read(&mut dev, 0);
+            interrupts += irq.read().unwrap_or(0);
+        }
+        assert_eq!(interrupts, CTRL_ALT_DEL.len() as u64);
     }
 
     #[test]

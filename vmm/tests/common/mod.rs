@@ -89,6 +89,45 @@ macro_rules! require_kvm {
     };
 }
 
+/// Where `scripts/build-kernel` and friends cache kernels and images.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("EC2LAB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ec2lab")
+        })
+}
+
+/// The cached kernel at `relative`, or None (the test skips) when it has not
+/// been built; with `EC2LAB_REQUIRE_KERNELS=1` (CI) a missing kernel fails.
+pub fn cached_kernel(test: &str, relative: &str) -> Option<PathBuf> {
+    let path = cache_dir().join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("EC2LAB_REQUIRE_KERNELS").as_deref() == Ok("1") {
+        panic!(
+            "{test}: {} is missing and EC2LAB_REQUIRE_KERNELS=1",
+            path.display()
+        );
+    }
+    println!(
+        "SKIPPED {test}: {} is missing (run scripts/fetch-debian-kernel / scripts/build-kernel)",
+        path.display()
+    );
+    None
+}
+
+/// Whether this host's KVM emulates guest kernel mode (see DESIGN.md).
+pub fn on_emulating_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// A guest ELF built into its own temporary directory, which also serves
 /// the test as scratch space (sockets, config files, initrds).
 pub struct Guest {

@@ -1,0 +1,111 @@
+# shellcheck shell=bash
+# Shared helpers for the ec2lab image scripts (scripts/build-kernel,
+# scripts/fetch-debian-kernel, scripts/build-initramfs). Source it; it has no
+# side effects besides defining functions and EC2LAB_CACHE.
+#
+# Conventions: progress goes to stderr (so `path=$(scripts/x)` captures only the
+# result), the result path is the last line on stdout.
+
+EC2LAB_CACHE="${EC2LAB_CACHE:-$HOME/.cache/ec2lab}"
+# shellcheck disable=SC2034 # used by the scripts that source this file
+EC2LAB_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+log() { printf '[%s %s] %s\n' "$(date +%H:%M:%S)" "${EC2LAB_PROG:-${0##*/}}" "$*" >&2; }
+die() { printf '%s: error: %s\n' "${EC2LAB_PROG:-${0##*/}}" "$*" >&2; exit 1; }
+
+# sha256 of stdin, hex only.
+sha256_stdin() { sha256sum | cut -d' ' -f1; }
+
+# pkg_installed NAME -> 0 if the Debian package is installed.
+pkg_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = 'install ok installed' ]
+}
+
+# pkg_version NAME -> installed version (empty if not installed).
+pkg_version() {
+    pkg_installed "$1" && dpkg-query -W -f='${Version}' "$1"
+}
+
+_apt_updated=0
+# apt_update_once: run `apt-get update` at most once per script run.
+apt_update_once() {
+    [ "$_apt_updated" = 1 ] && return 0
+    log "apt-get update"
+    apt-get update -qq >&2 || die "apt-get update failed"
+    _apt_updated=1
+}
+
+# apt_candidate NAME -> candidate version ("" if unknown). Updates the package
+# lists once if apt knows nothing about the package (fresh machine).
+apt_candidate() {
+    local v
+    v=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        apt_update_once
+        v=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    fi
+    [ "$v" = "(none)" ] && v=""
+    printf '%s\n' "$v"
+}
+
+# need_root_for_apt: apt-get install/download of missing things needs root.
+_need_root() {
+    [ "$(id -u)" = 0 ] || die "missing Debian packages ($*); run as root or: sudo apt-get install -y --no-install-recommends $*"
+}
+
+# ensure_pkgs PKG...: install the packages that are missing.
+ensure_pkgs() {
+    local missing=() p
+    for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+    [ "${#missing[@]}" = 0 ] && return 0
+    _need_root "${missing[@]}"
+    log "installing: ${missing[*]}"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+        apt_update_once
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+            || die "apt-get install ${missing[*]} failed"
+    fi
+}
+
+# ensure_cmds CMD=PKG...: install PKG when CMD is not on PATH.
+ensure_cmds() {
+    local pair pkgs=()
+    for pair in "$@"; do
+        command -v "${pair%%=*}" >/dev/null 2>&1 || pkgs+=("${pair#*=}")
+    done
+    [ "${#pkgs[@]}" = 0 ] || ensure_pkgs "${pkgs[@]}"
+}
+
+# apt_download_deb NAME VERSION DIR -> path of NAME_VERSION_*.deb in DIR,
+# downloading it with `apt-get download` if it is not there yet.
+apt_download_deb() {
+    local name=$1 ver=$2 dir=$3 f
+    mkdir -p "$dir"
+    f=$(find "$dir" -maxdepth 1 -name "${name}_${ver//:/%3a}_*.deb" -print -quit)
+    if [ -z "$f" ]; then
+        log "apt-get download $name=$ver"
+        # apt-get download writes into the current directory. As root, apt
+        # would drop to _apt, which cannot write to a root-owned cache.
+        local opts=()
+        [ "$(id -u)" = 0 ] && opts=(-o APT::Sandbox::User=root)
+        (cd "$dir" && apt-get download -q ${opts[@]+"${opts[@]}"} "$name=$ver" >&2) \
+            || die "apt-get download $name=$ver failed"
+        f=$(find "$dir" -maxdepth 1 -name "${name}_${ver//:/%3a}_*.deb" -print -quit)
+        [ -n "$f" ] || die "apt-get download $name=$ver produced no .deb in $dir"
+    fi
+    printf '%s\n' "$f"
+}
+
+# atomic_symlink TARGET LINK: point LINK at TARGET, replacing it atomically.
+atomic_symlink() {
+    local target=$1 link=$2 tmp
+    tmp="$link.tmp.$$"
+    ln -sfn "$target" "$tmp"
+    mv -T "$tmp" "$link"
+}
+
+# usage_from_header FILE: print the leading comment block of FILE (after the
+# shebang), without the '# ' prefixes. Used for --help.
+usage_from_header() {
+    awk 'NR==1 && /^#!/ {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$1"
+}
