@@ -183,6 +183,7 @@ fn ctrl_alt_del_from_the_api_reboots_the_guest() {
     let sock = dir.path().join("api.sock");
     let mut vmm = boot(&kernel, &initrd, 1, Some(&sock));
     vmm.wait_for_stdout("LAB-INIT waiting", BOOT_TIMEOUT);
+    vmm.wait_for_stdout("keyboard=1", Duration::from_secs(5));
     let reply = api::request(
         &sock,
         "PUT",
