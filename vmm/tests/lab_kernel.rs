@@ -80,26 +80,24 @@ fn boot(kernel: &Path, initrd: &Path, vcpus: u32, api_sock: Option<&Path>) -> Vm
     Vmm::spawn(args)
 }
 
-/// One boot, many checks: both vCPUs online, mounts, a pipe, fork/exec, the
-/// syscall rate, the #PF syscall redirection (or its absence), clean poweroff.
-#[test]
-fn busybox_init_runs_to_its_end_on_two_vcpus_and_poweroff_exits_0() {
-    require_kvm!("busybox_init_runs_to_its_end_on_two_vcpus_and_poweroff_exits_0");
-    let Some(kernel) = lab_kernel("lab_kernel_two_vcpus") else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
+/// The user-space probes: `syscall-rate` (real SYSCALLs per second) and
+/// `syscall-via-pf` (a ring-3 jump to the syscall entry, the fault the patch
+/// redirects), built static for the guest.
+fn probes(dir: &Path) -> Vec<(PathBuf, &'static str)> {
     let rate = static_binary(
-        dir.path(),
+        dir,
         &repo_root().join("vmm/tests/guests/userspace/syscall_rate.c"),
         "syscall-rate",
     );
     let via_pf = static_binary(
-        dir.path(),
+        dir,
         &repo_root().join("guest-images/kernel/test/syscall-via-pf.c"),
         "syscall-via-pf",
     );
-    let script = r#"#!/bin/sh
+    vec![(rate, "/syscall-rate"), (via_pf, "/syscall-via-pf")]
+}
+
+const WORK_INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -115,16 +113,25 @@ echo "LAB-INIT fake-jump-status=$?"
 echo "LAB-INIT done uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 "#;
-    let initrd = initramfs(
-        dir.path(),
-        script,
-        &[(rate, "/syscall-rate"), (via_pf, "/syscall-via-pf")],
-    );
-    let mut vmm = boot(&kernel, &initrd, 2, None);
+
+/// One boot, many checks: every vCPU online, mounts, a pipe, fork/exec, the
+/// syscall rate, the #PF syscall redirection (or its absence), clean poweroff.
+fn busybox_init_runs_to_its_end(test: &str, vcpus: u32) {
+    let Some(kernel) = lab_kernel(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = initramfs(dir.path(), WORK_INIT, &probes(dir.path()));
+    let mut vmm = boot(&kernel, &initrd, vcpus, None);
     vmm.wait_for_stdout("LAB-INIT done", BOOT_TIMEOUT);
     let out = vmm.wait(Duration::from_secs(60));
     out.assert_code(status::POWEROFF);
-    out.assert_stdout_contains("LAB-INIT start cpus=2 online=0-1");
+    let online = if vcpus == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", vcpus - 1)
+    };
+    out.assert_stdout_contains(&format!("LAB-INIT start cpus={vcpus} online={online}"));
     out.assert_stdout_contains("LAB-INIT pipe=piped");
     out.assert_stdout_contains("LAB-INIT forked pid");
     out.assert_stdout_contains("syscall-rate: 2000 calls in");
@@ -139,12 +146,95 @@ poweroff -f
         assert!(!out.stdout.contains("syscall-via-pf active"), "{out}");
         out.assert_stdout_contains("LAB-INIT fake-jump-status=139");
     }
-    let rate_line = out
+    for line in out
         .stdout
         .lines()
-        .find(|l| l.contains("syscall-rate:"))
-        .unwrap_or_default();
-    println!("measured: {rate_line}");
+        .filter(|l| l.contains("syscall-rate:") || l.contains("LAB-INIT done"))
+    {
+        println!("measured ({vcpus} vCPUs): {line}");
+    }
+}
+
+#[test]
+fn busybox_init_runs_to_its_end_on_one_vcpu_and_poweroff_exits_0() {
+    require_kvm!("busybox_init_runs_to_its_end_on_one_vcpu_and_poweroff_exits_0");
+    busybox_init_runs_to_its_end("lab_kernel_one_vcpu", 1);
+}
+
+#[test]
+fn busybox_init_runs_to_its_end_on_two_vcpus_and_poweroff_exits_0() {
+    require_kvm!("busybox_init_runs_to_its_end_on_two_vcpus_and_poweroff_exits_0");
+    busybox_init_runs_to_its_end("lab_kernel_two_vcpus", 2);
+}
+
+/// The patch seen from a CPU whose SYSCALL works (QEMU's TCG, a software
+/// x86): without `ec2lab.syscall_via_pf` a user jump to the syscall entry is
+/// an ordinary SIGSEGV; with it, exactly one syscall. This host cannot show
+/// the first half through KVM: there, no user space runs without the patch.
+#[test]
+fn syscall_via_pf_patch_is_inert_without_its_parameter_on_a_cpu_with_working_syscall() {
+    let test = "syscall_via_pf_patch_is_inert_without_its_parameter";
+    let Some(kernel) = lab_kernel(test) else {
+        return;
+    };
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("EC2LAB_REQUIRE_KERNELS").as_deref() != Ok("1"),
+            "{test}: qemu-system-x86_64 is missing"
+        );
+        println!("SKIPPED {test}: qemu-system-x86_64 is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = r#"#!/bin/sh
+mount -t proc proc /proc
+lstar=$(grep ' entry_SYSCALL_64$' /proc/kallsyms | cut -d' ' -f1)
+/syscall-via-pf "$lstar" 20
+echo "TCG-INIT fake-jump-status=$?"
+poweroff -f
+"#;
+    let initrd = initramfs(dir.path(), script, &probes(dir.path()));
+    for (param, expected) in [("", "139"), (" ec2lab.syscall_via_pf", "42")] {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg("qemu-system-x86_64")
+            .args([
+                "-M",
+                "microvm,acpi=on,rtc=on",
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-smp",
+                "1",
+            ])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 quiet{param}"))
+            .args([
+                "-nographic",
+                "-nodefaults",
+                "-no-user-config",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .output()
+            .expect("run qemu");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("TCG-INIT fake-jump-status={expected}")),
+            "with cmdline parameter {param:?}: expected status {expected}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -175,11 +265,16 @@ fn ctrl_alt_del_from_the_api_reboots_the_guest() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let initrd = initramfs(
-        dir.path(),
-        "#!/bin/sh\necho LAB-INIT waiting\nexec sleep 600\n",
-        &[],
-    );
+    // Wait until the keyboard driver owns the port: bytes sent earlier would
+    // be eaten by its probe.
+    let script = r#"#!/bin/sh
+mount -t sysfs sysfs /sys
+i=0
+while [ ! -e /sys/bus/serio/drivers/atkbd/serio0 ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+echo "LAB-INIT waiting keyboard=$(ls /sys/bus/serio/drivers/atkbd | grep -c serio)"
+exec sleep 600
+"#;
+    let initrd = initramfs(dir.path(), script, &[]);
     let sock = dir.path().join("api.sock");
     let mut vmm = boot(&kernel, &initrd, 1, Some(&sock));
     vmm.wait_for_stdout("LAB-INIT waiting", BOOT_TIMEOUT);
