@@ -280,8 +280,7 @@ impl Vmm {
             paused: false,
         };
         let mut exit = None;
-        let vcpus: Vec<Vcpu> = self.vcpus.into_iter().collect();
-        for v in vcpus {
+        for v in self.vcpus {
             match v.start() {
                 Ok(h) => running.handles.push(h),
                 Err(e) => {

@@ -545,17 +545,16 @@ fn set_lint(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     const APIC_MODE_NMI: u32 = 0x4;
     const APIC_MODE_EXTINT: u32 = 0x7;
     let mut lapic = fd.get_lapic()?;
+    // The register page is `c_char`s; a register is a little-endian u32.
     let mut set = |offset: usize, mode: u32| {
         let reg = &mut lapic.regs[offset..offset + 4];
-        let bytes: [u8; 4] = reg
-            .iter()
-            .map(|b| *b as u8)
-            .collect::<Vec<u8>>()
-            .try_into()
-            .unwrap_or([0; 4]);
+        let mut bytes = [0u8; 4];
+        for (b, r) in bytes.iter_mut().zip(reg.iter()) {
+            *b = *r as u8;
+        }
         let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
-        for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
-            *dst = src as _;
+        for (r, b) in reg.iter_mut().zip(value.to_le_bytes()) {
+            *r = b as _;
         }
     };
     set(APIC_LVT0, APIC_MODE_EXTINT);

@@ -68,6 +68,9 @@ pub enum BootError {
     /// The command line is invalid.
     #[error("invalid kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
+    /// The command line could not be written into guest memory.
+    #[error("cannot write the kernel command line: {0}")]
+    WriteCmdline(linux_loader::loader::Error),
     /// Writing boot parameters failed.
     #[error("cannot write boot parameters: {0}")]
     BootParams(linux_loader::configurator::Error),
@@ -242,10 +245,7 @@ pub fn load_initrd(
 pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
     let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
     c.insert_str(cmdline).map_err(BootError::Cmdline)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &c).map_err(|e| BootError::Load {
-        path: PathBuf::from("<cmdline>"),
-        source: e,
-    })
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &c).map_err(BootError::WriteCmdline)
 }
 
 /// The guest's memory map, shared by both protocols.
@@ -342,34 +342,40 @@ fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Bo
             reserved: 0,
         })
         .collect();
-    let mut start_info = hvm_start_info {
+    let modules_addr = GuestAddress(
+        layout::PVH_MEMMAP_START
+            + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64,
+    );
+    // The initrd is the one module PVH passes.
+    let modules: Vec<hvm_modlist_entry> = info
+        .initrd
+        .iter()
+        .map(|initrd| hvm_modlist_entry {
+            paddr: initrd.addr,
+            size: initrd.size,
+            ..Default::default()
+        })
+        .collect();
+    let start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         cmdline_paddr: CMDLINE_START,
         rsdp_paddr: info.rsdp,
         memmap_paddr: layout::PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
+        nr_modules: modules.len() as u32,
+        modlist_paddr: if modules.is_empty() {
+            0
+        } else {
+            modules_addr.raw_value()
+        },
         ..Default::default()
     };
-    let modules_addr = GuestAddress(
-        layout::PVH_MEMMAP_START
-            + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64,
-    );
     let mut params =
         BootParams::new::<hvm_start_info>(&start_info, GuestAddress(layout::PVH_INFO_START));
     params.set_sections::<hvm_memmap_table_entry>(&map, GuestAddress(layout::PVH_MEMMAP_START));
-    if let Some(initrd) = info.initrd {
-        start_info.nr_modules = 1;
-        start_info.modlist_paddr = modules_addr.raw_value();
-        params =
-            BootParams::new::<hvm_start_info>(&start_info, GuestAddress(layout::PVH_INFO_START));
-        params.set_sections::<hvm_memmap_table_entry>(&map, GuestAddress(layout::PVH_MEMMAP_START));
-        let module = hvm_modlist_entry {
-            paddr: initrd.addr,
-            size: initrd.size,
-            ..Default::default()
-        };
-        params.set_modules::<hvm_modlist_entry>(&[module], modules_addr);
+    if !modules.is_empty() {
+        params.set_modules::<hvm_modlist_entry>(&modules, modules_addr);
     }
     if modules_addr.raw_value() + std::mem::size_of::<hvm_modlist_entry>() as u64
         > layout::ZERO_PAGE_START
