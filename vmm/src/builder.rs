@@ -14,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{self, ActionType, ApiRequest, ApiResponse, ApiServer, VmStateRequest};
+use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{self, ACPI_SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::regs::EntryMode;
 use crate::arch::x86_64::{acpi, boot, mptable};
@@ -24,6 +25,11 @@ use crate::devices::cmos::{self, CmosRtc};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
 use crate::devices::serial::{self, SerialDevice};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::event::QueueEvent;
+use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_LEN};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{self, VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::exit::VmExit;
 use crate::host::{HostKind, Workarounds};
@@ -68,6 +74,9 @@ pub enum BuildError {
     /// Control API.
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    /// A disk image.
+    #[error(transparent)]
+    Disk(#[from] BlockError),
 }
 
 impl BuildError {
@@ -129,6 +138,23 @@ pub struct Vmm {
     events_tx: Sender<VmmEvent>,
     events_rx: Receiver<VmmEvent>,
     api: Option<ApiServer>,
+    devices: Vec<(Arc<Mutex<MmioTransport>>, MmioDeviceInfo)>,
+}
+
+/// The first interrupt line handed to virtio devices (1 is the i8042, 4 COM1).
+const FIRST_VIRTIO_GSI: u32 = 5;
+
+/// Opens every configured virtio device's backend, in guest order: disks
+/// (vda, vdb, ...), then the entropy device.
+fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+    }
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    Ok(devices)
 }
 
 /// Builds the VM described by `config`.
@@ -150,8 +176,15 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         None => None,
     };
     boot::write_cmdline(&mem, &cmdline)?;
+    let virtio_devices = open_virtio_devices(config)?;
+    let virtio_info: Vec<MmioDeviceInfo> = (0..virtio_devices.len())
+        .map(|i| MmioDeviceInfo {
+            base: layout::MMIO_DEVICES_START + i as u64 * MMIO_LEN,
+            gsi: FIRST_VIRTIO_GSI + i as u32,
+        })
+        .collect();
     mptable::setup(&mem, vcpu_count)?;
-    let acpi = acpi::setup(&mem, vcpu_count)?;
+    let acpi = acpi::setup(&mem, vcpu_count, &virtio_info)?;
     boot::write_boot_params(
         &mem,
         &kernel,
@@ -191,7 +224,31 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         i8042::COMMAND_PORT - i8042::DATA_PORT + 1,
     )?;
     pio.insert(power, u64::from(ACPI_SLEEP_CONTROL_PORT), 1)?;
-    let mmio = Bus::new();
+    let mut mmio = Bus::new();
+    let mut queue_events = Vec::new();
+    let mut transports = Vec::new();
+    for (device, info) in virtio_devices.into_iter().zip(&virtio_info) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        vm.register_irqfd(&irq, info.gsi)?;
+        let queues = device.queue_max_sizes().len();
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            mem.clone(),
+            Arc::new(VirtioInterrupt::new(irq)),
+        )));
+        for queue in 0..queues {
+            let event = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            vm.register_ioevent(&event, info.base + mmio::QUEUE_NOTIFY, queue as u32)?;
+            queue_events.push(QueueEvent {
+                transport: transport.clone(),
+                queue,
+                event,
+            });
+        }
+        mmio.insert(transport.clone(), info.base, MMIO_LEN)?;
+        transports.push((transport, *info));
+    }
+    virtio::event::spawn(queue_events).map_err(BuildError::EventFd)?;
 
     vcpu::install_kick_handler()?;
     let ctx = VcpuContext {
@@ -227,6 +284,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         events_tx,
         events_rx,
         api,
+        devices: transports,
     })
 }
 
@@ -298,8 +356,14 @@ impl Vmm {
                 match event {
                     VmmEvent::Exit(e) => break e,
                     VmmEvent::Api(req, reply) => {
-                        let (response, stop) =
-                            handle_api(req, &mut running, &self.config, &self.cmdline, &self.i8042);
+                        let (response, stop) = handle_api(
+                            req,
+                            &mut running,
+                            &self.config,
+                            &self.cmdline,
+                            &self.i8042,
+                            &self.devices,
+                        );
                         let _ = reply.send(response);
                         if stop {
                             break VmExit::ApiShutdown;
@@ -325,6 +389,7 @@ fn handle_api(
     config: &VmConfig,
     cmdline: &str,
     i8042: &Arc<Mutex<I8042>>,
+    devices: &[(Arc<Mutex<MmioTransport>>, MmioDeviceInfo)],
 ) -> (ApiResponse, bool) {
     match req {
         ApiRequest::Describe => {
@@ -333,8 +398,22 @@ fn handle_api(
                 .iter()
                 .map(|h| json!({ "id": h.id(), "exits": h.control().stats.snapshot() }))
                 .collect();
+            let devices: Vec<_> = devices
+                .iter()
+                .map(|(t, info)| {
+                    let t = lock(t);
+                    json!({
+                        "type": t.device().name(),
+                        "mmio_base": info.base,
+                        "gsi": info.gsi,
+                        "active": t.is_active(),
+                        "counters": t.device().counters().snapshot(),
+                    })
+                })
+                .collect();
             let body = json!({
                 "state": if running.paused { "Paused" } else { "Running" },
+                "devices": devices,
                 "config": config,
                 "cmdline": cmdline,
                 "uptime_ms": running.started.elapsed().as_millis() as u64,

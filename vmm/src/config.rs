@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// Largest vCPU count we accept; the MP table and MADT use 8-bit APIC ids.
 pub const MAX_VCPUS: u8 = 64;
+/// Virtio devices get IOAPIC lines 5..=23.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
 /// Smallest guest we accept: below this no Linux kernel boots.
 pub const MIN_MEMORY_MIB: u64 = 16;
 
@@ -45,6 +47,14 @@ pub enum ConfigError {
         got: u64,
         /// The host's physical memory.
         host_mib: u64,
+    },
+    /// Too many devices for the interrupt lines we hand out.
+    #[error("at most {max} virtio devices are supported, got {got}")]
+    TooManyDevices {
+        /// Requested.
+        got: usize,
+        /// Limit.
+        max: usize,
     },
     /// Command line too long.
     #[error("kernel command line is {0} bytes; the limit is {max}", max = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE - 1)]
@@ -91,6 +101,46 @@ pub struct VmConfig {
     /// Host adaptation.
     #[serde(default)]
     pub cpu_template: CpuTemplate,
+    /// Block devices, in order: the first is /dev/vda.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Whether the guest gets a virtio-rng entropy device.
+    #[serde(default)]
+    pub rng: bool,
+}
+
+/// A virtio-blk device backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The image.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// `PATH` or `PATH,ro` (the command-line form).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((path, "ro")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            Some((_, opt)) => {
+                return Err(format!("unknown disk option {opt:?} (expected ro or rw)"))
+            }
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err("empty disk path".to_string());
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
 }
 
 fn default_cmdline() -> String {
@@ -137,6 +187,13 @@ impl VmConfig {
             return Err(ConfigError::MemorySize {
                 got: self.memory_mib,
                 host_mib: host_mem_mib,
+            });
+        }
+        let devices = self.disks.len() + usize::from(self.rng);
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices {
+                got: devices,
+                max: MAX_VIRTIO_DEVICES,
             });
         }
         if self.cmdline.len() >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
@@ -223,6 +280,34 @@ mod tests {
         assert!(matches!(
             c.validate(1024),
             Err(ConfigError::CmdlineTooLong(5000))
+        ));
+    }
+
+    #[test]
+    fn disk_flags_parse() {
+        let d: DiskConfig = "/img/root.ext4".parse().expect("plain");
+        assert_eq!(
+            (d.path.to_str(), d.read_only),
+            (Some("/img/root.ext4"), false)
+        );
+        let d: DiskConfig = "data.img,ro".parse().expect("ro");
+        assert!(d.read_only);
+        assert!("data.img,rx".parse::<DiskConfig>().is_err());
+        assert!(",ro".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn too_many_devices_are_refused() {
+        let mut c = config();
+        c.disks = (0..20)
+            .map(|i| DiskConfig {
+                path: format!("/d{i}").into(),
+                read_only: false,
+            })
+            .collect();
+        assert!(matches!(
+            c.validate(1024),
+            Err(ConfigError::TooManyDevices { got: 20, .. })
         ));
     }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ec2lab_vmm::builder;
-use ec2lab_vmm::config::{CpuTemplate, VmConfig};
+use ec2lab_vmm::config::{CpuTemplate, DiskConfig, VmConfig};
 use ec2lab_vmm::exit::{EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 
 /// Boots a Linux kernel (ELF vmlinux with or without a PVH note, or bzImage)
@@ -18,7 +18,7 @@ use ec2lab_vmm::exit::{EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 #[command(version, about, long_about)]
 struct Args {
     /// JSON VM config (same fields as the flags); excludes the other VM flags.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "disk", "rng"])]
     config: Option<PathBuf>,
     /// Kernel image.
     #[arg(long, required_unless_present = "config")]
@@ -44,6 +44,12 @@ struct Args {
     /// Host adaptation: auto-detect, none, or force the kernel-emulating-host workarounds.
     #[arg(long, value_enum, default_value_t = CpuTemplate::Auto)]
     cpu_template: CpuTemplate,
+    /// A virtio-blk disk: PATH or PATH,ro (repeatable; the first is /dev/vda).
+    #[arg(long)]
+    disk: Vec<DiskConfig>,
+    /// Give the guest a virtio-rng entropy device.
+    #[arg(long)]
+    rng: bool,
 }
 
 impl Args {
@@ -60,6 +66,8 @@ impl Args {
             api_sock: self.api_sock,
             serial_out: self.serial_out,
             cpu_template: self.cpu_template,
+            disks: self.disk,
+            rng: self.rng,
         })
     }
 }

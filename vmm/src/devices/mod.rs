@@ -5,5 +5,6 @@ pub mod cmos;
 pub mod i8042;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice};

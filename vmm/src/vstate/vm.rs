@@ -101,6 +101,22 @@ impl Vm {
         &self.kvm
     }
 
+    /// Signals `evt` instead of exiting when the guest writes `datamatch`
+    /// (32 bits) to the MMIO address `addr`.
+    pub fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| VmError::Kvm {
+                what: "register an ioeventfd",
+                source,
+            })
+    }
+
     /// Routes `evt` to interrupt line `gsi`: a write to the eventfd injects the
     /// interrupt without a trip through the VMM.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {

@@ -48,7 +48,44 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
-fn dsdt() -> Vec<u8> {
+/// A virtio-mmio device as the guest must learn of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioDeviceInfo {
+    /// Base of its 4 KiB register window.
+    pub base: u64,
+    /// Its interrupt line.
+    pub gsi: u32,
+}
+
+/// ACPI id Linux's virtio-mmio driver matches.
+const VIRTIO_MMIO_HID: &str = "LNRO0005";
+
+/// Writes one `Device` per virtio-mmio window. Declaring them here rather than
+/// with `virtio_mmio.device=` on the command line is what gives them a usable
+/// interrupt: on a hardware-reduced ACPI platform Linux maps GSIs to IRQs
+/// only through ACPI resources (there is no legacy PIC, so a bare IRQ number
+/// on the command line reaches nothing).
+fn virtio_devices_aml(devices: &[MmioDeviceInfo], body: &mut Vec<u8>) {
+    for (i, d) in devices.iter().enumerate() {
+        let hid: &'static str = VIRTIO_MMIO_HID;
+        let hid_name = aml::Name::new("_HID".into(), &hid);
+        let uid = i as u32;
+        let uid_name = aml::Name::new("_UID".into(), &uid);
+        let window = aml::Memory32Fixed::new(
+            true,
+            d.base as u32,
+            crate::devices::virtio::mmio::MMIO_LEN as u32,
+        );
+        let irq = aml::Interrupt::new(true, true, false, false, d.gsi);
+        let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
+        let crs_name = aml::Name::new("_CRS".into(), &crs);
+        let path = format!("_SB_.V{i:03X}");
+        aml::Device::new(path.as_str().into(), vec![&hid_name, &uid_name, &crs_name])
+            .to_aml_bytes(body);
+    }
+}
+
+fn dsdt(devices: &[MmioDeviceInfo]) -> Vec<u8> {
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8, &0u8, &0u8]);
     let s5_name = aml::Name::new("_S5_".into(), &s5);
 
@@ -78,6 +115,7 @@ fn dsdt() -> Vec<u8> {
     s5_name.to_aml_bytes(&mut body);
     com1.to_aml_bytes(&mut body);
     ps2.to_aml_bytes(&mut body);
+    virtio_devices_aml(devices, &mut body);
 
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"EC2LDSDT", 1);
     table.append_slice(&body);
@@ -127,13 +165,17 @@ fn madt(vcpus: u8) -> Vec<u8> {
 }
 
 /// Builds every table and writes them from `ACPI_START`, RSDP first.
-pub fn setup(mem: &GuestMemoryMmap, vcpus: u8) -> Result<AcpiLayout, AcpiError> {
+pub fn setup(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    devices: &[MmioDeviceInfo],
+) -> Result<AcpiLayout, AcpiError> {
     let rsdp_addr = ACPI_START;
     // Tables follow the RSDP, each 16-byte aligned.
     let align = |a: u64| (a + 15) & !15;
     let mut next = align(rsdp_addr + Rsdp::len() as u64);
 
-    let dsdt = dsdt();
+    let dsdt = dsdt(devices);
     let dsdt_addr = next;
     next = align(next + dsdt.len() as u64);
 
@@ -195,7 +237,11 @@ mod tests {
     #[test]
     fn tables_chain_from_rsdp_with_valid_checksums() {
         let m = mem();
-        let layout = setup(&m, 2).expect("tables");
+        let devices = [MmioDeviceInfo {
+            base: 0xc000_0000,
+            gsi: 5,
+        }];
+        let layout = setup(&m, 2, &devices).expect("tables");
         let rsdp = read(&m, layout.rsdp, 36);
         assert_eq!(&rsdp[0..8], b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0);
@@ -221,6 +267,7 @@ mod tests {
                 assert_eq!(&dsdt[0..4], b"DSDT");
                 assert_eq!(sum(&dsdt), 0);
                 assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+                assert!(dsdt.windows(8).any(|w| w == b"LNRO0005"));
                 let flags = u32::from_le_bytes(t[112..116].try_into().expect("4 bytes"));
                 assert_ne!(flags & (1 << 20), 0, "hardware-reduced");
             }

@@ -1,0 +1,477 @@
+//! virtio-blk on a raw image file: IN, OUT, FLUSH (a real fsync) and
+//! GET_ID, optionally read-only. Every request problem is reported to the
+//! guest in the status byte, or the chain is returned unused when it has no
+//! status byte to report in; nothing a guest sends can stop the VMM.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+
+use super::{device_type, read_config_bytes, DeviceCounters, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZES: &[u16] = &[256];
+/// Largest data transfer of one request; bigger ones are refused (IOERR).
+const MAX_TRANSFER: usize = 16 << 20;
+/// Length of the GET_ID answer.
+const ID_LEN: usize = 20;
+
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+const VIRTIO_BLK_S_OK: u8 = 0;
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Errors opening a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened.
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The image size is not a whole number of sectors.
+    #[error("disk image {path} is {size} bytes, not a multiple of 512")]
+    Size {
+        /// The image.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+}
+
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct RequestHeader {
+    request_type: u32,
+    _reserved: u32,
+    sector: u64,
+}
+
+// SAFETY: plain integers, no padding, any bit pattern is valid.
+unsafe impl ByteValued for RequestHeader {}
+
+/// A block device backed by a file.
+pub struct Block {
+    file: File,
+    capacity_sectors: u64,
+    read_only: bool,
+    id: [u8; ID_LEN],
+    counters: DeviceCounters,
+}
+
+impl Block {
+    /// Opens `path` (read-only when `read_only`).
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlockError::Size {
+                path: path.to_path_buf(),
+                size,
+            });
+        }
+        let mut id = [0u8; ID_LEN];
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (dst, src) in id.iter_mut().zip(name.bytes()) {
+            *dst = src;
+        }
+        Ok(Self {
+            file,
+            capacity_sectors: size / SECTOR_SIZE,
+            read_only,
+            id,
+            counters: DeviceCounters::default(),
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity_sectors
+    }
+
+    /// Byte offset of `sector` if `len` bytes from there stay on the disk.
+    fn checked_offset(&self, sector: u64, len: usize) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len as u64)?;
+        (end <= self.capacity_sectors * SECTOR_SIZE).then_some(offset)
+    }
+
+    /// Carries out one request; returns the status and the bytes written into guest buffers.
+    fn execute(
+        &mut self,
+        header: RequestHeader,
+        reader: &mut Reader,
+        data: &mut Writer,
+    ) -> (u8, u32) {
+        match header.request_type {
+            VIRTIO_BLK_T_IN => {
+                let len = data.available_bytes();
+                let Some(offset) = self
+                    .checked_offset(header.sector, len)
+                    .filter(|_| len <= MAX_TRANSFER)
+                else {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                };
+                let mut buf = vec![0u8; len];
+                match self
+                    .file
+                    .read_exact_at(&mut buf, offset)
+                    .and_then(|()| data.write_all(&buf))
+                {
+                    Ok(()) => (VIRTIO_BLK_S_OK, len as u32),
+                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                }
+            }
+            VIRTIO_BLK_T_OUT => {
+                let len = reader.available_bytes();
+                if self.read_only {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                }
+                let Some(offset) = self
+                    .checked_offset(header.sector, len)
+                    .filter(|_| len <= MAX_TRANSFER)
+                else {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                };
+                let mut buf = vec![0u8; len];
+                match reader
+                    .read_exact(&mut buf)
+                    .and_then(|()| self.file.write_all_at(&buf, offset))
+                {
+                    Ok(()) => (VIRTIO_BLK_S_OK, 0),
+                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                }
+            }
+            VIRTIO_BLK_T_FLUSH => match self.file.sync_data() {
+                Ok(()) => (VIRTIO_BLK_S_OK, 0),
+                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+            },
+            VIRTIO_BLK_T_GET_ID => {
+                let n = data.available_bytes().min(ID_LEN);
+                match data.write_all(&self.id[..n]) {
+                    Ok(()) => (VIRTIO_BLK_S_OK, n as u32),
+                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                }
+            }
+            _ => (VIRTIO_BLK_S_UNSUPP, 0),
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn name(&self) -> &'static str {
+        "block"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | ro
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_blk_config starts with the capacity in sectors.
+        read_config_bytes(&self.capacity_sectors.to_le_bytes(), offset, data);
+    }
+
+    fn process_queue(&mut self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let written = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+                (Ok(mut reader), Ok(mut writer)) if writer.available_bytes() >= 1 => {
+                    // The last writable byte is the status; what precedes it is data.
+                    let status_at = writer.available_bytes() - 1;
+                    match (
+                        reader.read_obj::<RequestHeader>(),
+                        writer.split_at(status_at),
+                    ) {
+                        (Ok(header), Ok(mut status_writer)) => {
+                            let (status, len) = self.execute(header, &mut reader, &mut writer);
+                            if status == VIRTIO_BLK_S_OK {
+                                self.counters
+                                    .ok(u64::from(len) + reader.bytes_read() as u64);
+                            } else {
+                                self.counters.error();
+                            }
+                            match status_writer.write_all(&[status]) {
+                                Ok(()) => len + 1,
+                                Err(_) => 0,
+                            }
+                        }
+                        _ => {
+                            self.counters.error();
+                            0
+                        }
+                    }
+                }
+                _ => {
+                    // No header, no status byte, or buffers outside guest memory.
+                    log::debug!("virtio-blk: dropping malformed request");
+                    self.counters.error();
+                    0
+                }
+            };
+            if queue.add_used(mem, head, written).is_err() {
+                self.counters.error();
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn counters(&self) -> &DeviceCounters {
+        &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x11_0000;
+    const STATUS: u64 = 0x12_0000;
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).expect("memory")
+    }
+
+    fn disk(sectors: u64, read_only: bool) -> (tempfile::NamedTempFile, Block) {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        let pattern: Vec<u8> = (0..sectors * SECTOR_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(f.path(), pattern).expect("write image");
+        let b = Block::open(f.path(), read_only).expect("open");
+        (f, b)
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    /// Runs one request made of `descs`; returns (used length, status byte).
+    fn run(
+        m: &GuestMemoryMmap,
+        b: &mut Block,
+        request_type: u32,
+        sector: u64,
+        descs: &[RawDescriptor],
+    ) -> (u32, u8) {
+        let header = RequestHeader {
+            request_type,
+            _reserved: 0,
+            sector,
+        };
+        m.write_obj(header, GuestAddress(HDR)).expect("header");
+        m.write_obj(0xffu8, GuestAddress(STATUS)).expect("status");
+        let vq = MockSplitQueue::new(m, 16);
+        vq.build_desc_chain(descs).expect("chain");
+        let mut q: Queue = vq.create_queue().expect("queue");
+        assert!(b.process_queue(m, 0, &mut q));
+        let used = vq.used().ring().ref_at(0).expect("used").load();
+        (
+            used.len(),
+            m.read_obj(GuestAddress(STATUS)).expect("status"),
+        )
+    }
+
+    #[test]
+    fn reads_return_the_image_contents() {
+        let m = mem();
+        let (_f, mut b) = disk(8, false);
+        let (len, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_IN,
+            2,
+            &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
+        );
+        assert_eq!((len, status), (1025, VIRTIO_BLK_S_OK));
+        let mut buf = vec![0u8; 1024];
+        m.read_slice(&mut buf, GuestAddress(DATA)).expect("read");
+        let expected: Vec<u8> = (1024..2048u64).map(|i| (i % 251) as u8).collect();
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn writes_reach_the_file_and_flush_succeeds() {
+        let m = mem();
+        let (f, mut b) = disk(8, false);
+        m.write_slice(&[0xab; 512], GuestAddress(DATA))
+            .expect("data");
+        let (_, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_OUT,
+            3,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
+        );
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        let (_, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_FLUSH,
+            0,
+            &[desc(HDR, 16, 0), desc(STATUS, 1, W)],
+        );
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        let image = std::fs::read(f.path()).expect("read image");
+        assert!(image[1536..2048].iter().all(|b| *b == 0xab));
+        assert_eq!(image[1535], (1535 % 251) as u8);
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes() {
+        let m = mem();
+        let (f, mut b) = disk(8, true);
+        assert_ne!(b.features() & VIRTIO_BLK_F_RO, 0);
+        let (_, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_OUT,
+            0,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
+        );
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+        assert_eq!(std::fs::read(f.path()).expect("image")[0], 0);
+    }
+
+    #[test]
+    fn requests_past_the_end_fail_with_ioerr() {
+        let m = mem();
+        let (_f, mut b) = disk(8, false);
+        let (_, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_IN,
+            7,
+            &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
+        );
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+        let (_, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_IN,
+            u64::MAX / 2,
+            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
+        );
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn unknown_requests_are_unsupported_and_get_id_names_the_disk() {
+        let m = mem();
+        let (_f, mut b) = disk(8, false);
+        let (_, status) = run(&m, &mut b, 99, 0, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]);
+        assert_eq!(status, VIRTIO_BLK_S_UNSUPP);
+        let (len, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_GET_ID,
+            0,
+            &[desc(HDR, 16, 0), desc(DATA, 20, W), desc(STATUS, 1, W)],
+        );
+        assert_eq!((len, status), (21, VIRTIO_BLK_S_OK));
+    }
+
+    #[test]
+    fn hostile_chains_are_dropped_without_touching_the_disk() {
+        let m = mem();
+        let (f, mut b) = disk(8, false);
+        let before = std::fs::read(f.path()).expect("image");
+        // Header too short; data outside guest memory; wrong direction (no
+        // writable status byte); all in turn.
+        let (len, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[desc(HDR, 4, 0), desc(STATUS, 1, W)],
+        );
+        assert_eq!((len, status), (0, 0xff));
+        let (len, _) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_OUT,
+            0,
+            &[
+                desc(HDR, 16, 0),
+                desc(0xffff_0000, 512, 0),
+                desc(STATUS, 1, W),
+            ],
+        );
+        assert_eq!(len, 0);
+        let (len, status) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_OUT,
+            0,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, 0)],
+        );
+        assert_eq!((len, status), (0, 0xff));
+        assert_eq!(std::fs::read(f.path()).expect("image"), before);
+        assert_eq!(
+            b.counters()
+                .errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[test]
+    fn config_space_holds_the_capacity() {
+        let (_f, b) = disk(8, false);
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        let mut past = [0xffu8; 4];
+        b.read_config(64, &mut past);
+        assert_eq!(past, [0; 4]);
+    }
+}

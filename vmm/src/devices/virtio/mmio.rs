@@ -1,0 +1,438 @@
+//! The virtio-mmio transport, version 2 (virtio spec 4.2.2): registers,
+//! feature negotiation, queue set-up, status and reset.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::devices::BusDevice;
+
+/// Size of one device's register window.
+pub const MMIO_LEN: u64 = 0x1000;
+/// Offset of QueueNotify, where ioeventfds are attached.
+pub const QUEUE_NOTIFY: u64 = 0x50;
+
+const MAGIC_VALUE: u64 = 0x00;
+const VERSION: u64 = 0x04;
+const DEVICE_ID: u64 = 0x08;
+const VENDOR_ID: u64 = 0x0c;
+const DEVICE_FEATURES: u64 = 0x10;
+const DEVICE_FEATURES_SEL: u64 = 0x14;
+const DRIVER_FEATURES: u64 = 0x20;
+const DRIVER_FEATURES_SEL: u64 = 0x24;
+const QUEUE_SEL: u64 = 0x30;
+const QUEUE_NUM_MAX: u64 = 0x34;
+const QUEUE_NUM: u64 = 0x38;
+const QUEUE_READY: u64 = 0x44;
+const INTERRUPT_STATUS: u64 = 0x60;
+const INTERRUPT_ACK: u64 = 0x64;
+const STATUS: u64 = 0x70;
+const QUEUE_DESC_LOW: u64 = 0x80;
+const QUEUE_DESC_HIGH: u64 = 0x84;
+const QUEUE_AVAIL_LOW: u64 = 0x90;
+const QUEUE_AVAIL_HIGH: u64 = 0x94;
+const QUEUE_USED_LOW: u64 = 0xa0;
+const QUEUE_USED_HIGH: u64 = 0xa4;
+const CONFIG_GENERATION: u64 = 0xfc;
+const CONFIG: u64 = 0x100;
+
+/// "virt" in little endian.
+const MAGIC: u32 = 0x7472_6976;
+/// Our vendor id ("EC2L" would not fit the spirit; QEMU uses 0x554d4551).
+const VENDOR: u32 = 0x4543_324c;
+
+/// Device status bits (virtio spec 2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The guest gave up on the device.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// One virtio device behind its MMIO register window.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+}
+
+impl MmioTransport {
+    /// Wraps `device`; queues are sized by the device's maxima.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Self {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .filter_map(|max| Queue::new(*max).ok())
+            .collect();
+        Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    /// Number of queues.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Whether the driver has finished set-up.
+    pub fn is_active(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
+    }
+
+    /// Serves queue `index` after a notification, and interrupts the guest
+    /// if it used buffers and the driver wants to hear about it.
+    pub fn notify(&mut self, index: usize) {
+        if !self.is_active() {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        if self.device.process_queue(&self.mem, index, queue) {
+            let wanted = queue.needs_notification(&self.mem).unwrap_or(true);
+            if wanted {
+                self.interrupt.signal_used();
+            }
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        let sel = self.queue_select as usize;
+        // Queue registers may only change before DRIVER_OK.
+        if self.status & status::DRIVER_OK != 0 {
+            return None;
+        }
+        self.queues.get_mut(sel)
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let mut value = value;
+        if value & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
+            // Accept only features we offered, and only the modern interface.
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
+                value &= !status::FEATURES_OK;
+            }
+        }
+        if value & status::DRIVER_OK != 0 && self.status & status::DRIVER_OK == 0 {
+            let mem = &self.mem;
+            let invalid = self.queues.iter().any(|q| q.ready() && !q.is_valid(mem));
+            if invalid || value & status::FEATURES_OK == 0 {
+                log::warn!(
+                    "virtio-{}: driver set DRIVER_OK with an invalid queue set-up",
+                    self.device.name()
+                );
+                value |= status::DEVICE_NEEDS_RESET;
+            }
+        }
+        self.status = value;
+    }
+
+    fn read_u32(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_select as usize);
+        match offset {
+            MAGIC_VALUE => MAGIC,
+            VERSION => 2,
+            DEVICE_ID => self.device.device_type(),
+            VENDOR_ID => VENDOR,
+            DEVICE_FEATURES => match self.device_features_select {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS => self.status,
+            CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_u32(&mut self, offset: u64, value: u32) {
+        match offset {
+            DEVICE_FEATURES_SEL => self.device_features_select = value,
+            DRIVER_FEATURES => {
+                if self.status & status::FEATURES_OK == 0 {
+                    match self.driver_features_select {
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(value)
+                        }
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            QUEUE_SEL => self.queue_select = value,
+            QUEUE_NUM => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(value as u16);
+                }
+            }
+            QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            QUEUE_NOTIFY => self.notify(value as usize),
+            INTERRUPT_ACK => self.interrupt.ack(value),
+            STATUS => self.set_status(value),
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_AVAIL_LOW | QUEUE_AVAIL_HIGH
+            | QUEUE_USED_LOW | QUEUE_USED_HIGH => {
+                let Some(q) = self.selected_queue() else {
+                    return;
+                };
+                let (low, high) = if offset % 8 == 0 {
+                    (Some(value), None)
+                } else {
+                    (None, Some(value))
+                };
+                match offset & !0x7 {
+                    QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                    QUEUE_AVAIL_LOW => q.set_avail_ring_address(low, high),
+                    _ => q.set_used_ring_address(low, high),
+                }
+            }
+            _ => log::debug!(
+                "virtio-{}: write to read-only or unknown register {offset:#x}",
+                self.device.name()
+            ),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG {
+            self.device.read_config(offset - CONFIG, data);
+            return;
+        }
+        if data.len() == 4 && offset % 4 == 0 {
+            data.copy_from_slice(&self.read_u32(offset).to_le_bytes());
+        } else {
+            data.fill(0);
+            log::debug!(
+                "virtio-{}: non-32-bit register read at {offset:#x}",
+                self.device.name()
+            );
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG {
+            // No device here has writable config.
+            return;
+        }
+        match <[u8; 4]>::try_from(data) {
+            Ok(word) if offset % 4 == 0 => self.write_u32(offset, u32::from_le_bytes(word)),
+            _ => log::debug!(
+                "virtio-{}: non-32-bit register write at {offset:#x}",
+                self.device.name()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::devices::virtio::rng::Rng;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).expect("memory")
+    }
+
+    fn transport(m: &GuestMemoryMmap) -> (MmioTransport, EventFd) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let t = MmioTransport::new(
+            Box::new(Rng::new()),
+            m.clone(),
+            Arc::new(VirtioInterrupt::new(irq.try_clone().expect("clone"))),
+        );
+        (t, irq)
+    }
+
+    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// Drives the Linux driver's initialisation sequence against the mock queue.
+    fn bring_up(t: &mut MmioTransport, vq: &MockSplitQueue<GuestMemoryMmap>, features_hi: u32) {
+        write(t, STATUS, status::ACKNOWLEDGE);
+        write(t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        write(t, DRIVER_FEATURES_SEL, 1);
+        write(t, DRIVER_FEATURES, features_hi);
+        write(
+            t,
+            STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        write(t, QUEUE_SEL, 0);
+        write(t, QUEUE_NUM, 16);
+        for (low, addr) in [
+            (QUEUE_DESC_LOW, vq.desc_table_addr()),
+            (QUEUE_AVAIL_LOW, vq.avail_addr()),
+            (QUEUE_USED_LOW, vq.used_addr()),
+        ] {
+            write(t, low, addr.0 as u32);
+            write(t, low + 4, (addr.0 >> 32) as u32);
+        }
+        write(t, QUEUE_READY, 1);
+        let s = read(t, STATUS);
+        write(t, STATUS, s | status::DRIVER_OK);
+    }
+
+    #[test]
+    fn identity_registers_follow_the_spec() {
+        let m = mem();
+        let (mut t, _) = transport(&m);
+        assert_eq!(read(&mut t, MAGIC_VALUE), MAGIC);
+        assert_eq!(read(&mut t, VERSION), 2);
+        assert_eq!(read(&mut t, DEVICE_ID), 4);
+        write(&mut t, DEVICE_FEATURES_SEL, 1);
+        assert_eq!(read(&mut t, DEVICE_FEATURES), 1, "VIRTIO_F_VERSION_1");
+        assert_eq!(read(&mut t, QUEUE_NUM_MAX), 256);
+    }
+
+    #[test]
+    fn notify_serves_the_queue_and_interrupts() {
+        let m = mem();
+        let (mut t, irq) = transport(&m);
+        let vq = MockSplitQueue::new(&m, 16);
+        bring_up(&mut t, &vq, 1);
+        assert!(t.is_active(), "status {:#x}", read(&mut t, STATUS));
+        let desc = RawDescriptor::from(SplitDescriptor::new(
+            0x10_0000,
+            32,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        ));
+        vq.add_desc_chains(&[desc], 0).expect("chain");
+        write(&mut t, QUEUE_NOTIFY, 0);
+        assert_eq!(vq.used().idx().load(), 1);
+        assert_eq!(irq.read().expect("interrupt"), 1);
+        assert_eq!(read(&mut t, INTERRUPT_STATUS), 1);
+        write(&mut t, INTERRUPT_ACK, 1);
+        assert_eq!(read(&mut t, INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn legacy_drivers_without_version_1_are_refused() {
+        let m = mem();
+        let (mut t, _) = transport(&m);
+        let vq = MockSplitQueue::new(&m, 16);
+        bring_up(&mut t, &vq, 0);
+        assert_eq!(read(&mut t, STATUS) & status::FEATURES_OK, 0);
+        assert!(!t.is_active());
+    }
+
+    #[test]
+    fn invalid_queue_set_up_needs_reset_and_reset_recovers() {
+        let m = mem();
+        let (mut t, _) = transport(&m);
+        write(&mut t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        write(&mut t, DRIVER_FEATURES_SEL, 1);
+        write(&mut t, DRIVER_FEATURES, 1);
+        write(
+            &mut t,
+            STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        write(&mut t, QUEUE_NUM, 16);
+        // Rings outside guest memory.
+        write(&mut t, QUEUE_DESC_HIGH, 0xffff);
+        write(&mut t, QUEUE_READY, 1);
+        write(&mut t, STATUS, 0xf);
+        assert_ne!(read(&mut t, STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert!(!t.is_active());
+        write(&mut t, QUEUE_NOTIFY, 0); // ignored, no panic
+        write(&mut t, STATUS, 0);
+        assert_eq!(read(&mut t, STATUS), 0);
+        assert_eq!(read(&mut t, QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn odd_accesses_are_ignored() {
+        let m = mem();
+        let (mut t, _) = transport(&m);
+        let mut b = [0xffu8; 2];
+        t.read(MAGIC_VALUE, &mut b);
+        t.write(STATUS, &[1, 2]);
+        write(&mut t, QUEUE_SEL, 7);
+        write(&mut t, QUEUE_NUM, 16);
+        assert_eq!(read(&mut t, QUEUE_NUM_MAX), 0, "no queue 7");
+        write(&mut t, 0x2, 5);
+        assert_eq!(read(&mut t, STATUS), 0);
+    }
+}
