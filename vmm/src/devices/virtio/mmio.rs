@@ -172,7 +172,8 @@ impl MmioTransport {
             let mem = &self.mem;
             let invalid = self.queues.iter().any(|q| q.ready() && !q.is_valid(mem));
             if invalid || value & status::FEATURES_OK == 0 {
-                log::warn!(
+                // Debug level: a guest could repeat this at will.
+                log::debug!(
                     "virtio-{}: driver set DRIVER_OK with an invalid queue set-up",
                     self.device.name()
                 );
