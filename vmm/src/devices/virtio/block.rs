@@ -8,10 +8,12 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use super::{device_type, read_config_bytes, DeviceCounters, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    device_type, drain_queue, read_config_bytes, DeviceCounters, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -127,13 +129,47 @@ impl Block {
         (end <= self.capacity_sectors * SECTOR_SIZE).then_some(offset)
     }
 
+    /// Parses one request chain, carries it out and writes its status;
+    /// returns the bytes written into the guest's buffers (0 when the chain
+    /// is dropped as malformed).
+    fn serve(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+        let (Ok(mut reader), Ok(mut writer)) =
+            (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
+        else {
+            // Buffers outside guest memory.
+            return self.drop_malformed();
+        };
+        // The last writable byte is the status; what precedes it is data.
+        let Some(status_at) = writer.available_bytes().checked_sub(1) else {
+            return self.drop_malformed();
+        };
+        let (Ok(header), Ok(mut status_writer)) = (
+            reader.read_obj::<RequestHeader>(),
+            writer.split_at(status_at),
+        ) else {
+            return self.drop_malformed();
+        };
+        let (status, len) = self.execute(header, &mut reader, &mut writer);
+        if status == VIRTIO_BLK_S_OK {
+            self.counters
+                .ok(u64::from(len) + reader.bytes_read() as u64);
+        } else {
+            self.counters.error();
+        }
+        match status_writer.write_all(&[status]) {
+            Ok(()) => len + 1,
+            Err(_) => 0,
+        }
+    }
+
+    fn drop_malformed(&self) -> u32 {
+        log::debug!("virtio-blk: dropping malformed request");
+        self.counters.error();
+        0
+    }
+
     /// Carries out one request; returns the status and the bytes written into guest buffers.
-    fn execute(
-        &mut self,
-        header: RequestHeader,
-        reader: &mut Reader,
-        data: &mut Writer,
-    ) -> (u8, u32) {
+    fn execute(&self, header: RequestHeader, reader: &mut Reader, data: &mut Writer) -> (u8, u32) {
         match header.request_type {
             VIRTIO_BLK_T_IN => {
                 let len = data.available_bytes();
@@ -213,49 +249,7 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let written = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
-                (Ok(mut reader), Ok(mut writer)) if writer.available_bytes() >= 1 => {
-                    // The last writable byte is the status; what precedes it is data.
-                    let status_at = writer.available_bytes() - 1;
-                    match (
-                        reader.read_obj::<RequestHeader>(),
-                        writer.split_at(status_at),
-                    ) {
-                        (Ok(header), Ok(mut status_writer)) => {
-                            let (status, len) = self.execute(header, &mut reader, &mut writer);
-                            if status == VIRTIO_BLK_S_OK {
-                                self.counters
-                                    .ok(u64::from(len) + reader.bytes_read() as u64);
-                            } else {
-                                self.counters.error();
-                            }
-                            match status_writer.write_all(&[status]) {
-                                Ok(()) => len + 1,
-                                Err(_) => 0,
-                            }
-                        }
-                        _ => {
-                            self.counters.error();
-                            0
-                        }
-                    }
-                }
-                _ => {
-                    // No header, no status byte, or buffers outside guest memory.
-                    log::debug!("virtio-blk: dropping malformed request");
-                    self.counters.error();
-                    0
-                }
-            };
-            if queue.add_used(mem, head, written).is_err() {
-                self.counters.error();
-            }
-            used = true;
-        }
-        used
+        drain_queue(mem, queue, &self.counters, |chain| self.serve(mem, chain))
     }
 
     fn counters(&self) -> &DeviceCounters {
@@ -265,21 +259,16 @@ impl VirtioDevice for Block {
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::devices::virtio::test_utils::{mem, readable, writable};
 
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x11_0000;
     const STATUS: u64 = 0x12_0000;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).expect("memory")
-    }
 
     fn disk(sectors: u64, read_only: bool) -> (tempfile::NamedTempFile, Block) {
         let f = tempfile::NamedTempFile::new().expect("temp file");
@@ -289,10 +278,6 @@ mod tests {
         std::fs::write(f.path(), pattern).expect("write image");
         let b = Block::open(f.path(), read_only).expect("open");
         (f, b)
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
     }
 
     /// Runs one request made of `descs`; returns (used length, status byte).
@@ -330,7 +315,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_IN,
             2,
-            &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
+            &[readable(HDR, 16), writable(DATA, 1024), writable(STATUS, 1)],
         );
         assert_eq!((len, status), (1025, VIRTIO_BLK_S_OK));
         let mut buf = vec![0u8; 1024];
@@ -350,7 +335,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_OUT,
             3,
-            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
+            &[readable(HDR, 16), readable(DATA, 512), writable(STATUS, 1)],
         );
         assert_eq!(status, VIRTIO_BLK_S_OK);
         let (_, status) = run(
@@ -358,7 +343,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_FLUSH,
             0,
-            &[desc(HDR, 16, 0), desc(STATUS, 1, W)],
+            &[readable(HDR, 16), writable(STATUS, 1)],
         );
         assert_eq!(status, VIRTIO_BLK_S_OK);
         let image = std::fs::read(f.path()).expect("read image");
@@ -376,7 +361,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_OUT,
             0,
-            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
+            &[readable(HDR, 16), readable(DATA, 512), writable(STATUS, 1)],
         );
         assert_eq!(status, VIRTIO_BLK_S_IOERR);
         assert_eq!(std::fs::read(f.path()).expect("image")[0], 0);
@@ -391,7 +376,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_IN,
             7,
-            &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
+            &[readable(HDR, 16), writable(DATA, 1024), writable(STATUS, 1)],
         );
         assert_eq!(status, VIRTIO_BLK_S_IOERR);
         let (_, status) = run(
@@ -399,7 +384,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_IN,
             u64::MAX / 2,
-            &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
+            &[readable(HDR, 16), writable(DATA, 512), writable(STATUS, 1)],
         );
         assert_eq!(status, VIRTIO_BLK_S_IOERR);
     }
@@ -408,14 +393,14 @@ mod tests {
     fn unknown_requests_are_unsupported_and_get_id_names_the_disk() {
         let m = mem();
         let (_f, mut b) = disk(8, false);
-        let (_, status) = run(&m, &mut b, 99, 0, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]);
+        let (_, status) = run(&m, &mut b, 99, 0, &[readable(HDR, 16), writable(STATUS, 1)]);
         assert_eq!(status, VIRTIO_BLK_S_UNSUPP);
         let (len, status) = run(
             &m,
             &mut b,
             VIRTIO_BLK_T_GET_ID,
             0,
-            &[desc(HDR, 16, 0), desc(DATA, 20, W), desc(STATUS, 1, W)],
+            &[readable(HDR, 16), writable(DATA, 20), writable(STATUS, 1)],
         );
         assert_eq!((len, status), (21, VIRTIO_BLK_S_OK));
     }
@@ -432,7 +417,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_IN,
             0,
-            &[desc(HDR, 4, 0), desc(STATUS, 1, W)],
+            &[readable(HDR, 4), writable(STATUS, 1)],
         );
         assert_eq!((len, status), (0, 0xff));
         let (len, _) = run(
@@ -441,9 +426,9 @@ mod tests {
             VIRTIO_BLK_T_OUT,
             0,
             &[
-                desc(HDR, 16, 0),
-                desc(0xffff_0000, 512, 0),
-                desc(STATUS, 1, W),
+                readable(HDR, 16),
+                readable(0xffff_0000, 512),
+                writable(STATUS, 1),
             ],
         );
         assert_eq!(len, 0);
@@ -452,7 +437,7 @@ mod tests {
             &mut b,
             VIRTIO_BLK_T_OUT,
             0,
-            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, 0)],
+            &[readable(HDR, 16), readable(DATA, 512), readable(STATUS, 1)],
         );
         assert_eq!((len, status), (0, 0xff));
         assert_eq!(std::fs::read(f.path()).expect("image"), before);

@@ -295,18 +295,12 @@ impl BusDevice for MmioTransport {
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::devices::virtio::rng::Rng;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).expect("memory")
-    }
+    use crate::devices::virtio::test_utils::{mem, writable};
 
     fn transport(m: &GuestMemoryMmap) -> (MmioTransport, EventFd) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
@@ -373,12 +367,7 @@ mod tests {
         let vq = MockSplitQueue::new(&m, 16);
         bring_up(&mut t, &vq, 1);
         assert!(t.is_active(), "status {:#x}", read(&mut t, STATUS));
-        let desc = RawDescriptor::from(SplitDescriptor::new(
-            0x10_0000,
-            32,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        ));
+        let desc = writable(0x10_0000, 32);
         vq.add_desc_chains(&[desc], 0).expect("chain");
         write(&mut t, QUEUE_NOTIFY, 0);
         assert_eq!(vq.used().idx().load(), 1);

@@ -14,7 +14,7 @@ pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -131,4 +131,55 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
     let n = data.len().min(config.len() - start);
     data[..n].copy_from_slice(&config[start..start + n]);
+}
+
+/// Pops every available chain from `queue`, lets `serve` handle it (it
+/// returns how many bytes it wrote into the guest's buffers), and puts it on
+/// the used ring. Returns whether any chain was used. A used-ring update that
+/// fails (a hostile ring) is counted as an error and otherwise ignored.
+pub fn drain_queue<'m>(
+    mem: &'m GuestMemoryMmap,
+    queue: &mut Queue,
+    counters: &DeviceCounters,
+    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> u32,
+) -> bool {
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let written = serve(chain);
+        if queue.add_used(mem, head, written).is_err() {
+            counters.error();
+        }
+        used = true;
+    }
+    used
+}
+
+/// Shared helpers for the device unit tests.
+#[cfg(test)]
+pub mod test_utils {
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    /// 2 MiB of guest memory; the mock queue's rings live in the first MiB,
+    /// buffers go above it.
+    pub fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).expect("memory")
+    }
+
+    /// A device-readable descriptor.
+    pub fn readable(addr: u64, len: u32) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, 0, 0))
+    }
+
+    /// A device-writable descriptor.
+    pub fn writable(addr: u64, len: u32) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(
+            addr,
+            len,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        ))
+    }
 }

@@ -2,10 +2,10 @@
 
 use std::io::Write;
 
-use virtio_queue::{Queue, QueueT, Writer};
+use virtio_queue::{Queue, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{device_type, DeviceCounters, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{device_type, drain_queue, DeviceCounters, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Largest amount of entropy handed out per request, so one hostile request
 /// cannot make the VMM allocate or block for long.
@@ -65,36 +65,30 @@ impl VirtioDevice for Rng {
     }
 
     fn process_queue(&mut self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len = match Writer::new(mem, chain) {
+        let counters = &self.counters;
+        drain_queue(mem, queue, counters, |chain| {
+            match Writer::new(mem, chain) {
                 Ok(mut writer) => {
                     let mut buf = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
                     match getrandom(&mut buf).and_then(|()| writer.write_all(&buf)) {
                         Ok(()) => {
-                            self.counters.ok(buf.len() as u64);
+                            counters.ok(buf.len() as u64);
                             buf.len() as u32
                         }
                         Err(e) => {
                             log::warn!("virtio-rng: {e}");
-                            self.counters.error();
+                            counters.error();
                             0
                         }
                     }
                 }
                 Err(e) => {
                     log::debug!("virtio-rng: malformed chain: {e}");
-                    self.counters.error();
+                    counters.error();
                     0
                 }
-            };
-            if queue.add_used(mem, head, len).is_err() {
-                self.counters.error();
             }
-            used = true;
-        }
-        used
+        })
     }
 
     fn counters(&self) -> &DeviceCounters {
@@ -104,27 +98,17 @@ impl VirtioDevice for Rng {
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).expect("memory")
-    }
+    use crate::devices::virtio::test_utils::{mem, writable};
 
     #[test]
     fn writable_buffers_are_filled_with_entropy() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 16);
-        let desc = RawDescriptor::from(SplitDescriptor::new(
-            0x10_0000,
-            64,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        ));
+        let desc = writable(0x10_0000, 64);
         vq.build_desc_chain(&[desc]).expect("chain");
         let mut q: Queue = vq.create_queue().expect("queue");
         let mut rng = Rng::new();
@@ -141,12 +125,7 @@ mod tests {
     fn buffers_outside_guest_memory_are_refused_not_fatal() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 16);
-        let desc = RawDescriptor::from(SplitDescriptor::new(
-            0xffff_0000,
-            64,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        ));
+        let desc = writable(0xffff_0000, 64);
         vq.build_desc_chain(&[desc]).expect("chain");
         let mut q: Queue = vq.create_queue().expect("queue");
         let mut rng = Rng::new();
