@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ec2lab_vmm::devices::virtio::block::Block;
-use ec2lab_vmm::devices::virtio::event::{self, QueueEvent};
+use ec2lab_vmm::devices::virtio::event::EventLoop;
 use ec2lab_vmm::devices::virtio::mmio::MmioTransport;
 use ec2lab_vmm::devices::virtio::VirtioInterrupt;
 use ec2lab_vmm::devices::BusDevice;
@@ -70,12 +70,11 @@ impl Rig {
         write_reg(&transport, 0x44, 1);
         write_reg(&transport, 0x70, 0xf);
         let notify = EventFd::new(0).expect("notify eventfd");
-        event::spawn(vec![QueueEvent {
-            transport: transport.clone(),
-            queue: 0,
-            event: notify.try_clone().expect("clone"),
-        }])
-        .expect("event thread");
+        let mut event_loop = EventLoop::new().expect("epoll");
+        event_loop
+            .add_device(&transport, vec![notify.try_clone().expect("clone")])
+            .expect("queue event");
+        event_loop.spawn().expect("event thread");
         Rig {
             mem,
             _transport: transport,

@@ -26,10 +26,10 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::event::QueueEvent;
+use crate::devices::virtio::event::EventLoop;
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::{self, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::exit::VmExit;
 use crate::host::{HostKind, Workarounds};
@@ -225,7 +225,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     )?;
     pio.insert(power, u64::from(ACPI_SLEEP_CONTROL_PORT), 1)?;
     let mut mmio = Bus::new();
-    let mut queue_events = Vec::new();
+    let mut event_loop = EventLoop::new().map_err(BuildError::EventFd)?;
     let mut transports = Vec::new();
     for (device, info) in virtio_devices.into_iter().zip(&virtio_info) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
@@ -236,19 +236,19 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
             mem.clone(),
             Arc::new(VirtioInterrupt::new(irq)),
         )));
+        let mut queue_events = Vec::with_capacity(queues);
         for queue in 0..queues {
             let event = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
             vm.register_ioevent(&event, info.base + mmio::QUEUE_NOTIFY, queue as u32)?;
-            queue_events.push(QueueEvent {
-                transport: transport.clone(),
-                queue,
-                event,
-            });
+            queue_events.push(event);
         }
+        event_loop
+            .add_device(&transport, queue_events)
+            .map_err(BuildError::EventFd)?;
         mmio.insert(transport.clone(), info.base, MMIO_LEN)?;
         transports.push((transport, *info));
     }
-    virtio::event::spawn(queue_events).map_err(BuildError::EventFd)?;
+    event_loop.spawn().map_err(BuildError::EventFd)?;
 
     vcpu::install_kick_handler()?;
     let ctx = VcpuContext {

@@ -13,7 +13,8 @@ use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::{
-    device_type, drain_queue, read_config_bytes, DeviceCounters, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, drain_queue, read_config_bytes, ready_queue, DeviceCounters, UsedQueues,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Sector size of the virtio-blk protocol.
@@ -257,8 +258,17 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.capacity_sectors.to_le_bytes(), offset, data);
     }
 
-    fn process_queue(&mut self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> bool {
-        drain_queue(mem, queue, &self.counters, |chain| self.serve(mem, chain))
+    fn process_queue(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        queues: &mut [Queue],
+    ) -> UsedQueues {
+        let Some(queue) = ready_queue(queues, index) else {
+            return UsedQueues::NONE;
+        };
+        let used = drain_queue(mem, queue, &self.counters, |chain| self.serve(mem, chain));
+        UsedQueues::when(used, index)
     }
 
     fn counters(&self) -> &DeviceCounters {
@@ -307,7 +317,7 @@ mod tests {
         let vq = MockSplitQueue::new(m, 16);
         vq.build_desc_chain(descs).expect("chain");
         let mut q: Queue = vq.create_queue().expect("queue");
-        assert!(b.process_queue(m, 0, &mut q));
+        assert!(b.process_queue(m, 0, std::slice::from_mut(&mut q)).any());
         let used = vq.used().ring().ref_at(0).expect("used").load();
         (
             used.len(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{BackendEvents, UsedQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 
 /// Size of one device's register window.
@@ -115,20 +115,47 @@ impl MmioTransport {
     /// Serves queue `index` after a notification, and interrupts the guest
     /// if it used buffers and the driver wants to hear about it.
     pub fn notify(&mut self, index: usize) {
-        if !self.is_active() {
+        if !self.is_active() || !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index) else {
-            return;
+        let used = self.device.process_queue(&self.mem, index, &mut self.queues);
+        self.signal(used);
+    }
+
+    /// Lets the device register its backend descriptors with the event loop.
+    pub fn register_backend(&mut self, events: BackendEvents) -> std::io::Result<()> {
+        self.device.register_backend(events)
+    }
+
+    /// Hands a backend event to the device; it sees no queues while the
+    /// driver has not finished set-up.
+    pub fn backend_event(&mut self, token: u32, events: u32) {
+        let queues: &mut [Queue] = if self.is_active() {
+            &mut self.queues
+        } else {
+            &mut []
         };
-        if !queue.ready() {
+        let used = self
+            .device
+            .process_backend(&self.mem, token, events, queues);
+        self.signal(used);
+    }
+
+    /// Interrupts the guest if any of the `used` queues wants it.
+    fn signal(&mut self, used: UsedQueues) {
+        if !used.any() {
             return;
         }
-        if self.device.process_queue(&self.mem, index, queue) {
-            let wanted = queue.needs_notification(&self.mem).unwrap_or(true);
-            if wanted {
-                self.interrupt.signal_used();
+        let mut wanted = false;
+        for (i, queue) in self.queues.iter_mut().enumerate() {
+            if used.contains(i) {
+                // Evaluate every used queue: with EVENT_IDX the check
+                // also records what was signalled.
+                wanted |= queue.needs_notification(&self.mem).unwrap_or(true);
             }
+        }
+        if wanted {
+            self.interrupt.signal_used();
         }
     }
 
@@ -151,6 +178,7 @@ impl MmioTransport {
         self.driver_features = 0;
         self.status = 0;
         self.interrupt.ack(u32::MAX);
+        self.device.reset();
     }
 
     fn set_status(&mut self, value: u32) {
@@ -180,7 +208,12 @@ impl MmioTransport {
                 value |= status::DEVICE_NEEDS_RESET;
             }
         }
+        let activated = value & status::DRIVER_OK != 0 && self.status & status::DRIVER_OK == 0;
         self.status = value;
+        if activated && self.is_active() {
+            let used = self.device.activate(&self.mem, &mut self.queues);
+            self.signal(used);
+        }
     }
 
     fn read_u32(&self, offset: u64) -> u32 {

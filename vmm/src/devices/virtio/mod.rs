@@ -12,6 +12,8 @@ pub mod event;
 pub mod mmio;
 pub mod rng;
 
+pub use event::BackendEvents;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -23,10 +25,77 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device type ids (virtio spec 5).
 pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Socket device (AF_VSOCK).
+    pub const VSOCK: u32 = 19;
+}
+
+/// The queues a device put buffers on the used ring of, so the transport
+/// interrupts the guest once for all of them (and only if the driver wants
+/// to hear about those queues).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsedQueues(u32);
+
+impl UsedQueues {
+    /// No queue was used.
+    pub const NONE: Self = Self(0);
+
+    /// Just queue `index`.
+    pub fn one(index: usize) -> Self {
+        Self::NONE.with(index)
+    }
+
+    /// These queues and queue `index`.
+    #[must_use]
+    pub fn with(self, index: usize) -> Self {
+        match u32::try_from(index).ok().and_then(|i| 1u32.checked_shl(i)) {
+            Some(bit) => Self(self.0 | bit),
+            None => self,
+        }
+    }
+
+    /// Queue `index` if `used`, else none.
+    pub fn when(used: bool, index: usize) -> Self {
+        if used {
+            Self::one(index)
+        } else {
+            Self::NONE
+        }
+    }
+
+    /// Whether queue `index` was used.
+    pub fn contains(self, index: usize) -> bool {
+        index < 32 && self.0 & (1 << index) != 0
+    }
+
+    /// Whether any queue was used.
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+}
+
+impl std::ops::BitOr for UsedQueues {
+    type Output = Self;
+    fn bitor(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+impl std::ops::BitOrAssign for UsedQueues {
+    fn bitor_assign(&mut self, other: Self) {
+        self.0 |= other.0;
+    }
+}
+
+/// Queue `index` of `queues` if the driver has made it ready: the only
+/// queues a device may touch.
+pub fn ready_queue(queues: &mut [Queue], index: usize) -> Option<&mut Queue> {
+    queues.get_mut(index).filter(|q| q.ready())
 }
 
 /// Per-device request counters, reported by the control API.
@@ -64,6 +133,11 @@ impl DeviceCounters {
 }
 
 /// What a virtio device does; the transport does the rest.
+///
+/// Every hook that may use buffers gets all of the device's queues (a device
+/// may answer on another queue than the one notified, as vsock does) and
+/// says which ones it used. While the driver has not finished set-up the
+/// queue slice is empty.
 pub trait VirtioDevice: Send {
     /// Virtio device type id.
     fn device_type(&self) -> u32;
@@ -75,10 +149,44 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Reads from the device-specific config space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Serves new buffers on queue `index`; returns whether any were used.
-    fn process_queue(&mut self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> bool;
+    /// Serves new buffers on queue `index` (which is ready).
+    fn process_queue(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        queues: &mut [Queue],
+    ) -> UsedQueues;
     /// The device's counters.
     fn counters(&self) -> &DeviceCounters;
+
+    /// Hands the device its way to have backend file descriptors (a tap, a
+    /// socket) watched by the device event thread. Called once, before the
+    /// guest runs.
+    fn register_backend(&mut self, _events: BackendEvents) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// A backend descriptor registered with `token` is ready (`events` is
+    /// the epoll event mask). Backends are registered edge-triggered, so the
+    /// device must drain them or remember that it stopped early.
+    fn process_backend(
+        &mut self,
+        _mem: &GuestMemoryMmap,
+        _token: u32,
+        _events: u32,
+        _queues: &mut [Queue],
+    ) -> UsedQueues {
+        UsedQueues::NONE
+    }
+
+    /// The driver has just set DRIVER_OK: work held back while the device
+    /// was inactive can go now.
+    fn activate(&mut self, _mem: &GuestMemoryMmap, _queues: &mut [Queue]) -> UsedQueues {
+        UsedQueues::NONE
+    }
+
+    /// The driver reset the device: forget per-session state.
+    fn reset(&mut self) {}
 }
 
 /// Interrupt status bit: a queue has used buffers.

@@ -5,7 +5,10 @@ use std::io::Write;
 use virtio_queue::{Queue, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{device_type, drain_queue, DeviceCounters, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    device_type, drain_queue, ready_queue, DeviceCounters, UsedQueues, VirtioDevice,
+    VIRTIO_F_VERSION_1,
+};
 
 /// Largest amount of entropy handed out per request, so one hostile request
 /// cannot make the VMM allocate or block for long.
@@ -64,9 +67,17 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> bool {
+    fn process_queue(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        queues: &mut [Queue],
+    ) -> UsedQueues {
+        let Some(queue) = ready_queue(queues, index) else {
+            return UsedQueues::NONE;
+        };
         let counters = &self.counters;
-        drain_queue(mem, queue, counters, |chain| {
+        let used = drain_queue(mem, queue, counters, |chain| {
             match Writer::new(mem, chain) {
                 Ok(mut writer) => {
                     let mut buf = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
@@ -88,7 +99,8 @@ impl VirtioDevice for Rng {
                     0
                 }
             }
-        })
+        });
+        UsedQueues::when(used, index)
     }
 
     fn counters(&self) -> &DeviceCounters {
@@ -112,7 +124,7 @@ mod tests {
         vq.build_desc_chain(&[desc]).expect("chain");
         let mut q: Queue = vq.create_queue().expect("queue");
         let mut rng = Rng::new();
-        assert!(rng.process_queue(&m, 0, &mut q));
+        assert!(rng.process_queue(&m, 0, std::slice::from_mut(&mut q)).any());
         let used = vq.used().ring().ref_at(0).expect("used").load();
         assert_eq!(used.len(), 64);
         let mut buf = [0u8; 64];
@@ -129,7 +141,7 @@ mod tests {
         vq.build_desc_chain(&[desc]).expect("chain");
         let mut q: Queue = vq.create_queue().expect("queue");
         let mut rng = Rng::new();
-        assert!(rng.process_queue(&m, 0, &mut q));
+        assert!(rng.process_queue(&m, 0, std::slice::from_mut(&mut q)).any());
         assert_eq!(vq.used().ring().ref_at(0).expect("used").load().len(), 0);
         assert_eq!(
             rng.counters()
