@@ -56,6 +56,12 @@ pub enum ConfigError {
         /// Limit.
         max: usize,
     },
+    /// A network device's options are wrong.
+    #[error("invalid network device: {0}")]
+    Net(String),
+    /// The vsock device's options are wrong.
+    #[error("invalid vsock device: {0}")]
+    Vsock(String),
     /// Command line too long.
     #[error("kernel command line is {0} bytes; the limit is {max}", max = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE - 1)]
     CmdlineTooLong(usize),
@@ -104,9 +110,144 @@ pub struct VmConfig {
     /// Block devices, in order: the first is /dev/vda.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Network cards, in order: the first is eth0.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// Whether the guest gets a virtio-rng entropy device.
     #[serde(default)]
     pub rng: bool,
+    /// The guest's vsock device, if any.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+}
+
+/// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// A MAC address, written `06:00:0a:00:00:05` in flags and JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("invalid MAC address {s:?} (expected six hex bytes like 06:00:0a:00:00:05)");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if mac[0] & 1 != 0 {
+            return Err(format!("MAC address {s} is a multicast address"));
+        }
+        Ok(Self(mac))
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Splits `key=value,key=value` option lists (the command-line form of
+/// devices), refusing keys outside `allowed` and repeated keys.
+fn parse_options<'a>(
+    s: &'a str,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<&'a str, &'a str>, String> {
+    let mut options = std::collections::HashMap::new();
+    for item in s.split(',') {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, got {item:?}"))?;
+        if !allowed.contains(&key) {
+            return Err(format!(
+                "unknown option {key:?} (expected {})",
+                allowed.join(", ")
+            ));
+        }
+        if options.insert(key, value).is_some() {
+            return Err(format!("option {key:?} given twice"));
+        }
+    }
+    Ok(options)
+}
+
+/// A virtio-net device backed by a tap interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Name of an existing tap interface (created by whoever owns the
+    /// network, e.g. the control plane, in the VMM's network namespace).
+    pub tap: String,
+    /// The guest's MAC address; a random locally administered one if absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// `tap=NAME[,mac=MAC]` (the command-line form).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let options = parse_options(s, &["tap", "mac"])?;
+        let tap = options.get("tap").ok_or("missing tap=NAME")?.to_string();
+        let mac = options.get("mac").map(|m| m.parse()).transpose()?;
+        Ok(Self { tap, mac })
+    }
+}
+
+/// The vsock device: the guest's context id and the Unix socket its host
+/// side listens on (Firecracker's convention: a host process connects and
+/// writes `CONNECT <port>`; guest-initiated connections to port P go to
+/// `<uds>_<P>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Guest context id (3 or more; 0-2 are reserved).
+    pub cid: u64,
+    /// Host-side listening socket.
+    pub uds: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    /// `cid=N,uds=PATH` (the command-line form).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let options = parse_options(s, &["cid", "uds"])?;
+        let cid = options.get("cid").ok_or("missing cid=N")?;
+        let cid = cid
+            .parse()
+            .map_err(|_| format!("invalid cid {cid:?} (expected a number)"))?;
+        let uds = PathBuf::from(options.get("uds").ok_or("missing uds=PATH")?);
+        Ok(Self { cid, uds })
+    }
 }
 
 /// A virtio-blk device backed by a raw image file.
@@ -189,7 +330,35 @@ impl VmConfig {
                 host_mib: host_mem_mib,
             });
         }
-        let devices = self.disks.len() + usize::from(self.rng);
+        for net in &self.nets {
+            if net.tap.is_empty()
+                || net.tap.len() > MAX_IFNAME_LEN
+                || net.tap.contains(['/', ' ', '\0'])
+            {
+                return Err(ConfigError::Net(format!(
+                    "tap name {:?} is not a valid interface name (1 to {MAX_IFNAME_LEN} characters)",
+                    net.tap
+                )));
+            }
+        }
+        if let Some(vsock) = &self.vsock {
+            // Linux's vsock addresses hold 32-bit context ids, and 0-2 are
+            // the hypervisor, local and host ids.
+            if vsock.cid < 3 || vsock.cid >= u64::from(u32::MAX) {
+                return Err(ConfigError::Vsock(format!(
+                    "guest cid must be between 3 and {}, got {}",
+                    u32::MAX - 1,
+                    vsock.cid
+                )));
+            }
+            if vsock.uds.as_os_str().is_empty() {
+                return Err(ConfigError::Vsock("empty uds path".to_string()));
+            }
+        }
+        let devices = self.disks.len()
+            + self.nets.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices {
                 got: devices,
@@ -309,6 +478,64 @@ mod tests {
             c.validate(1024),
             Err(ConfigError::TooManyDevices { got: 20, .. })
         ));
+    }
+
+    #[test]
+    fn net_flags_parse_and_validate() {
+        let n: NetConfig = "tap=tap0,mac=06:00:0a:00:00:05".parse().expect("parses");
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some(MacAddr([6, 0, 0x0a, 0, 0, 5])));
+        assert_eq!(
+            n.mac.map(|m| m.to_string()).as_deref(),
+            Some("06:00:0a:00:00:05")
+        );
+        let n: NetConfig = "tap=t".parse().expect("no mac");
+        assert_eq!(n.mac, None);
+        for bad in [
+            "",
+            "mac=06:00:0a:00:00:05",
+            "tap=a,tap=b",
+            "tap=a,speed=10",
+            "tap=a,mac=06:00:0a:00:00",
+            "tap=a,mac=01:00:00:00:00:00",
+            "tap=a,mac=zz:00:00:00:00:00",
+        ] {
+            assert!(bad.parse::<NetConfig>().is_err(), "{bad:?} accepted");
+        }
+        let mut c = config();
+        c.nets = vec!["tap=a-name-that-is-too-long".parse().expect("parses")];
+        assert!(matches!(c.validate(1024), Err(ConfigError::Net(_))));
+        let c = VmConfig::from_json(
+            r#"{"kernel":"/k","nets":[{"tap":"tap0","mac":"06:00:00:00:00:01"}]}"#,
+        )
+        .expect("json form");
+        assert_eq!(c.nets[0].mac, Some(MacAddr([6, 0, 0, 0, 0, 1])));
+        assert!(VmConfig::from_json(r#"{"kernel":"/k","nets":[{"tap":"t","mac":"x"}]}"#).is_err());
+    }
+
+    #[test]
+    fn vsock_flags_parse_and_validate() {
+        let v: VsockConfig = "cid=3,uds=/run/vm1.vsock".parse().expect("parses");
+        assert_eq!((v.cid, v.uds.to_str()), (3, Some("/run/vm1.vsock")));
+        for bad in ["cid=3", "uds=/x", "cid=x,uds=/x", "cid=3,uds=/x,port=1"] {
+            assert!(bad.parse::<VsockConfig>().is_err(), "{bad:?} accepted");
+        }
+        let mut c = config();
+        for cid in [0, 2, u64::from(u32::MAX)] {
+            c.vsock = Some(VsockConfig {
+                cid,
+                uds: "/x".into(),
+            });
+            assert!(
+                matches!(c.validate(1024), Err(ConfigError::Vsock(_))),
+                "cid {cid}"
+            );
+        }
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            uds: "/x".into(),
+        });
+        assert!(c.validate(1024).is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ec2lab_vmm::builder;
-use ec2lab_vmm::config::{CpuTemplate, DiskConfig, VmConfig};
+use ec2lab_vmm::config::{CpuTemplate, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm::exit::{EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 
 /// Boots a Linux kernel (ELF vmlinux with or without a PVH note, or bzImage)
@@ -18,7 +18,7 @@ use ec2lab_vmm::exit::{EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 #[command(version, about, long_about)]
 struct Args {
     /// JSON VM config (same fields as the flags); excludes the other VM flags.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "disk", "rng"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "disk", "net", "rng", "vsock"])]
     config: Option<PathBuf>,
     /// Kernel image.
     #[arg(long, required_unless_present = "config")]
@@ -47,9 +47,16 @@ struct Args {
     /// A virtio-blk disk: PATH or PATH,ro (repeatable; the first is /dev/vda).
     #[arg(long)]
     disk: Vec<DiskConfig>,
+    /// A virtio-net card on an existing tap: tap=NAME[,mac=MAC] (repeatable; the first is eth0).
+    #[arg(long)]
+    net: Vec<NetConfig>,
     /// Give the guest a virtio-rng entropy device.
     #[arg(long)]
     rng: bool,
+    /// A virtio-vsock device: cid=N,uds=PATH (host side: connect to PATH and
+    /// send "CONNECT <port>"; guest connections to port P go to PATH_P).
+    #[arg(long)]
+    vsock: Option<VsockConfig>,
 }
 
 impl Args {
@@ -67,7 +74,9 @@ impl Args {
             serial_out: self.serial_out,
             cpu_template: self.cpu_template,
             disks: self.disk,
+            nets: self.net,
             rng: self.rng,
+            vsock: self.vsock,
         })
     }
 }
