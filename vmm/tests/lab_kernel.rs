@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{api, cached_kernel, repo_root, status, Vmm};
+use common::{api, cached_kernel, repo_root, static_binary, status, Vmm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -33,24 +33,6 @@ fn initramfs(dir: &Path, script: &str, extra: &[(PathBuf, &str)]) -> PathBuf {
     assert!(
         result.status.success(),
         "build-initramfs failed\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    out
-}
-
-/// Compiles a test program from tests/guests/userspace or guest-images into a static binary.
-fn static_binary(dir: &Path, source: &Path, name: &str) -> PathBuf {
-    let out = dir.join(name);
-    let result = Command::new("gcc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&out)
-        .arg(source)
-        .output()
-        .expect("run gcc");
-    assert!(
-        result.status.success(),
-        "gcc {} failed\n{}",
-        source.display(),
         String::from_utf8_lossy(&result.stderr)
     );
     out

@@ -5,68 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{api, cache_dir, cached_kernel, repo_root, status, Vmm};
+use common::{api, cached_kernel, root_image, status, Vmm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The static busybox that `scripts/build-initramfs` caches (built on demand).
-fn busybox(dir: &Path) -> PathBuf {
-    let init = dir.join("noop.sh");
-    std::fs::write(&init, "#!/bin/sh\n").expect("write");
-    let out = Command::new(repo_root().join("scripts/build-initramfs"))
-        .arg(dir.join("noop.cpio"))
-        .arg(&init)
-        .output()
-        .expect("run build-initramfs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_dir(cache_dir().join("tools"))
-        .expect("tools cache")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("busybox-static-"))
-        })
-        .expect("cached busybox")
-}
-
-/// An ext4 image whose /init is `script`, with busybox as /bin/busybox and /bin/sh.
-fn root_image(dir: &Path, script: &str) -> PathBuf {
-    let tree = dir.join("rootfs");
-    for d in ["bin", "dev", "proc", "sys", "tmp"] {
-        std::fs::create_dir_all(tree.join(d)).expect("mkdir");
-    }
-    std::fs::copy(busybox(dir), tree.join("bin/busybox")).expect("copy busybox");
-    std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).expect("symlink");
-    std::fs::write(tree.join("init"), script).expect("write init");
-    let mut perms = std::fs::metadata(tree.join("init"))
-        .expect("stat")
-        .permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(tree.join("init"), perms).expect("chmod");
-    let image = dir.join("root.ext4");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&tree)
-        .arg(&image)
-        .arg("32M")
-        .output()
-        .expect("run mkfs.ext4");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    image
-}
 
 fn boot(kernel: &Path, disks: &[String], extra: &[&str], sock: &Path) -> Vmm {
     let mut args: Vec<String> = vec![
@@ -112,7 +56,7 @@ else
 fi
 $B poweroff -f
 "#;
-    let root = root_image(dir.path(), script);
+    let root = root_image(dir.path(), script, &[]);
     let data = dir.path().join("data.img");
     std::fs::write(&data, vec![0x5au8; 1 << 20]).expect("data image");
     let disks = [root.display().to_string(), format!("{},ro", data.display())];

@@ -118,6 +118,157 @@ pub fn cached_kernel(test: &str, relative: &str) -> Option<PathBuf> {
     None
 }
 
+/// The static busybox that `scripts/build-initramfs` caches (built on demand).
+pub fn busybox(dir: &Path) -> PathBuf {
+    let init = dir.join("noop.sh");
+    std::fs::write(&init, "#!/bin/sh\n").expect("write");
+    let out = Command::new(repo_root().join("scripts/build-initramfs"))
+        .arg(dir.join("noop.cpio"))
+        .arg(&init)
+        .output()
+        .expect("run build-initramfs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_dir(cache_dir().join("tools"))
+        .expect("tools cache")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("busybox-static-"))
+        })
+        .expect("cached busybox")
+}
+
+/// An ext4 image whose /init is `script`, with busybox as /bin/busybox and
+/// /bin/sh, plus `files` (host path, path in the image).
+pub fn root_image(dir: &Path, script: &str, files: &[(&Path, &str)]) -> PathBuf {
+    let tree = dir.join("rootfs");
+    for d in ["bin", "dev", "proc", "sys", "tmp"] {
+        std::fs::create_dir_all(tree.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox(dir), tree.join("bin/busybox")).expect("copy busybox");
+    std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).expect("symlink");
+    std::fs::write(tree.join("init"), script).expect("write init");
+    for (source, dest) in files {
+        std::fs::copy(source, tree.join(dest)).expect("copy a file into the image");
+    }
+    let mut perms = std::fs::metadata(tree.join("init"))
+        .expect("stat")
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(tree.join("init"), perms).expect("chmod");
+    let image = dir.join("root.ext4");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("64M")
+        .output()
+        .expect("run mkfs.ext4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+/// Compiles a test program from tests/guests/userspace or guest-images into a static binary.
+pub fn static_binary(dir: &Path, source: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    let result = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&out)
+        .arg(source)
+        .output()
+        .expect("run gcc");
+    assert!(
+        result.status.success(),
+        "gcc {} failed\n{}",
+        source.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// A network namespace the test creates (and deletes when dropped), so
+/// network tests never touch the host's own interfaces.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `ec2lab-<tag>-<pid>`.
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("ec2lab-{tag}-{}", std::process::id());
+        // A namespace left by a killed earlier run of the same pid is stale.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ns = NetNs { name };
+        ns.ip(&["netns", "add", &ns.name.clone()]);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `args` inside the namespace; panics on failure.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().expect("run ip netns exec");
+        assert!(
+            out.status.success(),
+            "in {}: {args:?}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command that runs `args` inside the namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    /// Adds tap `tap` owned by nobody in particular, with `addr` (CIDR) on
+    /// it, up.
+    pub fn add_tap(&self, tap: &str, addr: &str) {
+        self.run(&["ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]);
+        self.run(&["ip", "addr", "add", addr, "dev", tap]);
+        self.run(&["ip", "link", "set", tap, "up"]);
+    }
+}
+
+/// Moves the calling thread into network namespace `name` (namespaces are
+/// per thread), so the sockets it opens live there.
+pub fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
+    // SAFETY: setns on a valid namespace fd changes only this thread's namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
 /// Whether this host's KVM emulates guest kernel mode (see DESIGN.md).
 pub fn on_emulating_host() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
@@ -224,7 +375,25 @@ impl Vmm {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(VMM_BIN)
+        Self::spawn_command(Command::new(VMM_BIN), args)
+    }
+
+    /// Starts the VMM inside network namespace `ns` (`ip netns exec` execs
+    /// it, so the child's PID is the VMM's).
+    pub fn spawn_in<I, S>(ns: &NetNs, args: I) -> Vmm
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::spawn_command(ns.command(&[VMM_BIN]), args)
+    }
+
+    fn spawn_command<I, S>(mut command: Command, args: I) -> Vmm
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = command
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
