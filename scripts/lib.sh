@@ -109,3 +109,26 @@ atomic_symlink() {
 usage_from_header() {
     awk 'NR==1 && /^#!/ {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$1"
 }
+
+# fetch_busybox -> path of a static busybox from Debian's busybox-static
+# package, extracted once into $EC2LAB_CACHE/tools (the package is not
+# installed on the host).
+fetch_busybox() {
+    local ver busybox deb
+    ver=$(apt_candidate busybox-static)
+    [ -n "$ver" ] || die "apt knows no busybox-static package"
+    busybox="$EC2LAB_CACHE/tools/busybox-static-${ver//:/_}"
+    if [ ! -x "$busybox" ]; then
+        mkdir -p "$EC2LAB_CACHE/tools"
+        deb=$(apt_download_deb busybox-static "$ver" "$EC2LAB_CACHE/debs")
+        log "extracting /bin/busybox from ${deb##*/}"
+        dpkg-deb --fsys-tarfile "$deb" | tar -xO ./bin/busybox >"$busybox.tmp"
+        chmod 755 "$busybox.tmp"
+        if grep -q 'program interpreter' <<<"$(readelf -l "$busybox.tmp")"; then
+            rm -f "$busybox.tmp"
+            die "busybox from $deb is not statically linked"
+        fi
+        mv "$busybox.tmp" "$busybox"
+    fi
+    printf '%s\n' "$busybox"
+}
