@@ -665,7 +665,8 @@ mod tests {
     fn manifests_that_lie_are_refused() {
         let d = catalog_dir();
         let ami = d.path().join("lab-minimal");
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "does not exist",
                 Box::new(|m| m["block_device_mappings"][0]["path"] = "nope.img".into()),
