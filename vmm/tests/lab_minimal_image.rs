@@ -1,0 +1,332 @@
+//! The lab-minimal AMI built by `scripts/build-images`: its manifests hold
+//! (files, sizes, digests, kernel), its file system is clean and has what
+//! the image promises with the right owners and modes, a rebuild with the
+//! same inputs is a cache hit, and it boots under ec2lab-vmm to an SSH
+//! login: DHCP on a tap in a namespace the test creates (udhcpd there),
+//! dropbear, the agent reporting that metadata is unreachable (the metadata
+//! service comes with the control plane), `sudo` for ec2-user, and a clean
+//! poweroff on Ctrl-Alt-Del.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{api, cache_dir, repo_root, status, NetNs, Vmm};
+use ec2lab_images::{Catalog, MachineImage, Verify};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const GUEST_IP: &str = "10.0.3.15";
+const HOST_IP: &str = "10.0.3.1";
+
+/// The images directory, or None (skip) when lab-minimal has not been built;
+/// with `EC2LAB_REQUIRE_KERNELS=1` (CI) a missing image fails.
+fn images_dir(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("EC2LAB_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("images"));
+    if dir.join("lab-minimal/manifest.json").exists() {
+        return Some(dir);
+    }
+    if std::env::var("EC2LAB_REQUIRE_KERNELS").as_deref() == Ok("1") {
+        panic!(
+            "{test}: {} has no lab-minimal image and EC2LAB_REQUIRE_KERNELS=1",
+            dir.display()
+        );
+    }
+    println!(
+        "SKIPPED {test}: no lab-minimal in {} (run scripts/build-images)",
+        dir.display()
+    );
+    None
+}
+
+fn debugfs(image: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .expect("run debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Mode (octal, with type bits) and owner of `path` inside the ext4 image.
+fn stat_in_image(image: &Path, path: &str) -> (String, String) {
+    let text = debugfs(image, &format!("stat {path}"));
+    let mode = text
+        .split("Mode:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{path} is not in the image: {text}"))
+        .to_string();
+    let user = text
+        .split("User:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    (mode, user)
+}
+
+#[test]
+fn manifests_validate_fsck_is_clean_files_are_right_and_a_rebuild_is_a_cache_hit() {
+    let Some(images) = images_dir("lab_minimal_image") else {
+        return;
+    };
+    let catalog = Catalog::scan(&images).expect("every image in the catalog is valid");
+    let ami = catalog.machine("lab-minimal").expect("lab-minimal");
+    MachineImage::open_with(&ami.dir, Verify::Digest).expect("root.ext4 matches its digest");
+    let kernel = catalog.kernel(&ami.manifest.kernel).expect("its kernel");
+    assert!(kernel.kernel_path().is_file());
+    assert_eq!(ami.manifest.default_user, "ec2-user");
+
+    let root = ami.root_path().expect("root volume");
+    let fsck = Command::new("fsck.ext4")
+        .args(["-n", "-f"])
+        .arg(&root)
+        .output()
+        .expect("fsck");
+    assert!(
+        fsck.status.success(),
+        "fsck.ext4 -n: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    for (path, mode, user) in [
+        ("/init", "0755", "0"),
+        ("/bin/busybox", "0755", "0"),
+        ("/usr/sbin/dropbear", "0755", "0"),
+        ("/usr/bin/ec2lab-guest", "0755", "0"),
+        ("/usr/bin/sudo", "04755", "0"),
+        ("/lib/x86_64-linux-gnu/libc.so.6", "0644", "0"),
+        ("/etc/shadow", "0600", "0"),
+        ("/etc/udhcpc/default.script", "0755", "0"),
+        ("/home/ec2-user", "0700", "1000"),
+        ("/root", "0700", "0"),
+        ("/tmp", "01777", "0"),
+    ] {
+        let (m, u) = stat_in_image(&root, path);
+        assert_eq!((m.as_str(), u.as_str()), (mode, user), "{path}");
+    }
+    let passwd = debugfs(&root, "cat /etc/shadow");
+    assert!(
+        passwd.lines().all(|l| l.split(':').nth(1) == Some("*")),
+        "no passwords anywhere: {passwd}"
+    );
+
+    // Unchanged inputs: nothing is rebuilt.
+    let before = std::fs::metadata(&root)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let out = Command::new(repo_root().join("scripts/build-images"))
+        .arg("--out")
+        .arg(&images)
+        .output()
+        .expect("run build-images");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("lab-minimal: up to date"), "{log}");
+    let after = std::fs::metadata(&root)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(before, after, "root.ext4 was rewritten");
+}
+
+/// Writes `key` as ec2-user's authorized_keys into `image` (what the agent
+/// does from instance metadata, once the metadata service exists).
+fn seed_authorized_key(dir: &Path, image: &Path, key: &Path) {
+    let script = dir.join("debugfs.cmds");
+    let ssh = "/home/ec2-user/.ssh";
+    std::fs::write(
+        &script,
+        format!(
+            "mkdir {ssh}\nwrite {} {ssh}/authorized_keys\n\
+             sif {ssh} uid 1000\nsif {ssh} gid 1000\nsif {ssh} mode 040700\n\
+             sif {ssh}/authorized_keys uid 1000\nsif {ssh}/authorized_keys gid 1000\n\
+             sif {ssh}/authorized_keys mode 0100600\n",
+            key.display()
+        ),
+    )
+    .expect("debugfs script");
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(image)
+        .output()
+        .expect("debugfs -w");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills a helper process of ours by PID when dropped.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn lab_minimal_boots_to_an_ssh_login_with_dhcp_and_powers_off_on_ctrl_alt_del() {
+    require_kvm!("lab_minimal_boot");
+    let Some(images) = images_dir("lab_minimal_boot") else {
+        return;
+    };
+    let catalog = Catalog::scan(&images).expect("valid catalog");
+    let ami = catalog.machine("lab-minimal").expect("lab-minimal");
+    let kernel = catalog.kernel(&ami.manifest.kernel).expect("kernel");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The instance's root volume: a sparse copy, as the control plane makes.
+    let root = dir.path().join("root.ext4");
+    let cp = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(ami.root_path().expect("root"))
+        .arg(&root)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let key = dir.path().join("id_ed25519");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(keygen.success());
+    seed_authorized_key(dir.path(), &root, &key.with_extension("pub"));
+
+    let ns = NetNs::new("ami");
+    ns.add_tap("tap0", &format!("{HOST_IP}/24"));
+    let busybox = common::busybox(dir.path());
+    let udhcpd_conf = dir.path().join("udhcpd.conf");
+    std::fs::write(
+        &udhcpd_conf,
+        format!(
+            "start {GUEST_IP}\nend {GUEST_IP}\ninterface tap0\n\
+             option subnet 255.255.255.0\noption router {HOST_IP}\noption dns {HOST_IP}\n\
+             lease_file {}\npidfile {}\n",
+            dir.path().join("leases").display(),
+            dir.path().join("udhcpd.pid").display()
+        ),
+    )
+    .expect("udhcpd.conf");
+    std::fs::write(dir.path().join("leases"), b"").expect("leases");
+    let _udhcpd = Reaper(
+        ns.command(&[
+            &busybox.display().to_string(),
+            "udhcpd",
+            "-f",
+            &udhcpd_conf.display().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start udhcpd"),
+    );
+
+    let sock = dir.path().join("api.sock");
+    let started = Instant::now();
+    let mut vmm = Vmm::spawn_in(
+        &ns,
+        [
+            "--kernel",
+            &kernel.kernel_path().display().to_string(),
+            "--cmdline",
+            &ami.manifest.cmdline,
+            "--memory-mib",
+            "256",
+            "--api-sock",
+            &sock.display().to_string(),
+            "--disk",
+            &root.display().to_string(),
+            "--net",
+            "tap=tap0,mac=06:00:0a:00:03:0f",
+            "--rng",
+        ],
+    );
+    vmm.wait_for_stdout("lab-minimal: dropbear listening", BOOT_TIMEOUT);
+
+    // Boot to SSH: the first moment dropbear's banner reaches the namespace.
+    let ns_name = ns.name.clone();
+    let banner = std::thread::spawn(move || {
+        common::enter_netns(&ns_name);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(mut s) = TcpStream::connect_timeout(
+                &format!("{GUEST_IP}:22").parse().expect("addr"),
+                Duration::from_secs(5),
+            ) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).unwrap_or(0);
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            assert!(Instant::now() < deadline, "port 22 never opened");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .join()
+    .expect("banner thread");
+    let boot_to_ssh = started.elapsed();
+    println!(
+        "lab-minimal boot to SSH banner: {:.1} s",
+        boot_to_ssh.as_secs_f64()
+    );
+    assert!(banner.starts_with("SSH-2.0-dropbear"), "banner {banner:?}");
+
+    vmm.wait_for_stdout("lab-minimal: ready", BOOT_TIMEOUT);
+    let ssh = ns
+        .command(&["ssh", "-i"])
+        .arg(&key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=60",
+            &format!("ec2-user@{GUEST_IP}"),
+            "echo login=$(id -un) root=$(sudo id -u) host=$(hostname)",
+        ])
+        .output()
+        .expect("ssh");
+    let login = String::from_utf8_lossy(&ssh.stdout);
+    assert!(
+        login.contains("login=ec2-user root=0"),
+        "ssh: {login}{}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+
+    api::request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action":"SendCtrlAltDel"}"#),
+    );
+    let out = vmm.wait(Duration::from_secs(120));
+    out.assert_code(status::POWEROFF);
+    out.assert_stdout_contains(&format!("lab-minimal: eth0: inet {GUEST_IP}/24"));
+    out.assert_stdout_contains("ec2lab-guest: ");
+    out.assert_stdout_contains("metadata unreachable");
+    out.assert_stdout_contains("lab-minimal: shutting down");
+    let fsck = Command::new("fsck.ext4")
+        .args(["-n", "-f"])
+        .arg(&root)
+        .output()
+        .expect("fsck");
+    assert!(
+        fsck.status.success(),
+        "root volume not clean after poweroff: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
