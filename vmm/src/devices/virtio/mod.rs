@@ -10,6 +10,7 @@
 pub mod block;
 pub mod event;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 pub use event::BackendEvents;

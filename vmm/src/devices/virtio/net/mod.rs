@@ -1,0 +1,3 @@
+//! virtio-net on a Linux tap.
+
+pub mod tap;
