@@ -14,6 +14,9 @@
 
 pub mod tap;
 
+#[cfg(test)]
+mod tests;
+
 use std::io::Write;
 
 use virtio_bindings::virtio_net::{
