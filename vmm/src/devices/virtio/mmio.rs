@@ -196,6 +196,8 @@ impl MmioTransport {
                 || self.driver_features & VIRTIO_F_VERSION_1 == 0
             {
                 value &= !status::FEATURES_OK;
+            } else {
+                self.device.set_acked_features(self.driver_features);
             }
         }
         if value & status::DRIVER_OK != 0 && self.status & status::DRIVER_OK == 0 {
@@ -410,6 +412,68 @@ mod tests {
         assert_eq!(read(&mut t, INTERRUPT_STATUS), 1);
         write(&mut t, INTERRUPT_ACK, 1);
         assert_eq!(read(&mut t, INTERRUPT_STATUS), 0);
+    }
+
+    /// An rng that reports the features it was told were accepted.
+    struct AckRecorder {
+        rng: Rng,
+        acked: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl VirtioDevice for AckRecorder {
+        fn device_type(&self) -> u32 {
+            self.rng.device_type()
+        }
+        fn name(&self) -> &'static str {
+            "ack-recorder"
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            self.rng.queue_max_sizes()
+        }
+        fn features(&self) -> u64 {
+            self.rng.features()
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            self.rng.read_config(offset, data)
+        }
+        fn process_queue(
+            &mut self,
+            mem: &GuestMemoryMmap,
+            index: usize,
+            queues: &mut [Queue],
+        ) -> UsedQueues {
+            self.rng.process_queue(mem, index, queues)
+        }
+        fn counters(&self) -> &crate::devices::virtio::DeviceCounters {
+            self.rng.counters()
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked
+                .store(features, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn accepted_features_are_handed_to_the_device() {
+        let m = mem();
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let device = AckRecorder {
+            rng: Rng::new(),
+            acked: acked.clone(),
+        };
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut t = MmioTransport::new(
+            Box::new(device),
+            m.clone(),
+            Arc::new(VirtioInterrupt::new(irq)),
+        );
+        let vq = MockSplitQueue::new(&m, 16);
+        bring_up(&mut t, &vq, 1);
+        assert!(t.is_active());
+        assert_eq!(
+            acked.load(std::sync::atomic::Ordering::SeqCst),
+            VIRTIO_F_VERSION_1
+        );
     }
 
     #[test]

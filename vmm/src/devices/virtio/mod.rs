@@ -10,6 +10,7 @@
 pub mod block;
 pub mod event;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 pub use event::BackendEvents;
@@ -178,6 +179,10 @@ pub trait VirtioDevice: Send {
     ) -> UsedQueues {
         UsedQueues::NONE
     }
+
+    /// The driver's features, accepted with FEATURES_OK (a subset of
+    /// [`Self::features`]), for devices whose behaviour depends on them.
+    fn set_acked_features(&mut self, _features: u64) {}
 
     /// The driver has just set DRIVER_OK: work held back while the device
     /// was inactive can go now.
