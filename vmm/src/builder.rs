@@ -26,6 +26,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::event::EventLoop;
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::rng::Rng;
@@ -77,6 +78,9 @@ pub enum BuildError {
     /// A disk image.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// A network card's tap.
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 impl BuildError {
@@ -88,6 +92,8 @@ impl BuildError {
                 | BuildError::Boot(_)
                 | BuildError::SerialOut(_)
                 | BuildError::Api(_)
+                | BuildError::Disk(_)
+                | BuildError::Net(_)
         )
     }
 }
@@ -145,11 +151,14 @@ pub struct Vmm {
 const FIRST_VIRTIO_GSI: u32 = 5;
 
 /// Opens every configured virtio device's backend, in guest order: disks
-/// (vda, vdb, ...), then the entropy device.
+/// (vda, vdb, ...), network cards (eth0, ...), the entropy device, vsock.
 fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
         devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+    }
+    for net in &config.nets {
+        devices.push(Box::new(Net::open(&net.tap, net.mac.map(|m| m.0))?));
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));
