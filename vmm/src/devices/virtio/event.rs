@@ -33,7 +33,10 @@ pub struct BackendEvents {
 
 impl BackendEvents {
     fn event(&self, token: u32, events: EventSet) -> EpollEvent {
-        EpollEvent::new(events | EventSet::EDGE_TRIGGERED, self.tag | u64::from(token))
+        EpollEvent::new(
+            events | EventSet::EDGE_TRIGGERED,
+            self.tag | u64::from(token),
+        )
     }
 
     /// Starts watching `fd` for `events`.

@@ -118,7 +118,9 @@ impl MmioTransport {
         if !self.is_active() || !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        let used = self.device.process_queue(&self.mem, index, &mut self.queues);
+        let used = self
+            .device
+            .process_queue(&self.mem, index, &mut self.queues);
         self.signal(used);
     }
 

@@ -11,6 +11,7 @@ pub mod block;
 pub mod event;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 pub use event::BackendEvents;
 
