@@ -263,3 +263,6 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
     }
 }
+
+#[cfg(test)]
+mod tests;
