@@ -108,6 +108,9 @@ pub struct Connection {
     send_response: bool,
     send_shutdown: bool,
     send_credit_update: bool,
+    /// We ran out of the guest's credit with host data waiting: ask once,
+    /// in case the guest only tells when asked.
+    send_credit_request: bool,
 
     /// SHUTDOWN flags the guest sent.
     peer_shutdown: u32,
@@ -144,6 +147,7 @@ impl Connection {
             send_response: false,
             send_shutdown: false,
             send_credit_update: false,
+            send_credit_request: false,
             peer_shutdown: 0,
             host_write_shut: false,
         }
@@ -204,11 +208,6 @@ impl Connection {
         self.peer_buf_alloc.saturating_sub(in_flight)
     }
 
-    /// Guest data held for the host socket.
-    pub fn buffered_to_host(&self) -> usize {
-        self.to_host.len()
-    }
-
     /// A header from us to the guest, carrying our current credit.
     fn header(&mut self, op: u16, len: u32, flags: u32) -> PacketHeader {
         // Whatever we send tells the guest its credit.
@@ -239,6 +238,7 @@ impl Connection {
             || self.send_response
             || self.send_shutdown
             || self.send_credit_update
+            || self.send_credit_request
             || self.can_send_data()
     }
 
@@ -384,6 +384,9 @@ impl Connection {
                     Ok(n) => {
                         let hdr = self.header(op::RW, n as u32, 0);
                         self.tx_cnt += Wrapping(n as u32);
+                        if self.peer_credit() == 0 {
+                            self.send_credit_request = true;
+                        }
                         if hdr.write_to(writer).is_err() || writer.write_all(&scratch[..n]).is_err()
                         {
                             return RxOutcome::Violation;
@@ -403,6 +406,12 @@ impl Connection {
         if self.send_credit_update {
             self.send_credit_update = false;
             return self.write_control(writer, op::CREDIT_UPDATE, 0);
+        }
+        if self.send_credit_request {
+            self.send_credit_request = false;
+            if self.peer_credit() == 0 && self.host_readable {
+                return self.write_control(writer, op::CREDIT_REQUEST, 0);
+            }
         }
         RxOutcome::Nothing
     }

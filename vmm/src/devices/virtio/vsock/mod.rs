@@ -20,7 +20,6 @@ pub mod muxer;
 pub mod packet;
 pub mod unix;
 
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
@@ -135,11 +134,6 @@ impl Vsock {
             }
         }
         used
-    }
-
-    /// Raw descriptors the device watches (for diagnostics).
-    pub fn backend_fds(&self) -> Vec<RawFd> {
-        self.muxer.fds().into_iter().map(|(fd, _)| fd).collect()
     }
 
     /// Serves the tx queue; returns whether chains were used.

@@ -157,15 +157,17 @@ impl Muxer {
         }
     }
 
-    fn watch(&self, fd: RawFd, token: u32, add: bool) -> std::io::Result<()> {
-        let Some(events) = &self.events else {
-            return Ok(());
-        };
-        let set = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP;
-        if add {
-            events.add(fd, token, set)
-        } else {
-            events.modify(fd, token, set)
+    /// Watches a host stream for everything it may need, for its whole
+    /// life: a pending host connection keeps its token and registration
+    /// when it becomes a connection.
+    fn watch(&self, fd: RawFd, token: u32) -> std::io::Result<()> {
+        match &self.events {
+            Some(events) => events.add(
+                fd,
+                token,
+                EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP,
+            ),
+            None => Ok(()),
         }
     }
 
@@ -343,7 +345,7 @@ impl Muxer {
             }
         };
         let token = self.alloc_token();
-        if let Err(e) = self.watch(stream.as_raw_fd(), token, true) {
+        if let Err(e) = self.watch(stream.as_raw_fd(), token) {
             log::warn!("virtio-vsock: cannot watch {}: {e}", path.display());
             self.push_control(hdr.reply(op::RST));
             return;
@@ -391,7 +393,7 @@ impl Muxer {
                 continue;
             }
             let token = self.alloc_token();
-            if let Err(e) = self.watch(stream.as_raw_fd(), token, true) {
+            if let Err(e) = self.watch(stream.as_raw_fd(), token) {
                 log::warn!("virtio-vsock: cannot watch a host connection: {e}");
                 continue;
             }
