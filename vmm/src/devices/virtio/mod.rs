@@ -12,6 +12,7 @@ pub mod event;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 pub use event::BackendEvents;
 
