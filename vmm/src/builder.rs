@@ -27,6 +27,7 @@ use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::{Net, NetError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::event::EventLoop;
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::rng::Rng;
@@ -81,6 +82,9 @@ pub enum BuildError {
     /// A network card's tap.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The vsock device's socket.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
 impl BuildError {
@@ -94,6 +98,7 @@ impl BuildError {
                 | BuildError::Api(_)
                 | BuildError::Disk(_)
                 | BuildError::Net(_)
+                | BuildError::Vsock(_)
         )
     }
 }
@@ -162,6 +167,9 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, 
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));
+    }
+    if let Some(vsock) = &config.vsock {
+        devices.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));
     }
     Ok(devices)
 }
