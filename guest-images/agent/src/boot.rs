@@ -48,7 +48,9 @@ fn run_steps(config: &BootConfig) {
             log_session(session);
             imds
         }
-        Err(e @ ImdsError::Unreachable { .. }) => return log::line("imds", Outcome::Failed, e),
+        Err(e @ (ImdsError::Unreachable { .. } | ImdsError::BadUrl(_))) => {
+            return log::line("imds", Outcome::Failed, e)
+        }
         Err(e) => return log::line("token", Outcome::Failed, e),
     };
 
