@@ -42,7 +42,9 @@ pub enum State {
     LocalInit,
     /// Data flows.
     Established,
-    /// The host hung up; our SHUTDOWN waits for the guest's RST.
+    /// The host will send no more (end of file on its socket); we told the
+    /// guest with SHUTDOWN(SEND). The guest may still send: the host may
+    /// only have half-closed. The guest's own SHUTDOWN ends it.
     Closing,
 }
 
@@ -286,10 +288,6 @@ impl Connection {
         if self.peer_shutdown & SHUTDOWN_SEND != 0 {
             return Verdict::Violation;
         }
-        if self.state == State::Closing {
-            // We told the guest we would receive nothing more.
-            return Verdict::Keep;
-        }
         let held = (self.rx_cnt - self.fwd_cnt).0 as usize;
         if held + payload.len() > CONN_BUF_ALLOC as usize {
             // The guest sent beyond the credit we gave it.
@@ -302,12 +300,6 @@ impl Connection {
 
     fn guest_shutdown(&mut self, flags: u32) -> Verdict {
         self.peer_shutdown |= flags & SHUTDOWN_BOTH;
-        if self.peer_shutdown == SHUTDOWN_BOTH {
-            // The guest is closing; it waits for our RST. Data still held
-            // for the host is dropped, as the guest's close allows.
-            let _ = self.stream.shutdown(Shutdown::Both);
-            return Verdict::Reset;
-        }
         self.flush_to_host()
     }
 
@@ -338,6 +330,12 @@ impl Connection {
         {
             self.host_write_shut = true;
             let _ = self.stream.shutdown(Shutdown::Write);
+        }
+        if self.to_host.is_empty() && self.peer_shutdown == SHUTDOWN_BOTH {
+            // The guest has closed and everything it sent reached the host;
+            // it waits for our RST.
+            let _ = self.stream.shutdown(Shutdown::Both);
+            return Verdict::Reset;
         }
         Verdict::Keep
     }
@@ -401,7 +399,9 @@ impl Connection {
         }
         if self.send_shutdown {
             self.send_shutdown = false;
-            return self.write_control(writer, op::SHUTDOWN, SHUTDOWN_BOTH);
+            // Only "we send no more": the host may just have half-closed
+            // and still be reading the guest's answer.
+            return self.write_control(writer, op::SHUTDOWN, SHUTDOWN_SEND);
         }
         if self.send_credit_update {
             self.send_credit_update = false;

@@ -638,7 +638,7 @@ fn a_guest_sending_past_its_credit_is_reset() {
 }
 
 #[test]
-fn host_hang_up_becomes_shutdown_then_the_guest_rst_closes() {
+fn host_half_close_becomes_shutdown_send_and_the_guest_can_still_answer() {
     let m = memory();
     let mut g = Guest::new(&m);
     let mut f = fixture();
@@ -652,12 +652,43 @@ fn host_hang_up_becomes_shutdown_then_the_guest_rst_closes() {
     assert_eq!((got[0].hdr.op, &got[0].data[..]), (op::RW, &b"bye"[..]));
     assert_eq!(
         (got[1].hdr.op, got[1].hdr.flags),
-        (op::SHUTDOWN, SHUTDOWN_BOTH)
+        (op::SHUTDOWN, SHUTDOWN_SEND),
+        "only the host's direction is shut"
     );
-    g.send(&mut f.dev, pkt(op::RST, 5004, hport), &[]);
+    // The guest answers after the host's half-close, then closes.
+    g.send(&mut f.dev, rw(5004, hport, 5), b"reply");
+    let mut answer = [0u8; 5];
+    host.read_exact(&mut answer)
+        .expect("the answer reaches the host");
+    assert_eq!(&answer, b"reply");
+    g.send(
+        &mut f.dev,
+        PacketHeader {
+            flags: SHUTDOWN_BOTH,
+            ..pkt(op::SHUTDOWN, 5004, hport)
+        },
+        &[],
+    );
+    let got = g.recv();
+    assert!(got.iter().any(|p| p.hdr.op == op::RST), "{got:?}");
+    assert_eq!(f.dev.connection_count(), 0);
+    assert_closed(&mut host);
+}
+
+#[test]
+fn host_hang_up_then_guest_rst_closes_quietly() {
+    let m = memory();
+    let mut g = Guest::new(&m);
+    let mut f = fixture();
+    let (host, hport) = host_to_guest(&mut g, &mut f, 5014);
+    drop(host);
+    g.post_rx_quietly(4);
+    g.poll(&mut f.dev);
+    let got = g.recv();
+    assert!(got.iter().any(|p| p.hdr.op == op::SHUTDOWN), "{got:?}");
+    g.send(&mut f.dev, pkt(op::RST, 5014, hport), &[]);
     assert_eq!(f.dev.connection_count(), 0);
     assert!(g.recv().is_empty(), "an RST is never answered");
-    assert_closed(&mut host);
 }
 
 #[test]
