@@ -12,8 +12,9 @@ target=x86_64-unknown-linux-gnu
 RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static -C strip=symbols' \
   cargo build --release -p ec2lab-guest --target "$target" >&2
 out="${CARGO_TARGET_DIR:-$PWD/target}/$target/release/ec2lab-guest"
-if ! file "$out" | grep -q 'statically linked'; then
-  echo "build.sh: $out is not statically linked: $(file -b "$out")" >&2
+# A dynamic executable names its loader in a PT_INTERP program header.
+if readelf -l "$out" | grep -q 'program interpreter'; then
+  echo "build.sh: $out is not statically linked" >&2
   exit 1
 fi
 echo "$out"
