@@ -1,0 +1,4 @@
+//! The EC2 Query protocol (form-encoded POST, `Action`/`Version`, XML
+//! responses in the 2016-11-15 namespace, EC2 error XML).
+
+pub mod sigv4;

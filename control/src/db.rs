@@ -1,0 +1,1 @@
+//! The SQLite repository: schema migrations and typed queries.
