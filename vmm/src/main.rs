@@ -57,6 +57,11 @@ struct Args {
     /// send "CONNECT <port>"; guest connections to port P go to PATH_P).
     #[arg(long)]
     vsock: Option<VsockConfig>,
+    /// When the VMM ends, write {"code": N, "reason": "..."} here: how a
+    /// supervisor that is not the parent (a restarted control plane)
+    /// learns why an instance stopped.
+    #[arg(long)]
+    exit_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -114,6 +119,19 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    let exit_file = args.exit_file.clone();
+    let (code, reason) = run(args);
+    if let Some(path) = exit_file {
+        let record = serde_json::json!({ "code": code, "reason": reason });
+        if let Err(e) = std::fs::write(&path, format!("{record}\n")) {
+            log::error!("cannot write exit file {}: {e}", path.display());
+        }
+    }
+    ExitCode::from(code as u8)
+}
+
+/// Builds and runs the VM; returns the exit status and why.
+fn run(args: Args) -> (i32, String) {
     let vmm = match args
         .into_config()
         .map_err(builder::BuildError::from)
@@ -127,10 +145,10 @@ fn main() -> ExitCode {
             } else {
                 EXIT_VMM_ERROR
             };
-            return ExitCode::from(code as u8);
+            return (code, e.to_string());
         }
     };
     let exit = vmm.run();
     log::info!("{exit}");
-    ExitCode::from(exit.exit_code() as u8)
+    (exit.exit_code(), exit.to_string())
 }

@@ -164,6 +164,42 @@ fn serial_out_writes_guest_output_to_the_file_instead_of_stdout() {
 }
 
 #[test]
+fn exit_file_records_the_status_and_reason_for_a_supervisor() {
+    require_kvm!("exit_file_records_the_status_and_reason_for_a_supervisor");
+    let guest = build_guest("hello");
+    let exit_file = guest.scratch("exit.json");
+    let mut args = boot_args(&guest);
+    args.extend(["--exit-file".into(), exit_file.display().to_string()]);
+    run_vmm(args).assert_code(status::POWEROFF);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&exit_file).expect("exit file"))
+            .expect("exit file is JSON");
+    assert_eq!(record["code"], 0, "{record}");
+    assert_eq!(record["reason"], "guest powered off", "{record}");
+
+    // Bad input is recorded too, with the error.
+    let missing = guest.scratch("no-such-kernel");
+    let out = run_vmm([
+        "--kernel".to_string(),
+        missing.display().to_string(),
+        "--exit-file".to_string(),
+        exit_file.display().to_string(),
+    ]);
+    out.assert_code(status::BAD_INPUT);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&exit_file).expect("exit file"))
+            .expect("exit file is JSON");
+    assert_eq!(record["code"], 2, "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no-such-kernel"),
+        "{record}"
+    );
+}
+
+#[test]
 fn config_file_boots_the_same_as_the_equivalent_flags() {
     require_kvm!("config_file_boots_the_same_as_the_equivalent_flags");
     let guest = build_guest("bootinfo");
