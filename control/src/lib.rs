@@ -9,3 +9,4 @@
 pub mod api;
 pub mod db;
 pub mod model;
+pub mod supervisor;

@@ -1,0 +1,548 @@
+//! One `ec2lab-vmm` process per running instance: its files, its root
+//! volume, starting it, watching it end, and stopping it gracefully.
+//!
+//! VMM processes are started in their own session with their output going
+//! to files, so they outlive the control plane: a crash or `kill -9` of the
+//! daemon takes no instance down. A restarted daemon finds them again from
+//! the pid and process start time it recorded ([`VmProcess`]), and learns
+//! why one ended from the exit file the VMM writes (`--exit-file`), since
+//! only a parent could otherwise collect the exit status.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// VMM exit statuses (ec2lab-vmm's CLI contract).
+pub mod exit_code {
+    /// The guest powered off.
+    pub const POWEROFF: i32 = 0;
+    /// The guest rebooted.
+    pub const REBOOT: i32 = 3;
+    /// Stopped through the API (`Shutdown`).
+    pub const API_SHUTDOWN: i32 = 6;
+}
+
+/// Errors of the supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A file under the instance's directory.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A tool (cp, resize2fs) failed.
+    #[error("{tool} failed for {path}: {detail}")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
+        /// Its operand.
+        path: PathBuf,
+        /// Its stderr.
+        detail: String,
+    },
+    /// The VMM could not be started.
+    #[error("cannot start {vmm}: {source}")]
+    Spawn {
+        /// The VMM binary.
+        vmm: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The VMM's control API did not answer as expected.
+    #[error("VMM API {sock}: {detail}")]
+    Api {
+        /// Its socket.
+        sock: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SupervisorError {
+    let path = path.to_path_buf();
+    move |source| SupervisorError::Io { what, path, source }
+}
+
+/// What to boot for an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The instance (names its directory).
+    pub instance_id: String,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initrd, if the image has one.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPUs of the instance type.
+    pub vcpus: u32,
+    /// Memory of the instance type.
+    pub memory_mib: u64,
+    /// The instance's root volume (already prepared).
+    pub root_volume: PathBuf,
+    /// Network cards: (tap, MAC). Filled by the networking layer.
+    pub nets: Vec<(String, String)>,
+    /// vsock context id, if the instance gets a vsock device.
+    pub vsock_cid: Option<u32>,
+}
+
+/// A running VMM process, identified robustly: a pid alone could be reused
+/// by an unrelated process after a reboot of the host or a long downtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// Its start time in clock ticks since boot (/proc/PID/stat field 22).
+    pub start_time: u64,
+}
+
+/// How and why a VMM ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Its exit status; None when it left no exit file (killed by SIGKILL,
+    /// or crashed before writing it).
+    pub code: Option<i32>,
+    /// Its own words, or what we know.
+    pub reason: String,
+}
+
+impl ExitInfo {
+    /// The guest powered itself off.
+    pub fn is_poweroff(&self) -> bool {
+        self.code == Some(exit_code::POWEROFF)
+    }
+
+    /// The guest rebooted itself.
+    pub fn is_reboot(&self) -> bool {
+        self.code == Some(exit_code::REBOOT)
+    }
+}
+
+/// The files of one instance, under `<instances>/<id>/`.
+#[derive(Clone, Debug)]
+pub struct InstanceFiles {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl InstanceFiles {
+    /// The VMM's JSON config.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+    /// The guest's serial console (GetConsoleOutput).
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// The VMM's own log (stderr).
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
+    }
+    /// The VMM's control socket.
+    pub fn api_sock(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+    /// Where the VMM records its exit.
+    pub fn exit_file(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    /// The vsock device's host-side socket.
+    pub fn vsock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    /// The root volume.
+    pub fn root_volume(&self) -> PathBuf {
+        self.dir.join("root.img")
+    }
+}
+
+/// Starts, watches and stops VMM processes.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    vmm_bin: PathBuf,
+    instances_dir: PathBuf,
+}
+
+impl Supervisor {
+    /// A supervisor running `vmm_bin`, keeping instance files under
+    /// `instances_dir`.
+    pub fn new(vmm_bin: PathBuf, instances_dir: PathBuf) -> Self {
+        Self {
+            vmm_bin,
+            instances_dir,
+        }
+    }
+
+    /// The VMM binary.
+    pub fn vmm_bin(&self) -> &Path {
+        &self.vmm_bin
+    }
+
+    /// The files of `instance_id`.
+    pub fn files(&self, instance_id: &str) -> InstanceFiles {
+        InstanceFiles {
+            dir: self.instances_dir.join(instance_id),
+        }
+    }
+
+    /// Copies `image` to the instance's root volume: a reflink where the
+    /// file system can, sparse otherwise, so a launch costs no full copy.
+    /// A volume larger than the image is grown, and an ext4 file system on
+    /// it with it (what cloud-init's growpart does on EC2).
+    pub fn prepare_root_volume(
+        &self,
+        instance_id: &str,
+        image: &Path,
+        size_bytes: u64,
+    ) -> Result<PathBuf, SupervisorError> {
+        let files = self.files(instance_id);
+        std::fs::create_dir_all(&files.dir).map_err(io_error("create", &files.dir))?;
+        let volume = files.root_volume();
+        run_tool(
+            "cp",
+            std::process::Command::new("cp")
+                .args(["--reflink=auto", "--sparse=always"])
+                .arg(image)
+                .arg(&volume),
+            &volume,
+        )?;
+        let current = std::fs::metadata(&volume)
+            .map_err(io_error("stat", &volume))?
+            .len();
+        if size_bytes > current {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&volume)
+                .map_err(io_error("open", &volume))?;
+            file.set_len(size_bytes).map_err(io_error("grow", &volume))?;
+            if is_ext4(&volume) {
+                run_tool(
+                    "resize2fs",
+                    std::process::Command::new("resize2fs")
+                        .arg("-f")
+                        .arg(&volume),
+                    &volume,
+                )?;
+            }
+        }
+        Ok(volume)
+    }
+
+    /// Writes the VMM config and starts the VMM in its own session.
+    pub fn launch(&self, spec: &VmSpec) -> Result<VmProcess, SupervisorError> {
+        let files = self.files(&spec.instance_id);
+        std::fs::create_dir_all(&files.dir).map_err(io_error("create", &files.dir))?;
+        for stale in [files.exit_file(), files.api_sock()] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let config = vm_config(spec, &files);
+        let path = files.config();
+        std::fs::write(&path, format!("{config:#}\n")).map_err(io_error("write", &path))?;
+        let log_path = files.vmm_log();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error("open", &log_path))?;
+        let log_err = log.try_clone().map_err(io_error("open", &log_path))?;
+        let mut command = std::process::Command::new(&self.vmm_bin);
+        command
+            .arg("--config")
+            .arg(&path)
+            .arg("--exit-file")
+            .arg(files.exit_file())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        // SAFETY: setsid is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| SupervisorError::Spawn {
+            vmm: self.vmm_bin.clone(),
+            source,
+        })?;
+        let pid = child.id() as i32;
+        // The child is reaped by `wait_exit` (waitpid) or, after a daemon
+        // restart, by init; dropping the handle does not kill it.
+        drop(child);
+        let start_time = process_start_time(pid).unwrap_or(0);
+        Ok(VmProcess { pid, start_time })
+    }
+
+    /// Whether `process` is still this VMM (same pid, same start time).
+    pub fn is_alive(&self, process: VmProcess) -> bool {
+        match process_start_time(process.pid) {
+            Some(t) => t == process.start_time && !is_zombie(process.pid),
+            None => false,
+        }
+    }
+
+    /// Waits until `process` has ended and says why.
+    pub async fn wait_exit(&self, instance_id: &str, process: VmProcess) -> ExitInfo {
+        let mut wait_status = None;
+        if self.is_alive(process) {
+            match pidfd_open(process.pid) {
+                // SAFETY: an OwnedFd is a valid open descriptor that stays
+                // the same until the AsyncFd that owns it is dropped.
+                Ok(fd) => match unsafe { AsyncFd::register(fd) } {
+                    Ok(afd) => {
+                        let _ = afd.readable().await;
+                    }
+                    Err(_) => self.poll_until_dead(process).await,
+                },
+                Err(_) => self.poll_until_dead(process).await,
+            }
+        }
+        // Reap it if it is our child; harmless otherwise.
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG on a pid only reads its status.
+        let reaped = unsafe { libc::waitpid(process.pid, &mut status, libc::WNOHANG) };
+        if reaped == process.pid {
+            wait_status = Some(status);
+        }
+        self.exit_info(instance_id, wait_status)
+    }
+
+    async fn poll_until_dead(&self, process: VmProcess) {
+        while self.is_alive(process) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Why the VMM of `instance_id` ended, from its exit file or, failing
+    /// that, the wait status if we collected one.
+    pub fn exit_info(&self, instance_id: &str, wait_status: Option<i32>) -> ExitInfo {
+        let path = self.files(instance_id).exit_file();
+        if let Some(info) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<ExitInfo>(&text).ok())
+        {
+            return info;
+        }
+        match wait_status {
+            Some(s) if libc::WIFSIGNALED(s) => ExitInfo {
+                code: None,
+                reason: format!("VMM killed by signal {}", libc::WTERMSIG(s)),
+            },
+            Some(s) if libc::WIFEXITED(s) => ExitInfo {
+                code: Some(libc::WEXITSTATUS(s)),
+                reason: format!("VMM exited with status {}", libc::WEXITSTATUS(s)),
+            },
+            _ => ExitInfo {
+                code: None,
+                reason: "VMM ended without recording why".to_string(),
+            },
+        }
+    }
+
+    /// Stops the VM the way EC2 stops an instance: the guest gets an ACPI
+    /// Ctrl-Alt-Del and `graceful` time to power off; then the VMM is told
+    /// to shut down, and as a last resort killed. Returns once it is gone.
+    pub async fn stop(
+        &self,
+        instance_id: &str,
+        process: VmProcess,
+        graceful: Duration,
+    ) -> ExitInfo {
+        let sock = self.files(instance_id).api_sock();
+        let waiter = self.wait_exit(instance_id, process);
+        tokio::pin!(waiter);
+        if !graceful.is_zero()
+            && vmm_api(&sock, "PUT", "/actions", r#"{"action":"SendCtrlAltDel"}"#)
+                .await
+                .is_ok()
+        {
+            if let Ok(info) = tokio::time::timeout(graceful, &mut waiter).await {
+                return info;
+            }
+        }
+        if vmm_api(&sock, "PUT", "/actions", r#"{"action":"Shutdown"}"#)
+            .await
+            .is_ok()
+        {
+            if let Ok(info) = tokio::time::timeout(Duration::from_secs(10), &mut waiter).await {
+                return info;
+            }
+        }
+        if self.is_alive(process) {
+            log::warn!(
+                "{instance_id}: VMM pid {} did not stop; killing it",
+                process.pid
+            );
+            // SAFETY: kill(2) on a pid we verified (pid + start time) is our VMM.
+            unsafe { libc::kill(process.pid, libc::SIGKILL) };
+        }
+        waiter.await
+    }
+
+    /// Removes everything of a terminated instance.
+    pub fn remove_files(&self, instance_id: &str) -> Result<(), SupervisorError> {
+        let dir = self.files(instance_id).dir;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("remove", &dir)(e)),
+        }
+    }
+}
+
+/// The VMM's JSON config for `spec` (ec2lab-vmm's `--config` format).
+fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> serde_json::Value {
+    let nets: Vec<serde_json::Value> = spec
+        .nets
+        .iter()
+        .map(|(tap, mac)| serde_json::json!({ "tap": tap, "mac": mac }))
+        .collect();
+    let vsock = spec.vsock_cid.map(|cid| {
+        serde_json::json!({ "cid": cid, "uds": files.vsock() })
+    });
+    serde_json::json!({
+        "kernel": spec.kernel,
+        "initrd": spec.initrd,
+        "cmdline": spec.cmdline,
+        "vcpus": spec.vcpus,
+        "memory_mib": spec.memory_mib,
+        "api_sock": files.api_sock(),
+        "serial_out": files.serial_log(),
+        "disks": [{ "path": spec.root_volume, "read_only": false }],
+        "nets": nets,
+        "rng": true,
+        "vsock": vsock,
+    })
+}
+
+fn run_tool(
+    tool: &'static str,
+    command: &mut std::process::Command,
+    path: &Path,
+) -> Result<(), SupervisorError> {
+    let out = command.output().map_err(|e| SupervisorError::Tool {
+        tool,
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(SupervisorError::Tool {
+            tool,
+            path: path.to_path_buf(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `path` holds an ext2/3/4 file system (magic 0xEF53 at 1080).
+fn is_ext4(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(1080))?;
+            f.read_exact(&mut magic)
+        })
+        .is_ok()
+        && magic == [0x53, 0xef]
+}
+
+/// Field 22 of /proc/PID/stat: the start time in clock ticks since boot.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start
+    // after the last ')'. Field 3 is the state, so 22 is index 19 here.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One request to a VMM's control API (HTTP/1.1 over its Unix socket);
+/// returns the status code and body.
+pub async fn vmm_api(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), SupervisorError> {
+    let fail = |detail: String| SupervisorError::Api {
+        sock: sock.to_path_buf(),
+        detail,
+    };
+    let request = async {
+        let mut stream = tokio::net::UnixStream::connect(sock)
+            .await
+            .map_err(|e| fail(format!("connect: {e}")))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| fail(format!("write: {e}")))?;
+        stream
+            .write_all(body.as_bytes())
+            .await
+            .map_err(|e| fail(format!("write: {e}")))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| fail(format!("read: {e}")))?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| fail(format!("malformed response {text:?}")))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), request).await {
+        Ok(result) => {
+            let (status, body) = result?;
+            if (200..300).contains(&status) {
+                Ok((status, body))
+            } else {
+                Err(fail(format!("{method} {path} answered {status}: {body}")))
+            }
+        }
+        Err(_) => Err(fail(format!("{method} {path}: no answer within 5 s"))),
+    }
+}
