@@ -1,0 +1,142 @@
+"""An instance's whole life with real lab-minimal guests under KVM: the
+README's commands verbatim through the aws CLI, boto3's waiters, and the
+error cases EC2 users run into."""
+import base64
+
+import botocore
+import pytest
+
+from conftest import aws, aws_error, wait_for
+
+INIT_SH = "#!/bin/sh\necho hello from user data > /tmp/hello\n"
+
+
+@pytest.fixture(scope="module")
+def key_pair():
+    aws("create-key-pair", "--key-name", "lifecycle-kp")
+    yield "lifecycle-kp"
+    aws("delete-key-pair", "--key-name", "lifecycle-kp")
+
+
+def console(instance_id):
+    out = aws("get-console-output", "--instance-id", instance_id)
+    return out.get("Output") or ""
+
+
+def state(ec2, instance_id):
+    r = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return r[0]["Instances"][0]
+
+
+def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, key_pair, tmp_path):
+    init = tmp_path / "init.sh"
+    init.write_text(INIT_SH)
+    run = aws("run-instances", "--image-id", lab_minimal_ami, "--instance-type", "t2.micro",
+              "--key-name", key_pair, "--user-data", f"file://{init}",
+              "--tag-specifications", "ResourceType=instance,Tags=[{Key=Name,Value=web}]")
+    instance = run["Instances"][0]
+    iid = instance["InstanceId"]
+    assert instance["State"]["Name"] == "pending"
+    assert instance["State"]["Code"] == 0
+    assert instance["InstanceType"] == "t2.micro"
+    assert instance["KeyName"] == key_pair
+    assert {"Key": "Name", "Value": "web"} in instance["Tags"]
+
+    ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    running = aws("describe-instances", "--filters", "Name=instance-state-name,Values=running",
+                  "Name=instance-type,Values=t2.micro",
+                  "--query", "Reservations[].Instances[].InstanceId", "--output", "text", text_output=True)
+    assert iid in running.split()
+    by_tag = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["w?b"]}])["Reservations"]
+    assert iid in [i["InstanceId"] for r in by_tag for i in r["Instances"]]
+    described = state(ec2, iid)
+    assert described["ImageId"] == lab_minimal_ami
+    assert described["Placement"]["AvailabilityZone"].startswith("us-east-1")
+    assert described["BlockDeviceMappings"][0]["DeviceName"] == "/dev/xvda"
+    assert described["MetadataOptions"]["HttpTokens"] in ("optional", "required")
+    attribute = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+    assert base64.b64decode(attribute["UserData"]["Value"]).decode() == INIT_SH
+
+    # The guest really boots: its serial console comes back through the API.
+    wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot on its console")
+    status = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"][0]
+    assert status["SystemStatus"]["Status"] == "ok"
+    assert status["InstanceState"]["Name"] == "running"
+
+    assert "IncorrectInstanceState" in aws_error("start-instances", "--instance-ids", iid)
+
+    stopping = aws("stop-instances", "--instance-ids", iid)["StoppingInstances"][0]
+    assert stopping["PreviousState"]["Name"] == "running"
+    assert stopping["CurrentState"]["Name"] == "stopping"
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    stopped = state(ec2, iid)
+    assert stopped["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
+    assert "lab-minimal: shutting down" in console(iid), "stop was not a clean guest shutdown"
+
+    ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "lab.micro"})
+    started = aws("start-instances", "--instance-ids", iid)["StartingInstances"][0]
+    assert started["PreviousState"]["Name"] == "stopped"
+    assert started["CurrentState"]["Name"] == "pending"
+    ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    assert state(ec2, iid)["InstanceType"] == "lab.micro"
+    wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the second boot")
+
+    aws("reboot-instances", "--instance-ids", iid)
+    wait_for(lambda: state(ec2, iid)["State"]["Name"] == "running" and "lab-minimal: ready" in console(iid),
+             600, "the reboot")
+
+    terminating = aws("terminate-instances", "--instance-ids", iid)["TerminatingInstances"][0]
+    assert terminating["CurrentState"]["Name"] == "shutting-down"
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    assert "IncorrectInstanceState" in aws_error("start-instances", "--instance-ids", iid)
+
+
+def test_instance_errors(ec2, lab_minimal_ami, tmp_path):
+    assert "InvalidInstanceID.Malformed" in aws_error("describe-instances", "--instance-ids", "i-xyz")
+    assert "InvalidInstanceID.NotFound" in aws_error("describe-instances", "--instance-ids", "i-0123456789abcdef0")
+    assert "InvalidInstanceID.NotFound" in aws_error("stop-instances", "--instance-ids", "i-0123456789abcdef0")
+    assert "InvalidAMIID.NotFound" in aws_error("run-instances", "--image-id", "ami-0123456789abcdef0",
+                                                "--instance-type", "t2.micro")
+    assert "InvalidKeyPair.NotFound" in aws_error("run-instances", "--image-id", lab_minimal_ami,
+                                                  "--instance-type", "t2.micro", "--key-name", "nope")
+    big = tmp_path / "big.sh"
+    big.write_text("#!/bin/sh\n" + "#" * 16500 + "\n")
+    assert "InvalidParameterValue" in aws_error("run-instances", "--image-id", lab_minimal_ami,
+                                                "--instance-type", "t2.micro", "--user-data", f"file://{big}")
+    assert "InsufficientInstanceCapacity" in aws_error("run-instances", "--image-id", lab_minimal_ami,
+                                                       "--instance-type", "m5.xlarge",
+                                                       "--count", "500")
+    assert "DryRunOperation" in aws_error("run-instances", "--image-id", lab_minimal_ami,
+                                          "--instance-type", "t2.micro", "--dry-run")
+    assert "InvalidParameterValue" in aws_error("run-instances", "--image-id", lab_minimal_ami,
+                                                "--instance-type", "t9.huge")
+
+
+def test_termination_protection_and_client_token(ec2, lab_minimal_ami):
+    first = ec2.run_instances(ImageId=lab_minimal_ami, InstanceType="lab.nano", MinCount=1, MaxCount=1,
+                              DisableApiTermination=True, ClientToken="token-1")
+    again = ec2.run_instances(ImageId=lab_minimal_ami, InstanceType="lab.nano", MinCount=1, MaxCount=1,
+                              DisableApiTermination=True, ClientToken="token-1")
+    iid = first["Instances"][0]["InstanceId"]
+    assert again["Instances"][0]["InstanceId"] == iid, "ClientToken must make RunInstances idempotent"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.terminate_instances(InstanceIds=[iid])
+    assert e.value.response["Error"]["Code"] == "OperationNotPermitted"
+    ec2.modify_instance_attribute(InstanceId=iid, DisableApiTermination={"Value": False})
+    ec2.terminate_instances(InstanceIds=[iid])
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+
+
+def test_tags(ec2, lab_minimal_ami):
+    iid = ec2.run_instances(ImageId=lab_minimal_ami, InstanceType="lab.nano", MinCount=1,
+                            MaxCount=1)["Instances"][0]["InstanceId"]
+    aws("create-tags", "--resources", iid, "--tags", "Key=env,Value=test", "Key=team,Value=lab")
+    tags = aws("describe-tags", "--filters", f"Name=resource-id,Values={iid}")["Tags"]
+    assert {(t["Key"], t["Value"]) for t in tags} == {("env", "test"), ("team", "lab")}
+    aws("delete-tags", "--resources", iid, "--tags", "Key=team")
+    tags = aws("describe-tags", "--filters", f"Name=resource-id,Values={iid}")["Tags"]
+    assert [(t["Key"], t["Value"]) for t in tags] == [("env", "test")]
+    by_key = ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": ["env"]}])["Reservations"]
+    assert iid in [i["InstanceId"] for r in by_key for i in r["Instances"]]
+    ec2.terminate_instances(InstanceIds=[iid])
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
