@@ -224,7 +224,8 @@ impl Supervisor {
                 .write(true)
                 .open(&volume)
                 .map_err(io_error("open", &volume))?;
-            file.set_len(size_bytes).map_err(io_error("grow", &volume))?;
+            file.set_len(size_bytes)
+                .map_err(io_error("grow", &volume))?;
             if is_ext4(&volume) {
                 run_tool(
                     "resize2fs",
@@ -409,9 +410,9 @@ fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> serde_json::Value {
         .iter()
         .map(|(tap, mac)| serde_json::json!({ "tap": tap, "mac": mac }))
         .collect();
-    let vsock = spec.vsock_cid.map(|cid| {
-        serde_json::json!({ "cid": cid, "uds": files.vsock() })
-    });
+    let vsock = spec
+        .vsock_cid
+        .map(|cid| serde_json::json!({ "cid": cid, "uds": files.vsock() }));
     serde_json::json!({
         "kernel": spec.kernel,
         "initrd": spec.initrd,

@@ -47,9 +47,8 @@ fn mac(key: &[u8], data: &str) -> HmacSha256 {
     mac
 }
 
-/// The lower-case hex signature a client would send (the verifier only
-/// ever compares, so this exists for known-answer tests).
-#[cfg(test)]
+/// The lower-case hex signature a client sends (the `ec2lab` client signs
+/// with it; the verifier only ever compares).
 pub(crate) fn sign(
     secret_access_key: &str,
     scope: &CredentialScope,
