@@ -1,0 +1,253 @@
+//! Shared helpers for the control plane's integration tests: what a test
+//! needs (KVM, images, the Python clients) and a real `ec2lab serve` on a
+//! private data directory and port.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("EC2LAB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ec2lab")
+        })
+}
+
+/// The workspace's built binaries (scripts/test builds every target first).
+pub fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|p| p.join(name))
+        .expect("target directory")
+}
+
+fn skip_or_fail(test: &str, var: &str, why: &str) -> Option<Prereqs> {
+    if std::env::var(var).as_deref() == Ok("1") {
+        panic!("{test}: {why} and {var}=1");
+    }
+    println!("SKIPPED {test}: {why}");
+    None
+}
+
+/// What a control-plane test with real guests needs.
+pub struct Prereqs {
+    pub images: PathBuf,
+    pub venv: PathBuf,
+    pub vmm: PathBuf,
+    pub ec2lab: PathBuf,
+}
+
+impl Prereqs {
+    /// Checks for /dev/kvm, the images and the venv; None means skip.
+    pub fn check(test: &str) -> Option<Prereqs> {
+        if !Path::new("/dev/kvm").exists() {
+            return skip_or_fail(test, "EC2LAB_REQUIRE_KVM", "/dev/kvm is missing");
+        }
+        let images = std::env::var_os("EC2LAB_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache_dir().join("images"));
+        if !images.join("lab-minimal/manifest.json").exists() {
+            return skip_or_fail(
+                test,
+                "EC2LAB_REQUIRE_KERNELS",
+                &format!("no lab-minimal image in {} (run scripts/build-images)", images.display()),
+            );
+        }
+        let venv = cache_dir().join("venv");
+        if !venv.join("bin/aws").exists() {
+            return skip_or_fail(
+                test,
+                "EC2LAB_REQUIRE_VENV",
+                "no Python clients (run scripts/python-env)",
+            );
+        }
+        let vmm = target_bin("ec2lab-vmm");
+        let ec2lab = target_bin("ec2lab");
+        for bin in [&vmm, &ec2lab] {
+            assert!(bin.exists(), "{} is not built (cargo build --workspace)", bin.display());
+        }
+        Some(Prereqs {
+            images,
+            venv,
+            vmm,
+            ec2lab,
+        })
+    }
+
+    /// The venv's python, with the venv's bin first on PATH (for `aws`).
+    pub fn python(&self) -> Command {
+        let mut c = Command::new(self.venv.join("bin/python"));
+        let path = std::env::var("PATH").unwrap_or_default();
+        c.env("PATH", format!("{}:{path}", self.venv.join("bin").display()));
+        c
+    }
+}
+
+/// A running `ec2lab serve` on a temporary data directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    listen: String,
+    child: Option<Child>,
+    images: PathBuf,
+    vmm: PathBuf,
+    ec2lab: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Daemon {
+    /// `ec2lab init` then `ec2lab serve`, waiting until it answers.
+    pub fn start(prereqs: &Prereqs) -> Daemon {
+        let dir = tempfile::tempdir().expect("data dir");
+        let init = Command::new(&prereqs.ec2lab)
+            .args(["init", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("ec2lab init");
+        let text = String::from_utf8_lossy(&init.stdout).into_owned();
+        assert!(init.status.success(), "ec2lab init: {text}{}", String::from_utf8_lossy(&init.stderr));
+        let find = |var: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{var}=")))
+                .map(|v| v.trim_matches('\'').to_string())
+                .unwrap_or_else(|| panic!("ec2lab init printed no {var}: {text}"))
+        };
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut daemon = Daemon {
+            endpoint: format!("http://{listen}"),
+            access_key: find("AWS_ACCESS_KEY_ID"),
+            secret_key: find("AWS_SECRET_ACCESS_KEY"),
+            listen,
+            dir,
+            child: None,
+            images: prereqs.images.clone(),
+            vmm: prereqs.vmm.clone(),
+            ec2lab: prereqs.ec2lab.clone(),
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// (Re)starts the serve process on the same data directory and port.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .expect("serve log");
+        let child = Command::new(&self.ec2lab)
+            .args(["serve", "--listen", &self.listen, "--data-dir"])
+            .arg(self.dir.path())
+            .arg("--images")
+            .arg(&self.images)
+            .arg("--vmm")
+            .arg(&self.vmm)
+            .env("EC2LAB_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("ec2lab serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.listen).is_err() {
+            assert!(Instant::now() < deadline, "ec2lab serve never listened\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the serve process with SIGKILL (instances must survive it).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The environment for aws/boto3 clients of this daemon.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("EC2LAB_ENDPOINT".into(), self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+            ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// VMM processes started for this data directory that are still alive.
+    pub fn live_vmms(&self) -> Vec<i32> {
+        let needle = self.dir.path().display().to_string();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("ec2lab-vmm") && cmdline.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Stops the daemon, then lists what it left: live VMMs (which are
+    /// then killed, by PID) and instance directories.
+    pub fn stop_and_list_leftovers(mut self, grace: Duration) -> Vec<String> {
+        let deadline = Instant::now() + grace;
+        while !self.live_vmms().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.kill9();
+        let mut left = Vec::new();
+        for pid in self.live_vmms() {
+            left.push(format!("VMM pid {pid}"));
+            // SAFETY: kill(2) on a VMM this test's daemon started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for entry in std::fs::read_dir(self.dir.path().join("instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            left.push(format!("instance directory {}", entry.path().display()));
+        }
+        left
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.live_vmms() {
+            // SAFETY: kill(2) on a VMM this test's daemon started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

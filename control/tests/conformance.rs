@@ -1,0 +1,41 @@
+//! Runs the conformance suite (`control/tests/conformance/*.py`: the real
+//! aws CLI and boto3) against a real `ec2lab serve` with real lab-minimal
+//! guests under KVM, then checks that the daemon left nothing behind.
+//!
+//! Needs root, /dev/kvm, the images from `scripts/build-images` and the
+//! Python environment from `scripts/python-env`; without them it prints a
+//! SKIPPED line, unless CI's EC2LAB_REQUIRE_* variables make that a failure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, Prereqs};
+
+#[test]
+fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
+    let Some(prereqs) = Prereqs::check("conformance") else {
+        return;
+    };
+    let daemon = Daemon::start(&prereqs);
+    let out = prereqs
+        .python()
+        .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
+        .arg(common::repo_root().join("control/tests/conformance"))
+        .envs(daemon.client_env())
+        .output()
+        .expect("run pytest");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{report}");
+    assert!(
+        out.status.success(),
+        "conformance suite failed:\n{report}\n--- daemon log ---\n{}",
+        daemon.log()
+    );
+    let leftovers = daemon.stop_and_list_leftovers(Duration::from_secs(60));
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
