@@ -8,4 +8,5 @@
 
 pub mod api;
 pub mod db;
+pub mod keypairs;
 pub mod model;
