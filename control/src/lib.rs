@@ -10,5 +10,6 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod keypairs;
 pub mod model;
 pub mod supervisor;
