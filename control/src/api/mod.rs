@@ -5,5 +5,6 @@ pub mod actions;
 pub mod error;
 pub mod instance_types;
 pub mod query;
+pub mod server;
 pub mod sigv4;
 pub mod xml;
