@@ -6,5 +6,6 @@ pub mod error;
 pub mod instance_types;
 pub mod query;
 pub mod server;
+pub mod shapes;
 pub mod sigv4;
 pub mod xml;
