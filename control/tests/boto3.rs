@@ -72,6 +72,10 @@ out["bad_index"] = raw("Action=DescribeRegions&Version=2016-11-15&RegionName.0=u
 out["unknown_param"] = raw("Action=DescribeRegions&Version=2016-11-15&Bogus=1")
 out["invalid_action"] = raw("Action=MakeCoffee&Version=2016-11-15")
 out["missing_action"] = raw("Version=2016-11-15")
+get = urllib.request.urlopen(endpoint + "/?Action=DescribeRegions&Version=2016-11-15")
+parsed = parser.parse({"body": get.read(), "headers": dict(get.headers), "status_code": get.status},
+                      model.operation_model("DescribeRegions").output_shape)
+out["get_regions"] = [x["RegionName"] for x in parsed["Regions"]]
 out["too_large"] = raw("Action=DescribeRegions&Version=2016-11-15&X=" + "a" * (1 << 20))
 print(json.dumps(out))
 "#;
@@ -117,6 +121,11 @@ fn boto3_and_the_aws_cli_parse_every_response_and_error() {
     assert_eq!(out["request_id_header"].as_str(), Some(request_id));
     assert_eq!(out["content_type"], "text/xml;charset=UTF-8");
     assert_eq!(out["regions_filtered"], 0);
+    assert_eq!(
+        out["get_regions"],
+        j(r#"["us-east-1"]"#),
+        "GET with a query"
+    );
     assert_eq!(
         out["zones"],
         j(
