@@ -61,7 +61,11 @@ fn form(params: &[(String, String)]) -> String {
 
 impl Client {
     /// A client of `endpoint` (`http://127.0.0.1:8787`).
-    pub fn new(endpoint: &str, credentials: Credentials, region: &str) -> Result<Self, ClientError> {
+    pub fn new(
+        endpoint: &str,
+        credentials: Credentials,
+        region: &str,
+    ) -> Result<Self, ClientError> {
         let host = endpoint
             .strip_prefix("http://")
             .map(|h| h.trim_end_matches('/'))
@@ -219,7 +223,10 @@ mod tests {
             </item></reservationSet></DescribeInstancesResponse>"#;
         let v = parse_response("DescribeInstances", xml).expect("parses");
         assert_eq!(v["Reservations"][0]["Instances"][0]["InstanceId"], "i-1");
-        assert_eq!(v["Reservations"][0]["Instances"][0]["InstanceState"]["Name"], "running");
+        assert_eq!(
+            v["Reservations"][0]["Instances"][0]["InstanceState"]["Name"],
+            "running"
+        );
     }
 
     #[test]
@@ -227,6 +234,9 @@ mod tests {
         let xml = r#"<?xml version="1.0"?><Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code>
             <Message>The instance ID 'i-1' does not exist</Message></Error></Errors><RequestID>x</RequestID></Response>"#;
         let e = parse_response("StopInstances", xml).expect_err("error");
-        assert!(e.to_string().contains("(InvalidInstanceID.NotFound)"), "{e}");
+        assert!(
+            e.to_string().contains("(InvalidInstanceID.NotFound)"),
+            "{e}"
+        );
     }
 }

@@ -12,7 +12,15 @@ use common::{Daemon, Prereqs};
 fn aws(prereqs: &Prereqs, daemon: &Daemon, args: &[&str]) -> serde_json::Value {
     let out = prereqs
         .python()
-        .args(["-m", "awscli", "--endpoint-url", &daemon.endpoint, "--output", "json", "ec2"])
+        .args([
+            "-m",
+            "awscli",
+            "--endpoint-url",
+            &daemon.endpoint,
+            "--output",
+            "json",
+            "ec2",
+        ])
         .args(args)
         .envs(daemon.client_env())
         .output()
@@ -27,7 +35,11 @@ fn aws(prereqs: &Prereqs, daemon: &Daemon, args: &[&str]) -> serde_json::Value {
 }
 
 fn state(prereqs: &Prereqs, daemon: &Daemon, id: &str) -> String {
-    let v = aws(prereqs, daemon, &["describe-instances", "--instance-ids", id]);
+    let v = aws(
+        prereqs,
+        daemon,
+        &["describe-instances", "--instance-ids", id],
+    );
     v["Reservations"][0]["Instances"][0]["State"]["Name"]
         .as_str()
         .unwrap_or_default()
@@ -59,7 +71,11 @@ fn daemon_killed_while_pending_and_while_stopping_loses_nothing() {
     let images = aws(
         &prereqs,
         &daemon,
-        &["describe-images", "--filters", "Name=name,Values=lab-minimal"],
+        &[
+            "describe-images",
+            "--filters",
+            "Name=name,Values=lab-minimal",
+        ],
     );
     let ami = images["Images"][0]["ImageId"]
         .as_str()
@@ -70,7 +86,13 @@ fn daemon_killed_while_pending_and_while_stopping_loses_nothing() {
     let run = aws(
         &prereqs,
         &daemon,
-        &["run-instances", "--image-id", &ami, "--instance-type", "lab.micro"],
+        &[
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "lab.micro",
+        ],
     );
     let id = run["Instances"][0]["InstanceId"]
         .as_str()
@@ -79,22 +101,39 @@ fn daemon_killed_while_pending_and_while_stopping_loses_nothing() {
     daemon.kill9();
     daemon.restart();
     wait_state(&prereqs, &daemon, &id, "running", Duration::from_secs(120));
-    assert_eq!(daemon.live_vmms().len(), 1, "exactly one VMM for the instance");
-
-    // Killed while stopping.
-    aws(&prereqs, &daemon, &["stop-instances", "--instance-ids", &id]);
-    daemon.kill9();
     assert_eq!(
         daemon.live_vmms().len(),
         1,
-        "the VMM outlives the daemon"
+        "exactly one VMM for the instance"
     );
+
+    // Killed while stopping.
+    aws(
+        &prereqs,
+        &daemon,
+        &["stop-instances", "--instance-ids", &id],
+    );
+    daemon.kill9();
+    assert_eq!(daemon.live_vmms().len(), 1, "the VMM outlives the daemon");
     daemon.restart();
     wait_state(&prereqs, &daemon, &id, "stopped", Duration::from_secs(300));
-    assert!(daemon.live_vmms().is_empty(), "a stopped instance has no VMM");
+    assert!(
+        daemon.live_vmms().is_empty(),
+        "a stopped instance has no VMM"
+    );
 
-    aws(&prereqs, &daemon, &["terminate-instances", "--instance-ids", &id]);
-    wait_state(&prereqs, &daemon, &id, "terminated", Duration::from_secs(120));
+    aws(
+        &prereqs,
+        &daemon,
+        &["terminate-instances", "--instance-ids", &id],
+    );
+    wait_state(
+        &prereqs,
+        &daemon,
+        &id,
+        "terminated",
+        Duration::from_secs(120),
+    );
     let leftovers = daemon.stop_and_list_leftovers(Duration::from_secs(10));
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }

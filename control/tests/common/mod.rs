@@ -1,12 +1,15 @@
 //! Shared helpers for the control plane's integration tests: what a test
-//! needs (KVM, images, the Python clients) and a real `ec2lab serve` on a
-//! private data directory and port.
+//! needs (KVM, images, the Python clients, botocore's model), a real
+//! `ec2lab serve` on a private data directory and port, and the request
+//! cases every implemented action must answer in botocore's shapes.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use ec2lab_control::api::shapes::ServiceModel;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -60,7 +63,10 @@ impl Prereqs {
             return skip_or_fail(
                 test,
                 "EC2LAB_REQUIRE_KERNELS",
-                &format!("no lab-minimal image in {} (run scripts/build-images)", images.display()),
+                &format!(
+                    "no lab-minimal image in {} (run scripts/build-images)",
+                    images.display()
+                ),
             );
         }
         let venv = cache_dir().join("venv");
@@ -74,7 +80,11 @@ impl Prereqs {
         let vmm = target_bin("ec2lab-vmm");
         let ec2lab = target_bin("ec2lab");
         for bin in [&vmm, &ec2lab] {
-            assert!(bin.exists(), "{} is not built (cargo build --workspace)", bin.display());
+            assert!(
+                bin.exists(),
+                "{} is not built (cargo build --workspace)",
+                bin.display()
+            );
         }
         Some(Prereqs {
             images,
@@ -88,7 +98,10 @@ impl Prereqs {
     pub fn python(&self) -> Command {
         let mut c = Command::new(self.venv.join("bin/python"));
         let path = std::env::var("PATH").unwrap_or_default();
-        c.env("PATH", format!("{}:{path}", self.venv.join("bin").display()));
+        c.env(
+            "PATH",
+            format!("{}:{path}", self.venv.join("bin").display()),
+        );
         c
     }
 }
@@ -123,7 +136,11 @@ impl Daemon {
             .output()
             .expect("ec2lab init");
         let text = String::from_utf8_lossy(&init.stdout).into_owned();
-        assert!(init.status.success(), "ec2lab init: {text}{}", String::from_utf8_lossy(&init.stderr));
+        assert!(
+            init.status.success(),
+            "ec2lab init: {text}{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let find = |var: &str| {
             text.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{var}=")))
@@ -169,7 +186,11 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&self.listen).is_err() {
-            assert!(Instant::now() < deadline, "ec2lab serve never listened\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "ec2lab serve never listened\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -251,3 +272,76 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Whether a missing venv must fail the test instead of skipping it.
+pub fn venv_required() -> bool {
+    std::env::var("EC2LAB_REQUIRE_VENV").is_ok_and(|v| v == "1")
+}
+
+/// Prints a SKIPPED line, or panics when the venv is required.
+pub fn skip(test: &str, why: &str) {
+    assert!(!venv_required(), "{test}: {why} (EC2LAB_REQUIRE_VENV=1)");
+    // Written to the real stderr, past libtest's capture, so a skip shows
+    // in the output of a passing run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why}; run scripts/python-env to create it"
+    );
+}
+
+/// The venv's python, made by `scripts/python-env`.
+pub fn venv_python() -> Option<PathBuf> {
+    let cache = std::env::var_os("EC2LAB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ec2lab")))?;
+    let python = cache.join("venv/bin/python");
+    python.is_file().then_some(python)
+}
+
+/// botocore's EC2 model, or `None` after printing SKIPPED.
+pub fn model(test: &str) -> Option<ServiceModel> {
+    match ServiceModel::load() {
+        Ok(model) => Some(model),
+        Err(err) => {
+            skip(test, &err.to_string());
+            None
+        }
+    }
+}
+
+/// Requests run through every implemented action: each one's response must
+/// pass botocore's shape check. Add a case here with each new action (the
+/// test `every_action_in_the_table_has_a_case` insists).
+pub const CASES: &[(&str, &[(&str, &str)])] = &[
+    ("DescribeRegions", &[]),
+    ("DescribeRegions", &[("RegionName.1", "us-east-1")]),
+    (
+        "DescribeRegions",
+        &[
+            ("Filter.1.Name", "region-name"),
+            ("Filter.1.Value.1", "eu-*"),
+        ],
+    ),
+    ("DescribeAvailabilityZones", &[]),
+    (
+        "DescribeAvailabilityZones",
+        &[("ZoneName.1", "us-east-1b"), ("ZoneId.1", "use1-az3")],
+    ),
+    ("DescribeInstanceTypes", &[]),
+    (
+        "DescribeInstanceTypes",
+        &[
+            ("InstanceType.1", "t2.micro"),
+            ("InstanceType.2", "lab.nano"),
+        ],
+    ),
+    (
+        "DescribeInstanceTypes",
+        &[
+            ("Filter.1.Name", "instance-type"),
+            ("Filter.1.Value.1", "t3.*"),
+        ],
+    ),
+    ("DescribeInstanceTypes", &[("MaxResults", "5")]),
+];

@@ -1,0 +1,146 @@
+//! EC2 `Filter.N.Name` / `Filter.N.Value.M` parameters and their matching
+//! rules: filters AND together, the values of one filter OR together, and
+//! values may use `*` and `?` wildcards.
+
+use crate::api::error::Ec2Error;
+use crate::api::query::Params;
+
+/// One filter from a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+impl Filter {
+    /// The request's `Filter.N` members, each checked against the names the
+    /// action supports (`InvalidParameterValue` otherwise, as on EC2).
+    pub fn parse_all(params: &Params, supported: &[&str]) -> Result<Vec<Filter>, Ec2Error> {
+        params
+            .structs("Filter")?
+            .iter()
+            .map(|member| {
+                member.reject_unknown(&["Name", "Value"])?;
+                let name = member.required("Name")?;
+                if !supported.contains(&name) {
+                    return Err(Ec2Error::invalid_parameter_value(format!(
+                        "The filter '{name}' is invalid"
+                    )));
+                }
+                Ok(Filter {
+                    name: name.to_owned(),
+                    values: member
+                        .list("Value")?
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether any of this filter's values matches `value`.
+    pub fn matches(&self, value: &str) -> bool {
+        self.values
+            .iter()
+            .any(|pattern| wildcard_match(pattern, value))
+    }
+}
+
+/// True when every filter has a value matching what `field` yields for its
+/// name. `field` returns the resource's values for a filter name (several
+/// for list-valued attributes such as architectures).
+pub fn all_match<'v>(filters: &[Filter], field: impl Fn(&str) -> Vec<String> + 'v) -> bool {
+    filters
+        .iter()
+        .all(|f| field(&f.name).iter().any(|v| f.matches(v)))
+}
+
+/// EC2's filter wildcards: `*` any run of characters, `?` exactly one, and
+/// `\` escapes the next character. Case-sensitive, as on EC2.
+pub fn wildcard_match(pattern: &str, value: &str) -> bool {
+    #[derive(Clone, Copy)]
+    enum Tok {
+        Star,
+        One,
+        Lit(char),
+    }
+    let mut toks = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        toks.push(match c {
+            '*' => Tok::Star,
+            '?' => Tok::One,
+            '\\' => Tok::Lit(chars.next().unwrap_or('\\')),
+            c => Tok::Lit(c),
+        });
+    }
+    let text: Vec<char> = value.chars().collect();
+    // Greedy matching with one backtrack point: linear in practice and
+    // never exponential, whatever the client sends.
+    let (mut t, mut p) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match toks.get(p) {
+            Some(Tok::Star) => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(Tok::One) => {
+                t += 1;
+                p += 1;
+            }
+            Some(Tok::Lit(c)) if *c == text[t] => {
+                t += 1;
+                p += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    toks[p..].iter().all(|tok| matches!(tok, Tok::Star))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_follow_ec2_rules() {
+        assert!(wildcard_match("t2.*", "t2.micro"));
+        assert!(!wildcard_match("t2.*", "t3.micro"));
+        assert!(wildcard_match("t?.micro", "t3.micro"));
+        assert!(!wildcard_match("t?.micro", "t.micro"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("*a*b*", "xxaxxbxx"));
+        assert!(!wildcard_match("*a*b", "xxaxxbxxc"));
+        assert!(wildcard_match("a\\*", "a*"));
+        assert!(!wildcard_match("a\\*", "ab"));
+        assert!(wildcard_match("us-east-1", "us-east-1"));
+        assert!(!wildcard_match("US-EAST-1", "us-east-1"));
+        assert!(!wildcard_match("", "x"));
+    }
+
+    #[test]
+    fn pathological_patterns_finish() {
+        let value = "a".repeat(10_000);
+        assert!(!wildcard_match(&"*a".repeat(200), &(value.clone() + "b")));
+        assert!(wildcard_match("*a*a*a*a*a*a*", &value));
+    }
+
+    #[test]
+    fn unsupported_filter_names_are_invalid() {
+        let p = Params::from_pairs([("Filter.1.Name", "nope"), ("Filter.1.Value.1", "x")]);
+        let err = Filter::parse_all(&p, &["region-name"]).expect_err("unknown filter");
+        assert_eq!(err.code(), "InvalidParameterValue");
+        let p = Params::from_pairs([("Filter.1.Value.1", "x")]);
+        let err = Filter::parse_all(&p, &["region-name"]).expect_err("no name");
+        assert_eq!(err.code(), "MissingParameter");
+    }
+}

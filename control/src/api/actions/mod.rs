@@ -1,0 +1,132 @@
+//! The action table: the one place that lists every EC2 action ec2lab
+//! implements, and the dispatcher that uses it.
+//!
+//! Handlers are thin and synchronous: read [`Params`], call the domain,
+//! return the response members as [`XmlNode`]s. The server runs them on a
+//! blocking thread, so they may touch SQLite directly.
+//!
+//! An action in botocore's EC2 model but not in [`ACTIONS`] answers
+//! `UnsupportedOperation`; a name in neither answers `InvalidAction`. Never
+//! an empty success: a client must not believe something happened.
+
+mod filter;
+mod operations;
+mod regions;
+
+pub use filter::{wildcard_match, Filter};
+pub use operations::EC2_OPERATIONS;
+
+use super::error::Ec2Error;
+use super::query::Params;
+use super::xml::XmlNode;
+
+/// What the whole daemon shares with handlers. The API layer needs only the
+/// region; the integrator adds the database, the supervisor and the rest
+/// here.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The region this daemon pretends to be (`us-east-1` by default).
+    pub region: String,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+        }
+    }
+}
+
+/// One request's context: who is asking, where, and with which shared
+/// state. Borrowed so building it per request costs nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub region: &'a str,
+    /// The id sent back in `<requestId>`; handlers log with it.
+    pub request_id: &'a str,
+    pub state: &'a AppState,
+}
+
+/// A handler: parameters in, response members (the children of
+/// `<{Action}Response>` after `<requestId>`) out.
+pub type Handler = fn(&Ctx<'_>, &Params) -> Result<Vec<XmlNode>, Ec2Error>;
+
+/// Every implemented action, sorted by name (a test checks), so lookups are
+/// a binary search and the list reads like an index.
+pub const ACTIONS: &[(&str, Handler)] = &[
+    (
+        "DescribeAvailabilityZones",
+        regions::describe_availability_zones,
+    ),
+    ("DescribeInstanceTypes", regions::describe_instance_types),
+    ("DescribeRegions", regions::describe_regions),
+];
+
+/// The handler for `action`, or the error EC2 gives for it.
+pub fn lookup(action: &str) -> Result<Handler, Ec2Error> {
+    if let Ok(i) = ACTIONS.binary_search_by(|(name, _)| (*name).cmp(action)) {
+        return Ok(ACTIONS[i].1);
+    }
+    if EC2_OPERATIONS.binary_search(&action).is_ok() {
+        Err(Ec2Error::unsupported_action(action))
+    } else {
+        Err(Ec2Error::invalid_action(action))
+    }
+}
+
+/// Runs `action`. `DryRun=true` is answered here for every action: ec2lab
+/// has no IAM, so a dry run succeeds whenever the action exists and the
+/// parameter parses, which is exactly `DryRunOperation`.
+pub fn dispatch(ctx: &Ctx<'_>, action: &str, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
+    let handler = lookup(action)?;
+    if params.dry_run()? {
+        return Err(Ec2Error::dry_run_operation());
+    }
+    handler(ctx, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_table_is_sorted_unique_and_in_the_model() {
+        for pair in ACTIONS.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{} before {}", pair[0].0, pair[1].0);
+        }
+        for (name, _) in ACTIONS {
+            assert!(
+                EC2_OPERATIONS.binary_search(name).is_ok(),
+                "{name} not in the model"
+            );
+        }
+        for pair in EC2_OPERATIONS.windows(2) {
+            assert!(pair[0] < pair[1]);
+        }
+    }
+
+    #[test]
+    fn unknown_actions_are_invalid_and_unimplemented_ones_unsupported() {
+        let err = lookup("DescribeVpcs").err().map(|e| e.code().to_owned());
+        assert_eq!(err.as_deref(), Some("UnsupportedOperation"));
+        let err = lookup("MakeCoffee").err().map(|e| e.code().to_owned());
+        assert_eq!(err.as_deref(), Some("InvalidAction"));
+        assert!(lookup("DescribeRegions").is_ok());
+    }
+
+    #[test]
+    fn dry_run_is_answered_with_412_before_the_handler() {
+        let state = AppState::default();
+        let ctx = Ctx {
+            region: &state.region,
+            request_id: "r",
+            state: &state,
+        };
+        let params = Params::from_pairs([("DryRun", "true")]);
+        let err = dispatch(&ctx, "DescribeRegions", &params).expect_err("dry run");
+        assert_eq!(err.code(), "DryRunOperation");
+        let params = Params::from_pairs([("DryRun", "maybe")]);
+        let err = dispatch(&ctx, "DescribeRegions", &params).expect_err("bad bool");
+        assert_eq!(err.code(), "InvalidParameterValue");
+    }
+}

@@ -1,0 +1,185 @@
+//! The HTTP side of the EC2 Query API: one route, `/`, taking a
+//! form-encoded POST (or a GET with the same parameters in the URL), and
+//! answering EC2 XML with a fresh request id.
+//!
+//! The pipeline is: read the body (bounded) → parse parameters →
+//! authenticate (a pluggable [`Authenticator`], SigV4 in the daemon) →
+//! `Action`/`Version` → dispatch on a blocking thread → render.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::header::{HeaderMap, CONTENT_TYPE};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use super::actions::{self, AppState, Ctx};
+use super::error::Ec2Error;
+use super::query::Params;
+use super::xml;
+
+/// The largest request body accepted. Launch requests are the largest the
+/// SDKs send: user data is at most 16 KiB before base64, plus tags and block
+/// device mappings; 1 MiB leaves room without letting a client park memory.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The header the SDKs read the request id from (besides the XML).
+pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+
+/// What EC2 sends as `Content-Type`.
+pub const XML_CONTENT_TYPE: &str = "text/xml;charset=UTF-8";
+
+/// The parts of a request a signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    pub params: &'a Params,
+}
+
+/// Decides whether a request may proceed. The daemon plugs in SigV4; a
+/// trait (not a closure) so the verifier can keep its key store.
+pub trait Authenticator: Send + Sync {
+    /// `Ok` to go on; `AuthFailure`, `RequestExpired`… to refuse.
+    fn authenticate(&self, request: &SignedRequest<'_>) -> Result<(), Ec2Error>;
+}
+
+/// Accepts every request without looking at its signature: for tests and
+/// for nothing that listens beyond loopback.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptAnySignature;
+
+impl Authenticator for AcceptAnySignature {
+    fn authenticate(&self, _request: &SignedRequest<'_>) -> Result<(), Ec2Error> {
+        Ok(())
+    }
+}
+
+/// What the router shares across requests.
+#[derive(Clone)]
+pub struct ApiState {
+    pub app: Arc<AppState>,
+    pub auth: Arc<dyn Authenticator>,
+}
+
+impl ApiState {
+    /// State with an explicit authenticator, so that "no signature check" is
+    /// always a visible choice at the call site.
+    pub fn new(app: AppState, auth: impl Authenticator + 'static) -> Self {
+        Self {
+            app: Arc::new(app),
+            auth: Arc::new(auth),
+        }
+    }
+}
+
+/// The EC2 endpoint as an axum router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(handle).post(handle))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until the listener fails.
+pub async fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+async fn handle(State(state): State<ApiState>, request: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (action, result) = process(&state, request, &request_id).await;
+    let (status, body) = match result {
+        Ok(members) => (
+            StatusCode::OK,
+            xml::render_response(&action, &request_id, &members),
+        ),
+        Err(err) => {
+            if err.status().is_server_error() {
+                log::warn!("{request_id} {action}: {err}");
+            }
+            (err.status(), err.to_xml(&request_id))
+        }
+    };
+    log::info!("{request_id} {action} {}", status.as_u16());
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(XML_CONTENT_TYPE));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Everything between the raw request and the response members; returns
+/// the action name (or `-` when there is none) for logging and rendering.
+async fn process(
+    state: &ApiState,
+    request: Request,
+    request_id: &str,
+) -> (String, Result<Vec<xml::XmlNode>, Ec2Error>) {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(err) => return ("-".to_owned(), Err(err)),
+    };
+    let params = Params::from_request(parts.uri.query(), &body);
+    let action = params.optional("Action").unwrap_or("-").to_owned();
+    let signed = SignedRequest {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        body: &body,
+        params: &params,
+    };
+    if let Err(err) = state.auth.authenticate(&signed) {
+        return (action, Err(err));
+    }
+    if let Err(err) = params.action().and_then(|_| params.version()) {
+        return (action, Err(err));
+    }
+    let app = Arc::clone(&state.app);
+    let request_id = request_id.to_owned();
+    let name = action.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let ctx = Ctx {
+            region: &app.region,
+            request_id: &request_id,
+            state: &app,
+        };
+        actions::dispatch(&ctx, &name, &params)
+    })
+    .await
+    .unwrap_or_else(|join_error| {
+        log::error!("handler for {action} panicked: {join_error}");
+        Err(Ec2Error::internal_error())
+    });
+    (action, result)
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] whether or
+/// not the client declared a length.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, Ec2Error> {
+    to_bytes(body, MAX_BODY_BYTES).await.map_err(|err| {
+        let inner = err.into_inner();
+        let too_large =
+            std::iter::successors(Some(&*inner as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Ec2Error::request_too_large(MAX_BODY_BYTES)
+        } else {
+            Ec2Error::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                format!("The request body could not be read: {inner}"),
+            )
+        }
+    })
+}
