@@ -9,6 +9,31 @@
 //! Times are stored as unix milliseconds, so values read back are truncated
 //! to the millisecond (EC2 shows milliseconds too). User data is a BLOB.
 //! Paths are stored as text and must be UTF-8; the daemon chooses them.
+//!
+//! ```
+//! use ec2lab_control::db::{Db, InstanceQuery};
+//! use ec2lab_control::model::filter::{Filter, PageRequest};
+//! use ec2lab_control::model::state::{self, Event};
+//!
+//! let db = Db::open_in_memory()?;
+//! let ids = db.bulk_insert_for_bench(12, time::OffsetDateTime::now_utc())?;
+//!
+//! // Stop one instance: read, ask the state machine, compare-and-set.
+//! let now = time::OffsetDateTime::now_utc();
+//! let current = db.get_instance(&ids[0])?;
+//! let t = state::transition(&ids[0], current.state, &Event::StopRequested { force: false }, now)
+//!     .expect("running instances can stop");
+//! db.update_instance_state(&ids[0], &t, now)?;
+//!
+//! let page = db.list_instances(&InstanceQuery {
+//!     filters: vec![Filter::new("instance-state-name", &["running"])],
+//!     page: PageRequest { max_results: Some(5), next_token: None },
+//!     ..InstanceQuery::default()
+//! })?;
+//! assert_eq!(page.items.len(), 5);
+//! assert!(page.next_token.is_some());
+//! # Ok::<(), ec2lab_control::db::DbError>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -71,13 +71,15 @@ impl IdKind {
         }
     }
 
-    /// The EC2 error code for a malformed id of this kind, where EC2 has one.
+    /// The EC2 error code for a malformed id of this kind. EC2 has no
+    /// dedicated code for a malformed key pair id (`InvalidKeyPair.Format`
+    /// is about key material), so those get the generic one.
     pub fn malformed_code(self) -> &'static str {
         match self {
             IdKind::Instance => "InvalidInstanceID.Malformed",
             IdKind::Reservation => "InvalidReservationID.Malformed",
             IdKind::Image | IdKind::Kernel => "InvalidAMIID.Malformed",
-            IdKind::KeyPair => "InvalidKeyPair.Format",
+            IdKind::KeyPair => "InvalidParameterValue",
             IdKind::Volume => "InvalidVolumeID.Malformed",
             IdKind::NetworkInterface => "InvalidNetworkInterfaceID.Malformed",
             IdKind::Snapshot => "InvalidSnapshotID.Malformed",
