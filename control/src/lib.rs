@@ -9,7 +9,15 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod keypairs;
+pub mod lifecycle;
 pub mod model;
 pub mod supervisor;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it:
+/// the sets it guards stay consistent at every step.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

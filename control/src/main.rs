@@ -1,6 +1,414 @@
-//! `ec2lab`: the control-plane daemon (`ec2lab serve`) and a thin client.
+//! `ec2lab`: the control-plane daemon (`ec2lab serve`), its set-up
+//! (`ec2lab init`), and a thin client of the same EC2 API for the common
+//! verbs, so a first instance needs no aws CLI.
 
-fn main() {
-    eprintln!("ec2lab: not yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use clap::{Parser, Subcommand, ValueEnum};
+use ec2lab_control::api::sigv4;
+use ec2lab_control::client::{Client, ClientError};
+use ec2lab_control::config::{self, Credentials};
+use ec2lab_control::daemon::{self, ServeOptions};
+
+/// ec2lab: the EC2 model on one Linux machine with KVM.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Data directory (database, instances, credentials).
+    #[arg(long, global = true, env = "EC2LAB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The API endpoint the client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "EC2LAB_ENDPOINT",
+        default_value = "http://127.0.0.1:8787"
+    )]
+    endpoint: String,
+    /// Output format of the client commands, as in the aws CLI.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Json,
+    Table,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the data directory and API credentials; print the aws CLI settings.
+    Init,
+    /// Serve the EC2 API (state in SQLite under the data directory).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: std::net::SocketAddr,
+        /// Images directory (scripts/build-images output).
+        #[arg(long, env = "EC2LAB_IMAGES")]
+        images: Option<PathBuf>,
+        /// The ec2lab-vmm binary (default: next to this one).
+        #[arg(long)]
+        vmm: Option<PathBuf>,
+    },
+    /// Launch instances and wait until they run.
+    Run {
+        /// Image name (lab-minimal) or id (ami-...).
+        #[arg(long, default_value = "lab-minimal")]
+        image: String,
+        /// Instance type.
+        #[arg(long = "type", default_value = "t2.micro")]
+        instance_type: String,
+        /// Key pair name.
+        #[arg(long)]
+        key: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// A user data file.
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        /// The Name tag.
+        #[arg(long)]
+        name: Option<String>,
+        /// Return at once instead of waiting for running.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List instances.
+    Ls,
+    /// Print an instance's serial console.
+    Console { instance_id: String },
+    /// Stop instances (and wait).
+    Stop {
+        instance_ids: Vec<String>,
+        /// Do not give the guest time to shut down.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start stopped instances (and wait).
+    Start { instance_ids: Vec<String> },
+    /// Reboot instances.
+    Reboot { instance_ids: Vec<String> },
+    /// Terminate instances (and wait).
+    Terminate { instance_ids: Vec<String> },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("EC2LAB_LOG", "info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(config::default_data_dir);
+    let result = match cli.command {
+        Command::Init => init(&data_dir),
+        Command::Serve {
+            listen,
+            images,
+            vmm,
+        } => serve(ServeOptions {
+            data_dir,
+            images_dir: images.unwrap_or_else(config::default_images_dir),
+            vmm: vmm.unwrap_or_else(default_vmm),
+            listen,
+        }),
+        ref command => client(&cli, &data_dir, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ec2lab: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_vmm() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("ec2lab-vmm")))
+        .unwrap_or_else(|| PathBuf::from("ec2lab-vmm"))
+}
+
+fn init(data_dir: &std::path::Path) -> Result<(), String> {
+    let (creds, created) =
+        Credentials::load_or_create(data_dir, "us-east-1").map_err(|e| e.to_string())?;
+    if created {
+        eprintln!("ec2lab: created {}", data_dir.display());
+    }
+    println!("{}", creds.exports());
+    Ok(())
+}
+
+fn serve(options: ServeOptions) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(daemon::serve(options))
+        .map_err(|e| e.to_string())
+}
+
+/// Credentials from the environment (as the aws CLI) or the data directory.
+fn credentials(data_dir: &std::path::Path) -> Result<(sigv4::Credentials, String), String> {
+    if let (Ok(id), Ok(secret)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        let region = std::env::var("AWS_DEFAULT_REGION").unwrap_or_else(|_| "us-east-1".into());
+        return Ok((
+            sigv4::Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+            },
+            region,
+        ));
+    }
+    let c = Credentials::load(data_dir).map_err(|e| e.to_string())?;
+    Ok((
+        sigv4::Credentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+        },
+        c.region,
+    ))
+}
+
+fn ids(prefix: &str, list: &[String]) -> Vec<(String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, id)| (format!("{prefix}.{}", i + 1), id.clone()))
+        .collect()
+}
+
+fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<(), String> {
+    let (creds, region) = credentials(data_dir)?;
+    let api = Client::new(&cli.endpoint, creds, &region).map_err(|e| e.to_string())?;
+    let call = |action: &str, params: Vec<(String, String)>| {
+        api.call(action, &params)
+            .map_err(|e: ClientError| e.to_string())
+    };
+    match command {
+        Command::Run {
+            image,
+            instance_type,
+            key,
+            count,
+            user_data,
+            name,
+            no_wait,
+        } => {
+            let image_id = if image.starts_with("ami-") {
+                image.clone()
+            } else {
+                let found = call(
+                    "DescribeImages",
+                    vec![
+                        ("Filter.1.Name".into(), "name".into()),
+                        ("Filter.1.Value.1".into(), image.clone()),
+                    ],
+                )?;
+                found["Images"][0]["ImageId"]
+                    .as_str()
+                    .ok_or_else(|| format!("no image named {image} (run scripts/build-images)"))?
+                    .to_string()
+            };
+            let mut params = vec![
+                ("ImageId".to_string(), image_id),
+                ("InstanceType".to_string(), instance_type.clone()),
+                ("MinCount".to_string(), count.to_string()),
+                ("MaxCount".to_string(), count.to_string()),
+            ];
+            if let Some(k) = key {
+                params.push(("KeyName".into(), k.clone()));
+            }
+            if let Some(path) = user_data {
+                let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                params.push((
+                    "UserData".into(),
+                    base64::engine::general_purpose::STANDARD.encode(data),
+                ));
+            }
+            if let Some(n) = name {
+                params.extend([
+                    ("TagSpecification.1.ResourceType".into(), "instance".into()),
+                    ("TagSpecification.1.Tag.1.Key".into(), "Name".into()),
+                    ("TagSpecification.1.Tag.1.Value".into(), n.clone()),
+                ]);
+            }
+            let out = call("RunInstances", params)?;
+            let launched: Vec<String> = out["Instances"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["InstanceId"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !no_wait {
+                wait_for(&call, &launched, "running")?;
+            }
+            print_instances(cli.output, &call, &launched)
+        }
+        Command::Ls => print_instances(cli.output, &call, &[]),
+        Command::Console { instance_id } => {
+            let out = call(
+                "GetConsoleOutput",
+                vec![("InstanceId".into(), instance_id.clone())],
+            )?;
+            let text = out["Output"].as_str().unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| e.to_string())?;
+            print!("{}", String::from_utf8_lossy(&bytes));
+            Ok(())
+        }
+        Command::Stop {
+            instance_ids,
+            force,
+        } => {
+            let mut p = ids("InstanceId", instance_ids);
+            if *force {
+                p.push(("Force".into(), "true".into()));
+            }
+            call("StopInstances", p)?;
+            wait_for(&call, instance_ids, "stopped")?;
+            print_instances(cli.output, &call, instance_ids)
+        }
+        Command::Start { instance_ids } => {
+            call("StartInstances", ids("InstanceId", instance_ids))?;
+            wait_for(&call, instance_ids, "running")?;
+            print_instances(cli.output, &call, instance_ids)
+        }
+        Command::Reboot { instance_ids } => {
+            call("RebootInstances", ids("InstanceId", instance_ids))?;
+            print_instances(cli.output, &call, instance_ids)
+        }
+        Command::Terminate { instance_ids } => {
+            call("TerminateInstances", ids("InstanceId", instance_ids))?;
+            wait_for(&call, instance_ids, "terminated")?;
+            print_instances(cli.output, &call, instance_ids)
+        }
+        Command::Init | Command::Serve { .. } => Ok(()),
+    }
+}
+
+type Call<'a> = dyn Fn(&str, Vec<(String, String)>) -> Result<serde_json::Value, String> + 'a;
+
+fn instances(call: &Call<'_>, only: &[String]) -> Result<Vec<serde_json::Value>, String> {
+    let out = call("DescribeInstances", ids("InstanceId", only))?;
+    Ok(out["Reservations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["Instances"].as_array().cloned().unwrap_or_default())
+        .collect())
+}
+
+/// Waits, with a spinner, until every instance is in `state`.
+fn wait_for(call: &Call<'_>, ids: &[String], state: &str) -> Result<(), String> {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let started = Instant::now();
+    loop {
+        let now = instances(call, ids)?;
+        let states: Vec<String> = now
+            .iter()
+            .map(|i| {
+                i["InstanceState"]["Name"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect();
+        spinner.set_message(format!(
+            "{} → {state}: {} ({:.0} s)",
+            ids.join(" "),
+            states.join(" "),
+            started.elapsed().as_secs_f64()
+        ));
+        if states.iter().all(|s| s == state) {
+            spinner.finish_and_clear();
+            return Ok(());
+        }
+        if state == "running" && states.iter().any(|s| s == "stopped" || s == "terminated") {
+            spinner.finish_and_clear();
+            return Err(format!("instances ended up {}", states.join(" ")));
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            spinner.finish_and_clear();
+            return Err(format!("still {} after 15 minutes", states.join(" ")));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn print_instances(output: Output, call: &Call<'_>, only: &[String]) -> Result<(), String> {
+    let list = instances(call, only)?;
+    let field = |i: &serde_json::Value, path: &[&str]| {
+        let mut v = i;
+        for p in path {
+            v = &v[*p];
+        }
+        v.as_str().unwrap_or("-").to_string()
+    };
+    let name = |i: &serde_json::Value| {
+        i["Tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["Key"] == "Name")
+            .and_then(|t| t["Value"].as_str())
+            .unwrap_or("-")
+            .to_string()
+    };
+    match output {
+        Output::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+        }
+        Output::Text => {
+            for i in &list {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    field(i, &["InstanceId"]),
+                    field(i, &["InstanceState", "Name"]),
+                    field(i, &["InstanceType"]),
+                    field(i, &["ImageId"]),
+                    name(i)
+                );
+            }
+        }
+        Output::Table => {
+            println!(
+                "{:<21} {:<14} {:<10} {:<21} {:<24} NAME",
+                "INSTANCE", "STATE", "TYPE", "IMAGE", "LAUNCHED"
+            );
+            for i in &list {
+                println!(
+                    "{:<21} {:<14} {:<10} {:<21} {:<24} {}",
+                    field(i, &["InstanceId"]),
+                    field(i, &["InstanceState", "Name"]),
+                    field(i, &["InstanceType"]),
+                    field(i, &["ImageId"]),
+                    field(i, &["LaunchTime"]),
+                    name(i)
+                );
+            }
+        }
+    }
+    Ok(())
 }

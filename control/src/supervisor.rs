@@ -152,6 +152,10 @@ impl InstanceFiles {
     pub fn api_sock(&self) -> PathBuf {
         self.dir.join("api.sock")
     }
+    /// The VMM's pid and start time, written at launch.
+    pub fn process_file(&self) -> PathBuf {
+        self.dir.join("vmm.process")
+    }
     /// Where the VMM records its exit.
     pub fn exit_file(&self) -> PathBuf {
         self.dir.join("exit.json")
@@ -283,7 +287,59 @@ impl Supervisor {
         // restart, by init; dropping the handle does not kill it.
         drop(child);
         let start_time = process_start_time(pid).unwrap_or(0);
-        Ok(VmProcess { pid, start_time })
+        let process = VmProcess { pid, start_time };
+        let record = files.process_file();
+        let text = serde_json::to_string(&process).unwrap_or_default();
+        std::fs::write(&record, text).map_err(io_error("write", &record))?;
+        Ok(process)
+    }
+
+    /// The VMM of `instance_id` if `pid` is still it: the process file
+    /// written at launch gives the start time that tells a live VMM from a
+    /// reused pid.
+    pub fn adopt(&self, instance_id: &str, pid: i32) -> Option<VmProcess> {
+        let text = std::fs::read_to_string(self.files(instance_id).process_file()).ok()?;
+        let process: VmProcess = serde_json::from_str(&text).ok()?;
+        (process.pid == pid && self.is_alive(process)).then_some(process)
+    }
+
+    /// Every live VMM started from this supervisor's instances directory,
+    /// with the instance it belongs to (found by its config path).
+    pub fn scan_live(&self) -> Vec<(String, VmProcess)> {
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<PathBuf> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| PathBuf::from(String::from_utf8_lossy(a).into_owned()))
+                .collect();
+            let is_vmm = args
+                .first()
+                .is_some_and(|a| a.file_name().is_some_and(|n| n == "ec2lab-vmm"));
+            if !is_vmm {
+                continue;
+            }
+            let instance = args.iter().find_map(|a| {
+                let rel = a.strip_prefix(&self.instances_dir).ok()?;
+                let mut parts = rel.components();
+                let id = parts.next()?.as_os_str().to_string_lossy().into_owned();
+                (parts.as_path() == Path::new("vm.json")).then_some(id)
+            });
+            if let (Some(id), Some(start_time)) = (instance, process_start_time(pid)) {
+                if !is_zombie(pid) {
+                    found.push((id, VmProcess { pid, start_time }));
+                }
+            }
+        }
+        found
     }
 
     /// Whether `process` is still this VMM (same pid, same start time).

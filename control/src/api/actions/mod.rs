@@ -9,9 +9,14 @@
 //! `UnsupportedOperation`; a name in neither answers `InvalidAction`. Never
 //! an empty success: a client must not believe something happened.
 
+mod common;
 mod filter;
+mod images;
+mod instances;
+mod keypairs;
 mod operations;
 mod regions;
+mod tags;
 
 pub use filter::{wildcard_match, Filter};
 pub use operations::EC2_OPERATIONS;
@@ -23,16 +28,29 @@ use super::xml::XmlNode;
 /// What the whole daemon shares with handlers. The API layer needs only the
 /// region; the integrator adds the database, the supervisor and the rest
 /// here.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     /// The region this daemon pretends to be (`us-east-1` by default).
     pub region: String,
+    /// The lab (repository, supervisor); absent in protocol-only tests,
+    /// where resource actions answer InternalError.
+    pub lab: Option<std::sync::Arc<crate::lifecycle::Lab>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("region", &self.region)
+            .field("lab", &self.lab.is_some())
+            .finish()
+    }
 }
 
 impl Default for AppState {
     fn default() -> Self {
         Self {
             region: "us-east-1".to_owned(),
+            lab: None,
         }
     }
 }
@@ -54,12 +72,41 @@ pub type Handler = fn(&Ctx<'_>, &Params) -> Result<Vec<XmlNode>, Ec2Error>;
 /// Every implemented action, sorted by name (a test checks), so lookups are
 /// a binary search and the list reads like an index.
 pub const ACTIONS: &[(&str, Handler)] = &[
+    ("CreateKeyPair", keypairs::create_key_pair),
+    ("CreateTags", tags::create_tags),
+    ("DeleteKeyPair", keypairs::delete_key_pair),
+    ("DeleteTags", tags::delete_tags),
+    ("DeregisterImage", images::deregister_image),
     (
         "DescribeAvailabilityZones",
         regions::describe_availability_zones,
     ),
+    ("DescribeImages", images::describe_images),
+    (
+        "DescribeInstanceAttribute",
+        instances::describe_instance_attribute,
+    ),
+    (
+        "DescribeInstanceStatus",
+        instances::describe_instance_status,
+    ),
     ("DescribeInstanceTypes", regions::describe_instance_types),
+    ("DescribeInstances", instances::describe_instances),
+    ("DescribeKeyPairs", keypairs::describe_key_pairs),
     ("DescribeRegions", regions::describe_regions),
+    ("DescribeTags", tags::describe_tags),
+    ("GetConsoleOutput", instances::get_console_output),
+    ("ImportKeyPair", keypairs::import_key_pair),
+    (
+        "ModifyInstanceAttribute",
+        instances::modify_instance_attribute,
+    ),
+    ("RebootInstances", instances::reboot_instances),
+    ("RegisterImage", images::register_image),
+    ("RunInstances", instances::run_instances),
+    ("StartInstances", instances::start_instances),
+    ("StopInstances", instances::stop_instances),
+    ("TerminateInstances", instances::terminate_instances),
 ];
 
 /// The handler for `action`, or the error EC2 gives for it.

@@ -1,0 +1,189 @@
+//! `ec2lab serve`: opens the data directory, registers the images,
+//! reconciles the database with the VMMs that are really running, and serves
+//! the EC2 API with SigV4 checked against the data directory's credentials.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::api::actions::AppState;
+use crate::api::error::Ec2Error;
+use crate::api::server::{self, ApiState, Authenticator, SignedRequest};
+use crate::api::sigv4;
+use crate::config::Credentials;
+use crate::db::Db;
+use crate::lifecycle::Lab;
+use crate::supervisor::Supervisor;
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory or its credentials.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database.
+    #[error("database {path}: {source}")]
+    Db {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: crate::db::DbError,
+    },
+    /// The images.
+    #[error("images in {dir}: {detail}")]
+    Images {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The listening socket.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Reconciling with the running VMMs.
+    #[error("reconciling instances: {0}")]
+    Reconcile(String),
+}
+
+/// What `ec2lab serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The data directory (database, instances, credentials).
+    pub data_dir: PathBuf,
+    /// Where images are.
+    pub images_dir: PathBuf,
+    /// The VMM binary.
+    pub vmm: PathBuf,
+    /// Where to listen.
+    pub listen: SocketAddr,
+}
+
+/// SigV4 against the data directory's one set of credentials.
+struct SigV4Auth {
+    credentials: Credentials,
+}
+
+impl Authenticator for SigV4Auth {
+    fn authenticate(&self, r: &SignedRequest<'_>) -> Result<(), Ec2Error> {
+        let headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let request = sigv4::Request {
+            method: r.method.as_str(),
+            path: r.uri.path(),
+            query: r.uri.query().unwrap_or(""),
+            headers: &headers,
+            body: r.body,
+        };
+        let lookup = |id: &str| {
+            (id == self.credentials.access_key_id).then(|| sigv4::Credentials {
+                access_key_id: self.credentials.access_key_id.clone(),
+                secret_access_key: self.credentials.secret_access_key.clone(),
+            })
+        };
+        sigv4::verify(
+            &request,
+            &lookup,
+            SystemTime::now(),
+            &self.credentials.region,
+            "ec2",
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            Ec2Error::new(
+                axum::http::StatusCode::from_u16(e.http_status())
+                    .unwrap_or(axum::http::StatusCode::UNAUTHORIZED),
+                e.code(),
+                e.to_string(),
+            )
+        })
+    }
+}
+
+/// Runs the daemon until SIGINT/SIGTERM. VMMs keep running after it exits:
+/// instances outlive the control plane, and the next start adopts them.
+pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
+    let (credentials, _) = Credentials::load_or_create(&options.data_dir, "us-east-1")?;
+    let db_path = options.data_dir.join("ec2lab.db");
+    let db = Db::open(&db_path).map_err(|source| DaemonError::Db {
+        path: db_path.clone(),
+        source,
+    })?;
+    let instances_dir = options.data_dir.join("instances");
+    let supervisor = Supervisor::new(options.vmm.clone(), instances_dir);
+    let lab = Lab::new(
+        db,
+        supervisor,
+        options.images_dir.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    match lab.register_catalog() {
+        Ok(n) => log::info!(
+            "{n} images registered from {}",
+            options.images_dir.display()
+        ),
+        Err(detail) => {
+            return Err(DaemonError::Images {
+                dir: options.images_dir.clone(),
+                detail,
+            })
+        }
+    }
+    lab.reconcile()
+        .map_err(|e| DaemonError::Reconcile(e.to_string()))?;
+    let collector = lab.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            collector.collect();
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    log::info!(
+        "serving the EC2 API on http://{} (region {}, data in {})",
+        options.listen,
+        credentials.region,
+        options.data_dir.display()
+    );
+    let app = AppState {
+        region: credentials.region.clone(),
+        lab: Some(lab.clone()),
+    };
+    let state = ApiState::new(app, SigV4Auth { credentials });
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        log::info!("stopping the API; instances keep running");
+    };
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let _: Arc<Lab> = lab;
+    Ok(())
+}

@@ -1,0 +1,594 @@
+//! The lab: instances' lives, joining the state machine (`model::state`),
+//! the repository (`db`) and the VMM processes (`supervisor`).
+//!
+//! Every transition is written to SQLite before the side effect it causes
+//! (the VMM started or stopped), and every VMM exit is handled by one
+//! watcher task per process, so the database always says what should be,
+//! and [`Lab::reconcile`] can bring reality back in line after the daemon
+//! was killed at any point.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::db::{Db, DbError};
+use crate::model::ids::{self, IdKind};
+use crate::model::instance_types::{self, CapacityPolicy, HostResources};
+use crate::model::state::{self, Event, InstanceState, ShutdownBehavior, VmmExit};
+use crate::model::{Image, ImageKind, ImageState, Instance, VmmHandle};
+use crate::supervisor::{ExitInfo, Supervisor, VmProcess, VmSpec};
+
+/// Errors of lifecycle operations, beyond the repository's.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The repository.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The state machine refused.
+    #[error(transparent)]
+    Transition(#[from] state::TransitionError),
+    /// DisableApiTermination is set.
+    #[error("The instance '{0}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.")]
+    TerminationProtected(String),
+    /// Booting failed before the VMM ran.
+    #[error("{0}")]
+    Boot(String),
+}
+
+/// The instance types' needs against the host.
+pub fn host_resources() -> HostResources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(1024, |kib| kib / 1024);
+    HostResources { cpus, memory_mib }
+}
+
+/// Everything the daemon shares: the repository, the supervisor, where
+/// images live, and the runtime background work runs on.
+pub struct Lab {
+    /// The repository.
+    pub db: Db,
+    /// VMM processes.
+    pub supervisor: Supervisor,
+    /// The images directory (scripts/build-images output).
+    pub images_dir: PathBuf,
+    /// The runtime for boots, stops and watchers.
+    pub runtime: tokio::runtime::Handle,
+    /// Host capacity for InsufficientInstanceCapacity.
+    pub host: HostResources,
+    /// Capacity rules.
+    pub capacity: CapacityPolicy,
+    /// How long a guest gets to power off after Ctrl-Alt-Del.
+    pub stop_timeout: Duration,
+    /// Instances whose VMM is being restarted by RebootInstances.
+    rebooting: Mutex<HashSet<String>>,
+    /// Instances with a watcher task, so none gets two.
+    watched: Mutex<HashSet<String>>,
+}
+
+/// What the guest should see for a root volume of `size_gib` from `image`.
+fn root_size_bytes(size_gib: u32, image_file: &Path) -> u64 {
+    let image = std::fs::metadata(image_file).map_or(0, |m| m.len());
+    (u64::from(size_gib) << 30).max(image)
+}
+
+impl Lab {
+    /// A lab over `db`.
+    pub fn new(
+        db: Db,
+        supervisor: Supervisor,
+        images_dir: PathBuf,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            supervisor,
+            images_dir,
+            runtime,
+            host: host_resources(),
+            capacity: CapacityPolicy::default(),
+            stop_timeout: Duration::from_secs(60),
+            rebooting: Mutex::new(HashSet::new()),
+            watched: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    /// Applies `event` to `id` (compare-and-set on its current state).
+    pub fn apply(&self, id: &str, event: &Event) -> Result<(Instance, Instance), LabError> {
+        loop {
+            let before = self.db.get_instance(id)?;
+            let t = state::transition(id, before.state, event, Self::now())?;
+            if !t.changes_state() && t.state_reason == state::Update::Keep && !t.delete_record {
+                return Ok((before.clone(), before));
+            }
+            match self.db.update_instance_state(id, &t, Self::now()) {
+                Ok(after) => return Ok((before, after)),
+                // Someone moved it first: decide again from the new state.
+                Err(DbError::StateConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Registers every image under the images directory (idempotent):
+    /// kernels as `aki-`, machine images as `ami-` with their kernel.
+    pub fn register_catalog(&self) -> Result<usize, String> {
+        let catalog = ec2lab_images::Catalog::scan(&self.images_dir).map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for k in &catalog.kernels {
+            let m = &k.manifest;
+            let id = ids::content_id(IdKind::Kernel, &m.name, &m.kernel.sha256);
+            self.register(Image {
+                id,
+                name: m.name.clone(),
+                kind: ImageKind::Kernel,
+                dir: k.dir.clone(),
+                description: Some(m.description.clone()),
+                architecture: m.architecture.clone(),
+                kernel_id: None,
+                boot_mode: None,
+                default_user: None,
+                root_size_gib: None,
+                digest: m.kernel.sha256.clone(),
+                owner_id: crate::model::DEFAULT_OWNER_ID.to_string(),
+                state: ImageState::Available,
+                created: crate::model::parse_timestamp(&m.created).unwrap_or_else(Self::now),
+                deregistered: None,
+                tags: Default::default(),
+            })?;
+            n += 1;
+        }
+        for a in &catalog.machines {
+            let m = &a.manifest;
+            let Some(kernel) = catalog.kernel(&m.kernel) else {
+                continue;
+            };
+            let digest = a.root().map(|r| r.sha256.clone()).unwrap_or_default();
+            let size = a.root().map_or(0, |r| r.size_bytes);
+            self.register(Image {
+                id: ids::content_id(IdKind::Image, &m.name, &digest),
+                name: m.name.clone(),
+                kind: ImageKind::Machine,
+                dir: a.dir.clone(),
+                description: Some(m.description.clone()),
+                architecture: m.architecture.clone(),
+                kernel_id: Some(ids::content_id(
+                    IdKind::Kernel,
+                    &kernel.manifest.name,
+                    &kernel.manifest.kernel.sha256,
+                )),
+                boot_mode: None,
+                default_user: Some(m.default_user.clone()),
+                root_size_gib: Some(size.div_ceil(1 << 30).max(1) as u32),
+                digest,
+                owner_id: crate::model::DEFAULT_OWNER_ID.to_string(),
+                state: ImageState::Available,
+                created: crate::model::parse_timestamp(&m.created).unwrap_or_else(Self::now),
+                deregistered: None,
+                tags: Default::default(),
+            })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn register(&self, image: Image) -> Result<(), String> {
+        match self.db.get_image(&image.id) {
+            Ok(existing) if existing.state == ImageState::Available => Ok(()),
+            _ => match self.db.register_image(&image) {
+                Ok(()) => Ok(()),
+                // Another build of the same name is registered: keep it.
+                Err(DbError::Duplicate { .. }) => Ok(()),
+                Err(e) => Err(format!("registering {}: {e}", image.name)),
+            },
+        }
+    }
+
+    /// Whether `count` more instances of `instance_type` fit on the host.
+    pub fn check_capacity(&self, instance_type: &str, count: u32) -> Result<bool, LabError> {
+        let Some(candidate) = instance_types::lookup(instance_type) else {
+            return Ok(false);
+        };
+        let running: Vec<_> = self
+            .db
+            .all_instances()?
+            .into_iter()
+            .filter(|i| i.state.holds_resources())
+            .filter_map(|i| instance_types::lookup(&i.instance_type))
+            .collect();
+        Ok(self
+            .capacity
+            .check(self.host, &running, candidate, count)
+            .is_ok())
+    }
+
+    /// Boots a pending instance in the background.
+    pub fn spawn_boot(self: &Arc<Self>, id: String) {
+        let lab = self.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = lab.boot(&id).await {
+                log::error!("{id}: boot failed: {e}");
+                let failed = Event::VmmExited {
+                    reason: VmmExit::Failed(e.to_string()),
+                };
+                if let Err(e) = lab.apply(&id, &failed) {
+                    log::error!("{id}: cannot record the failed boot: {e}");
+                }
+            }
+        });
+    }
+
+    fn image_paths(&self, instance: &Instance) -> Result<(PathBuf, PathBuf, String), LabError> {
+        let image = self.db.get_image(&instance.image_id)?;
+        let ami = ec2lab_images::MachineImage::open(&image.dir)
+            .map_err(|e| LabError::Boot(format!("image {}: {e}", image.id)))?;
+        let kernel_id = instance
+            .kernel_id
+            .clone()
+            .or(image.kernel_id.clone())
+            .ok_or_else(|| LabError::Boot(format!("image {} names no kernel", image.id)))?;
+        let kernel = self.db.get_image(&kernel_id)?;
+        let aki = ec2lab_images::KernelImage::open(&kernel.dir)
+            .map_err(|e| LabError::Boot(format!("kernel {kernel_id}: {e}")))?;
+        let root = ami
+            .root_path()
+            .ok_or_else(|| LabError::Boot(format!("image {} has no root volume", image.id)))?;
+        Ok((aki.kernel_path(), root, ami.manifest.cmdline.clone()))
+    }
+
+    async fn boot(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+        let instance = self.db.get_instance(id)?;
+        if instance.state != InstanceState::Pending {
+            return Ok(());
+        }
+        let (kernel, image_root, cmdline) = self.image_paths(&instance)?;
+        let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
+            LabError::Boot(format!("unknown instance type {}", instance.instance_type))
+        })?;
+        let files = self.supervisor.files(id);
+        let volume = files.root_volume();
+        if !volume.exists() {
+            let size = root_size_bytes(instance.root_volume.size_gib, &image_root);
+            let sup = self.supervisor.clone();
+            let (id2, src) = (id.to_string(), image_root.clone());
+            tokio::task::spawn_blocking(move || sup.prepare_root_volume(&id2, &src, size))
+                .await
+                .map_err(|e| LabError::Boot(e.to_string()))?
+                .map_err(|e| LabError::Boot(e.to_string()))?;
+        }
+        let spec = VmSpec {
+            instance_id: id.to_string(),
+            kernel,
+            initrd: None,
+            cmdline,
+            vcpus: itype.vcpus,
+            memory_mib: itype.memory_mib,
+            root_volume: volume,
+            nets: Vec::new(),
+            vsock_cid: None,
+        };
+        let process = self
+            .supervisor
+            .launch(&spec)
+            .map_err(|e| LabError::Boot(e.to_string()))?;
+        self.record_vmm(id, process)?;
+        self.watch(id.to_string(), process);
+        match self.apply(id, &Event::VmmStarted) {
+            Ok(_) => Ok(()),
+            // Terminated or stopped while we were starting it: undo.
+            Err(LabError::Transition(_)) => {
+                let lab = self.clone();
+                let id = id.to_string();
+                self.runtime.spawn(async move {
+                    lab.supervisor.stop(&id, process, Duration::ZERO).await;
+                });
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record_vmm(&self, id: &str, process: VmProcess) -> Result<(), LabError> {
+        let files = self.supervisor.files(id);
+        self.db.set_vmm(
+            id,
+            Some(&VmmHandle {
+                pid: process.pid as u32,
+                api_sock: files.api_sock(),
+                serial_log: files.serial_log(),
+            }),
+        )?;
+        self.db
+            .set_console_output_path(id, Some(&files.serial_log()))?;
+        Ok(())
+    }
+
+    /// Watches `process` until it ends, then handles the exit.
+    pub fn watch(self: &Arc<Self>, id: String, process: VmProcess) {
+        if !crate::lock(&self.watched).insert(id.clone()) {
+            return;
+        }
+        let lab = self.clone();
+        self.runtime.spawn(async move {
+            let info = lab.supervisor.wait_exit(&id, process).await;
+            crate::lock(&lab.watched).remove(&id);
+            log::info!("{id}: VMM pid {} ended: {}", process.pid, info.reason);
+            lab.on_exit(&id, &info);
+        });
+    }
+
+    /// What a VMM's end means for its instance.
+    pub fn on_exit(self: &Arc<Self>, id: &str, info: &ExitInfo) {
+        let Ok(instance) = self.db.get_instance(id) else {
+            return;
+        };
+        let rebooting = crate::lock(&self.rebooting).remove(id);
+        let result = match instance.state {
+            InstanceState::Pending | InstanceState::Running
+                if rebooting
+                    || info.is_reboot()
+                    || info.code == Some(crate::supervisor::exit_code::API_SHUTDOWN) =>
+            {
+                // A reboot (ours, the guest's, or one the daemon was killed
+                // in the middle of): same instance, same volume, new VMM.
+                self.relaunch(id)
+            }
+            InstanceState::Pending | InstanceState::Running if info.is_poweroff() => self
+                .apply(
+                    id,
+                    &Event::GuestPoweredOff {
+                        behavior: instance.shutdown_behavior,
+                    },
+                )
+                .and_then(|_| self.finish_exit(id, &VmmExit::Clean)),
+            InstanceState::Pending | InstanceState::Running => {
+                self.finish_exit(id, &VmmExit::Failed(info.reason.clone()))
+            }
+            InstanceState::Stopping | InstanceState::ShuttingDown => {
+                self.finish_exit(id, &VmmExit::Clean)
+            }
+            InstanceState::Stopped | InstanceState::Terminated => Ok(()),
+        };
+        if let Err(e) = result {
+            log::error!("{id}: handling the VMM's exit: {e}");
+        }
+    }
+
+    fn relaunch(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+        self.db.set_vmm(id, None)?;
+        // Back through pending? EC2 keeps a rebooted instance running.
+        let lab = self.clone();
+        let id = id.to_string();
+        self.runtime.spawn(async move {
+            if let Err(e) = lab.restart_running(&id).await {
+                log::error!("{id}: restart after reboot failed: {e}");
+                let _ = lab.finish_exit(&id, &VmmExit::Failed(e.to_string()));
+            }
+        });
+        Ok(())
+    }
+
+    async fn restart_running(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+        let instance = self.db.get_instance(id)?;
+        if !matches!(
+            instance.state,
+            InstanceState::Running | InstanceState::Pending
+        ) {
+            return Ok(());
+        }
+        let (kernel, _, cmdline) = self.image_paths(&instance)?;
+        let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
+            LabError::Boot(format!("unknown instance type {}", instance.instance_type))
+        })?;
+        let files = self.supervisor.files(id);
+        let spec = VmSpec {
+            instance_id: id.to_string(),
+            kernel,
+            initrd: None,
+            cmdline,
+            vcpus: itype.vcpus,
+            memory_mib: itype.memory_mib,
+            root_volume: files.root_volume(),
+            nets: Vec::new(),
+            vsock_cid: None,
+        };
+        let process = self
+            .supervisor
+            .launch(&spec)
+            .map_err(|e| LabError::Boot(e.to_string()))?;
+        self.record_vmm(id, process)?;
+        self.watch(id.to_string(), process);
+        if instance.state == InstanceState::Pending {
+            self.apply(id, &Event::VmmStarted)?;
+        }
+        Ok(())
+    }
+
+    /// The VMM is gone: move to stopped/terminated and clean up.
+    fn finish_exit(&self, id: &str, reason: &VmmExit) -> Result<(), LabError> {
+        let (_, after) = self.apply(
+            id,
+            &Event::VmmExited {
+                reason: reason.clone(),
+            },
+        )?;
+        self.db.set_vmm(id, None)?;
+        if after.state == InstanceState::Terminated {
+            self.cleanup_terminated(&after);
+        }
+        Ok(())
+    }
+
+    fn cleanup_terminated(&self, instance: &Instance) {
+        let files = self.supervisor.files(&instance.id);
+        if instance.root_volume.delete_on_termination {
+            if let Err(e) = self.supervisor.remove_files(&instance.id) {
+                log::error!("{}: cannot remove its files: {e}", instance.id);
+            }
+        } else {
+            // Keep the volume; drop the rest.
+            for f in [files.config(), files.api_sock(), files.exit_file()] {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+
+    /// The live VMM of `instance`, if its recorded process is still ours.
+    pub fn live_process(&self, instance: &Instance) -> Option<VmProcess> {
+        let handle = instance.vmm.as_ref()?;
+        self.supervisor.adopt(&instance.id, handle.pid as i32)
+    }
+
+    /// StopInstances for one instance (the state was checked by `apply`).
+    pub fn spawn_stop(self: &Arc<Self>, id: &str, force: bool) {
+        let Ok(instance) = self.db.get_instance(id) else {
+            return;
+        };
+        match self.live_process(&instance) {
+            Some(process) => {
+                self.watch(id.to_string(), process);
+                let lab = self.clone();
+                let id = id.to_string();
+                let graceful = if force {
+                    Duration::ZERO
+                } else {
+                    self.stop_timeout
+                };
+                self.runtime.spawn(async move {
+                    lab.supervisor.stop(&id, process, graceful).await;
+                });
+            }
+            None => {
+                if let Err(e) = self.finish_exit(id, &VmmExit::Clean) {
+                    log::error!("{id}: {e}");
+                }
+            }
+        }
+    }
+
+    /// TerminateInstances for one instance.
+    pub fn terminate(self: &Arc<Self>, id: &str) -> Result<(Instance, Instance), LabError> {
+        let instance = self.db.get_instance(id)?;
+        if instance.disable_api_termination && instance.state != InstanceState::Terminated {
+            return Err(LabError::TerminationProtected(id.to_string()));
+        }
+        let (before, after) = self.apply(id, &Event::TerminateRequested)?;
+        if before.state != after.state {
+            self.spawn_stop(id, false);
+        }
+        Ok((before, after))
+    }
+
+    /// RebootInstances for one instance.
+    pub fn reboot(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+        self.apply(id, &Event::RebootRequested)?;
+        let instance = self.db.get_instance(id)?;
+        if let Some(process) = self.live_process(&instance) {
+            crate::lock(&self.rebooting).insert(id.to_string());
+            self.watch(id.to_string(), process);
+            let lab = self.clone();
+            let id = id.to_string();
+            self.runtime.spawn(async move {
+                lab.supervisor
+                    .stop(&id, process, Duration::from_secs(30))
+                    .await;
+            });
+        }
+        Ok(())
+    }
+
+    /// After a daemon (re)start: bring every instance's VMM in line with
+    /// the state the database records. VMMs outlive the daemon, so running
+    /// ones are adopted, ended ones are accounted for, and interrupted
+    /// operations are carried on.
+    pub fn reconcile(self: &Arc<Self>) -> Result<(), LabError> {
+        let instances = self.db.all_instances()?;
+        // VMMs whose instance does not expect them (started just before a
+        // crash, or of a deleted instance) are adopted or ended.
+        for (id, process) in self.supervisor.scan_live() {
+            let instance = instances.iter().find(|i| i.id == id);
+            let recorded = instance
+                .and_then(|i| i.vmm.as_ref())
+                .is_some_and(|v| v.pid as i32 == process.pid);
+            match instance {
+                Some(i)
+                    if !recorded
+                        && matches!(i.state, InstanceState::Pending | InstanceState::Running) =>
+                {
+                    self.record_vmm(&id, process)?;
+                }
+                Some(_) if recorded => {}
+                _ => {
+                    log::warn!("{id}: stray VMM pid {}; stopping it", process.pid);
+                    let sup = self.supervisor.clone();
+                    self.runtime.spawn(async move {
+                        sup.stop(&id, process, Duration::ZERO).await;
+                    });
+                }
+            }
+        }
+        for instance in self.db.all_instances()? {
+            let id = instance.id.clone();
+            let live = self.live_process(&instance);
+            match (instance.state, live) {
+                (InstanceState::Pending, Some(p)) => {
+                    self.watch(id.clone(), p);
+                    let _ = self.apply(&id, &Event::VmmStarted);
+                }
+                (InstanceState::Pending, None) if instance.vmm.is_none() => self.spawn_boot(id),
+                (InstanceState::Running, Some(p)) => self.watch(id, p),
+                (InstanceState::Stopping | InstanceState::ShuttingDown, Some(p)) => {
+                    self.watch(id.clone(), p);
+                    self.spawn_stop(&id, false);
+                }
+                (InstanceState::Pending | InstanceState::Running, None)
+                | (InstanceState::Stopping | InstanceState::ShuttingDown, None) => {
+                    let info = self.supervisor.exit_info(&id, None);
+                    self.on_exit(&id, &info);
+                }
+                (InstanceState::Stopped | InstanceState::Terminated, Some(p)) => {
+                    log::warn!(
+                        "{id}: {} but its VMM runs; stopping it",
+                        instance.state.name()
+                    );
+                    let sup = self.supervisor.clone();
+                    self.runtime.spawn(async move {
+                        sup.stop(&id, p, Duration::ZERO).await;
+                    });
+                }
+                (InstanceState::Stopped | InstanceState::Terminated, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets instances terminated more than an hour ago.
+    pub fn collect(&self) {
+        match self.db.collect_terminated(Self::now()) {
+            Ok(gone) if !gone.is_empty() => {
+                log::info!("collected {} terminated instances", gone.len())
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("collecting terminated instances: {e}"),
+        }
+    }
+}
+
+/// Shutdown behaviour from its EC2 name.
+pub fn shutdown_behavior(name: &str) -> Option<ShutdownBehavior> {
+    ShutdownBehavior::from_name(name)
+}
