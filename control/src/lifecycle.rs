@@ -53,6 +53,10 @@ pub fn host_resources() -> HostResources {
     HostResources { cpus, memory_mib }
 }
 
+/// How long a guest whose volume is deleted on termination gets to shut
+/// down before its VMM is told to stop.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+
 /// Everything the daemon shares: the repository, the supervisor, where
 /// images live, and the runtime background work runs on.
 pub struct Lab {
@@ -455,6 +459,16 @@ impl Lab {
 
     /// StopInstances for one instance (the state was checked by `apply`).
     pub fn spawn_stop(self: &Arc<Self>, id: &str, force: bool) {
+        let graceful = if force {
+            Duration::ZERO
+        } else {
+            self.stop_timeout
+        };
+        self.spawn_shutdown(id, graceful);
+    }
+
+    /// Ends the instance's VMM, giving the guest `graceful` to power off.
+    fn spawn_shutdown(self: &Arc<Self>, id: &str, graceful: Duration) {
         let Ok(instance) = self.db.get_instance(id) else {
             return;
         };
@@ -463,11 +477,6 @@ impl Lab {
                 self.watch(id.to_string(), process);
                 let lab = self.clone();
                 let id = id.to_string();
-                let graceful = if force {
-                    Duration::ZERO
-                } else {
-                    self.stop_timeout
-                };
                 self.runtime.spawn(async move {
                     lab.supervisor.stop(&id, process, graceful).await;
                 });
@@ -488,7 +497,13 @@ impl Lab {
         }
         let (before, after) = self.apply(id, &Event::TerminateRequested)?;
         if before.state != after.state {
-            self.spawn_stop(id, false);
+            // A volume about to be deleted needs no clean file system.
+            let graceful = if instance.root_volume.delete_on_termination {
+                TERMINATE_GRACE
+            } else {
+                self.stop_timeout
+            };
+            self.spawn_shutdown(id, graceful);
         }
         Ok((before, after))
     }

@@ -25,10 +25,245 @@ fn run(action: &str, pairs: &[(&str, &str)]) -> String {
 fn every_action_in_the_table_has_a_case() {
     for (name, _) in ACTIONS {
         assert!(
-            common::CASES.iter().any(|(action, _)| action == name),
-            "{name} is in the action table but has no case in tests/common/mod.rs"
+            common::CASES.iter().any(|(action, _)| action == name)
+                || common::SCENARIO_ACTIONS.contains(name),
+            "{name} is in the action table but has no case in tests/common/mod.rs \
+             and is not in the resource scenario"
         );
     }
+}
+
+/// A lab over an in-memory-like database in a temporary data directory,
+/// with a fake image catalog (files whose sizes match their manifests) and
+/// a VMM binary that does not exist, so launches fail fast and the
+/// instances end up `stopped` with a Server.InternalError reason: every
+/// state a response can show, without KVM.
+struct Scenario {
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+    state: AppState,
+    model: ec2lab_control::api::shapes::ServiceModel,
+    ran: std::collections::BTreeSet<String>,
+}
+
+impl Scenario {
+    fn call(&mut self, action: &str, pairs: &[(&str, &str)]) -> String {
+        let ctx = Ctx {
+            region: &self.state.region,
+            request_id: "00000000-0000-4000-8000-000000000000",
+            state: &self.state,
+        };
+        let params = Params::from_pairs(pairs.iter().copied());
+        let members = actions::dispatch(&ctx, action, &params)
+            .unwrap_or_else(|e| panic!("{action} {pairs:?} failed: {e}"));
+        let xml = xml::render_response(action, ctx.request_id, &members);
+        if let Err(errors) = self.model.validate_output(action, &xml) {
+            panic!("{action} {pairs:?}:\n{}\n{xml}", errors.join("\n"));
+        }
+        self.ran.insert(action.to_string());
+        xml
+    }
+
+    /// An action the scenario's state refuses: the refusal is the EC2 one.
+    fn refused(&mut self, action: &str, pairs: &[(&str, &str)], code: &str) {
+        let ctx = Ctx {
+            region: &self.state.region,
+            request_id: "00000000-0000-4000-8000-000000000000",
+            state: &self.state,
+        };
+        let params = Params::from_pairs(pairs.iter().copied());
+        match actions::dispatch(&ctx, action, &params) {
+            Ok(_) => panic!("{action} {pairs:?} succeeded"),
+            Err(e) => assert_eq!(e.code(), code, "{action}: {e}"),
+        }
+        self.ran.insert(action.to_string());
+    }
+}
+
+fn between<'a>(xml: &'a str, open: &str, close: &str) -> &'a str {
+    let start = xml
+        .find(open)
+        .map(|i| i + open.len())
+        .expect("element present");
+    let end = xml[start..].find(close).expect("element closed") + start;
+    &xml[start..end]
+}
+
+fn fake_catalog(dir: &std::path::Path) {
+    let sha = |data: &[u8]| {
+        ec2lab_images::sha256_file(&{
+            let p = dir.join("tmp.bin");
+            std::fs::write(&p, data).expect("write");
+            p
+        })
+        .expect("sha")
+    };
+    let kernel = dir.join("images/kernels/k");
+    let ami = dir.join("images/lab-minimal");
+    std::fs::create_dir_all(&kernel).expect("mkdir");
+    std::fs::create_dir_all(&ami).expect("mkdir");
+    std::fs::write(kernel.join("vmlinux"), b"ELF").expect("kernel");
+    std::fs::write(ami.join("root.ext4"), b"root").expect("root");
+    let k = serde_json::json!({"schema_version":1,"image_type":"kernel","name":"k","description":"d",
+        "architecture":"x86_64","kernel":{"path":"vmlinux","format":"elf-pvh","size_bytes":3,"sha256":sha(b"ELF")},
+        "created":"2026-01-01T00:00:00Z"});
+    let m = serde_json::json!({"schema_version":1,"image_type":"machine","name":"lab-minimal","description":"d",
+        "architecture":"x86_64","root_device_type":"ebs","root_device_name":"/dev/xvda",
+        "block_device_mappings":[{"device_name":"/dev/xvda","guest_device":"/dev/vda","path":"root.ext4",
+        "format":"raw","size_bytes":4,"sha256":sha(b"root")}],"kernel":"k","initrd":null,
+        "cmdline":"console=ttyS0","default_user":"ec2-user","created":"2026-01-01T00:00:00Z"});
+    std::fs::write(kernel.join("manifest.json"), k.to_string()).expect("manifest");
+    std::fs::write(ami.join("manifest.json"), m.to_string()).expect("manifest");
+}
+
+#[test]
+fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
+    let Some(model) = common::model("resource_actions_pass_the_botocore_shape_check") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    fake_catalog(dir.path());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = ec2lab_control::db::Db::open(&dir.path().join("ec2lab.db")).expect("db");
+    let supervisor = ec2lab_control::supervisor::Supervisor::new(
+        dir.path().join("no-such-vmm"),
+        dir.path().join("instances"),
+    );
+    let lab = ec2lab_control::lifecycle::Lab::new(
+        db,
+        supervisor,
+        dir.path().join("images"),
+        runtime.handle().clone(),
+    );
+    lab.register_catalog().expect("catalog");
+    let mut s = Scenario {
+        _dir: dir,
+        _runtime: runtime,
+        state: AppState {
+            region: "us-east-1".to_string(),
+            lab: Some(lab),
+        },
+        model,
+        ran: Default::default(),
+    };
+    let images = s.call("DescribeImages", &[("Owner.1", "self")]);
+    let ami = between(&images, "<imageId>ami-", "</imageId>");
+    let ami = format!("ami-{ami}");
+    s.call("CreateKeyPair", &[("KeyName", "k1")]);
+    s.call(
+        "CreateKeyPair",
+        &[("KeyName", "k2"), ("KeyType", "ed25519")],
+    );
+    s.call("ImportKeyPair", &[("KeyName", "k3"), ("PublicKeyMaterial",
+        "c3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJMU5URTVBQUFBSURKYThlUE1lQ0ROT1g1d0hVN1p2dGJYd3h2ZkVBTUVIQW1tZU9GT3pkNTQgdEB0Cg==")]);
+    s.call("DescribeKeyPairs", &[("IncludePublicKey", "true")]);
+    s.call("DeleteKeyPair", &[("KeyName", "k2")]);
+    let run = s.call(
+        "RunInstances",
+        &[
+            ("ImageId", ami.as_str()),
+            ("InstanceType", "lab.nano"),
+            ("MinCount", "1"),
+            ("MaxCount", "2"),
+            ("KeyName", "k1"),
+            ("UserData", "IyEvYmluL3NoCmVjaG8gaGkK"),
+            ("ClientToken", "t1"),
+            ("TagSpecification.1.ResourceType", "instance"),
+            ("TagSpecification.1.Tag.1.Key", "Name"),
+            ("TagSpecification.1.Tag.1.Value", "web"),
+        ],
+    );
+    let id = format!("i-{}", between(&run, "<instanceId>i-", "</instanceId>"));
+    s.call("DescribeInstances", &[]);
+    s.call(
+        "DescribeInstances",
+        &[("Filter.1.Name", "tag:Name"), ("Filter.1.Value.1", "w*")],
+    );
+    s.call("DescribeInstances", &[("MaxResults", "5")]);
+    // The launch fails (no VMM binary): the instance stops with a reason.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let d = s.call("DescribeInstances", &[("InstanceId.1", id.as_str())]);
+        if d.contains("<name>stopped</name>") {
+            assert!(d.contains("Server.InternalError"), "{d}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stopped: {d}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    s.call("DescribeInstanceStatus", &[("IncludeAllInstances", "true")]);
+    s.call(
+        "DescribeInstanceAttribute",
+        &[("InstanceId", id.as_str()), ("Attribute", "userData")],
+    );
+    s.call(
+        "DescribeInstanceAttribute",
+        &[("InstanceId", id.as_str()), ("Attribute", "instanceType")],
+    );
+    s.call(
+        "DescribeInstanceAttribute",
+        &[
+            ("InstanceId", id.as_str()),
+            ("Attribute", "disableApiTermination"),
+        ],
+    );
+    s.call(
+        "ModifyInstanceAttribute",
+        &[
+            ("InstanceId", id.as_str()),
+            ("InstanceType.Value", "lab.micro"),
+        ],
+    );
+    s.call(
+        "CreateTags",
+        &[
+            ("ResourceId.1", id.as_str()),
+            ("Tag.1.Key", "env"),
+            ("Tag.1.Value", "test"),
+        ],
+    );
+    s.call(
+        "DescribeTags",
+        &[
+            ("Filter.1.Name", "resource-id"),
+            ("Filter.1.Value.1", id.as_str()),
+        ],
+    );
+    s.call(
+        "DeleteTags",
+        &[("ResourceId.1", id.as_str()), ("Tag.1.Key", "env")],
+    );
+    s.call("GetConsoleOutput", &[("InstanceId", id.as_str())]);
+    s.call("StopInstances", &[("InstanceId.1", id.as_str())]);
+    s.call("StartInstances", &[("InstanceId.1", id.as_str())]);
+    // Without a VMM it never runs, so a reboot is refused as on EC2.
+    s.refused(
+        "RebootInstances",
+        &[("InstanceId.1", id.as_str())],
+        "IncorrectInstanceState",
+    );
+    s.call("TerminateInstances", &[("InstanceId.1", id.as_str())]);
+    let location = s
+        ._dir
+        .path()
+        .join("images/lab-minimal")
+        .display()
+        .to_string();
+    let registered = s.call(
+        "RegisterImage",
+        &[("ImageLocation", location.as_str()), ("Name", "copy")],
+    );
+    let copy = format!(
+        "ami-{}",
+        between(&registered, "<imageId>ami-", "</imageId>")
+    );
+    s.call("DeregisterImage", &[("ImageId", copy.as_str())]);
+    let missing: Vec<&str> = common::SCENARIO_ACTIONS
+        .iter()
+        .copied()
+        .filter(|a| !s.ran.contains(*a))
+        .collect();
+    assert!(missing.is_empty(), "scenario did not run {missing:?}");
 }
 
 #[test]

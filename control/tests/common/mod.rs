@@ -313,6 +313,31 @@ pub fn model(test: &str) -> Option<ServiceModel> {
 /// Requests run through every implemented action: each one's response must
 /// pass botocore's shape check. Add a case here with each new action (the
 /// test `every_action_in_the_table_has_a_case` insists).
+/// Actions that need resources (instances, images, keys): the scenario in
+/// tests/shapes.rs runs each of them and checks its response.
+pub const SCENARIO_ACTIONS: &[&str] = &[
+    "CreateKeyPair",
+    "CreateTags",
+    "DeleteKeyPair",
+    "DeleteTags",
+    "DeregisterImage",
+    "DescribeImages",
+    "DescribeInstanceAttribute",
+    "DescribeInstanceStatus",
+    "DescribeInstances",
+    "DescribeKeyPairs",
+    "DescribeTags",
+    "GetConsoleOutput",
+    "ImportKeyPair",
+    "ModifyInstanceAttribute",
+    "RebootInstances",
+    "RegisterImage",
+    "RunInstances",
+    "StartInstances",
+    "StopInstances",
+    "TerminateInstances",
+];
+
 pub const CASES: &[(&str, &[(&str, &str)])] = &[
     ("DescribeRegions", &[]),
     ("DescribeRegions", &[("RegionName.1", "us-east-1")]),

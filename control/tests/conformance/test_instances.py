@@ -63,7 +63,9 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     assert status["SystemStatus"]["Status"] == "ok"
     assert status["InstanceState"]["Name"] == "running"
 
-    assert "IncorrectInstanceState" in aws_error("start-instances", "--instance-ids", iid)
+    # As on EC2, starting a running instance is a no-op that succeeds.
+    again = aws("start-instances", "--instance-ids", iid)["StartingInstances"][0]
+    assert again["PreviousState"]["Name"] == again["CurrentState"]["Name"] == "running"
 
     stopping = aws("stop-instances", "--instance-ids", iid)["StoppingInstances"][0]
     assert stopping["PreviousState"]["Name"] == "running"
@@ -72,6 +74,7 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     stopped = state(ec2, iid)
     assert stopped["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
     assert "lab-minimal: shutting down" in console(iid), "stop was not a clean guest shutdown"
+    assert "IncorrectInstanceState" in aws_error("reboot-instances", "--instance-ids", iid)
 
     ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "lab.micro"})
     started = aws("start-instances", "--instance-ids", iid)["StartingInstances"][0]
@@ -88,7 +91,9 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     terminating = aws("terminate-instances", "--instance-ids", iid)["TerminatingInstances"][0]
     assert terminating["CurrentState"]["Name"] == "shutting-down"
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
-    assert "IncorrectInstanceState" in aws_error("start-instances", "--instance-ids", iid)
+    # As on EC2, starting a running instance is a no-op that succeeds.
+    again = aws("start-instances", "--instance-ids", iid)["StartingInstances"][0]
+    assert again["PreviousState"]["Name"] == again["CurrentState"]["Name"] == "running"
 
 
 def test_instance_errors(ec2, lab_minimal_ami, tmp_path):

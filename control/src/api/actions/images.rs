@@ -220,5 +220,6 @@ pub fn deregister_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, 
     lab.db
         .deregister_image(id, time::OffsetDateTime::now_utc())
         .map_err(|e| db_error(ctx, e))?;
-    Ok(vec![XmlNode::bool("return", true)])
+    // The model gives this action no output members.
+    Ok(Vec::new())
 }

@@ -660,7 +660,8 @@ pub fn reboot_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, 
     for id in &ids {
         lab.reboot(id).map_err(|e| lab_error(ctx, e))?;
     }
-    Ok(vec![XmlNode::bool("return", true)])
+    // The model gives this action no output members.
+    Ok(Vec::new())
 }
 
 /// `TerminateInstances`.
@@ -853,5 +854,6 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
     if !changed {
         return Err(Ec2Error::missing_parameter("Attribute"));
     }
-    Ok(vec![XmlNode::bool("return", true)])
+    // The model gives this action no output members.
+    Ok(Vec::new())
 }

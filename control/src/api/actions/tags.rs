@@ -27,7 +27,8 @@ pub fn create_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
         .db
         .create_tags(&ids, &tags)
         .map_err(|e| db_error(ctx, e))?;
-    Ok(vec![XmlNode::bool("return", true)])
+    // The model gives this action no output members.
+    Ok(Vec::new())
 }
 
 /// `DeleteTags`: `Tag.N.Key` with an optional value that must match.
@@ -49,7 +50,8 @@ pub fn delete_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
         .db
         .delete_tags(&ids, &selectors)
         .map_err(|e| db_error(ctx, e))?;
-    Ok(vec![XmlNode::bool("return", true)])
+    // The model gives this action no output members.
+    Ok(Vec::new())
 }
 
 /// `DescribeTags`.
