@@ -99,6 +99,14 @@ enum Command {
     Reboot { instance_ids: Vec<String> },
     /// Terminate instances (and wait).
     Terminate { instance_ids: Vec<String> },
+    /// Test-only: store COUNT running instance records without VMMs in the
+    /// data directory's database (for `scripts/bench api`). Run it after
+    /// `ec2lab serve` has started, which would otherwise reconcile them.
+    #[command(hide = true)]
+    BenchSeed {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,6 +130,7 @@ fn main() -> ExitCode {
             vmm: vmm.unwrap_or_else(default_vmm),
             listen,
         }),
+        Command::BenchSeed { count } => bench_seed(&data_dir, count),
         ref command => client(&cli, &data_dir, command),
     };
     match result {
@@ -147,6 +156,15 @@ fn init(data_dir: &std::path::Path) -> Result<(), String> {
         eprintln!("ec2lab: created {}", data_dir.display());
     }
     println!("{}", creds.exports());
+    Ok(())
+}
+
+fn bench_seed(data_dir: &std::path::Path, count: usize) -> Result<(), String> {
+    let db = ec2lab_control::db::Db::open(&data_dir.join("ec2lab.db")).map_err(|e| e.to_string())?;
+    let ids = db
+        .bulk_insert_for_bench(count, time::OffsetDateTime::now_utc())
+        .map_err(|e| e.to_string())?;
+    println!("{} instance records stored", ids.len());
     Ok(())
 }
 
@@ -300,7 +318,7 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
             wait_for(&call, instance_ids, "terminated")?;
             print_instances(cli.output, &call, instance_ids)
         }
-        Command::Init | Command::Serve { .. } => Ok(()),
+        Command::Init | Command::Serve { .. } | Command::BenchSeed { .. } => Ok(()),
     }
 }
 
