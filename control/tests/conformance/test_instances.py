@@ -84,16 +84,17 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     assert state(ec2, iid)["InstanceType"] == "lab.micro"
     wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the second boot")
 
+    before_reboot = console(iid)
     aws("reboot-instances", "--instance-ids", iid)
-    wait_for(lambda: state(ec2, iid)["State"]["Name"] == "running" and "lab-minimal: ready" in console(iid),
+    # Each boot starts a fresh console: wait for a different, complete one.
+    wait_for(lambda: state(ec2, iid)["State"]["Name"] == "running"
+             and "lab-minimal: ready" in (now := console(iid)) and now != before_reboot,
              600, "the reboot")
 
     terminating = aws("terminate-instances", "--instance-ids", iid)["TerminatingInstances"][0]
     assert terminating["CurrentState"]["Name"] == "shutting-down"
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
-    # As on EC2, starting a running instance is a no-op that succeeds.
-    again = aws("start-instances", "--instance-ids", iid)["StartingInstances"][0]
-    assert again["PreviousState"]["Name"] == again["CurrentState"]["Name"] == "running"
+    assert "IncorrectInstanceState" in aws_error("start-instances", "--instance-ids", iid)
 
 
 def test_instance_errors(ec2, lab_minimal_ami, tmp_path):
