@@ -230,8 +230,12 @@ impl Daemon {
                 continue;
             };
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("ec2lab-vmm") && cmdline.contains(&needle) {
+            let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+            // The VMM itself, not `ec2lab serve --vmm .../ec2lab-vmm`.
+            let is_vmm = args
+                .next()
+                .is_some_and(|argv0| argv0.ends_with("/ec2lab-vmm") || argv0 == "ec2lab-vmm");
+            if is_vmm && args.any(|a| a.contains(&needle)) {
                 pids.push(pid);
             }
         }
