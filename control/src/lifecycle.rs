@@ -80,6 +80,14 @@ pub struct Lab {
     watched: Mutex<HashSet<String>>,
 }
 
+/// What an instance boots from its image.
+struct BootFiles {
+    kernel: PathBuf,
+    root: PathBuf,
+    cmdline: String,
+    initrd: Option<PathBuf>,
+}
+
 /// What the guest should see for a root volume of `size_gib` from `image`.
 fn root_size_bytes(size_gib: u32, image_file: &Path) -> u64 {
     let image = std::fs::metadata(image_file).map_or(0, |m| m.len());
@@ -236,7 +244,8 @@ impl Lab {
         });
     }
 
-    fn image_paths(&self, instance: &Instance) -> Result<(PathBuf, PathBuf, String), LabError> {
+    /// The kernel, root image, command line and initrd an instance boots.
+    fn image_paths(&self, instance: &Instance) -> Result<BootFiles, LabError> {
         let image = self.db.get_image(&instance.image_id)?;
         let ami = ec2lab_images::MachineImage::open(&image.dir)
             .map_err(|e| LabError::Boot(format!("image {}: {e}", image.id)))?;
@@ -251,7 +260,12 @@ impl Lab {
         let root = ami
             .root_path()
             .ok_or_else(|| LabError::Boot(format!("image {} has no root volume", image.id)))?;
-        Ok((aki.kernel_path(), root, ami.manifest.cmdline.clone()))
+        Ok(BootFiles {
+            kernel: aki.kernel_path(),
+            root,
+            cmdline: ami.manifest.cmdline.clone(),
+            initrd: ami.manifest.initrd.as_ref().map(|i| ami.dir.join(i)),
+        })
     }
 
     async fn boot(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
@@ -259,7 +273,12 @@ impl Lab {
         if instance.state != InstanceState::Pending {
             return Ok(());
         }
-        let (kernel, image_root, cmdline) = self.image_paths(&instance)?;
+        let BootFiles {
+            kernel,
+            root: image_root,
+            cmdline,
+            initrd,
+        } = self.image_paths(&instance)?;
         let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
             LabError::Boot(format!("unknown instance type {}", instance.instance_type))
         })?;
@@ -277,7 +296,7 @@ impl Lab {
         let spec = VmSpec {
             instance_id: id.to_string(),
             kernel,
-            initrd: None,
+            initrd,
             cmdline,
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
@@ -394,7 +413,12 @@ impl Lab {
         ) {
             return Ok(());
         }
-        let (kernel, _, cmdline) = self.image_paths(&instance)?;
+        let BootFiles {
+            kernel,
+            cmdline,
+            initrd,
+            ..
+        } = self.image_paths(&instance)?;
         let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
             LabError::Boot(format!("unknown instance type {}", instance.instance_type))
         })?;
@@ -402,7 +426,7 @@ impl Lab {
         let spec = VmSpec {
             instance_id: id.to_string(),
             kernel,
-            initrd: None,
+            initrd,
             cmdline,
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
