@@ -160,7 +160,8 @@ fn init(data_dir: &std::path::Path) -> Result<(), String> {
 }
 
 fn bench_seed(data_dir: &std::path::Path, count: usize) -> Result<(), String> {
-    let db = ec2lab_control::db::Db::open(&data_dir.join("ec2lab.db")).map_err(|e| e.to_string())?;
+    let db =
+        ec2lab_control::db::Db::open(&data_dir.join("ec2lab.db")).map_err(|e| e.to_string())?;
     let ids = db
         .bulk_insert_for_bench(count, time::OffsetDateTime::now_utc())
         .map_err(|e| e.to_string())?;
