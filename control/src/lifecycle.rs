@@ -293,23 +293,7 @@ impl Lab {
                 .map_err(|e| LabError::Boot(e.to_string()))?
                 .map_err(|e| LabError::Boot(e.to_string()))?;
         }
-        let spec = VmSpec {
-            instance_id: id.to_string(),
-            kernel,
-            initrd,
-            cmdline,
-            vcpus: itype.vcpus,
-            memory_mib: itype.memory_mib,
-            root_volume: volume,
-            nets: Vec::new(),
-            vsock_cid: None,
-        };
-        let process = self
-            .supervisor
-            .launch(&spec)
-            .map_err(|e| LabError::Boot(e.to_string()))?;
-        self.record_vmm(id, process)?;
-        self.watch(id.to_string(), process);
+        let process = self.start_vmm(id, itype, kernel, initrd, cmdline, volume)?;
         match self.apply(id, &Event::VmmStarted) {
             Ok(_) => Ok(()),
             // Terminated or stopped while we were starting it: undo.
@@ -323,6 +307,36 @@ impl Lab {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Starts the instance's VMM, records it, and watches it.
+    fn start_vmm(
+        self: &Arc<Self>,
+        id: &str,
+        itype: &instance_types::InstanceType,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+        root_volume: PathBuf,
+    ) -> Result<VmProcess, LabError> {
+        let spec = VmSpec {
+            instance_id: id.to_string(),
+            kernel,
+            initrd,
+            cmdline,
+            vcpus: itype.vcpus,
+            memory_mib: itype.memory_mib,
+            root_volume,
+            nets: Vec::new(),
+            vsock_cid: None,
+        };
+        let process = self
+            .supervisor
+            .launch(&spec)
+            .map_err(|e| LabError::Boot(e.to_string()))?;
+        self.record_vmm(id, process)?;
+        self.watch(id.to_string(), process);
+        Ok(process)
     }
 
     fn record_vmm(&self, id: &str, process: VmProcess) -> Result<(), LabError> {
@@ -422,24 +436,8 @@ impl Lab {
         let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
             LabError::Boot(format!("unknown instance type {}", instance.instance_type))
         })?;
-        let files = self.supervisor.files(id);
-        let spec = VmSpec {
-            instance_id: id.to_string(),
-            kernel,
-            initrd,
-            cmdline,
-            vcpus: itype.vcpus,
-            memory_mib: itype.memory_mib,
-            root_volume: files.root_volume(),
-            nets: Vec::new(),
-            vsock_cid: None,
-        };
-        let process = self
-            .supervisor
-            .launch(&spec)
-            .map_err(|e| LabError::Boot(e.to_string()))?;
-        self.record_vmm(id, process)?;
-        self.watch(id.to_string(), process);
+        let volume = self.supervisor.files(id).root_volume();
+        self.start_vmm(id, itype, kernel, initrd, cmdline, volume)?;
         if instance.state == InstanceState::Pending {
             self.apply(id, &Event::VmmStarted)?;
         }

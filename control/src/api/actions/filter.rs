@@ -56,56 +56,7 @@ pub fn all_match<'v>(filters: &[Filter], field: impl Fn(&str) -> Vec<String> + '
         .all(|f| field(&f.name).iter().any(|v| f.matches(v)))
 }
 
-/// EC2's filter wildcards: `*` any run of characters, `?` exactly one, and
-/// `\` escapes the next character. Case-sensitive, as on EC2.
-pub fn wildcard_match(pattern: &str, value: &str) -> bool {
-    #[derive(Clone, Copy)]
-    enum Tok {
-        Star,
-        One,
-        Lit(char),
-    }
-    let mut toks = Vec::new();
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        toks.push(match c {
-            '*' => Tok::Star,
-            '?' => Tok::One,
-            '\\' => Tok::Lit(chars.next().unwrap_or('\\')),
-            c => Tok::Lit(c),
-        });
-    }
-    let text: Vec<char> = value.chars().collect();
-    // Greedy matching with one backtrack point: linear in practice and
-    // never exponential, whatever the client sends.
-    let (mut t, mut p) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match toks.get(p) {
-            Some(Tok::Star) => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(Tok::One) => {
-                t += 1;
-                p += 1;
-            }
-            Some(Tok::Lit(c)) if *c == text[t] => {
-                t += 1;
-                p += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    toks[p..].iter().all(|tok| matches!(tok, Tok::Star))
-}
+pub use crate::model::filter::wildcard_match;
 
 #[cfg(test)]
 mod tests {
