@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cache_dir, repo_root, status, NetNs, Vmm};
+use common::{
+    cache_dir, debugfs, repo_root, seed_authorized_key, stat_in_image, status, NetNs, Reaper, Vmm,
+};
 use ec2lab_images::{Catalog, MachineImage, Verify};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -74,22 +76,6 @@ fn images_dir(test: &str) -> Option<PathBuf> {
         started.elapsed().as_secs_f64()
     );
     Some(dir)
-}
-
-fn debugfs(image: &Path, request: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", request])
-        .arg(image)
-        .output()
-        .expect("run debugfs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stat_in_image(image: &Path, path: &str) -> Option<(String, String)> {
-    let text = debugfs(image, &format!("stat {path}"));
-    let mode = text.split("Mode:").nth(1)?.split_whitespace().next()?;
-    let user = text.split("User:").nth(1)?.split_whitespace().next()?;
-    Some((mode.to_string(), user.to_string()))
 }
 
 #[test]
@@ -208,45 +194,6 @@ fn debian12_manifests_validate_fsck_is_clean_config_is_there_and_a_rebuild_is_a_
     assert_eq!(before, after, "root.ext4 was rewritten");
 }
 
-/// Writes `key` as admin's authorized_keys (uid 1000) into `image` (what
-/// cloud-init does from instance metadata).
-fn seed_authorized_key(dir: &Path, image: &Path, key: &Path) {
-    let script = dir.join("debugfs.cmds");
-    let ssh = "/home/admin/.ssh";
-    std::fs::write(
-        &script,
-        format!(
-            "mkdir {ssh}\nwrite {} {ssh}/authorized_keys\n\
-             sif {ssh} uid 1000\nsif {ssh} gid 1000\nsif {ssh} mode 040700\n\
-             sif {ssh}/authorized_keys uid 1000\nsif {ssh}/authorized_keys gid 1000\n\
-             sif {ssh}/authorized_keys mode 0100600\n",
-            key.display()
-        ),
-    )
-    .expect("debugfs script");
-    let out = Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&script)
-        .arg(image)
-        .output()
-        .expect("debugfs -w");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn debian12_boots_to_an_ssh_login_as_admin_and_powers_off() {
     require_kvm!("debian12_boot");
@@ -294,7 +241,7 @@ fn debian12_boots_to_an_ssh_login_as_admin_and_powers_off() {
         .status()
         .expect("ssh-keygen");
     assert!(keygen.success());
-    seed_authorized_key(dir.path(), &root, &key.with_extension("pub"));
+    seed_authorized_key(dir.path(), &root, "/home/admin", &key.with_extension("pub"));
 
     let ns = NetNs::new("deb");
     ns.add_tap("tap0", &format!("{HOST_IP}/24"));

@@ -11,11 +11,14 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{api, cache_dir, repo_root, status, NetNs, Vmm};
+use common::{
+    api, cache_dir, debugfs, repo_root, seed_authorized_key, stat_in_image, status, NetNs, Reaper,
+    Vmm,
+};
 use ec2lab_images::{Catalog, MachineImage, Verify};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -42,33 +45,6 @@ fn images_dir(test: &str) -> Option<PathBuf> {
         dir.display()
     );
     None
-}
-
-fn debugfs(image: &Path, request: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", request])
-        .arg(image)
-        .output()
-        .expect("run debugfs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Mode (octal, with type bits) and owner of `path` inside the ext4 image.
-fn stat_in_image(image: &Path, path: &str) -> (String, String) {
-    let text = debugfs(image, &format!("stat {path}"));
-    let mode = text
-        .split("Mode:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{path} is not in the image: {text}"))
-        .to_string();
-    let user = text
-        .split("User:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_default()
-        .to_string();
-    (mode, user)
 }
 
 #[test]
@@ -108,7 +84,8 @@ fn manifests_validate_fsck_is_clean_files_are_right_and_a_rebuild_is_a_cache_hit
         ("/root", "0700", "0"),
         ("/tmp", "01777", "0"),
     ] {
-        let (m, u) = stat_in_image(&root, path);
+        let (m, u) =
+            stat_in_image(&root, path).unwrap_or_else(|| panic!("{path} is not in the image"));
         assert_eq!((m.as_str(), u.as_str()), (mode, user), "{path}");
     }
     let passwd = debugfs(&root, "cat /etc/shadow");
@@ -133,46 +110,6 @@ fn manifests_validate_fsck_is_clean_files_are_right_and_a_rebuild_is_a_cache_hit
         .and_then(|m| m.modified())
         .expect("mtime");
     assert_eq!(before, after, "root.ext4 was rewritten");
-}
-
-/// Writes `key` as ec2-user's authorized_keys into `image` (what the agent
-/// does from instance metadata, once the metadata service exists).
-fn seed_authorized_key(dir: &Path, image: &Path, key: &Path) {
-    let script = dir.join("debugfs.cmds");
-    let ssh = "/home/ec2-user/.ssh";
-    std::fs::write(
-        &script,
-        format!(
-            "mkdir {ssh}\nwrite {} {ssh}/authorized_keys\n\
-             sif {ssh} uid 1000\nsif {ssh} gid 1000\nsif {ssh} mode 040700\n\
-             sif {ssh}/authorized_keys uid 1000\nsif {ssh}/authorized_keys gid 1000\n\
-             sif {ssh}/authorized_keys mode 0100600\n",
-            key.display()
-        ),
-    )
-    .expect("debugfs script");
-    let out = Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&script)
-        .arg(image)
-        .output()
-        .expect("debugfs -w");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Kills a helper process of ours by PID when dropped.
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -202,7 +139,12 @@ fn lab_minimal_boots_to_an_ssh_login_with_dhcp_and_powers_off_on_ctrl_alt_del() 
         .status()
         .expect("ssh-keygen");
     assert!(keygen.success());
-    seed_authorized_key(dir.path(), &root, &key.with_extension("pub"));
+    seed_authorized_key(
+        dir.path(),
+        &root,
+        "/home/ec2-user",
+        &key.with_extension("pub"),
+    );
 
     let ns = NetNs::new("ami");
     ns.add_tap("tap0", &format!("{HOST_IP}/24"));

@@ -269,6 +269,66 @@ impl Drop for NetNs {
     }
 }
 
+/// Runs a read-only debugfs request against an ext4 image; its stdout.
+pub fn debugfs(image: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .expect("run debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Mode (octal, with type bits) and owner of `path` inside an ext4 image,
+/// or None when it is not there.
+pub fn stat_in_image(image: &Path, path: &str) -> Option<(String, String)> {
+    let text = debugfs(image, &format!("stat {path}"));
+    let mode = text.split("Mode:").nth(1)?.split_whitespace().next()?;
+    let user = text.split("User:").nth(1)?.split_whitespace().next()?;
+    Some((mode.to_string(), user.to_string()))
+}
+
+/// Writes `key` as the authorized_keys of the user whose home is `home`
+/// (uid and gid 1000) into `image`: what the guest's agent or cloud-init
+/// does from instance metadata, done ahead of boot.
+pub fn seed_authorized_key(dir: &Path, image: &Path, home: &str, key: &Path) {
+    let script = dir.join("debugfs.cmds");
+    let ssh = format!("{home}/.ssh");
+    std::fs::write(
+        &script,
+        format!(
+            "mkdir {ssh}\nwrite {} {ssh}/authorized_keys\n\
+             sif {ssh} uid 1000\nsif {ssh} gid 1000\nsif {ssh} mode 040700\n\
+             sif {ssh}/authorized_keys uid 1000\nsif {ssh}/authorized_keys gid 1000\n\
+             sif {ssh}/authorized_keys mode 0100600\n",
+            key.display()
+        ),
+    )
+    .expect("debugfs script");
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(image)
+        .output()
+        .expect("debugfs -w");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills a helper process of the test (a DHCP server) by PID when dropped.
+pub struct Reaper(pub std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether this host's KVM emulates guest kernel mode (see DESIGN.md).
 pub fn on_emulating_host() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
