@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::api::actions::AppState;
@@ -184,6 +183,5 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             addr: options.listen,
             source,
         })?;
-    let _: Arc<Lab> = lab;
     Ok(())
 }

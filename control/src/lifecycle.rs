@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use crate::db::{Db, DbError};
 use crate::model::ids::{self, IdKind};
 use crate::model::instance_types::{self, CapacityPolicy, HostResources};
-use crate::model::state::{self, Event, InstanceState, ShutdownBehavior, VmmExit};
+use crate::model::state::{self, Event, InstanceState, VmmExit};
 use crate::model::{Image, ImageKind, ImageState, Instance, VmmHandle};
 use crate::supervisor::{ExitInfo, Supervisor, VmProcess, VmSpec};
 
@@ -210,10 +210,11 @@ impl Lab {
         }
     }
 
-    /// Whether `count` more instances of `instance_type` fit on the host.
-    pub fn check_capacity(&self, instance_type: &str, count: u32) -> Result<bool, LabError> {
+    /// How many more instances of `instance_type` fit on the host (0 for an
+    /// unknown type): one read of the instances, whatever the count asked.
+    pub fn how_many_fit(&self, instance_type: &str) -> Result<u64, LabError> {
         let Some(candidate) = instance_types::lookup(instance_type) else {
-            return Ok(false);
+            return Ok(0);
         };
         let running: Vec<_> = self
             .db
@@ -222,10 +223,7 @@ impl Lab {
             .filter(|i| i.state.holds_resources())
             .filter_map(|i| instance_types::lookup(&i.instance_type))
             .collect();
-        Ok(self
-            .capacity
-            .check(self.host, &running, candidate, count)
-            .is_ok())
+        Ok(self.capacity.how_many_fit(self.host, &running, candidate))
     }
 
     /// Boots a pending instance in the background.
@@ -623,9 +621,4 @@ impl Lab {
             Err(e) => log::error!("collecting terminated instances: {e}"),
         }
     }
-}
-
-/// Shutdown behaviour from its EC2 name.
-pub fn shutdown_behavior(name: &str) -> Option<ShutdownBehavior> {
-    ShutdownBehavior::from_name(name)
 }

@@ -388,18 +388,11 @@ pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
         }
     }
     // As many as fit, but at least MinCount (EC2's rule).
-    let mut count = launch.max;
-    while count >= launch.min
-        && !lab
-            .check_capacity(&launch.instance_type, count)
-            .map_err(|e| lab_error(ctx, e))?
-    {
-        count -= 1;
-        if count == 0 {
-            break;
-        }
-    }
-    if count < launch.min || count == 0 {
+    let fit = lab
+        .how_many_fit(&launch.instance_type)
+        .map_err(|e| lab_error(ctx, e))?;
+    let count = u32::try_from(fit).unwrap_or(u32::MAX).min(launch.max);
+    if count < launch.min {
         return Err(Ec2Error::insufficient_instance_capacity(
             &launch.instance_type,
         ));
@@ -632,9 +625,10 @@ pub fn start_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
     for id in &ids {
         let instance = lab.db.get_instance(id).map_err(|e| db_error(ctx, e))?;
         if instance.state == InstanceState::Stopped
-            && !lab
-                .check_capacity(&instance.instance_type, 1)
+            && lab
+                .how_many_fit(&instance.instance_type)
                 .map_err(|e| lab_error(ctx, e))?
+                == 0
         {
             return Err(Ec2Error::insufficient_instance_capacity(
                 &instance.instance_type,
