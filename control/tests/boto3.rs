@@ -138,7 +138,7 @@ fn boto3_and_the_aws_cli_parse_every_response_and_error() {
         out["t2_micro"],
         j(r#"[["t2.micro",1,1024,"xen",false,2.5,["x86_64"]]]"#)
     );
-    let all: Vec<&str> = ec2lab_control::api::instance_types::INSTANCE_TYPES
+    let all: Vec<&str> = ec2lab_control::model::instance_types::INSTANCE_TYPES
         .iter()
         .map(|t| t.name)
         .collect();

@@ -3,7 +3,6 @@
 
 pub mod actions;
 pub mod error;
-pub mod instance_types;
 pub mod query;
 pub mod server;
 pub mod shapes;

@@ -5,9 +5,9 @@
 use super::filter::{all_match, Filter};
 use super::Ctx;
 use crate::api::error::Ec2Error;
-use crate::api::instance_types::{InstanceTypeSpec, INSTANCE_TYPES};
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
+use crate::model::instance_types::{InstanceType, INSTANCE_TYPES};
 
 /// Zone letters of the configured region.
 const ZONE_LETTERS: &[char] = &['a', 'b', 'c'];
@@ -184,7 +184,7 @@ pub fn describe_instance_types(_ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
             Ec2Error::invalid_parameter_value(format!("Invalid NextToken: {token}"))
         })?,
     };
-    let matching: Vec<&InstanceTypeSpec> = INSTANCE_TYPES
+    let matching: Vec<&InstanceType> = INSTANCE_TYPES
         .iter()
         .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
         .filter(|t| all_match(&filters, |name| instance_type_field(t, name)))
@@ -202,7 +202,7 @@ pub fn describe_instance_types(_ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
     Ok(members)
 }
 
-fn instance_type_field(t: &InstanceTypeSpec, filter: &str) -> Vec<String> {
+fn instance_type_field(t: &InstanceType, filter: &str) -> Vec<String> {
     let value = match filter {
         "burstable-performance-supported" => t.burstable.to_string(),
         "current-generation" => "true".to_owned(),
@@ -216,7 +216,7 @@ fn instance_type_field(t: &InstanceTypeSpec, filter: &str) -> Vec<String> {
     vec![value]
 }
 
-fn instance_type_info(t: &InstanceTypeSpec) -> Vec<XmlNode> {
+fn instance_type_info(t: &InstanceType) -> Vec<XmlNode> {
     let card = vec![
         XmlNode::number("networkCardIndex", 0),
         XmlNode::text("networkPerformance", t.network_performance),
