@@ -3,14 +3,13 @@
 //! guest in the status byte, or the chain is returned unused when it has no
 //! status byte to report in; nothing a guest sends can stop the VMM.
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::iov::GuestIovecs;
 
 use super::{
     device_type, drain_queue, read_config_bytes, ready_queue, DeviceCounters, UsedQueues,
@@ -58,7 +57,7 @@ pub enum BlockError {
     },
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 struct RequestHeader {
     request_type: u32,
@@ -76,9 +75,6 @@ pub struct Block {
     read_only: bool,
     id: [u8; ID_LEN],
     counters: DeviceCounters,
-    /// Bounce buffer reused across requests: allocating (and faulting in) a
-    /// fresh one per 1 MiB request cost more than the copy itself.
-    scratch: RefCell<Vec<u8>>,
 }
 
 impl Block {
@@ -119,7 +115,6 @@ impl Block {
             read_only,
             id,
             counters: DeviceCounters::default(),
-            scratch: RefCell::new(Vec::new()),
         })
     }
 
@@ -139,30 +134,17 @@ impl Block {
     /// returns the bytes written into the guest's buffers (0 when the chain
     /// is dropped as malformed).
     fn serve(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
-        let (Ok(mut reader), Ok(mut writer)) =
-            (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
-        else {
-            // Buffers outside guest memory.
+        let Some(request) = Request::parse(mem, chain) else {
             return self.drop_malformed();
         };
-        // The last writable byte is the status; what precedes it is data.
-        let Some(status_at) = writer.available_bytes().checked_sub(1) else {
-            return self.drop_malformed();
-        };
-        let (Ok(header), Ok(mut status_writer)) = (
-            reader.read_obj::<RequestHeader>(),
-            writer.split_at(status_at),
-        ) else {
-            return self.drop_malformed();
-        };
-        let (status, len) = self.execute(header, &mut reader, &mut writer);
+        let (status, len) = self.execute(mem, &request);
         if status == VIRTIO_BLK_S_OK {
-            self.counters
-                .ok(u64::from(len) + reader.bytes_read() as u64);
+            let read = request.header_len + request.out_data_len();
+            self.counters.ok(u64::from(len) + read as u64);
         } else {
             self.counters.error();
         }
-        match status_writer.write_all(&[status]) {
+        match mem.write_obj(status, request.status) {
             Ok(()) => len + 1,
             Err(_) => 0,
         }
@@ -175,45 +157,31 @@ impl Block {
     }
 
     /// Carries out one request; returns the status and the bytes written into guest buffers.
-    fn execute(&self, header: RequestHeader, reader: &mut Reader, data: &mut Writer) -> (u8, u32) {
-        match header.request_type {
+    fn execute(&self, mem: &GuestMemoryMmap, request: &Request) -> (u8, u32) {
+        match request.header.request_type {
             VIRTIO_BLK_T_IN => {
-                let len = data.available_bytes();
-                let Some(offset) = self
-                    .checked_offset(header.sector, len)
-                    .filter(|_| len <= MAX_TRANSFER)
-                else {
+                let Some(offset) = self.data_offset(request.header.sector, &request.in_data) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
-                let mut scratch = self.scratch.borrow_mut();
-                scratch.resize(len, 0);
-                let buf = &mut scratch[..len];
-                match self
-                    .file
-                    .read_exact_at(buf, offset)
-                    .and_then(|()| data.write_all(buf))
+                match GuestIovecs::new(mem, &request.in_data)
+                    .map_err(std::io::Error::other)
+                    .and_then(|iov| iov.read_from(&self.file, offset).map(|()| iov.len()))
                 {
-                    Ok(()) => (VIRTIO_BLK_S_OK, len as u32),
+                    Ok(len) => (VIRTIO_BLK_S_OK, len as u32),
                     Err(_) => (VIRTIO_BLK_S_IOERR, 0),
                 }
             }
             VIRTIO_BLK_T_OUT => {
-                let len = reader.available_bytes();
                 if self.read_only {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                let Some(offset) = self
-                    .checked_offset(header.sector, len)
-                    .filter(|_| len <= MAX_TRANSFER)
+                let Some(offset) = self.data_offset(request.header.sector, &request.out_data)
                 else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
-                let mut scratch = self.scratch.borrow_mut();
-                scratch.resize(len, 0);
-                let buf = &mut scratch[..len];
-                match reader
-                    .read_exact(buf)
-                    .and_then(|()| self.file.write_all_at(buf, offset))
+                match GuestIovecs::new(mem, &request.out_data)
+                    .map_err(std::io::Error::other)
+                    .and_then(|iov| iov.write_to(&self.file, offset))
                 {
                     Ok(()) => (VIRTIO_BLK_S_OK, 0),
                     Err(_) => (VIRTIO_BLK_S_IOERR, 0),
@@ -224,14 +192,101 @@ impl Block {
                 Err(_) => (VIRTIO_BLK_S_IOERR, 0),
             },
             VIRTIO_BLK_T_GET_ID => {
-                let n = data.available_bytes().min(ID_LEN);
-                match data.write_all(&self.id[..n]) {
-                    Ok(()) => (VIRTIO_BLK_S_OK, n as u32),
-                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                let mut id = &self.id[..];
+                for &(addr, len) in &request.in_data {
+                    let n = len.min(id.len());
+                    if mem.write_slice(&id[..n], addr).is_err() {
+                        return (VIRTIO_BLK_S_IOERR, 0);
+                    }
+                    id = &id[n..];
                 }
+                (VIRTIO_BLK_S_OK, (ID_LEN - id.len()) as u32)
             }
             _ => (VIRTIO_BLK_S_UNSUPP, 0),
         }
+    }
+
+    /// The file offset of a transfer of `buffers` starting at `sector`, if
+    /// it stays on the disk and within `MAX_TRANSFER`.
+    fn data_offset(&self, sector: u64, buffers: &[(GuestAddress, usize)]) -> Option<u64> {
+        let len = buffers
+            .iter()
+            .try_fold(0usize, |sum, &(_, len)| sum.checked_add(len))?;
+        self.checked_offset(sector, len)
+            .filter(|_| len <= MAX_TRANSFER)
+    }
+}
+
+/// One request as virtio-blk lays it out in a chain: the header in the
+/// device-readable buffers, then OUT data; IN data in the device-writable
+/// buffers, whose last byte is the status.
+#[derive(Debug)]
+struct Request {
+    header: RequestHeader,
+    /// Bytes of the header (counted as read from the guest).
+    header_len: usize,
+    /// Readable buffers after the header (the data of an OUT).
+    out_data: Vec<(GuestAddress, usize)>,
+    /// Writable buffers before the status byte (the data of an IN).
+    in_data: Vec<(GuestAddress, usize)>,
+    /// Where the status byte goes.
+    status: GuestAddress,
+}
+
+impl Request {
+    /// Splits `chain`; None when it has no complete header, no status
+    /// byte, or a buffer outside guest memory.
+    fn parse(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Self> {
+        let mut readable = Vec::new();
+        let mut writable = Vec::new();
+        for desc in chain {
+            let buffer = (desc.addr(), desc.len() as usize);
+            if mem.get_slices(buffer.0, buffer.1).any(|s| s.is_err()) {
+                return None;
+            }
+            if buffer.1 == 0 {
+                continue;
+            }
+            if desc.is_write_only() {
+                writable.push(buffer);
+            } else {
+                readable.push(buffer);
+            }
+        }
+        // The header may be split over several buffers.
+        let mut header = RequestHeader::default();
+        let header_len = std::mem::size_of::<RequestHeader>();
+        let mut out_data = readable;
+        let mut filled = 0;
+        while filled < header_len {
+            let (addr, len) = *out_data.first()?;
+            let n = len.min(header_len - filled);
+            mem.read_slice(&mut header.as_mut_slice()[filled..filled + n], addr)
+                .ok()?;
+            filled += n;
+            if n == len {
+                out_data.remove(0);
+            } else {
+                out_data[0] = (addr.checked_add(n as u64)?, len - n);
+            }
+        }
+        let mut in_data = writable;
+        let (last_addr, last_len) = in_data.pop()?;
+        let status = last_addr.checked_add(last_len as u64 - 1)?;
+        if last_len > 1 {
+            in_data.push((last_addr, last_len - 1));
+        }
+        Some(Self {
+            header,
+            header_len,
+            out_data,
+            in_data,
+            status,
+        })
+    }
+
+    fn out_data_len(&self) -> usize {
+        self.out_data.iter().map(|&(_, len)| len).sum()
     }
 }
 
@@ -340,6 +395,36 @@ mod tests {
         let mut buf = vec![0u8; 1024];
         m.read_slice(&mut buf, GuestAddress(DATA)).expect("read");
         let expected: Vec<u8> = (1024..2048u64).map(|i| (i % 251) as u8).collect();
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn a_split_header_scattered_data_and_a_shared_status_buffer_work() {
+        // Drivers may split the header, scatter the data over many buffers
+        // and put the status byte at the end of the last data buffer.
+        let m = mem();
+        let (_f, mut b) = disk(8, false);
+        let tail = DATA + 0x1000;
+        m.write_obj(0xffu8, GuestAddress(tail + 512))
+            .expect("status");
+        let (len, _) = run(
+            &m,
+            &mut b,
+            VIRTIO_BLK_T_IN,
+            1,
+            &[
+                readable(HDR, 4),
+                readable(HDR + 4, 12),
+                writable(DATA, 512),
+                writable(tail, 513),
+            ],
+        );
+        assert_eq!(len, 1025);
+        let status: u8 = m.read_obj(GuestAddress(tail + 512)).expect("status");
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        let mut buf = vec![0u8; 512];
+        m.read_slice(&mut buf, GuestAddress(tail)).expect("read");
+        let expected: Vec<u8> = (1024..1536u64).map(|i| (i % 251) as u8).collect();
         assert_eq!(buf, expected);
     }
 
