@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use smallvec::SmallVec;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -217,6 +218,10 @@ impl Block {
     }
 }
 
+/// Guest buffers of one request. Linux sends one data buffer per request
+/// segment; inline room for a few keeps small requests off the heap.
+type Buffers = SmallVec<[(GuestAddress, usize); 4]>;
+
 /// One request as virtio-blk lays it out in a chain: the header in the
 /// device-readable buffers, then OUT data; IN data in the device-writable
 /// buffers, whose last byte is the status.
@@ -226,9 +231,9 @@ struct Request {
     /// Bytes of the header (counted as read from the guest).
     header_len: usize,
     /// Readable buffers after the header (the data of an OUT).
-    out_data: Vec<(GuestAddress, usize)>,
+    out_data: Buffers,
     /// Writable buffers before the status byte (the data of an IN).
-    in_data: Vec<(GuestAddress, usize)>,
+    in_data: Buffers,
     /// Where the status byte goes.
     status: GuestAddress,
 }
@@ -237,11 +242,11 @@ impl Request {
     /// Splits `chain`; None when it has no complete header, no status
     /// byte, or a buffer outside guest memory.
     fn parse(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Self> {
-        let mut readable = Vec::new();
-        let mut writable = Vec::new();
+        let mut readable = Buffers::new();
+        let mut writable = Buffers::new();
         for desc in chain {
             let buffer = (desc.addr(), desc.len() as usize);
-            if mem.get_slices(buffer.0, buffer.1).any(|s| s.is_err()) {
+            if !mem.check_range(buffer.0, buffer.1) {
                 return None;
             }
             if buffer.1 == 0 {

@@ -12,6 +12,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 
+use smallvec::SmallVec;
 use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -30,9 +31,10 @@ pub struct OutsideGuestMemory {
 /// Borrows the guest memory for `'m`, so the mappings the `iovec`s point
 /// into stay mapped as long as the list exists.
 pub struct GuestIovecs<'m> {
-    iovecs: Vec<libc::iovec>,
+    /// Never zero-length: one would make a finished transfer look unfinished.
+    iovecs: SmallVec<[libc::iovec; 4]>,
     /// Keep the pointers valid (they pin a mapping on Xen-style memory).
-    _guards: Vec<PtrGuardMut>,
+    _guards: SmallVec<[PtrGuardMut; 4]>,
     len: usize,
     _mem: PhantomData<&'m GuestMemoryMmap>,
 }
@@ -44,8 +46,8 @@ impl<'m> GuestIovecs<'m> {
         mem: &'m GuestMemoryMmap,
         buffers: &[(GuestAddress, usize)],
     ) -> Result<Self, OutsideGuestMemory> {
-        let mut iovecs = Vec::with_capacity(buffers.len());
-        let mut guards = Vec::with_capacity(buffers.len());
+        let mut iovecs = SmallVec::new();
+        let mut guards = SmallVec::new();
         let mut len = 0usize;
         for &(addr, count) in buffers {
             let outside = || OutsideGuestMemory {
@@ -54,6 +56,9 @@ impl<'m> GuestIovecs<'m> {
             };
             for slice in mem.get_slices(addr, count) {
                 let slice = slice.map_err(|_| outside())?;
+                if slice.is_empty() {
+                    continue;
+                }
                 let guard = slice.ptr_guard_mut();
                 iovecs.push(libc::iovec {
                     iov_base: guard.as_ptr().cast(),
@@ -110,8 +115,6 @@ impl<'m> GuestIovecs<'m> {
         let mut iovecs = self.iovecs.clone();
         let mut first = 0usize;
         let mut at = offset;
-        // Zero-length entries would make a finished transfer look unfinished.
-        iovecs.retain(|v| v.iov_len > 0);
         while first < iovecs.len() {
             let rest = &iovecs[first..];
             // The kernel takes at most IOV_MAX entries per call.
