@@ -174,6 +174,66 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         ],
     );
     let id = format!("i-{}", between(&run, "<instanceId>i-", "</instanceId>"));
+    assert!(run.contains("<privateIpAddress>172.31."), "{run}");
+    let vpcs = s.call(
+        "DescribeVpcs",
+        &[("Filter.1.Name", "isDefault"), ("Filter.1.Value.1", "true")],
+    );
+    let vpc = format!("vpc-{}", between(&vpcs, "<vpcId>vpc-", "</vpcId>"));
+    s.call(
+        "CreateTags",
+        &[
+            ("ResourceId.1", vpc.as_str()),
+            ("Tag.1.Key", "Name"),
+            ("Tag.1.Value", "lab"),
+        ],
+    );
+    let tagged = s.call("DescribeVpcs", &[("VpcId.1", vpc.as_str())]);
+    assert!(tagged.contains("<value>lab</value>"), "{tagged}");
+    let subnets = s.call(
+        "DescribeSubnets",
+        &[
+            ("Filter.1.Name", "vpc-id"),
+            ("Filter.1.Value.1", vpc.as_str()),
+            ("Filter.2.Name", "default-for-az"),
+            ("Filter.2.Value.1", "true"),
+            ("Filter.3.Name", "availability-zone"),
+            ("Filter.3.Value.1", "us-east-1b"),
+        ],
+    );
+    let subnet = format!(
+        "subnet-{}",
+        between(&subnets, "<subnetId>subnet-", "</subnetId>")
+    );
+    let groups = s.call("DescribeSecurityGroups", &[("GroupName.1", "default")]);
+    let group = format!("sg-{}", between(&groups, "<groupId>sg-", "</groupId>"));
+    let placed = s.call(
+        "RunInstances",
+        &[
+            ("ImageId", ami.as_str()),
+            ("InstanceType", "lab.nano"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("NetworkInterface.1.DeviceIndex", "0"),
+            ("NetworkInterface.1.SubnetId", subnet.as_str()),
+            ("NetworkInterface.1.PrivateIpAddress", "172.31.16.10"),
+            ("NetworkInterface.1.DeleteOnTermination", "true"),
+            ("NetworkInterface.1.AssociatePublicIpAddress", "true"),
+            ("NetworkInterface.1.SecurityGroupId.1", group.as_str()),
+        ],
+    );
+    assert!(
+        placed.contains("<privateIpAddress>172.31.16.10</privateIpAddress>"),
+        "{placed}"
+    );
+    s.call(
+        "DescribeNetworkInterfaces",
+        &[
+            ("Filter.1.Name", "private-ip-address"),
+            ("Filter.1.Value.1", "172.31.16.10"),
+        ],
+    );
+    s.call("DescribeNetworkInterfaces", &[]);
     s.call("DescribeInstances", &[]);
     s.call(
         "DescribeInstances",
