@@ -388,11 +388,11 @@ fn vpc_filters_select_what_ec2_would() {
     let eni_b = in_b.network_interfaces[0].id.clone();
     assert_eq!(
         eni_ids(&q("attachment.instance-id", &[in_b.id.as_str()])),
-        [eni_b.clone()]
+        vec![eni_b.clone()]
     );
     assert_eq!(
         eni_ids(&q("private-ip-address", &["172.31.16.99"])),
-        [eni_b.clone()]
+        vec![eni_b.clone()]
     );
     assert_eq!(eni_ids(&q("subnet-id", &[a.id.as_str()])).len(), 1);
     let mac = in_a.network_interfaces[0].mac_address.clone();
@@ -425,11 +425,11 @@ fn vpc_filters_select_what_ec2_would() {
     };
     assert_eq!(
         instances(Filter::new("subnet-id", &[b.id.as_str()])),
-        [in_b.id.clone()]
+        vec![in_b.id.clone()]
     );
     assert_eq!(
         instances(Filter::new("private-ip-address", &["172.31.0.4"])),
-        [in_a.id.clone()]
+        vec![in_a.id.clone()]
     );
     assert_eq!(
         instances(Filter::new("vpc-id", &[a.vpc_id.as_str()])).len(),
@@ -440,7 +440,7 @@ fn vpc_filters_select_what_ec2_would() {
             "network-interface.network-interface-id",
             &[eni_b.as_str()]
         )),
-        [in_b.id.clone()]
+        vec![in_b.id.clone()]
     );
     assert_eq!(
         instances(Filter::new("instance.group-name", &["default"])).len(),
