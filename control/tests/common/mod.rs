@@ -334,6 +334,7 @@ pub const SCENARIO_ACTIONS: &[&str] = &[
     "DescribeSecurityGroups",
     "DescribeSubnets",
     "DescribeTags",
+    "DescribeVpcAttribute",
     "DescribeVpcs",
     "GetConsoleOutput",
     "ImportKeyPair",

@@ -102,6 +102,7 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeSecurityGroups", vpcs::describe_security_groups),
     ("DescribeSubnets", vpcs::describe_subnets),
     ("DescribeTags", tags::describe_tags),
+    ("DescribeVpcAttribute", vpcs::describe_vpc_attribute),
     ("DescribeVpcs", vpcs::describe_vpcs),
     ("GetConsoleOutput", instances::get_console_output),
     ("ImportKeyPair", keypairs::import_key_pair),

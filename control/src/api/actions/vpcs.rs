@@ -60,6 +60,46 @@ pub fn describe_vpcs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
     ))
 }
 
+/// `DescribeVpcAttribute`. A VPC resolves names (DNS support) always;
+/// AWS gives instances DNS hostnames in the default VPC only, and ec2lab
+/// does not measure address usage.
+pub fn describe_vpc_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
+    params.reject_unknown(&["VpcId", "Attribute", "DryRun"])?;
+    let id = params.required("VpcId")?;
+    let ids = check_ids(IdKind::Vpc, &[id])?;
+    let attribute = params.required("Attribute")?;
+    let vpc = lab(ctx)?
+        .db
+        .list_vpcs(&NetworkQuery {
+            ids,
+            ..NetworkQuery::default()
+        })
+        .map_err(|e| db_error(ctx, e))?
+        .items
+        .into_iter()
+        .next()
+        .ok_or_else(Ec2Error::internal_error)?;
+    let value = match attribute {
+        "enableDnsSupport" => true,
+        "enableDnsHostnames" => vpc.is_default,
+        "enableNetworkAddressUsageMetrics" => false,
+        other => {
+            return Err(Ec2Error::invalid_parameter_value(format!(
+                "Value ({other}) for parameter attribute is invalid. Unknown attribute."
+            )))
+        }
+    };
+    let name = match attribute {
+        "enableDnsSupport" => "enableDnsSupport",
+        "enableDnsHostnames" => "enableDnsHostnames",
+        _ => "enableNetworkAddressUsageMetrics",
+    };
+    Ok(vec![
+        XmlNode::text("vpcId", vpc.id.as_str()),
+        XmlNode::element(name, vec![XmlNode::bool("value", value)]),
+    ])
+}
+
 fn vpc_node(v: &Vpc) -> Vec<XmlNode> {
     let mut n = vec![
         XmlNode::text("vpcId", v.id.as_str()),
@@ -301,9 +341,9 @@ fn network_interface_node(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
             ],
         ));
     }
-    if !n.tags.is_empty() {
-        out.push(tag_set(&n.tags));
-    }
+    // Always present, even empty: AWS sends it, and clients index it
+    // (Ansible's ec2_eni_info reads `TagSet` unguarded).
+    out.push(tag_set(&n.tags));
     out.extend([
         private_ip_set(n, region),
         XmlNode::list("ipv6AddressesSet", Vec::<Vec<XmlNode>>::new()),
