@@ -236,7 +236,11 @@ fn select_all<T>(
     if !missing.is_empty() {
         return Err(DbError::NotFound { kind, ids: missing });
     }
-    let mut stmt = conn.prepare_cached(&format!("SELECT * FROM {table} ORDER BY id"))?;
+    let sql = match table {
+        "network_interfaces" => format!("{INTERFACE_SELECT} ORDER BY n.id"),
+        _ => format!("SELECT * FROM {table} ORDER BY id"),
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -318,9 +322,14 @@ fn group_from_row(conn: &Connection, row: &Row<'_>) -> Result<SecurityGroup, DbE
     })
 }
 
+/// Interfaces with what they take from their subnet, in one query: a
+/// DescribeInstances of many instances reads one row per interface.
+const INTERFACE_SELECT: &str =
+    "SELECT n.*, s.vpc_id AS vpc_id, s.availability_zone AS availability_zone
+     FROM network_interfaces n JOIN subnets s ON s.id = n.subnet_id";
+
 fn interface_from_row(conn: &Connection, row: &Row<'_>) -> Result<NetworkInterface, DbError> {
     let id: String = row.get("id")?;
-    let subnet = get_subnet(conn, &row.get::<_, String>("subnet_id")?)?;
     let ip: u32 = row.get("private_ip")?;
     let instance_id: Option<String> = row.get("instance_id")?;
     let attachment = match instance_id {
@@ -347,9 +356,9 @@ fn interface_from_row(conn: &Connection, row: &Row<'_>) -> Result<NetworkInterfa
         })?
         .collect::<Result<_, _>>()?;
     Ok(NetworkInterface {
-        subnet_id: subnet.id,
-        vpc_id: subnet.vpc_id,
-        availability_zone: subnet.availability_zone,
+        subnet_id: row.get("subnet_id")?,
+        vpc_id: row.get("vpc_id")?,
+        availability_zone: row.get("availability_zone")?,
         description: row.get("description")?,
         mac_address: row.get("mac_address")?,
         private_ip_address: Ipv4Addr::from(ip),
@@ -374,9 +383,9 @@ pub(super) fn interfaces_of_instance(
     conn: &Connection,
     instance_id: &str,
 ) -> Result<Vec<NetworkInterface>, DbError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT * FROM network_interfaces WHERE instance_id = ?1 ORDER BY device_index",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "{INTERFACE_SELECT} WHERE n.instance_id = ?1 ORDER BY n.device_index"
+    ))?;
     let mut rows = stmt.query([instance_id])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -476,7 +485,7 @@ pub(super) fn create_primary_interface(
     for g in &groups {
         add_group.execute([&id, g])?;
     }
-    let mut stmt = tx.prepare_cached("SELECT * FROM network_interfaces WHERE id = ?1")?;
+    let mut stmt = tx.prepare_cached(&format!("{INTERFACE_SELECT} WHERE n.id = ?1"))?;
     let mut rows = stmt.query([&id])?;
     match rows.next()? {
         Some(row) => interface_from_row(tx, row),
