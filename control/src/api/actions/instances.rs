@@ -16,10 +16,11 @@ use super::{vpcs, Ctx};
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
-use crate::db::{InsertOutcome, InstanceQuery};
+use crate::db::{DbError, InsertOutcome, InstanceQuery};
 use crate::model::ids::{self, IdKind};
 use crate::model::instance_types;
 use crate::model::state::{self, Event, InstanceState, ShutdownBehavior};
+use crate::model::vpc::IpamError;
 use crate::model::{
     group_into_reservations, HttpTokens, Instance, MetadataOptions, Placement, Reservation,
     RootVolume, Toggle, DEFAULT_AVAILABILITY_ZONE, DEFAULT_OWNER_ID,
@@ -418,6 +419,21 @@ pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
         return Err(Ec2Error::insufficient_instance_capacity(
             &launch.instance_type,
         ));
+    }
+    // The same rule for addresses: as many as the subnet has free, at
+    // least MinCount. The launch's transaction checks again, so a race
+    // with another launch fails cleanly instead of over-allocating.
+    let free = lab
+        .db
+        .get_subnet(&interface.subnet_id)
+        .map_err(|e| db_error(ctx, e))?
+        .available_ip_address_count;
+    let count = u32::try_from(free).unwrap_or(u32::MAX).min(count);
+    if count < launch.min {
+        let full = IpamError::SubnetFull {
+            subnet_id: interface.subnet_id.clone(),
+        };
+        return Err(db_error(ctx, DbError::Ipam(full)));
     }
     let now = OffsetDateTime::now_utc();
     let reservation_id = ids::generate(IdKind::Reservation);
