@@ -421,8 +421,7 @@ impl Filterable for Subnet {
         }
         match name {
             "subnet-id" => one(&self.id),
-            // The region is not part of a subnet; ARNs match on their
-            // stable suffix with a wildcard, or exactly in us-east-1.
+            // ARNs name the lab's region (the API answers as us-east-1).
             "subnet-arn" => one(self.arn(super::DEFAULT_REGION)),
             "vpc-id" => one(&self.vpc_id),
             "availability-zone" | "availabilityZone" => one(&self.availability_zone),
@@ -629,6 +628,87 @@ mod tests {
         assert_eq!(all.len(), 11);
         let err = pick_address("subnet-1", c, &all, None).expect_err("full");
         assert_eq!(err.code(), "InsufficientFreeAddressesInSubnet");
+    }
+
+    fn answers_every_listed_filter<T: Filterable>(item: &T, names: &[&str]) {
+        for name in names {
+            assert!(T::knows_filter(name), "{name}");
+            assert!(item.filter_values(name).is_some(), "{name}");
+        }
+        assert!(!T::knows_filter("colour"));
+        assert!(item.filter_values("colour").is_none());
+        assert!(T::knows_filter("tag:Name"));
+    }
+
+    #[test]
+    fn every_listed_filter_is_answered() {
+        let tags = Tags::from([("Name".to_string(), "lab".to_string())]);
+        let vpc = Vpc {
+            id: "vpc-0123456789abcdef0".into(),
+            cidr_block: DEFAULT_VPC_CIDR.into(),
+            is_default: true,
+            owner_id: DEFAULT_OWNER_ID.into(),
+            tags: tags.clone(),
+        };
+        answers_every_listed_filter(&vpc, VPC_FILTERS);
+        assert_eq!(vpc.filter_values("isDefault"), Some(vec!["true".into()]));
+        assert_eq!(vpc.filter_values("tag:Name"), Some(vec!["lab".into()]));
+        let subnet = Subnet {
+            id: "subnet-0123456789abcdef0".into(),
+            vpc_id: vpc.id.clone(),
+            cidr_block: "172.31.0.0/20".into(),
+            availability_zone: "us-east-1a".into(),
+            availability_zone_id: "use1-az1".into(),
+            default_for_az: true,
+            map_public_ip_on_launch: true,
+            available_ip_address_count: 4091,
+            owner_id: DEFAULT_OWNER_ID.into(),
+            tags: tags.clone(),
+        };
+        answers_every_listed_filter(&subnet, SUBNET_FILTERS);
+        assert_eq!(
+            subnet.filter_values("subnet-arn"),
+            Some(vec![
+                "arn:aws:ec2:us-east-1:000000000000:subnet/subnet-0123456789abcdef0".into()
+            ])
+        );
+        let group = SecurityGroup {
+            id: "sg-0123456789abcdef0".into(),
+            name: DEFAULT_SECURITY_GROUP_NAME.into(),
+            description: DEFAULT_SECURITY_GROUP_DESCRIPTION.into(),
+            vpc_id: vpc.id.clone(),
+            owner_id: DEFAULT_OWNER_ID.into(),
+            tags: tags.clone(),
+        };
+        answers_every_listed_filter(&group, SECURITY_GROUP_FILTERS);
+        let mut eni = NetworkInterface {
+            id: "eni-0123456789abcdef0".into(),
+            subnet_id: subnet.id.clone(),
+            vpc_id: vpc.id.clone(),
+            availability_zone: "us-east-1a".into(),
+            description: String::new(),
+            mac_address: "02:00:00:00:00:01".into(),
+            private_ip_address: Ipv4Addr::new(172, 31, 0, 4),
+            source_dest_check: true,
+            groups: vec![GroupIdentifier {
+                group_id: group.id.clone(),
+                group_name: group.name.clone(),
+            }],
+            attachment: Some(NetworkInterfaceAttachment {
+                attachment_id: attachment_id("eni-0123456789abcdef0"),
+                instance_id: "i-0123456789abcdef0".into(),
+                device_index: 0,
+                attach_time: time::macros::datetime!(2026-11-25 23:00:00 UTC),
+                delete_on_termination: true,
+            }),
+            owner_id: DEFAULT_OWNER_ID.into(),
+            tags,
+        };
+        answers_every_listed_filter(&eni, NETWORK_INTERFACE_FILTERS);
+        assert_eq!(eni.filter_values("status"), Some(vec!["in-use".into()]));
+        eni.attachment = None;
+        assert_eq!(eni.filter_values("status"), Some(vec!["available".into()]));
+        assert_eq!(eni.filter_values("attachment.instance-id"), Some(vec![]));
     }
 
     #[test]

@@ -79,20 +79,15 @@ pub fn describe_vpc_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlN
         .into_iter()
         .next()
         .ok_or_else(Ec2Error::internal_error)?;
-    let value = match attribute {
-        "enableDnsSupport" => true,
-        "enableDnsHostnames" => vpc.is_default,
-        "enableNetworkAddressUsageMetrics" => false,
+    let (name, value) = match attribute {
+        "enableDnsSupport" => ("enableDnsSupport", true),
+        "enableDnsHostnames" => ("enableDnsHostnames", vpc.is_default),
+        "enableNetworkAddressUsageMetrics" => ("enableNetworkAddressUsageMetrics", false),
         other => {
             return Err(Ec2Error::invalid_parameter_value(format!(
                 "Value ({other}) for parameter attribute is invalid. Unknown attribute."
             )))
         }
-    };
-    let name = match attribute {
-        "enableDnsSupport" => "enableDnsSupport",
-        "enableDnsHostnames" => "enableDnsHostnames",
-        _ => "enableNetworkAddressUsageMetrics",
     };
     Ok(vec![
         XmlNode::text("vpcId", vpc.id.as_str()),
