@@ -274,6 +274,8 @@ impl Db {
 
     fn with_connection(mut conn: Connection) -> Result<Db, DbError> {
         migrate(&mut conn)?;
+        // Immediate, so that two processes opening a fresh file at once
+        // (the daemon and a CLI) create one default VPC between them.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         network::ensure_default_vpc(&tx, crate::model::DEFAULT_REGION)?;
         tx.commit()?;
