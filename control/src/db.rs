@@ -43,9 +43,14 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
+mod network;
+
+pub use network::NetworkQuery;
+
 use crate::model::filter::{self, Filter, FilterError, Page, PageRequest};
 use crate::model::ids::{self, IdKind};
 use crate::model::state::{Transition, Update};
+use crate::model::vpc::{InterfaceRequest, IpamError};
 use crate::model::{
     HttpTokens, Image, ImageKind, ImageState, Instance, InstanceState, KeyPair, KeyType,
     MetadataOptions, Placement, Reservation, RootVolume, ShutdownBehavior, StateReason, Tag, Tags,
@@ -144,6 +149,8 @@ const MIGRATIONS: &[&str] = &[
     -- EC2 refuses a second available image with the same name.
     CREATE UNIQUE INDEX images_available_name ON images(name) WHERE state = 'available';
     "#,
+    // 2: VPCs, subnets, security groups, network interfaces.
+    network::MIGRATION,
 ];
 
 /// What went wrong in the repository. The API maps each variant to an EC2
@@ -185,6 +192,10 @@ pub enum DbError {
     /// An id with no known resource prefix (EC2: InvalidID).
     #[error("The ID '{0}' is not valid")]
     InvalidId(String),
+    /// No address for a new interface (in use, outside the subnet,
+    /// reserved, or none left).
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
     /// Filters or pagination parameters the model refused.
     #[error(transparent)]
     InvalidQuery(#[from] FilterError),
@@ -263,6 +274,11 @@ impl Db {
 
     fn with_connection(mut conn: Connection) -> Result<Db, DbError> {
         migrate(&mut conn)?;
+        // Immediate, so that two processes opening a fresh file at once
+        // (the daemon and a CLI) create one default VPC between them.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        network::ensure_default_vpc(&tx, crate::model::DEFAULT_REGION)?;
+        tx.commit()?;
         Ok(Db {
             conn: Mutex::new(conn),
         })
@@ -305,6 +321,19 @@ impl Db {
         &self,
         reservation: &Reservation,
     ) -> Result<InsertOutcome, DbError> {
+        self.insert_reservation(&mut reservation.clone(), None)
+    }
+
+    /// Stores a RunInstances result in one transaction, giving each
+    /// instance a primary network interface as `interface` asks (address
+    /// allocation included, so a failure stores nothing) and filling in
+    /// `reservation`'s instances with it. With a ClientToken already used,
+    /// stores nothing and returns the earlier reservation.
+    pub fn insert_reservation(
+        &self,
+        reservation: &mut Reservation,
+        interface: Option<&InterfaceRequest>,
+    ) -> Result<InsertOutcome, DbError> {
         self.write(|tx| {
             if let Some(token) = &reservation.client_token {
                 if let Some(existing) = reservation_by_token(tx, token)? {
@@ -332,8 +361,16 @@ impl Db {
                 ],
             )
             .map_err(|e| unique_violation(e, IdKind::Reservation, &reservation.id))?;
-            for instance in &reservation.instances {
+            for instance in &mut reservation.instances {
                 insert_instance(tx, instance)?;
+                if let Some(request) = interface {
+                    instance.network_interfaces = vec![network::create_primary_interface(
+                        tx,
+                        &instance.id,
+                        request,
+                        instance.launch_time,
+                    )?];
+                }
             }
             Ok(InsertOutcome::Created)
         })
@@ -466,6 +503,10 @@ impl Db {
             }
             if transition.to == InstanceState::Terminated && instance.terminated_at.is_none() {
                 instance.terminated_at = Some(truncate_ms(now));
+            }
+            if transition.to == InstanceState::Terminated {
+                network::release_interfaces(tx, id)?;
+                instance.network_interfaces = network::interfaces_of_instance(tx, id)?;
             }
             let reason = instance.state_reason.clone();
             let changed = tx.execute(
@@ -706,6 +747,7 @@ impl Db {
                         vmm: None,
                         console_output_path: None,
                         terminated_at: None,
+                        network_interfaces: Vec::new(),
                     };
                     insert_instance(tx, &instance)?;
                     ids.push(id);
@@ -1098,7 +1140,9 @@ fn instance_from_row(conn: &Connection, row: &Row<'_>) -> Result<Instance, DbErr
     let vmm_sock: Option<String> = row.get("vmm_api_sock")?;
     let vmm_log: Option<String> = row.get("vmm_serial_log")?;
     let tags = tags_of(conn, &id)?;
+    let network_interfaces = network::interfaces_of_instance(conn, &id)?;
     Ok(Instance {
+        network_interfaces,
         reservation_id: row.get("reservation_id")?,
         image_id: row.get("image_id")?,
         kernel_id: row.get("kernel_id")?,
@@ -1199,6 +1243,7 @@ fn delete_instance(tx: &Transaction<'_>, id: &str) -> Result<(), DbError> {
         [id],
         |r| r.get(0),
     )?;
+    network::release_interfaces(tx, id)?;
     tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     tx.execute("DELETE FROM tags WHERE resource_id = ?1", [id])?;
     tx.execute(
@@ -1321,6 +1366,10 @@ fn check_resources_exist(conn: &Connection, resource_ids: &[String]) -> Result<(
             IdKind::Instance => "instances",
             IdKind::Image | IdKind::Kernel => "images",
             IdKind::KeyPair => "key_pairs",
+            IdKind::Vpc => "vpcs",
+            IdKind::Subnet => "subnets",
+            IdKind::SecurityGroup => "security_groups",
+            IdKind::NetworkInterface => "network_interfaces",
             _ => return Err(not_found(kind, id)),
         };
         if !missing_ids(conn, table, std::slice::from_ref(id))?.is_empty() {

@@ -325,7 +325,7 @@ impl Lab {
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
             root_volume,
-            nets: Vec::new(),
+            nets: network_attachments(&self.db, id),
             vsock_cid: None,
         };
         let process = self
@@ -619,6 +619,35 @@ impl Lab {
             }
             Ok(_) => {}
             Err(e) => log::error!("collecting terminated instances: {e}"),
+        }
+    }
+}
+
+/// The seam between VPC state and the VMM: where an instance's ENIs (MAC,
+/// private address, subnet) become `VmSpec::nets`, the `(tap, mac)` pairs
+/// the VMM attaches as virtio-net devices.
+///
+/// Empty on purpose until host networking exists: the subnet bridge and
+/// the instance's tap are made by the coming networking layer (network
+/// namespaces, bridges, DHCP from the ENI's address; see DESIGN.md
+/// "Networking"), and a tap that no bridge carries would only give the
+/// guest a dead link. The ENI is read here so the wiring is one change.
+fn network_attachments(db: &Db, instance_id: &str) -> Vec<(String, String)> {
+    match db.get_instance(instance_id) {
+        Ok(instance) => {
+            for eni in &instance.network_interfaces {
+                log::debug!(
+                    "{instance_id}: {} ({}, {}) is not plumbed to the host yet",
+                    eni.id,
+                    eni.mac_address,
+                    eni.private_ip_address
+                );
+            }
+            Vec::new()
+        }
+        Err(e) => {
+            log::warn!("{instance_id}: cannot read its network interfaces: {e}");
+            Vec::new()
         }
     }
 }

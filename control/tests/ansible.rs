@@ -17,18 +17,10 @@ use common::{Daemon, Prereqs};
 
 #[test]
 fn ansible_amazon_aws_drives_an_instance_through_its_whole_life() {
-    // amazon.aws.ec2_instance looks up the default VPC and subnet before a
-    // launch (DescribeVpcs, DescribeSubnets, a subnet-id filter and
-    // NetworkInterface.1.SubnetId on RunInstances): those come with VPC
-    // networking. Until then this test fails at that step, so it runs only
-    // when asked for.
-    if std::env::var("EC2LAB_ANSIBLE").as_deref() != Ok("1") {
-        println!(
-            "SKIPPED ansible: needs VPCs (DescribeVpcs/DescribeSubnets), which ec2lab does \
-             not have yet; EC2LAB_ANSIBLE=1 runs it anyway"
-        );
-        return;
-    }
+    // amazon.aws.ec2_instance looks up the default VPC and its default
+    // subnet before a launch (DescribeVpcs isDefault, DescribeSubnets
+    // default-for-az) and launches with NetworkInterface.1.SubnetId: the
+    // default VPC is real control-plane state, so this runs by default.
     let Some(prereqs) = Prereqs::check("ansible") else {
         return;
     };

@@ -47,7 +47,7 @@ out["t2_micro"] = [[x["InstanceType"], x["VCpuInfo"]["DefaultVCpus"], x["MemoryI
                     x["ProcessorInfo"]["SupportedArchitectures"]] for x in t]
 pages = ec2.get_paginator("describe_instance_types").paginate(PaginationConfig={"PageSize": 5})
 out["all_types"] = [x["InstanceType"] for p in pages for x in p["InstanceTypes"]]
-out["unsupported"] = error(ec2.describe_vpcs)
+out["unsupported"] = error(ec2.describe_vpn_gateways)
 out["bad_filter"] = error(ec2.describe_instance_types, Filters=[{"Name": "bogus", "Values": ["x"]}])
 out["bad_type"] = error(ec2.describe_instance_types, InstanceTypes=["t9.huge"])
 out["dry_run"] = error(ec2.describe_regions, DryRun=True)

@@ -124,9 +124,20 @@ fn tagging_unknown_resources_fails_and_changes_nothing() {
         other => panic!("expected NotFound, got {other:?}"),
     }
     assert!(db.tags_of(&i).expect("tags").is_empty(), "all or nothing");
+    // Internet gateways are not a resource ec2lab has yet.
     assert!(matches!(
-        db.create_tags(&["sg-123".into()], &[("k".into(), "v".into())]),
+        db.create_tags(&["igw-123".into()], &[("k".into(), "v".into())]),
         Err(DbError::InvalidId(_))
+    ));
+    assert!(matches!(
+        db.create_tags(
+            &["sg-0000000000000000a".into()],
+            &[("k".into(), "v".into())]
+        ),
+        Err(DbError::NotFound {
+            kind: IdKind::SecurityGroup,
+            ..
+        })
     ));
     assert!(matches!(
         db.describe_tags(&[Filter::new("tag:x", &["y"])], &PageRequest::default()),

@@ -174,6 +174,161 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         ],
     );
     let id = format!("i-{}", between(&run, "<instanceId>i-", "</instanceId>"));
+    assert!(run.contains("<privateIpAddress>172.31."), "{run}");
+    let vpcs = s.call(
+        "DescribeVpcs",
+        &[("Filter.1.Name", "isDefault"), ("Filter.1.Value.1", "true")],
+    );
+    let vpc = format!("vpc-{}", between(&vpcs, "<vpcId>vpc-", "</vpcId>"));
+    s.call(
+        "CreateTags",
+        &[
+            ("ResourceId.1", vpc.as_str()),
+            ("Tag.1.Key", "Name"),
+            ("Tag.1.Value", "lab"),
+        ],
+    );
+    for attribute in [
+        "enableDnsSupport",
+        "enableDnsHostnames",
+        "enableNetworkAddressUsageMetrics",
+    ] {
+        s.call(
+            "DescribeVpcAttribute",
+            &[("VpcId", vpc.as_str()), ("Attribute", attribute)],
+        );
+    }
+    let tagged = s.call("DescribeVpcs", &[("VpcId.1", vpc.as_str())]);
+    assert!(tagged.contains("<value>lab</value>"), "{tagged}");
+    let subnets = s.call(
+        "DescribeSubnets",
+        &[
+            ("Filter.1.Name", "vpc-id"),
+            ("Filter.1.Value.1", vpc.as_str()),
+            ("Filter.2.Name", "default-for-az"),
+            ("Filter.2.Value.1", "true"),
+            ("Filter.3.Name", "availability-zone"),
+            ("Filter.3.Value.1", "us-east-1b"),
+        ],
+    );
+    let subnet = format!(
+        "subnet-{}",
+        between(&subnets, "<subnetId>subnet-", "</subnetId>")
+    );
+    let groups = s.call("DescribeSecurityGroups", &[("GroupName.1", "default")]);
+    let group = format!("sg-{}", between(&groups, "<groupId>sg-", "</groupId>"));
+    let placed = s.call(
+        "RunInstances",
+        &[
+            ("ImageId", ami.as_str()),
+            ("InstanceType", "lab.nano"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("NetworkInterface.1.DeviceIndex", "0"),
+            ("NetworkInterface.1.SubnetId", subnet.as_str()),
+            ("NetworkInterface.1.PrivateIpAddress", "172.31.16.10"),
+            ("NetworkInterface.1.DeleteOnTermination", "true"),
+            ("NetworkInterface.1.AssociatePublicIpAddress", "true"),
+            ("NetworkInterface.1.SecurityGroupId.1", group.as_str()),
+        ],
+    );
+    assert!(
+        placed.contains("<privateIpAddress>172.31.16.10</privateIpAddress>"),
+        "{placed}"
+    );
+    s.call(
+        "DescribeNetworkInterfaces",
+        &[
+            ("Filter.1.Name", "private-ip-address"),
+            ("Filter.1.Value.1", "172.31.16.10"),
+        ],
+    );
+    s.call("DescribeNetworkInterfaces", &[]);
+    // What EC2 refuses about a launch's networking, refused the same way.
+    let launch_with = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
+            ("ImageId", ami.clone()),
+            ("MinCount", "1".to_string()),
+            ("MaxCount", "1".to_string()),
+        ];
+        pairs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        pairs
+    };
+    let missing_subnet = "subnet-0123456789abcdef0";
+    let refusals: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (
+            launch_with(&[("SubnetId", missing_subnet)]),
+            "InvalidSubnetID.NotFound",
+        ),
+        (
+            launch_with(&[("SubnetId", "subnet-nothex")]),
+            "InvalidSubnetID.Malformed",
+        ),
+        (
+            launch_with(&[("SecurityGroupId.1", "sg-0123456789abcdef0")]),
+            "InvalidGroup.NotFound",
+        ),
+        (
+            launch_with(&[("SecurityGroup.1", "web")]),
+            "InvalidGroup.NotFound",
+        ),
+        (
+            launch_with(&[("PrivateIpAddress", "172.31.16.10")]),
+            "InvalidParameterValue",
+        ),
+        (
+            launch_with(&[
+                ("SubnetId", subnet.as_str()),
+                ("PrivateIpAddress", "172.31.16.10"),
+            ]),
+            "InvalidIPAddress.InUse",
+        ),
+        (
+            launch_with(&[
+                ("SubnetId", subnet.as_str()),
+                ("Placement.AvailabilityZone", "us-east-1a"),
+            ]),
+            "InvalidParameterValue",
+        ),
+        (
+            launch_with(&[
+                ("SubnetId", subnet.as_str()),
+                ("NetworkInterface.1.DeviceIndex", "0"),
+                ("NetworkInterface.1.SubnetId", subnet.as_str()),
+            ]),
+            "InvalidParameterCombination",
+        ),
+        (
+            launch_with(&[
+                ("NetworkInterface.1.DeviceIndex", "0"),
+                ("NetworkInterface.2.DeviceIndex", "1"),
+            ]),
+            "UnsupportedOperation",
+        ),
+        (
+            launch_with(&[("NetworkInterface.1.SubnetId", subnet.as_str())]),
+            "MissingParameter",
+        ),
+    ];
+    for (pairs, code) in refusals {
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        s.refused("RunInstances", &borrowed, code);
+    }
+    s.refused(
+        "DescribeSubnets",
+        &[("SubnetId.1", missing_subnet)],
+        "InvalidSubnetID.NotFound",
+    );
+    s.refused(
+        "DescribeVpcs",
+        &[("Filter.1.Name", "colour"), ("Filter.1.Value.1", "red")],
+        "InvalidParameterValue",
+    );
+    s.refused(
+        "DescribeSecurityGroups",
+        &[("GroupName.1", "web")],
+        "InvalidGroup.NotFound",
+    );
     s.call("DescribeInstances", &[]);
     s.call(
         "DescribeInstances",

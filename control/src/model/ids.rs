@@ -1,5 +1,5 @@
 //! EC2 resource ids: `i-0123456789abcdef0`, `r-…`, `ami-…`, `aki-…`, `key-…`,
-//! `vol-…`, `eni-…`.
+//! `vol-…`, `eni-…`, `vpc-…`, `subnet-…`, `sg-…`.
 //!
 //! EC2 ids are a type prefix, a dash and 17 lowercase hex digits (older
 //! resources have 8). Clients parse nothing but the prefix, yet the API must
@@ -28,11 +28,14 @@ pub enum IdKind {
     Volume,
     NetworkInterface,
     Snapshot,
+    Vpc,
+    Subnet,
+    SecurityGroup,
 }
 
 impl IdKind {
     /// Every kind, for tables and exhaustive tests.
-    pub const ALL: [IdKind; 8] = [
+    pub const ALL: [IdKind; 11] = [
         IdKind::Instance,
         IdKind::Reservation,
         IdKind::Image,
@@ -41,6 +44,9 @@ impl IdKind {
         IdKind::Volume,
         IdKind::NetworkInterface,
         IdKind::Snapshot,
+        IdKind::Vpc,
+        IdKind::Subnet,
+        IdKind::SecurityGroup,
     ];
 
     /// The prefix before the dash.
@@ -54,6 +60,9 @@ impl IdKind {
             IdKind::Volume => "vol",
             IdKind::NetworkInterface => "eni",
             IdKind::Snapshot => "snap",
+            IdKind::Vpc => "vpc",
+            IdKind::Subnet => "subnet",
+            IdKind::SecurityGroup => "sg",
         }
     }
 
@@ -68,6 +77,9 @@ impl IdKind {
             IdKind::Volume => "volume",
             IdKind::NetworkInterface => "network-interface",
             IdKind::Snapshot => "snapshot",
+            IdKind::Vpc => "vpc",
+            IdKind::Subnet => "subnet",
+            IdKind::SecurityGroup => "security-group",
         }
     }
 
@@ -83,6 +95,9 @@ impl IdKind {
             IdKind::Volume => "InvalidVolumeID.Malformed",
             IdKind::NetworkInterface => "InvalidNetworkInterfaceID.Malformed",
             IdKind::Snapshot => "InvalidSnapshotID.Malformed",
+            IdKind::Vpc => "InvalidVpcID.Malformed",
+            IdKind::Subnet => "InvalidSubnetID.Malformed",
+            IdKind::SecurityGroup => "InvalidGroupId.Malformed",
         }
     }
 
@@ -96,6 +111,9 @@ impl IdKind {
             IdKind::Volume => "InvalidVolume.NotFound",
             IdKind::NetworkInterface => "InvalidNetworkInterfaceID.NotFound",
             IdKind::Snapshot => "InvalidSnapshot.NotFound",
+            IdKind::Vpc => "InvalidVpcID.NotFound",
+            IdKind::Subnet => "InvalidSubnetID.NotFound",
+            IdKind::SecurityGroup => "InvalidGroup.NotFound",
         }
     }
 
@@ -266,7 +284,8 @@ mod tests {
     fn kind_of_reads_only_the_prefix() {
         assert_eq!(IdKind::of("aki-0123"), Some(IdKind::Kernel));
         assert_eq!(IdKind::of("key-x"), Some(IdKind::KeyPair));
-        assert_eq!(IdKind::of("sg-0123"), None);
+        assert_eq!(IdKind::of("sg-0123"), Some(IdKind::SecurityGroup));
+        assert_eq!(IdKind::of("igw-0123"), None);
         assert_eq!(IdKind::of("nodash"), None);
     }
 }

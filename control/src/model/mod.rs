@@ -10,6 +10,8 @@ pub mod filter;
 pub mod ids;
 pub mod instance_types;
 pub mod state;
+pub mod vpc;
+pub mod zones;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +22,10 @@ use time::OffsetDateTime;
 pub use filter::{Filter, FilterError, Filterable, Page, PageRequest};
 pub use ids::IdKind;
 pub use state::{InstanceState, ShutdownBehavior, StateReason};
+
+/// The region the lab is (`ec2lab serve` answers as us-east-1), whose
+/// zones the default VPC's subnets are in.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// The availability zone every instance is placed in: one host, one zone.
 pub const DEFAULT_AVAILABILITY_ZONE: &str = "us-east-1a";
@@ -209,6 +215,20 @@ pub struct Instance {
     pub console_output_path: Option<PathBuf>,
     /// When it entered `terminated`; garbage collection counts from here.
     pub terminated_at: Option<OffsetDateTime>,
+    /// Attached ENIs by device index: one (index 0) from launch until
+    /// termination deletes it, none for a terminated instance (EC2 then
+    /// shows no VPC, subnet or address either).
+    pub network_interfaces: Vec<vpc::NetworkInterface>,
+}
+
+impl Instance {
+    /// The primary interface (device index 0), which gives the instance
+    /// its VPC, subnet, private address and security groups.
+    pub fn primary_interface(&self) -> Option<&vpc::NetworkInterface> {
+        self.network_interfaces
+            .iter()
+            .find(|n| n.attachment.as_ref().is_some_and(|a| a.device_index == 0))
+    }
 }
 
 /// Filter names DescribeInstances accepts, besides `tag:<key>`.
@@ -244,6 +264,23 @@ pub const INSTANCE_FILTERS: &[&str] = &[
     "metadata-options.http-put-response-hop-limit",
     "metadata-options.instance-metadata-tags",
     "hibernation-options.configured",
+    "vpc-id",
+    "subnet-id",
+    "private-ip-address",
+    "private-dns-name",
+    "source-dest-check",
+    "network-interface.network-interface-id",
+    "network-interface.subnet-id",
+    "network-interface.vpc-id",
+    "network-interface.mac-address",
+    "network-interface.private-dns-name",
+    "network-interface.status",
+    "network-interface.attachment.device-index",
+    "network-interface.addresses.private-ip-address",
+    "network-interface.group-id",
+    "network-interface.group-name",
+    "instance.group-id",
+    "instance.group-name",
     "tag-key",
     "tag-value",
 ];
@@ -333,12 +370,63 @@ impl Filterable for Instance {
                 one(self.metadata_options.instance_metadata_tags.name())
             }
             "hibernation-options.configured" => b(self.hibernation_configured),
-            _ => None,
+            _ => self.network_filter_values(name),
         }
     }
 
     fn knows_filter(name: &str) -> bool {
         is_tag_filter(name) || INSTANCE_FILTERS.contains(&name)
+    }
+}
+
+impl Instance {
+    /// The networking filters of DescribeInstances: the primary
+    /// interface's for the instance-level names, every interface's for the
+    /// `network-interface.*` ones.
+    fn network_filter_values(&self, name: &str) -> Option<Vec<String>> {
+        let primary = |f: &dyn Fn(&vpc::NetworkInterface) -> Vec<String>| {
+            Some(self.primary_interface().map(f).unwrap_or_default())
+        };
+        let each = |f: &dyn Fn(&vpc::NetworkInterface) -> Vec<String>| {
+            Some(self.network_interfaces.iter().flat_map(f).collect())
+        };
+        let groups = |n: &vpc::NetworkInterface| -> Vec<String> {
+            n.groups.iter().map(|g| g.group_id.clone()).collect()
+        };
+        let group_names = |n: &vpc::NetworkInterface| -> Vec<String> {
+            n.groups.iter().map(|g| g.group_name.clone()).collect()
+        };
+        match name {
+            "vpc-id" => primary(&|n| vec![n.vpc_id.clone()]),
+            "subnet-id" => primary(&|n| vec![n.subnet_id.clone()]),
+            "private-ip-address" => primary(&|n| vec![n.private_ip_address.to_string()]),
+            "private-dns-name" => {
+                primary(&|n| vec![vpc::private_dns_name(n.private_ip_address, DEFAULT_REGION)])
+            }
+            "source-dest-check" => primary(&|n| vec![n.source_dest_check.to_string()]),
+            "instance.group-id" => primary(&groups),
+            "instance.group-name" => primary(&group_names),
+            "network-interface.network-interface-id" => each(&|n| vec![n.id.clone()]),
+            "network-interface.subnet-id" => each(&|n| vec![n.subnet_id.clone()]),
+            "network-interface.vpc-id" => each(&|n| vec![n.vpc_id.clone()]),
+            "network-interface.mac-address" => each(&|n| vec![n.mac_address.clone()]),
+            "network-interface.private-dns-name" => {
+                each(&|n| vec![vpc::private_dns_name(n.private_ip_address, DEFAULT_REGION)])
+            }
+            "network-interface.status" => each(&|n| vec![n.status().to_string()]),
+            "network-interface.attachment.device-index" => each(&|n| {
+                n.attachment
+                    .iter()
+                    .map(|a| a.device_index.to_string())
+                    .collect()
+            }),
+            "network-interface.addresses.private-ip-address" => {
+                each(&|n| vec![n.private_ip_address.to_string()])
+            }
+            "network-interface.group-id" => each(&groups),
+            "network-interface.group-name" => each(&group_names),
+            _ => None,
+        }
     }
 }
 
@@ -649,6 +737,7 @@ mod tests {
             vmm: None,
             console_output_path: None,
             terminated_at: None,
+            network_interfaces: Vec::new(),
         }
     }
 

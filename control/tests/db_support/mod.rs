@@ -55,6 +55,7 @@ pub fn instance(reservation_id: &str, index: u32, launched: OffsetDateTime) -> I
         vmm: None,
         console_output_path: None,
         terminated_at: None,
+        network_interfaces: Vec::new(),
     }
 }
 

@@ -75,6 +75,15 @@ pub fn db_error(ctx: &Ctx<'_>, e: DbError) -> Ec2Error {
                     format!("The image id '[{}]' does not exist", ids.join(", "))
                 }
                 IdKind::KeyPair => format!("The key pair '{}' does not exist", ids.join(", ")),
+                IdKind::Vpc => format!("The vpc ID '{}' does not exist", ids.join(", ")),
+                IdKind::Subnet => format!("The subnet ID '{}' does not exist", ids.join(", ")),
+                IdKind::SecurityGroup => {
+                    format!("The security group '{}' does not exist", ids.join(", "))
+                }
+                IdKind::NetworkInterface => format!(
+                    "The networkInterface ID '{}' does not exist",
+                    ids.join(", ")
+                ),
                 _ => e.to_string(),
             };
             bad(kind.not_found_code(), message)
@@ -93,6 +102,7 @@ pub fn db_error(ctx: &Ctx<'_>, e: DbError) -> Ec2Error {
         DbError::Conflict { .. } => bad("InvalidParameterValue", e.to_string()),
         DbError::InvalidId(id) => bad("InvalidID", format!("The ID '{id}' is not valid")),
         DbError::InvalidQuery(f) => bad(f.code(), f.to_string()),
+        DbError::Ipam(i) => bad(i.code(), i.to_string()),
         _ => {
             log::error!("{}: {e}", ctx.request_id);
             Ec2Error::internal_error()

@@ -12,17 +12,18 @@ use time::OffsetDateTime;
 use super::common::{
     check_ids, db_error, filters, lab, lab_error, page, tag_set, tag_specifications,
 };
-use super::Ctx;
+use super::{vpcs, Ctx};
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
-use crate::db::{InsertOutcome, InstanceQuery};
+use crate::db::{DbError, InsertOutcome, InstanceQuery};
 use crate::model::ids::{self, IdKind};
 use crate::model::instance_types;
 use crate::model::state::{self, Event, InstanceState, ShutdownBehavior};
+use crate::model::vpc::IpamError;
 use crate::model::{
     group_into_reservations, HttpTokens, Instance, MetadataOptions, Placement, Reservation,
-    RootVolume, Toggle, DEFAULT_OWNER_ID,
+    RootVolume, Toggle, DEFAULT_AVAILABILITY_ZONE, DEFAULT_OWNER_ID,
 };
 
 /// EC2's limit on user data: 16 KB before base64.
@@ -48,14 +49,13 @@ fn state_node(name: &'static str, s: InstanceState) -> XmlNode {
 }
 
 /// One instance as `instancesSet/item`.
-fn instance_node(i: &Instance) -> Vec<XmlNode> {
+fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
     let itype = instance_types::lookup(&i.instance_type);
     let vcpus = itype.map_or(1, |t| t.vcpus);
     let mut n = vec![
         XmlNode::text("instanceId", i.id.as_str()),
         XmlNode::text("imageId", i.image_id.as_str()),
         state_node("instanceState", i.state),
-        XmlNode::text("privateDnsName", ""),
         XmlNode::text("dnsName", ""),
         XmlNode::text("reason", i.state_transition_reason.as_str()),
     ];
@@ -79,9 +79,16 @@ fn instance_node(i: &Instance) -> Vec<XmlNode> {
     if let Some(k) = &i.kernel_id {
         n.push(XmlNode::text("kernelId", k.as_str()));
     }
+    n.extend([XmlNode::element(
+        "monitoring",
+        vec![XmlNode::text("state", "disabled")],
+    )]);
+    n.extend(vpcs::instance_network_nodes(
+        &i.network_interfaces,
+        i.primary_interface(),
+        region,
+    ));
     n.extend([
-        XmlNode::element("monitoring", vec![XmlNode::text("state", "disabled")]),
-        XmlNode::list("groupSet", Vec::<Vec<XmlNode>>::new()),
         XmlNode::text("architecture", "x86_64"),
         XmlNode::text("rootDeviceType", "ebs"),
         XmlNode::text("rootDeviceName", "/dev/xvda"),
@@ -117,7 +124,6 @@ fn instance_node(i: &Instance) -> Vec<XmlNode> {
     }
     n.extend([
         XmlNode::text("hypervisor", "xen"),
-        XmlNode::list("networkInterfaceSet", Vec::<Vec<XmlNode>>::new()),
         XmlNode::bool("ebsOptimized", false),
         XmlNode::bool("enaSupport", true),
     ]);
@@ -171,12 +177,15 @@ fn instance_node(i: &Instance) -> Vec<XmlNode> {
     n
 }
 
-fn reservation_node(r: &Reservation) -> Vec<XmlNode> {
+fn reservation_node(r: &Reservation, region: &str) -> Vec<XmlNode> {
     vec![
         XmlNode::text("reservationId", r.id.as_str()),
         XmlNode::text("ownerId", r.owner_id.as_str()),
         XmlNode::list("groupSet", Vec::<Vec<XmlNode>>::new()),
-        XmlNode::list("instancesSet", r.instances.iter().map(instance_node)),
+        XmlNode::list(
+            "instancesSet",
+            r.instances.iter().map(|i| instance_node(i, region)),
+        ),
     ]
 }
 
@@ -207,10 +216,11 @@ struct Launch {
     delete_on_termination: bool,
     client_token: Option<String>,
     zone: Option<String>,
+    network: vpcs::LaunchNetwork,
 }
 
 fn parse_launch(params: &Params) -> Result<Launch, Ec2Error> {
-    params.reject_unknown(&[
+    let known: Vec<&str> = [
         "ImageId",
         "InstanceType",
         "MinCount",
@@ -229,14 +239,15 @@ fn parse_launch(params: &Params) -> Result<Launch, Ec2Error> {
         "DryRun",
         "Monitoring",
         "EbsOptimized",
-        "SecurityGroupId",
-        "SecurityGroup",
-        "SubnetId",
         "CreditSpecification",
         "PrivateDnsNameOptions",
         "MaintenanceOptions",
         "EnablePrimaryIpv6",
-    ])?;
+    ]
+    .into_iter()
+    .chain(vpcs::LAUNCH_PARAMETERS.iter().copied())
+    .collect();
+    params.reject_unknown(&known)?;
     let image_id = params.required("ImageId")?;
     check_ids(IdKind::Image, &[image_id])?;
     let kernel_id = match params.optional("KernelId") {
@@ -345,6 +356,7 @@ fn parse_launch(params: &Params) -> Result<Launch, Ec2Error> {
         zone: params
             .optional("Placement.AvailabilityZone")
             .map(str::to_string),
+        network: vpcs::parse_launch_network(params)?,
     })
 }
 
@@ -359,7 +371,7 @@ pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
             .find_reservation_by_client_token(token)
             .map_err(|e| db_error(ctx, e))?
         {
-            return Ok(reservation_node(&existing));
+            return Ok(reservation_node(&existing, ctx.region));
         }
     }
     let image = lab
@@ -387,6 +399,17 @@ pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
             )));
         }
     }
+    let (interface, zone) = vpcs::resolve_launch_network(
+        ctx,
+        &launch.network,
+        launch.zone.as_deref(),
+        DEFAULT_AVAILABILITY_ZONE,
+    )?;
+    if vpcs::asks_for_an_address(&launch.network) && launch.max > 1 {
+        return Err(Ec2Error::invalid_parameter_combination(
+            "A private IP address can only be given to one instance: MaxCount must be 1",
+        ));
+    }
     // As many as fit, but at least MinCount (EC2's rule).
     let fit = lab
         .how_many_fit(&launch.instance_type)
@@ -396,6 +419,21 @@ pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
         return Err(Ec2Error::insufficient_instance_capacity(
             &launch.instance_type,
         ));
+    }
+    // The same rule for addresses: as many as the subnet has free, at
+    // least MinCount. The launch's transaction checks again, so a race
+    // with another launch fails cleanly instead of over-allocating.
+    let free = lab
+        .db
+        .get_subnet(&interface.subnet_id)
+        .map_err(|e| db_error(ctx, e))?
+        .available_ip_address_count;
+    let count = u32::try_from(free).unwrap_or(u32::MAX).min(count);
+    if count < launch.min {
+        let full = IpamError::SubnetFull {
+            subnet_id: interface.subnet_id.clone(),
+        };
+        return Err(db_error(ctx, DbError::Ipam(full)));
     }
     let now = OffsetDateTime::now_utc();
     let reservation_id = ids::generate(IdKind::Reservation);
@@ -432,18 +470,17 @@ pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
                 hibernation_configured: launch.hibernation,
                 client_token: launch.client_token.clone(),
                 ami_launch_index: index,
-                placement: launch
-                    .zone
-                    .clone()
-                    .map(|availability_zone| Placement { availability_zone })
-                    .unwrap_or_default(),
+                placement: Placement {
+                    availability_zone: zone.clone(),
+                },
                 vmm: None,
                 console_output_path: None,
                 terminated_at: None,
+                network_interfaces: Vec::new(),
             }
         })
         .collect();
-    let reservation = Reservation {
+    let mut reservation = Reservation {
         id: reservation_id,
         owner_id: DEFAULT_OWNER_ID.to_string(),
         client_token: launch.client_token.clone(),
@@ -451,16 +488,16 @@ pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2
     };
     match lab
         .db
-        .insert_reservation_with_instances(&reservation)
+        .insert_reservation(&mut reservation, Some(&interface))
         .map_err(|e| db_error(ctx, e))?
     {
-        InsertOutcome::Existing(existing) => Ok(reservation_node(&existing)),
+        InsertOutcome::Existing(existing) => Ok(reservation_node(&existing, ctx.region)),
         InsertOutcome::Created => {
             for i in &reservation.instances {
                 log::info!("{}: launching {} ({})", i.id, i.image_id, i.instance_type);
                 lab.spawn_boot(i.id.clone());
             }
-            Ok(reservation_node(&reservation))
+            Ok(reservation_node(&reservation, ctx.region))
         }
     }
 }
@@ -488,7 +525,7 @@ pub fn describe_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
     let reservations = group_into_reservations(found.items, DEFAULT_OWNER_ID);
     let mut out = vec![XmlNode::list(
         "reservationSet",
-        reservations.iter().map(reservation_node),
+        reservations.iter().map(|r| reservation_node(r, ctx.region)),
     )];
     if let Some(token) = found.next_token {
         out.push(XmlNode::text("nextToken", token));

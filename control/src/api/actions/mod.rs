@@ -17,6 +17,7 @@ mod keypairs;
 mod operations;
 mod regions;
 mod tags;
+mod vpcs;
 
 pub use filter::{wildcard_match, Filter};
 pub use operations::EC2_OPERATIONS;
@@ -93,8 +94,16 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeInstanceTypes", regions::describe_instance_types),
     ("DescribeInstances", instances::describe_instances),
     ("DescribeKeyPairs", keypairs::describe_key_pairs),
+    (
+        "DescribeNetworkInterfaces",
+        vpcs::describe_network_interfaces,
+    ),
     ("DescribeRegions", regions::describe_regions),
+    ("DescribeSecurityGroups", vpcs::describe_security_groups),
+    ("DescribeSubnets", vpcs::describe_subnets),
     ("DescribeTags", tags::describe_tags),
+    ("DescribeVpcAttribute", vpcs::describe_vpc_attribute),
+    ("DescribeVpcs", vpcs::describe_vpcs),
     ("GetConsoleOutput", instances::get_console_output),
     ("ImportKeyPair", keypairs::import_key_pair),
     (
@@ -154,7 +163,9 @@ mod tests {
 
     #[test]
     fn unknown_actions_are_invalid_and_unimplemented_ones_unsupported() {
-        let err = lookup("DescribeVpcs").err().map(|e| e.code().to_owned());
+        let err = lookup("DescribeVpnGateways")
+            .err()
+            .map(|e| e.code().to_owned());
         assert_eq!(err.as_deref(), Some("UnsupportedOperation"));
         let err = lookup("MakeCoffee").err().map(|e| e.code().to_owned());
         assert_eq!(err.as_deref(), Some("InvalidAction"));

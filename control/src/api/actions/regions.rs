@@ -8,9 +8,7 @@ use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
 use crate::model::instance_types::{InstanceType, INSTANCE_TYPES};
-
-/// Zone letters of the configured region.
-const ZONE_LETTERS: &[char] = &['a', 'b', 'c'];
+use crate::model::zones::zones;
 
 /// `DescribeRegions`: the configured region, which is the only one there is.
 pub fn describe_regions(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
@@ -37,42 +35,6 @@ pub fn describe_regions(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, 
         ]
     });
     Ok(vec![XmlNode::list("regionInfo", regions)])
-}
-
-/// One zone of the configured region.
-struct Zone {
-    name: String,
-    id: String,
-}
-
-fn zones(region: &str) -> Vec<Zone> {
-    let prefix = zone_id_prefix(region);
-    ZONE_LETTERS
-        .iter()
-        .enumerate()
-        .map(|(i, letter)| Zone {
-            name: format!("{region}{letter}"),
-            id: format!("{prefix}-az{}", i + 1),
-        })
-        .collect()
-}
-
-/// AWS's short region code used in zone ids: `us-east-1` → `use1`,
-/// `ap-southeast-2` → `apse2`, `eu-central-1` → `euc1`.
-fn zone_id_prefix(region: &str) -> String {
-    region
-        .split('-')
-        .enumerate()
-        .map(|(i, part)| match part {
-            _ if i == 0 => part.to_owned(),
-            "northeast" => "ne".to_owned(),
-            "northwest" => "nw".to_owned(),
-            "southeast" => "se".to_owned(),
-            "southwest" => "sw".to_owned(),
-            _ if part.chars().all(|c| c.is_ascii_digit()) => part.to_owned(),
-            _ => part.chars().take(1).collect(),
-        })
-        .collect()
 }
 
 /// `DescribeAvailabilityZones`: `{region}a`, `b`, `c`, all available.
@@ -273,20 +235,4 @@ fn instance_type_info(t: &InstanceType) -> Vec<XmlNode> {
         XmlNode::bool("autoRecoverySupported", true),
         XmlNode::text_list("supportedBootModes", ["legacy-bios"]),
     ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zone_ids_use_aws_region_codes() {
-        assert_eq!(zone_id_prefix("us-east-1"), "use1");
-        assert_eq!(zone_id_prefix("ap-southeast-2"), "apse2");
-        assert_eq!(zone_id_prefix("eu-central-1"), "euc1");
-        assert_eq!(zone_id_prefix("ap-northeast-1"), "apne1");
-        let z = zones("us-east-1");
-        assert_eq!(z[2].name, "us-east-1c");
-        assert_eq!(z[2].id, "use1-az3");
-    }
 }

@@ -1,0 +1,534 @@
+//! The VPC half of the repository: the default VPC, subnets, security
+//! groups and network interfaces, and the address allocation (IPAM) that
+//! RunInstances does inside its own transaction.
+//!
+//! Addresses are stored as integers so that "lowest free" and "in use" are
+//! plain comparisons and a `UNIQUE (subnet_id, private_ip)` index makes a
+//! double allocation impossible even if two writers raced.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use time::OffsetDateTime;
+
+use super::{from_ms, missing_ids, not_found, tags_of, to_ms, Db, DbError};
+use crate::model::filter::{self, Filter, Page, PageRequest};
+use crate::model::ids::{self, IdKind};
+use crate::model::vpc::{
+    self, Cidr, GroupIdentifier, InterfaceRequest, NetworkInterface, NetworkInterfaceAttachment,
+    SecurityGroup, Subnet, Vpc,
+};
+use crate::model::DEFAULT_OWNER_ID;
+
+/// A Describe query over one VPC resource kind: explicit ids (all must
+/// exist), filters, page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkQuery {
+    pub ids: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub page: PageRequest,
+}
+
+/// Schema version 2: the VPC resources. The default VPC's rows are not
+/// here: their ids are random, so [`ensure_default_vpc`] creates them.
+pub(super) const MIGRATION: &str = r#"
+    CREATE TABLE vpcs (
+        id          TEXT PRIMARY KEY,
+        cidr_block  TEXT NOT NULL,
+        is_default  INTEGER NOT NULL,
+        owner_id    TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL
+    ) STRICT;
+    -- At most one default VPC, as in an AWS region.
+    CREATE UNIQUE INDEX vpcs_one_default ON vpcs(is_default) WHERE is_default = 1;
+
+    CREATE TABLE subnets (
+        id                       TEXT PRIMARY KEY,
+        vpc_id                   TEXT NOT NULL REFERENCES vpcs(id),
+        cidr_block               TEXT NOT NULL,
+        availability_zone        TEXT NOT NULL,
+        availability_zone_id     TEXT NOT NULL,
+        default_for_az           INTEGER NOT NULL,
+        map_public_ip_on_launch  INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE security_groups (
+        id           TEXT PRIMARY KEY,
+        vpc_id       TEXT NOT NULL REFERENCES vpcs(id),
+        name         TEXT NOT NULL,
+        description  TEXT NOT NULL,
+        UNIQUE (vpc_id, name)
+    ) STRICT;
+
+    CREATE TABLE network_interfaces (
+        id                     TEXT PRIMARY KEY,
+        subnet_id              TEXT NOT NULL REFERENCES subnets(id),
+        private_ip             INTEGER NOT NULL,
+        mac_address            TEXT NOT NULL UNIQUE,
+        description            TEXT NOT NULL,
+        source_dest_check      INTEGER NOT NULL,
+        instance_id            TEXT REFERENCES instances(id),
+        device_index           INTEGER,
+        attach_time_ms         INTEGER,
+        delete_on_termination  INTEGER NOT NULL,
+        UNIQUE (subnet_id, private_ip),
+        UNIQUE (instance_id, device_index)
+    ) STRICT;
+    CREATE INDEX network_interfaces_instance ON network_interfaces(instance_id);
+
+    CREATE TABLE network_interface_groups (
+        network_interface_id  TEXT NOT NULL REFERENCES network_interfaces(id) ON DELETE CASCADE,
+        group_id              TEXT NOT NULL REFERENCES security_groups(id),
+        PRIMARY KEY (network_interface_id, group_id)
+    ) STRICT;
+"#;
+
+/// Creates AWS's default VPC for `region` unless there is one: the /16,
+/// a default /20 subnet per zone, the `default` security group. Runs on
+/// every open; after the first it only looks.
+pub(super) fn ensure_default_vpc(tx: &Transaction<'_>, region: &str) -> Result<(), DbError> {
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM vpcs WHERE is_default = 1")?
+        .exists([])?;
+    if exists {
+        return Ok(());
+    }
+    let (cidr, subnets) = vpc::default_vpc_layout(region);
+    let vpc_id = ids::generate(IdKind::Vpc);
+    tx.execute(
+        "INSERT INTO vpcs (id, cidr_block, is_default, owner_id, created_ms)
+         VALUES (?1, ?2, 1, ?3, ?4)",
+        params![
+            vpc_id,
+            cidr.to_string(),
+            DEFAULT_OWNER_ID,
+            to_ms(OffsetDateTime::now_utc())
+        ],
+    )?;
+    for s in subnets {
+        tx.execute(
+            "INSERT INTO subnets (id, vpc_id, cidr_block, availability_zone,
+                availability_zone_id, default_for_az, map_public_ip_on_launch)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, 1)",
+            params![
+                ids::generate(IdKind::Subnet),
+                vpc_id,
+                s.cidr.to_string(),
+                s.availability_zone,
+                s.availability_zone_id
+            ],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO security_groups (id, vpc_id, name, description) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            ids::generate(IdKind::SecurityGroup),
+            vpc_id,
+            vpc::DEFAULT_SECURITY_GROUP_NAME,
+            vpc::DEFAULT_SECURITY_GROUP_DESCRIPTION
+        ],
+    )?;
+    log::info!("created the default VPC {vpc_id} ({cidr}) for {region}");
+    Ok(())
+}
+
+impl Db {
+    /// DescribeVpcs, ordered by id.
+    pub fn list_vpcs(&self, query: &NetworkQuery) -> Result<Page<Vpc>, DbError> {
+        let conn = self.lock();
+        let all = select_all(&conn, "vpcs", IdKind::Vpc, &query.ids, vpc_from_row)?;
+        describe(all, query, |v| v.id.clone())
+    }
+
+    /// DescribeSubnets, ordered by id, with free addresses counted.
+    pub fn list_subnets(&self, query: &NetworkQuery) -> Result<Page<Subnet>, DbError> {
+        let conn = self.lock();
+        let all = select_all(
+            &conn,
+            "subnets",
+            IdKind::Subnet,
+            &query.ids,
+            subnet_from_row,
+        )?;
+        describe(all, query, |s| s.id.clone())
+    }
+
+    /// One subnet.
+    pub fn get_subnet(&self, id: &str) -> Result<Subnet, DbError> {
+        get_subnet(&self.lock(), id)
+    }
+
+    /// The default subnet of `zone` in the default VPC, if there is one.
+    pub fn default_subnet_for_zone(&self, zone: &str) -> Result<Option<Subnet>, DbError> {
+        let conn = self.lock();
+        let id: Option<String> = conn
+            .query_row(
+                "SELECT s.id FROM subnets s JOIN vpcs v ON v.id = s.vpc_id
+                 WHERE v.is_default = 1 AND s.default_for_az = 1 AND s.availability_zone = ?1",
+                [zone],
+                |r| r.get(0),
+            )
+            .optional()?;
+        id.map(|id| get_subnet(&conn, &id)).transpose()
+    }
+
+    /// DescribeSecurityGroups, ordered by id. `names` are `GroupName.N`:
+    /// each must name a group (in any VPC), as in EC2.
+    pub fn list_security_groups(
+        &self,
+        query: &NetworkQuery,
+        names: &[String],
+    ) -> Result<Page<SecurityGroup>, DbError> {
+        let conn = self.lock();
+        let all = select_all(
+            &conn,
+            "security_groups",
+            IdKind::SecurityGroup,
+            &query.ids,
+            group_from_row,
+        )?;
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !all.iter().any(|g| &g.name == *n))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(DbError::NotFound {
+                kind: IdKind::SecurityGroup,
+                ids: missing,
+            });
+        }
+        let named = all
+            .into_iter()
+            .filter(|g| names.is_empty() || names.contains(&g.name))
+            .collect();
+        describe(named, query, |g| g.id.clone())
+    }
+
+    /// DescribeNetworkInterfaces, ordered by id.
+    pub fn list_network_interfaces(
+        &self,
+        query: &NetworkQuery,
+    ) -> Result<Page<NetworkInterface>, DbError> {
+        let conn = self.lock();
+        let all = select_all(
+            &conn,
+            "network_interfaces",
+            IdKind::NetworkInterface,
+            &query.ids,
+            interface_from_row,
+        )?;
+        describe(all, query, |n| n.id.clone())
+    }
+}
+
+/// Every row of `table` (ordered by id), after checking that each of `ids`
+/// exists; only those rows when `ids` is not empty.
+fn select_all<T>(
+    conn: &Connection,
+    table: &'static str,
+    kind: IdKind,
+    ids: &[String],
+    from_row: fn(&Connection, &Row<'_>) -> Result<T, DbError>,
+) -> Result<Vec<T>, DbError> {
+    let missing = missing_ids(conn, table, ids)?;
+    if !missing.is_empty() {
+        return Err(DbError::NotFound { kind, ids: missing });
+    }
+    let sql = match table {
+        "network_interfaces" => format!("{INTERFACE_SELECT} ORDER BY n.id"),
+        _ => format!("SELECT * FROM {table} ORDER BY id"),
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: String = row.get("id")?;
+        if ids.is_empty() || ids.contains(&id) {
+            out.push(from_row(conn, row)?);
+        }
+    }
+    Ok(out)
+}
+
+fn describe<T: filter::Filterable>(
+    items: Vec<T>,
+    query: &NetworkQuery,
+    sort_key: impl Fn(&T) -> String,
+) -> Result<Page<T>, DbError> {
+    let kept = filter::apply(items, &query.filters)?;
+    Ok(filter::paginate(
+        kept,
+        sort_key,
+        &query.page,
+        filter::DESCRIBE_LIMITS,
+    )?)
+}
+
+fn vpc_from_row(conn: &Connection, row: &Row<'_>) -> Result<Vpc, DbError> {
+    let id: String = row.get("id")?;
+    Ok(Vpc {
+        cidr_block: row.get("cidr_block")?,
+        is_default: row.get("is_default")?,
+        owner_id: row.get("owner_id")?,
+        tags: tags_of(conn, &id)?,
+        id,
+    })
+}
+
+fn subnet_from_row(conn: &Connection, row: &Row<'_>) -> Result<Subnet, DbError> {
+    let id: String = row.get("id")?;
+    let cidr = parse_cidr(row.get("cidr_block")?)?;
+    let used: i64 = conn.query_row(
+        "SELECT count(*) FROM network_interfaces WHERE subnet_id = ?1",
+        [&id],
+        |r| r.get(0),
+    )?;
+    Ok(Subnet {
+        vpc_id: row.get("vpc_id")?,
+        cidr_block: cidr.to_string(),
+        availability_zone: row.get("availability_zone")?,
+        availability_zone_id: row.get("availability_zone_id")?,
+        default_for_az: row.get("default_for_az")?,
+        map_public_ip_on_launch: row.get("map_public_ip_on_launch")?,
+        available_ip_address_count: cidr
+            .assignable_count()
+            .saturating_sub(u64::try_from(used).unwrap_or(0)),
+        owner_id: DEFAULT_OWNER_ID.to_string(),
+        tags: tags_of(conn, &id)?,
+        id,
+    })
+}
+
+fn get_subnet(conn: &Connection, id: &str) -> Result<Subnet, DbError> {
+    let mut stmt = conn.prepare_cached("SELECT * FROM subnets WHERE id = ?1")?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(row) => subnet_from_row(conn, row),
+        None => Err(not_found(IdKind::Subnet, id)),
+    }
+}
+
+fn group_from_row(conn: &Connection, row: &Row<'_>) -> Result<SecurityGroup, DbError> {
+    let id: String = row.get("id")?;
+    Ok(SecurityGroup {
+        name: row.get("name")?,
+        description: row.get("description")?,
+        vpc_id: row.get("vpc_id")?,
+        owner_id: DEFAULT_OWNER_ID.to_string(),
+        tags: tags_of(conn, &id)?,
+        id,
+    })
+}
+
+/// Interfaces with what they take from their subnet, in one query: a
+/// DescribeInstances of many instances reads one row per interface.
+const INTERFACE_SELECT: &str =
+    "SELECT n.*, s.vpc_id AS vpc_id, s.availability_zone AS availability_zone
+     FROM network_interfaces n JOIN subnets s ON s.id = n.subnet_id";
+
+fn interface_from_row(conn: &Connection, row: &Row<'_>) -> Result<NetworkInterface, DbError> {
+    let id: String = row.get("id")?;
+    let ip: u32 = row.get("private_ip")?;
+    let instance_id: Option<String> = row.get("instance_id")?;
+    let attachment = match instance_id {
+        Some(instance_id) => Some(NetworkInterfaceAttachment {
+            attachment_id: vpc::attachment_id(&id),
+            instance_id,
+            device_index: row.get::<_, Option<u32>>("device_index")?.unwrap_or(0),
+            attach_time: from_ms(row.get::<_, Option<i64>>("attach_time_ms")?.unwrap_or(0))?,
+            delete_on_termination: row.get("delete_on_termination")?,
+        }),
+        None => None,
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT g.id, g.name FROM network_interface_groups ng
+         JOIN security_groups g ON g.id = ng.group_id
+         WHERE ng.network_interface_id = ?1 ORDER BY g.id",
+    )?;
+    let groups = stmt
+        .query_map([&id], |r| {
+            Ok(GroupIdentifier {
+                group_id: r.get(0)?,
+                group_name: r.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(NetworkInterface {
+        subnet_id: row.get("subnet_id")?,
+        vpc_id: row.get("vpc_id")?,
+        availability_zone: row.get("availability_zone")?,
+        description: row.get("description")?,
+        mac_address: row.get("mac_address")?,
+        private_ip_address: Ipv4Addr::from(ip),
+        source_dest_check: row.get("source_dest_check")?,
+        groups,
+        attachment,
+        owner_id: DEFAULT_OWNER_ID.to_string(),
+        tags: tags_of(conn, &id)?,
+        id,
+    })
+}
+
+fn parse_cidr(text: String) -> Result<Cidr, DbError> {
+    Cidr::parse(&text).ok_or(DbError::Corrupt {
+        column: "subnets.cidr_block",
+        value: text,
+    })
+}
+
+/// The interfaces attached to `instance_id`, by device index.
+pub(super) fn interfaces_of_instance(
+    conn: &Connection,
+    instance_id: &str,
+) -> Result<Vec<NetworkInterface>, DbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{INTERFACE_SELECT} WHERE n.instance_id = ?1 ORDER BY n.device_index"
+    ))?;
+    let mut rows = stmt.query([instance_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(interface_from_row(conn, row)?);
+    }
+    Ok(out)
+}
+
+/// The security groups `request` names, resolved in the subnet's VPC; the
+/// VPC's default group when it names none.
+fn resolve_groups(
+    tx: &Transaction<'_>,
+    vpc_id: &str,
+    request: &InterfaceRequest,
+) -> Result<Vec<String>, DbError> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    let mut by_id =
+        tx.prepare_cached("SELECT id FROM security_groups WHERE id = ?1 AND vpc_id = ?2")?;
+    for id in &request.group_ids {
+        match by_id
+            .query_row([id, vpc_id], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            Some(id) => found.push(id),
+            None => missing.push(id.clone()),
+        }
+    }
+    let mut by_name =
+        tx.prepare_cached("SELECT id FROM security_groups WHERE name = ?1 AND vpc_id = ?2")?;
+    for name in &request.group_names {
+        match by_name
+            .query_row([name, vpc_id], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            Some(id) => found.push(id),
+            None => missing.push(name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(DbError::NotFound {
+            kind: IdKind::SecurityGroup,
+            ids: missing,
+        });
+    }
+    if found.is_empty() {
+        found.push(
+            by_name.query_row([vpc::DEFAULT_SECURITY_GROUP_NAME, vpc_id], |r| {
+                r.get::<_, String>(0)
+            })?,
+        );
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// Creates the primary interface (device index 0) of `instance_id` as
+/// `request` asks, inside the launch's transaction, and returns it.
+pub(super) fn create_primary_interface(
+    tx: &Transaction<'_>,
+    instance_id: &str,
+    request: &InterfaceRequest,
+    now: OffsetDateTime,
+) -> Result<NetworkInterface, DbError> {
+    let subnet = get_subnet(tx, &request.subnet_id)?;
+    let cidr = parse_cidr(subnet.cidr_block.clone())?;
+    let groups = resolve_groups(tx, &subnet.vpc_id, request)?;
+    let used: BTreeSet<Ipv4Addr> = {
+        let mut stmt =
+            tx.prepare_cached("SELECT private_ip FROM network_interfaces WHERE subnet_id = ?1")?;
+        let rows = stmt.query_map([&subnet.id], |r| r.get::<_, u32>(0))?;
+        rows.map(|r| r.map(Ipv4Addr::from))
+            .collect::<Result<_, _>>()?
+    };
+    let ip = vpc::pick_address(&subnet.id, cidr, &used, request.private_ip)?;
+    let id = ids::generate(IdKind::NetworkInterface);
+    let mac = fresh_mac(tx)?;
+    tx.execute(
+        "INSERT INTO network_interfaces (id, subnet_id, private_ip, mac_address, description,
+            source_dest_check, instance_id, device_index, attach_time_ms, delete_on_termination)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, 0, ?7, ?8)",
+        params![
+            id,
+            subnet.id,
+            u32::from(ip),
+            mac,
+            request.description,
+            instance_id,
+            to_ms(now),
+            request.delete_on_termination
+        ],
+    )?;
+    let mut add_group = tx.prepare_cached(
+        "INSERT INTO network_interface_groups (network_interface_id, group_id) VALUES (?1, ?2)",
+    )?;
+    for g in &groups {
+        add_group.execute([&id, g])?;
+    }
+    let mut stmt = tx.prepare_cached(&format!("{INTERFACE_SELECT} WHERE n.id = ?1"))?;
+    let mut rows = stmt.query([&id])?;
+    match rows.next()? {
+        Some(row) => interface_from_row(tx, row),
+        None => Err(not_found(IdKind::NetworkInterface, &id)),
+    }
+}
+
+/// A MAC no interface has. 40 random bits make a clash unlikely; a few
+/// tries make it practically impossible.
+fn fresh_mac(tx: &Transaction<'_>) -> Result<String, DbError> {
+    let mut taken = tx.prepare_cached("SELECT 1 FROM network_interfaces WHERE mac_address = ?1")?;
+    for _ in 0..16 {
+        let mac = vpc::random_mac();
+        if !taken.exists([&mac])? {
+            return Ok(mac);
+        }
+    }
+    Err(DbError::Conflict {
+        kind: IdKind::NetworkInterface,
+        id: String::new(),
+        reason: "no unused MAC address found",
+    })
+}
+
+/// Termination: interfaces with DeleteOnTermination go (freeing their
+/// address), the others are detached and stay `available`.
+pub(super) fn release_interfaces(tx: &Transaction<'_>, instance_id: &str) -> Result<(), DbError> {
+    let doomed: Vec<String> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM network_interfaces WHERE instance_id = ?1 AND delete_on_termination = 1",
+        )?;
+        let rows = stmt.query_map([instance_id], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for id in &doomed {
+        tx.execute("DELETE FROM network_interfaces WHERE id = ?1", [id])?;
+        tx.execute("DELETE FROM tags WHERE resource_id = ?1", [id])?;
+    }
+    tx.execute(
+        "UPDATE network_interfaces SET instance_id = NULL, device_index = NULL,
+            attach_time_ms = NULL
+         WHERE instance_id = ?1",
+        [instance_id],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+"""The default VPC as the aws CLI and boto3 see it: the lookups tools do
+before a launch (isDefault, default-for-az), a launch into a chosen subnet
+with a chosen private address, and the errors EC2 gives for bad subnets
+and taken addresses."""
+import botocore
+import pytest
+
+from conftest import aws, aws_error
+
+MISSING_SUBNET = "subnet-0123456789abcdef0"
+
+
+@pytest.fixture(scope="module")
+def default_vpc():
+    vpcs = aws("describe-vpcs", "--filters", "Name=isDefault,Values=true")["Vpcs"]
+    assert len(vpcs) == 1, vpcs
+    return vpcs[0]
+
+
+def default_subnets(vpc_id):
+    return aws("describe-subnets", "--filters", f"Name=vpc-id,Values={vpc_id}",
+               "Name=default-for-az,Values=true")["Subnets"]
+
+
+def subnet(ec2, subnet_id):
+    return ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
+
+
+def test_the_default_vpc_subnets_and_group_are_awss(ec2, default_vpc):
+    assert default_vpc["CidrBlock"] == "172.31.0.0/16"
+    assert default_vpc["IsDefault"] is True
+    assert default_vpc["State"] == "available"
+    assert default_vpc["CidrBlockAssociationSet"][0]["CidrBlockState"]["State"] == "associated"
+    assert aws("describe-vpcs", "--filters", "Name=is-default,Values=false")["Vpcs"] == []
+
+    subnets = default_subnets(default_vpc["VpcId"])
+    layout = sorted((s["AvailabilityZone"], s["AvailabilityZoneId"], s["CidrBlock"]) for s in subnets)
+    assert layout == [
+        ("us-east-1a", "use1-az1", "172.31.0.0/20"),
+        ("us-east-1b", "use1-az2", "172.31.16.0/20"),
+        ("us-east-1c", "use1-az3", "172.31.32.0/20"),
+    ]
+    for s in subnets:
+        assert s["DefaultForAz"] is True and s["MapPublicIpOnLaunch"] is True
+        assert 0 < s["AvailableIpAddressCount"] <= 4091
+    # boto3 spells the filter the other way; EC2 accepts both.
+    by_zone = ec2.describe_subnets(Filters=[{"Name": "availabilityZone", "Values": ["us-east-1c"]}])
+    assert [s["CidrBlock"] for s in by_zone["Subnets"]] == ["172.31.32.0/20"]
+
+    group = aws("describe-security-groups", "--group-names", "default")["SecurityGroups"][0]
+    assert group["VpcId"] == default_vpc["VpcId"]
+    assert group["Description"] == "default VPC security group"
+    assert group["IpPermissions"][0]["IpProtocol"] == "-1"
+    assert group["IpPermissions"][0]["UserIdGroupPairs"][0]["GroupId"] == group["GroupId"]
+    assert group["IpPermissionsEgress"][0]["IpRanges"] == [{"CidrIp": "0.0.0.0/0"}]
+
+
+def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, default_vpc):
+    subnet_b = next(s for s in default_subnets(default_vpc["VpcId"])
+                    if s["AvailabilityZone"] == "us-east-1b")
+    free_before = subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"]
+    run = aws("run-instances", "--image-id", lab_minimal_ami, "--instance-type", "lab.nano",
+              "--subnet-id", subnet_b["SubnetId"], "--private-ip-address", "172.31.16.77")
+    iid = run["Instances"][0]["InstanceId"]
+    try:
+        described = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        assert described["PrivateIpAddress"] == "172.31.16.77"
+        assert described["PrivateDnsName"] == "ip-172-31-16-77.ec2.internal"
+        assert described["SubnetId"] == subnet_b["SubnetId"]
+        assert described["VpcId"] == default_vpc["VpcId"]
+        assert described["Placement"]["AvailabilityZone"] == "us-east-1b"
+        assert described["SecurityGroups"][0]["GroupName"] == "default"
+        nic = described["NetworkInterfaces"][0]
+        assert nic["Attachment"]["DeviceIndex"] == 0
+        assert nic["Attachment"]["DeleteOnTermination"] is True
+        assert nic["MacAddress"].startswith("02:")
+        assert "PublicIpAddress" not in described
+
+        enis = aws("describe-network-interfaces", "--filters",
+                   f"Name=attachment.instance-id,Values={iid}")["NetworkInterfaces"]
+        assert len(enis) == 1
+        eni = enis[0]
+        assert eni["NetworkInterfaceId"] == nic["NetworkInterfaceId"]
+        assert eni["PrivateIpAddress"] == described["PrivateIpAddress"]
+        assert eni["MacAddress"] == nic["MacAddress"]
+        assert eni["Status"] == "in-use"
+        assert eni["Attachment"]["InstanceId"] == iid
+        by_ip = ec2.describe_instances(Filters=[{"Name": "private-ip-address", "Values": ["172.31.16.77"]}])
+        assert [i["InstanceId"] for r in by_ip["Reservations"] for i in r["Instances"]] == [iid]
+        assert subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"] == free_before - 1
+
+        with pytest.raises(botocore.exceptions.ClientError) as taken:
+            ec2.run_instances(ImageId=lab_minimal_ami, InstanceType="lab.nano", MinCount=1, MaxCount=1,
+                              NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet_b["SubnetId"],
+                                                  "PrivateIpAddress": "172.31.16.77"}])
+        assert taken.value.response["Error"]["Code"] == "InvalidIPAddress.InUse"
+    finally:
+        ec2.terminate_instances(InstanceIds=[iid])
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid],
+                                                   WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    # Termination deleted the interface and gave the address back.
+    assert aws("describe-network-interfaces", "--filters",
+               f"Name=attachment.instance-id,Values={iid}")["NetworkInterfaces"] == []
+    assert subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"] == free_before
+
+
+def test_bad_subnets_are_refused_like_ec2(ec2, lab_minimal_ami):
+    err = aws_error("run-instances", "--image-id", lab_minimal_ami, "--subnet-id", MISSING_SUBNET)
+    assert "InvalidSubnetID.NotFound" in err
+    assert "InvalidSubnetID.Malformed" in aws_error("run-instances", "--image-id", lab_minimal_ami,
+                                                     "--subnet-id", "subnet-xyz")
+    assert "InvalidSubnetID.NotFound" in aws_error("describe-subnets", "--subnet-ids", MISSING_SUBNET)
+    with pytest.raises(botocore.exceptions.ClientError) as both:
+        ec2.run_instances(ImageId=lab_minimal_ami, MinCount=1, MaxCount=1, SubnetId=MISSING_SUBNET,
+                          NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": MISSING_SUBNET}])
+    assert both.value.response["Error"]["Code"] == "InvalidParameterCombination"
+    with pytest.raises(botocore.exceptions.ClientError) as reserved:
+        ec2.run_instances(ImageId=lab_minimal_ami, MinCount=1, MaxCount=1, PrivateIpAddress="172.31.0.1")
+    assert reserved.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending"]}])[
+        "Reservations"] == []

@@ -1,0 +1,491 @@
+//! The default VPC and address allocation in a real SQLite file: the
+//! layout AWS gives every account, lowest-free and requested addresses,
+//! reserved and taken ones, exhaustion, release on termination, and the
+//! VPC filters.
+
+mod db_support;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use db_support::{at, reservation, temp_db};
+use ec2lab_control::db::{Db, DbError, InsertOutcome, InstanceQuery, NetworkQuery};
+use ec2lab_control::model::filter::Filter;
+use ec2lab_control::model::ids::{self, IdKind};
+use ec2lab_control::model::state::{self, Event, VmmExit};
+use ec2lab_control::model::vpc::{InterfaceRequest, Subnet};
+use ec2lab_control::model::{Instance, InstanceState};
+
+fn apply(db: &Db, id: &str, event: Event) -> Instance {
+    let current = db.get_instance(id).expect("instance");
+    let t = state::transition(id, current.state, &event, at(5)).expect("legal transition");
+    db.update_instance_state(id, &t, at(5)).expect("update")
+}
+
+fn subnet_in(db: &Db, zone: &str) -> Subnet {
+    db.default_subnet_for_zone(zone)
+        .expect("query")
+        .expect("a default subnet in every zone")
+}
+
+fn request(subnet: &Subnet, ip: Option<&str>) -> InterfaceRequest {
+    InterfaceRequest {
+        subnet_id: subnet.id.clone(),
+        private_ip: ip.map(|ip| ip.parse().expect("ip")),
+        group_ids: Vec::new(),
+        group_names: Vec::new(),
+        delete_on_termination: true,
+        description: String::new(),
+    }
+}
+
+/// Launches `count` instances with `interface`; the error if it fails.
+fn launch(db: &Db, count: u32, interface: &InterfaceRequest) -> Result<Vec<Instance>, DbError> {
+    let mut r = reservation(count, None, at(0));
+    assert_eq!(
+        db.insert_reservation(&mut r, Some(interface))?,
+        InsertOutcome::Created
+    );
+    Ok(r.instances)
+}
+
+fn ip_of(i: &Instance) -> Ipv4Addr {
+    i.primary_interface()
+        .expect("a primary interface")
+        .private_ip_address
+}
+
+fn everything() -> NetworkQuery {
+    NetworkQuery::default()
+}
+
+#[test]
+fn the_default_vpc_is_awss_and_created_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ec2lab.db");
+    let first = Db::open(&path).expect("open").list_vpcs(&everything());
+    let again = Db::open(&path).expect("reopen");
+    let vpcs = again.list_vpcs(&everything()).expect("vpcs").items;
+    assert_eq!(
+        vpcs,
+        first.expect("vpcs").items,
+        "reopening creates nothing"
+    );
+    assert_eq!(vpcs.len(), 1);
+    let vpc = &vpcs[0];
+    assert!(vpc.is_default);
+    assert_eq!(vpc.cidr_block, "172.31.0.0/16");
+    assert!(ids::is_valid(IdKind::Vpc, &vpc.id), "{}", vpc.id);
+
+    let subnets = again.list_subnets(&everything()).expect("subnets").items;
+    let mut layout: Vec<(String, String, String, bool, bool, u64)> = subnets
+        .iter()
+        .map(|s| {
+            assert!(ids::is_valid(IdKind::Subnet, &s.id), "{}", s.id);
+            assert_eq!(s.vpc_id, vpc.id);
+            (
+                s.availability_zone.clone(),
+                s.availability_zone_id.clone(),
+                s.cidr_block.clone(),
+                s.default_for_az,
+                s.map_public_ip_on_launch,
+                s.available_ip_address_count,
+            )
+        })
+        .collect();
+    layout.sort();
+    let row = |zone: &str, id: &str, cidr: &str| {
+        (
+            zone.to_string(),
+            id.to_string(),
+            cidr.to_string(),
+            true,
+            true,
+            4091,
+        )
+    };
+    assert_eq!(
+        layout,
+        [
+            row("us-east-1a", "use1-az1", "172.31.0.0/20"),
+            row("us-east-1b", "use1-az2", "172.31.16.0/20"),
+            row("us-east-1c", "use1-az3", "172.31.32.0/20"),
+        ]
+    );
+
+    let groups = again
+        .list_security_groups(&everything(), &[])
+        .expect("groups")
+        .items;
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].name, "default");
+    assert_eq!(groups[0].description, "default VPC security group");
+    assert_eq!(groups[0].vpc_id, vpc.id);
+    assert!(ids::is_valid(IdKind::SecurityGroup, &groups[0].id));
+}
+
+#[test]
+fn launches_take_the_lowest_free_addresses_after_the_four_reserved() {
+    let (_dir, db) = temp_db();
+    let a = subnet_in(&db, "us-east-1a");
+    let instances = launch(&db, 3, &request(&a, None)).expect("launch");
+    let ips: Vec<String> = instances.iter().map(|i| ip_of(i).to_string()).collect();
+    assert_eq!(ips, ["172.31.0.4", "172.31.0.5", "172.31.0.6"]);
+
+    let macs: HashSet<&str> = instances
+        .iter()
+        .map(|i| i.network_interfaces[0].mac_address.as_str())
+        .collect();
+    assert_eq!(macs.len(), 3, "MACs are unique: {macs:?}");
+    for i in &instances {
+        let eni = &i.network_interfaces[0];
+        assert!(eni.mac_address.starts_with("02:"), "{}", eni.mac_address);
+        assert!(ids::is_valid(IdKind::NetworkInterface, &eni.id));
+        assert_eq!(eni.subnet_id, a.id);
+        assert_eq!(eni.availability_zone, "us-east-1a");
+        assert_eq!(eni.groups.len(), 1, "the default group");
+        assert_eq!(eni.groups[0].group_name, "default");
+        let attachment = eni.attachment.as_ref().expect("attached");
+        assert_eq!(attachment.instance_id, i.id);
+        assert_eq!(attachment.device_index, 0);
+        assert!(attachment.delete_on_termination);
+        // What the launch returned is what a read returns.
+        assert_eq!(db.get_instance(&i.id).expect("read"), *i);
+    }
+    assert_eq!(
+        subnet_in(&db, "us-east-1a").available_ip_address_count,
+        4088
+    );
+    assert_eq!(
+        subnet_in(&db, "us-east-1b").available_ip_address_count,
+        4091
+    );
+}
+
+#[test]
+fn a_requested_address_is_given_once_and_reserved_or_foreign_ones_never() {
+    let (_dir, db) = temp_db();
+    let b = subnet_in(&db, "us-east-1b");
+    let got = launch(&db, 1, &request(&b, Some("172.31.20.7"))).expect("free address");
+    assert_eq!(ip_of(&got[0]), Ipv4Addr::new(172, 31, 20, 7));
+
+    let cases = [
+        ("172.31.20.7", "InvalidIPAddress.InUse"),
+        ("172.31.16.0", "InvalidParameterValue"),
+        ("172.31.16.3", "InvalidParameterValue"),
+        ("172.31.31.255", "InvalidParameterValue"),
+        ("172.31.0.9", "InvalidParameterValue"),
+    ];
+    for (ip, code) in cases {
+        let before = db.all_instances().expect("all").len();
+        match launch(&db, 1, &request(&b, Some(ip))) {
+            Err(DbError::Ipam(e)) => assert_eq!(e.code(), code, "{ip}: {e}"),
+            other => panic!("{ip}: {other:?}"),
+        }
+        assert_eq!(
+            db.all_instances().expect("all").len(),
+            before,
+            "a refused launch stores nothing"
+        );
+    }
+    // The next free address skips the one taken by request.
+    let next = launch(&db, 1, &request(&b, None)).expect("launch");
+    assert_eq!(ip_of(&next[0]), Ipv4Addr::new(172, 31, 16, 4));
+}
+
+#[test]
+fn unknown_security_groups_refuse_the_launch() {
+    let (_dir, db) = temp_db();
+    let a = subnet_in(&db, "us-east-1a");
+    let mut req = request(&a, None);
+    req.group_names = vec!["web".to_string()];
+    match launch(&db, 1, &req) {
+        Err(DbError::NotFound { kind, ids }) => {
+            assert_eq!(kind, IdKind::SecurityGroup);
+            assert_eq!(ids, ["web"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut req = request(&a, None);
+    req.group_ids = vec![ids::generate(IdKind::SecurityGroup)];
+    assert!(matches!(
+        launch(&db, 1, &req),
+        Err(DbError::NotFound {
+            kind: IdKind::SecurityGroup,
+            ..
+        })
+    ));
+    assert!(db.all_instances().expect("all").is_empty());
+}
+
+#[test]
+fn a_full_subnet_refuses_the_whole_reservation() {
+    let (_dir, db) = temp_db();
+    let c = subnet_in(&db, "us-east-1c");
+    // 4091 assignable addresses: 4000 fit, the next 100 do not.
+    for _ in 0..8 {
+        launch(&db, 500, &request(&c, None)).expect("fits");
+    }
+    match launch(&db, 100, &request(&c, None)) {
+        Err(DbError::Ipam(e)) => assert_eq!(e.code(), "InsufficientFreeAddressesInSubnet"),
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
+    assert_eq!(db.all_instances().expect("all").len(), 4000);
+    assert_eq!(subnet_in(&db, "us-east-1c").available_ip_address_count, 91);
+    let last = launch(&db, 91, &request(&c, None)).expect("the rest fit");
+    assert_eq!(ip_of(&last[90]), Ipv4Addr::new(172, 31, 47, 254));
+    assert_eq!(subnet_in(&db, "us-east-1c").available_ip_address_count, 0);
+}
+
+#[test]
+fn stopping_keeps_the_address_and_termination_frees_it() {
+    let (_dir, db) = temp_db();
+    let a = subnet_in(&db, "us-east-1a");
+    let first = launch(&db, 1, &request(&a, None))
+        .expect("launch")
+        .remove(0);
+    let ip = ip_of(&first);
+    apply(&db, &first.id, Event::VmmStarted);
+    apply(&db, &first.id, Event::StopRequested { force: false });
+    let stopped = apply(
+        &db,
+        &first.id,
+        Event::VmmExited {
+            reason: VmmExit::Clean,
+        },
+    );
+    assert_eq!(stopped.state, InstanceState::Stopped);
+    assert_eq!(ip_of(&stopped), ip, "a stopped instance keeps its address");
+    assert_eq!(
+        db.get_instance(&first.id).expect("read").network_interfaces,
+        first.network_interfaces
+    );
+
+    let shutting_down = apply(&db, &first.id, Event::TerminateRequested);
+    assert_eq!(ip_of(&shutting_down), ip, "held until the instance is gone");
+    let terminated = apply(
+        &db,
+        &first.id,
+        Event::VmmExited {
+            reason: VmmExit::Clean,
+        },
+    );
+    assert_eq!(terminated.state, InstanceState::Terminated);
+    assert!(terminated.network_interfaces.is_empty());
+    assert!(db
+        .get_instance(&first.id)
+        .expect("still listed")
+        .network_interfaces
+        .is_empty());
+    assert!(db
+        .list_network_interfaces(&everything())
+        .expect("enis")
+        .items
+        .is_empty());
+    let again = launch(&db, 1, &request(&a, Some(&ip.to_string()))).expect("reusable");
+    assert_eq!(ip_of(&again[0]), ip);
+}
+
+#[test]
+fn an_interface_kept_on_termination_is_detached_and_keeps_its_address() {
+    let (_dir, db) = temp_db();
+    let a = subnet_in(&db, "us-east-1a");
+    let mut req = request(&a, None);
+    req.delete_on_termination = false;
+    let i = launch(&db, 1, &req).expect("launch").remove(0);
+    apply(&db, &i.id, Event::TerminateRequested);
+    apply(
+        &db,
+        &i.id,
+        Event::VmmExited {
+            reason: VmmExit::Clean,
+        },
+    );
+    let enis = db
+        .list_network_interfaces(&everything())
+        .expect("enis")
+        .items;
+    assert_eq!(enis.len(), 1);
+    assert_eq!(enis[0].status(), "available");
+    assert!(enis[0].attachment.is_none());
+    let err = launch(&db, 1, &request(&a, Some(&ip_of(&i).to_string()))).expect_err("kept");
+    assert!(matches!(err, DbError::Ipam(_)), "{err:?}");
+}
+
+#[test]
+fn vpc_filters_select_what_ec2_would() {
+    let (_dir, db) = temp_db();
+    let a = subnet_in(&db, "us-east-1a");
+    let b = subnet_in(&db, "us-east-1b");
+    let in_a = launch(&db, 1, &request(&a, None)).expect("a").remove(0);
+    let in_b = launch(&db, 1, &request(&b, Some("172.31.16.99")))
+        .expect("b")
+        .remove(0);
+    let q = |name: &str, values: &[&str]| NetworkQuery {
+        filters: vec![Filter::new(name, values)],
+        ..NetworkQuery::default()
+    };
+
+    assert_eq!(
+        db.list_vpcs(&q("isDefault", &["true"]))
+            .expect("vpcs")
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        db.list_vpcs(&q("is-default", &["false"]))
+            .expect("vpcs")
+            .items
+            .len(),
+        0
+    );
+    assert_eq!(
+        db.list_vpcs(&q("cidr", &["172.31.*"]))
+            .expect("vpcs")
+            .items
+            .len(),
+        1
+    );
+
+    let zones = |query: &NetworkQuery| -> Vec<String> {
+        db.list_subnets(query)
+            .expect("subnets")
+            .items
+            .into_iter()
+            .map(|s| s.availability_zone)
+            .collect()
+    };
+    assert_eq!(
+        zones(&q("availability-zone", &["us-east-1b"])),
+        ["us-east-1b"]
+    );
+    assert_eq!(
+        zones(&q("availability-zone-id", &["use1-az3"])),
+        ["us-east-1c"]
+    );
+    assert_eq!(zones(&q("defaultForAz", &["true"])).len(), 3);
+    assert_eq!(zones(&q("default-for-az", &["false"])).len(), 0);
+    assert_eq!(zones(&q("cidr-block", &["172.31.32.0/20"])), ["us-east-1c"]);
+    assert_eq!(
+        zones(&q("available-ip-address-count", &["4090"])).len(),
+        2,
+        "one address taken in a and in b"
+    );
+    let err = db
+        .list_subnets(&q("colour", &["red"]))
+        .expect_err("unknown filter");
+    assert!(matches!(err, DbError::InvalidQuery(_)), "{err:?}");
+
+    let eni_ids = |query: &NetworkQuery| -> Vec<String> {
+        db.list_network_interfaces(query)
+            .expect("enis")
+            .items
+            .into_iter()
+            .map(|n| n.id)
+            .collect()
+    };
+    let eni_b = in_b.network_interfaces[0].id.clone();
+    assert_eq!(
+        eni_ids(&q("attachment.instance-id", &[in_b.id.as_str()])),
+        vec![eni_b.clone()]
+    );
+    assert_eq!(
+        eni_ids(&q("private-ip-address", &["172.31.16.99"])),
+        vec![eni_b.clone()]
+    );
+    assert_eq!(eni_ids(&q("subnet-id", &[a.id.as_str()])).len(), 1);
+    let mac = in_a.network_interfaces[0].mac_address.clone();
+    assert_eq!(
+        eni_ids(&q("mac-address", &[mac.as_str()])),
+        [in_a.network_interfaces[0].id.clone()]
+    );
+    let explicit = NetworkQuery {
+        ids: vec![ids::generate(IdKind::NetworkInterface)],
+        ..NetworkQuery::default()
+    };
+    assert!(matches!(
+        db.list_network_interfaces(&explicit),
+        Err(DbError::NotFound {
+            kind: IdKind::NetworkInterface,
+            ..
+        })
+    ));
+
+    let instances = |filter: Filter| -> Vec<String> {
+        db.list_instances(&InstanceQuery {
+            filters: vec![filter],
+            ..InstanceQuery::default()
+        })
+        .expect("instances")
+        .items
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+    };
+    assert_eq!(
+        instances(Filter::new("subnet-id", &[b.id.as_str()])),
+        vec![in_b.id.clone()]
+    );
+    assert_eq!(
+        instances(Filter::new("private-ip-address", &["172.31.0.4"])),
+        vec![in_a.id.clone()]
+    );
+    assert_eq!(
+        instances(Filter::new("vpc-id", &[a.vpc_id.as_str()])).len(),
+        2
+    );
+    assert_eq!(
+        instances(Filter::new(
+            "network-interface.network-interface-id",
+            &[eni_b.as_str()]
+        )),
+        vec![in_b.id.clone()]
+    );
+    assert_eq!(
+        instances(Filter::new("instance.group-name", &["default"])).len(),
+        2
+    );
+
+    let named = db
+        .list_security_groups(&everything(), &["nope".to_string()])
+        .expect_err("unknown name");
+    assert!(matches!(
+        named,
+        DbError::NotFound {
+            kind: IdKind::SecurityGroup,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn tags_reach_the_vpc_resources() {
+    let (_dir, db) = temp_db();
+    let a = subnet_in(&db, "us-east-1a");
+    let i = launch(&db, 1, &request(&a, None))
+        .expect("launch")
+        .remove(0);
+    let eni = i.network_interfaces[0].id.clone();
+    let ids = vec![a.id.clone(), a.vpc_id.clone(), eni.clone()];
+    db.create_tags(&ids, &[("Name".to_string(), "lab".to_string())])
+        .expect("tags");
+    let tagged = NetworkQuery {
+        filters: vec![Filter::new("tag:Name", &["lab"])],
+        ..NetworkQuery::default()
+    };
+    assert_eq!(db.list_subnets(&tagged).expect("subnets").items.len(), 1);
+    assert_eq!(db.list_vpcs(&tagged).expect("vpcs").items.len(), 1);
+    assert_eq!(
+        db.list_network_interfaces(&tagged).expect("enis").items[0].id,
+        eni
+    );
+    let missing = ids::generate(IdKind::Subnet);
+    assert!(matches!(
+        db.create_tags(&[missing], &[("k".to_string(), "v".to_string())]),
+        Err(DbError::NotFound {
+            kind: IdKind::Subnet,
+            ..
+        })
+    ));
+}
