@@ -232,6 +232,14 @@ impl Lab {
         self.runtime.spawn(async move {
             if let Err(e) = lab.boot(&id).await {
                 log::error!("{id}: boot failed: {e}");
+                if let Ok(instance) = lab.db.get_instance(&id) {
+                    if instance.state == InstanceState::Terminated {
+                        // Terminated mid-boot: the failure is moot, the
+                        // files are not.
+                        lab.cleanup_terminated(&instance);
+                        return;
+                    }
+                }
                 let failed = Event::VmmExited {
                     reason: VmmExit::Failed(e.to_string()),
                 };
@@ -290,6 +298,15 @@ impl Lab {
                 .await
                 .map_err(|e| LabError::Boot(e.to_string()))?
                 .map_err(|e| LabError::Boot(e.to_string()))?;
+        }
+        // Terminated while the volume was being prepared: nothing to start,
+        // and the files the preparation made are the instance's last ones.
+        let current = self.db.get_instance(id)?;
+        if current.state != InstanceState::Pending {
+            if current.state == InstanceState::Terminated {
+                self.cleanup_terminated(&current);
+            }
+            return Ok(());
         }
         let process = self.start_vmm(id, itype, kernel, initrd, cmdline, volume)?;
         match self.apply(id, &Event::VmmStarted) {
@@ -396,7 +413,11 @@ impl Lab {
             InstanceState::Stopping | InstanceState::ShuttingDown => {
                 self.finish_exit(id, &VmmExit::Clean)
             }
-            InstanceState::Stopped | InstanceState::Terminated => Ok(()),
+            // A VMM started while the instance was being terminated (the
+            // boot raced TerminateInstances): the instance was finished
+            // without it, so only its files are left to clean up.
+            InstanceState::Terminated => self.forget_terminated_vmm(&instance),
+            InstanceState::Stopped => Ok(()),
         };
         if let Err(e) = result {
             log::error!("{id}: handling the VMM's exit: {e}");
@@ -454,6 +475,14 @@ impl Lab {
         if after.state == InstanceState::Terminated {
             self.cleanup_terminated(&after);
         }
+        Ok(())
+    }
+
+    /// A terminated instance's VMM ended after the instance was finished:
+    /// drop the handle and whatever the late boot left on disk.
+    fn forget_terminated_vmm(&self, instance: &Instance) -> Result<(), LabError> {
+        self.db.set_vmm(&instance.id, None)?;
+        self.cleanup_terminated(instance);
         Ok(())
     }
 
