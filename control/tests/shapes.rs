@@ -134,6 +134,7 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         supervisor,
         dir.path().join("images"),
         runtime.handle().clone(),
+        ec2lab_control::model::status::DEFAULT_CHECKIN_TIMEOUT,
     );
     lab.register_catalog().expect("catalog");
     let mut s = Scenario {
