@@ -35,40 +35,39 @@ const FILTERS: &[&str] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Check {
     status: &'static str,
-    reachability: &'static str,
+    /// None where EC2 shows no details (instances not running).
+    reachability: Option<&'static str>,
     impaired_since: Option<OffsetDateTime>,
 }
 
 impl Check {
     const NOT_APPLICABLE: Check = Check {
         status: "not-applicable",
-        reachability: "not-applicable",
+        reachability: None,
         impaired_since: None,
     };
 
     fn from_health(h: InstanceHealth) -> Check {
         Check {
             status: h.status(),
-            reachability: h.reachability(),
+            reachability: Some(h.reachability()),
             impaired_since: h.impaired_since(),
         }
     }
 
     fn node(self, name: &'static str) -> XmlNode {
-        let mut detail = vec![
-            XmlNode::text("name", "reachability"),
-            XmlNode::text("status", self.reachability),
-        ];
-        if let Some(since) = self.impaired_since {
-            detail.push(XmlNode::timestamp("impairedSince", system_time(since)));
+        let mut members = vec![XmlNode::text("status", self.status)];
+        if let Some(reachability) = self.reachability {
+            let mut detail = vec![
+                XmlNode::text("name", "reachability"),
+                XmlNode::text("status", reachability),
+            ];
+            if let Some(since) = self.impaired_since {
+                detail.push(XmlNode::timestamp("impairedSince", system_time(since)));
+            }
+            members.push(XmlNode::list("details", [detail]));
         }
-        XmlNode::element(
-            name,
-            vec![
-                XmlNode::text("status", self.status),
-                XmlNode::list("details", [detail]),
-            ],
-        )
+        XmlNode::element(name, members)
     }
 }
 
@@ -91,7 +90,7 @@ fn checks(i: &Instance, vmm_alive: bool, health: InstanceHealth) -> (Check, Chec
         InstanceState::Running => {
             let failed = Check {
                 status: "impaired",
-                reachability: "failed",
+                reachability: Some("failed"),
                 impaired_since: None,
             };
             (failed, failed)
@@ -134,16 +133,16 @@ pub fn describe_instance_status(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
         let (system, instance) = checks(i, lab.live_process(i).is_some(), health);
         let field = |name: &str| -> Vec<String> {
             let value = match name {
-                "availability-zone" => i.placement.availability_zone.clone(),
-                "instance-state-code" => i.state.code().to_string(),
-                "instance-state-name" => i.state.name().to_string(),
-                "instance-status.reachability" => instance.reachability.to_string(),
-                "instance-status.status" => instance.status.to_string(),
-                "system-status.reachability" => system.reachability.to_string(),
-                "system-status.status" => system.status.to_string(),
-                _ => return Vec::new(),
+                "availability-zone" => Some(i.placement.availability_zone.as_str()),
+                "instance-state-code" => return vec![i.state.code().to_string()],
+                "instance-state-name" => Some(i.state.name()),
+                "instance-status.reachability" => instance.reachability,
+                "instance-status.status" => Some(instance.status),
+                "system-status.reachability" => system.reachability,
+                "system-status.status" => Some(system.status),
+                _ => None,
             };
-            vec![value]
+            value.map(str::to_string).into_iter().collect()
         };
         if !all_match(&filters, field) {
             continue;
@@ -161,4 +160,34 @@ pub fn describe_instance_status(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
         out.push(XmlNode::text("nextToken", token));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::xml::render_response;
+
+    #[test]
+    fn a_failed_check_shows_when_it_failed_and_a_passed_one_does_not() {
+        let since = time::macros::datetime!(2026-11-26 03:00:00 UTC);
+        let failed = Check::from_health(InstanceHealth::Impaired { since });
+        let xml = render_response("X", "r", &[failed.node("instanceStatus")]);
+        assert!(xml.contains("<status>impaired</status>"), "{xml}");
+        assert!(
+            xml.contains("<name>reachability</name><status>failed</status>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<impairedSince>2026-11-26T03:00:00.000Z</impairedSince>"),
+            "{xml}"
+        );
+        let passed = Check::from_health(InstanceHealth::Ok);
+        let xml = render_response("X", "r", &[passed.node("instanceStatus")]);
+        assert!(xml.contains("<status>ok</status>"), "{xml}");
+        assert!(xml.contains("<status>passed</status>"), "{xml}");
+        assert!(!xml.contains("impairedSince"), "{xml}");
+        let xml = render_response("X", "r", &[Check::NOT_APPLICABLE.node("instanceStatus")]);
+        assert!(xml.contains("<status>not-applicable</status>"), "{xml}");
+        assert!(!xml.contains("details"), "EC2 shows no details here: {xml}");
+    }
 }
