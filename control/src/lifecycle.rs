@@ -345,10 +345,11 @@ impl Lab {
             &CheckinRecord::started(Self::now(), self.checkin_timeout),
         )?;
         self.open_checkins(id);
-        let process = self
-            .supervisor
-            .launch(&spec)
-            .map_err(|e| LabError::Boot(e.to_string()))?;
+        let process = self.supervisor.launch(&spec).map_err(|e| {
+            // No VMM, so no guest to check in: leave no socket behind.
+            self.close_checkins(id);
+            LabError::Boot(e.to_string())
+        })?;
         self.record_vmm(id, process)?;
         self.watch(id.to_string(), process);
         Ok(process)
@@ -358,7 +359,9 @@ impl Lab {
     /// cannot be created is logged, not fatal: the instance runs, and its
     /// status check reports `impaired` when the deadline passes.
     fn open_checkins(self: &Arc<Self>, id: &str) {
-        let path = checkin::socket_path(&self.supervisor.files(id).vsock());
+        let files = self.supervisor.files(id);
+        let _ = std::fs::create_dir_all(&files.dir);
+        let path = checkin::socket_path(&files.vsock());
         // Weak: the listener task must not keep the lab alive.
         let lab = Arc::downgrade(self);
         let sink: checkin::Sink = Arc::new(move |id: &str, c: &CheckIn| {
@@ -616,6 +619,12 @@ impl Lab {
         self.apply(id, &Event::RebootRequested)?;
         let instance = self.db.get_instance(id)?;
         if let Some(process) = self.live_process(&instance) {
+            // The guest is going down now: its check-in is stale from here,
+            // not only once the next VMM starts (which resets it again).
+            self.db.reset_checkin(
+                id,
+                &CheckinRecord::started(Self::now(), self.checkin_timeout),
+            )?;
             crate::lock(&self.rebooting).insert(id.to_string());
             self.watch(id.to_string(), process);
             let lab = self.clone();
