@@ -80,8 +80,10 @@ pub fn run() -> Result<Done, CheckinError> {
                 )))
             }
             Err(e) if e.is_no_vsock() => return Ok(Done::Skipped("no vsock".to_string())),
-            // A refusal will not change on a retry.
-            Err(e @ (CheckinError::Refused(_) | CheckinError::Answer(_))) => return Err(e),
+            // A refusal or an answer in another protocol will not change
+            // on a retry; a connection closed before the answer might.
+            Err(e @ CheckinError::Refused(_)) => return Err(e),
+            Err(e @ CheckinError::Answer(ProtocolError::BadAnswer(_))) => return Err(e),
             Err(e) => last = Some(e),
         }
         if attempt < ATTEMPTS {
