@@ -302,6 +302,11 @@ impl Lab {
                 .map_err(|e| LabError::Boot(e.to_string()))?
                 .map_err(|e| LabError::Boot(e.to_string()))?;
         }
+        // Preparing the volume takes a while: a termination meanwhile has
+        // already cleaned up, and must not be followed by a VMM.
+        if self.db.get_instance(id)?.state != InstanceState::Pending {
+            return self.abandon_boot(id);
+        }
         let process = self.start_vmm(id, itype, kernel, initrd, cmdline, volume)?;
         match self.apply(id, &Event::VmmStarted) {
             Ok(_) => Ok(()),
@@ -311,11 +316,30 @@ impl Lab {
                 let id = id.to_string();
                 self.runtime.spawn(async move {
                     lab.supervisor.stop(&id, process, Duration::ZERO).await;
+                    if let Err(e) = lab.db.set_vmm(&id, None).map_err(LabError::from) {
+                        log::error!("{id}: {e}");
+                    }
+                    if let Err(e) = lab.abandon_boot(&id) {
+                        log::error!("{id}: {e}");
+                    }
                 });
                 Ok(())
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// An instance left `pending` while its boot was under way: the
+    /// clean-up of its termination may have run before the boot wrote its
+    /// volume, VMM files or check-in socket, so it runs again now that
+    /// nothing of the boot is left running.
+    fn abandon_boot(&self, id: &str) -> Result<(), LabError> {
+        let instance = self.db.get_instance(id)?;
+        self.close_checkins(id);
+        if instance.state == InstanceState::Terminated {
+            self.cleanup_terminated(&instance);
+        }
+        Ok(())
     }
 
     /// Starts the instance's VMM, records it, and watches it.
