@@ -61,6 +61,9 @@ pub struct ServeOptions {
     pub vmm: PathBuf,
     /// Where to listen.
     pub listen: SocketAddr,
+    /// How long a guest's agent has to check in over vsock before its
+    /// instance status check reports `impaired`.
+    pub checkin_timeout: Duration,
 }
 
 /// SigV4 against the data directory's one set of credentials.
@@ -128,6 +131,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         supervisor,
         options.images_dir.clone(),
         tokio::runtime::Handle::current(),
+        options.checkin_timeout,
     );
     match lab.register_catalog() {
         Ok(n) => log::info!(

@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::checkin::{self, CheckIn, CheckinListeners};
 use crate::db::{Db, DbError};
 use crate::model::ids::{self, IdKind};
 use crate::model::instance_types::{self, CapacityPolicy, HostResources};
 use crate::model::state::{self, Event, InstanceState, VmmExit};
+use crate::model::status::{CheckinRecord, InstanceHealth};
 use crate::model::{Image, ImageKind, ImageState, Instance, VmmHandle};
 use crate::supervisor::{ExitInfo, Supervisor, VmProcess, VmSpec};
 
@@ -74,6 +76,11 @@ pub struct Lab {
     pub capacity: CapacityPolicy,
     /// How long a guest gets to power off after Ctrl-Alt-Del.
     pub stop_timeout: Duration,
+    /// How long a guest's agent has to check in before the instance
+    /// status check reports `impaired`.
+    pub checkin_timeout: Duration,
+    /// The agents' check-in sockets, one per instance with a VMM.
+    checkins: CheckinListeners,
     /// Instances whose VMM is being restarted by RebootInstances.
     rebooting: Mutex<HashSet<String>>,
     /// Instances with a watcher task, so none gets two.
@@ -95,12 +102,14 @@ fn root_size_bytes(size_gib: u32, image_file: &Path) -> u64 {
 }
 
 impl Lab {
-    /// A lab over `db`.
+    /// A lab over `db`; guests whose agent does not check in within
+    /// `checkin_timeout` of their VMM's start are reported impaired.
     pub fn new(
         db: Db,
         supervisor: Supervisor,
         images_dir: PathBuf,
         runtime: tokio::runtime::Handle,
+        checkin_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -110,6 +119,8 @@ impl Lab {
             host: host_resources(),
             capacity: CapacityPolicy::default(),
             stop_timeout: Duration::from_secs(60),
+            checkin_timeout,
+            checkins: CheckinListeners::default(),
             rebooting: Mutex::new(HashSet::new()),
             watched: Mutex::new(HashSet::new()),
         })
@@ -232,13 +243,16 @@ impl Lab {
         self.runtime.spawn(async move {
             if let Err(e) = lab.boot(&id).await {
                 log::error!("{id}: boot failed: {e}");
-                if let Ok(instance) = lab.db.get_instance(&id) {
-                    if instance.state == InstanceState::Terminated {
-                        // Terminated mid-boot: the failure is moot, the
-                        // files are not.
-                        lab.cleanup_terminated(&instance);
-                        return;
+                if matches!(
+                    lab.db.get_instance(&id).map(|i| i.state),
+                    Ok(InstanceState::Terminated)
+                ) {
+                    // Terminated mid-boot: the failure is moot, the files
+                    // the boot made are not.
+                    if let Err(e) = lab.abandon_boot(&id) {
+                        log::error!("{id}: {e}");
                     }
+                    return;
                 }
                 let failed = Event::VmmExited {
                     reason: VmmExit::Failed(e.to_string()),
@@ -299,14 +313,10 @@ impl Lab {
                 .map_err(|e| LabError::Boot(e.to_string()))?
                 .map_err(|e| LabError::Boot(e.to_string()))?;
         }
-        // Terminated while the volume was being prepared: nothing to start,
-        // and the files the preparation made are the instance's last ones.
-        let current = self.db.get_instance(id)?;
-        if current.state != InstanceState::Pending {
-            if current.state == InstanceState::Terminated {
-                self.cleanup_terminated(&current);
-            }
-            return Ok(());
+        // Preparing the volume takes a while: a termination meanwhile has
+        // already cleaned up, and must not be followed by a VMM.
+        if self.db.get_instance(id)?.state != InstanceState::Pending {
+            return self.abandon_boot(id);
         }
         let process = self.start_vmm(id, itype, kernel, initrd, cmdline, volume)?;
         match self.apply(id, &Event::VmmStarted) {
@@ -317,11 +327,30 @@ impl Lab {
                 let id = id.to_string();
                 self.runtime.spawn(async move {
                     lab.supervisor.stop(&id, process, Duration::ZERO).await;
+                    if let Err(e) = lab.db.set_vmm(&id, None).map_err(LabError::from) {
+                        log::error!("{id}: {e}");
+                    }
+                    if let Err(e) = lab.abandon_boot(&id) {
+                        log::error!("{id}: {e}");
+                    }
                 });
                 Ok(())
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// An instance left `pending` while its boot was under way: the
+    /// clean-up of its termination may have run before the boot wrote its
+    /// volume, VMM files or check-in socket, so it runs again now that
+    /// nothing of the boot is left running.
+    fn abandon_boot(&self, id: &str) -> Result<(), LabError> {
+        let instance = self.db.get_instance(id)?;
+        self.close_checkins(id);
+        if instance.state == InstanceState::Terminated {
+            self.cleanup_terminated(&instance);
+        }
+        Ok(())
     }
 
     /// Starts the instance's VMM, records it, and watches it.
@@ -343,15 +372,87 @@ impl Lab {
             memory_mib: itype.memory_mib,
             root_volume,
             nets: network_attachments(&self.db, id),
-            vsock_cid: None,
+            vsock_cid: Some(checkin::GUEST_CID),
         };
-        let process = self
-            .supervisor
-            .launch(&spec)
-            .map_err(|e| LabError::Boot(e.to_string()))?;
+        // A new boot: the last one's check-in says nothing about this one.
+        self.db.reset_checkin(
+            id,
+            &CheckinRecord::started(Self::now(), self.checkin_timeout),
+        )?;
+        self.open_checkins(id);
+        let process = self.supervisor.launch(&spec).map_err(|e| {
+            // No VMM, so no guest to check in: leave no socket behind.
+            self.close_checkins(id);
+            LabError::Boot(e.to_string())
+        })?;
         self.record_vmm(id, process)?;
         self.watch(id.to_string(), process);
         Ok(process)
+    }
+
+    /// Listens for the agent's check-ins from `id`'s guest. A socket that
+    /// cannot be created is logged, not fatal: the instance runs, and its
+    /// status check reports `impaired` when the deadline passes.
+    fn open_checkins(self: &Arc<Self>, id: &str) {
+        let files = self.supervisor.files(id);
+        let _ = std::fs::create_dir_all(&files.dir);
+        let path = checkin::socket_path(&files.vsock());
+        // Weak: the listener task must not keep the lab alive.
+        let lab = Arc::downgrade(self);
+        let sink: checkin::Sink = Arc::new(move |id: &str, c: &CheckIn| {
+            lab.upgrade()
+                .ok_or_else(|| "the control plane is stopping".to_string())?
+                .record_checkin(id, c)
+        });
+        if let Err(e) = self.checkins.listen(&self.runtime, id, &path, sink) {
+            log::error!("{id}: {e}; its instance status check will fail");
+        }
+    }
+
+    /// Stops listening for `id`'s check-ins and removes the vsock socket
+    /// files its VMM and the listener left.
+    fn close_checkins(&self, id: &str) {
+        let vsock = self.supervisor.files(id).vsock();
+        self.checkins.close(id, &checkin::socket_path(&vsock));
+        let _ = std::fs::remove_file(vsock);
+    }
+
+    /// A valid check-in from `id`'s agent: the instance status becomes ok.
+    fn record_checkin(&self, id: &str, c: &CheckIn) -> Result<(), String> {
+        let instance = self.db.get_instance(id).map_err(|e| e.to_string())?;
+        if !matches!(
+            instance.state,
+            InstanceState::Pending | InstanceState::Running
+        ) {
+            return Err(format!("the instance is {}", instance.state.name()));
+        }
+        match self.db.record_checkin(id, Self::now(), c.boot_id()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("no VMM start is recorded for the instance".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The instance status check of `id` now (`initializing` before its
+    /// first VMM start is recorded).
+    pub fn instance_health(&self, id: &str) -> Result<InstanceHealth, LabError> {
+        Ok(self
+            .db
+            .checkin_record(id)?
+            .map_or(InstanceHealth::Initializing, |r| r.health_at(Self::now())))
+    }
+
+    /// An adopted VMM (the daemon restarted): listen again, and give it a
+    /// record if it started before records existed.
+    fn adopt_checkins(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+        if self.db.checkin_record(id)?.is_none() {
+            self.db.reset_checkin(
+                id,
+                &CheckinRecord::started(Self::now(), self.checkin_timeout),
+            )?;
+        }
+        self.open_checkins(id);
+        Ok(())
     }
 
     fn record_vmm(&self, id: &str, process: VmProcess) -> Result<(), LabError> {
@@ -413,11 +514,7 @@ impl Lab {
             InstanceState::Stopping | InstanceState::ShuttingDown => {
                 self.finish_exit(id, &VmmExit::Clean)
             }
-            // A VMM started while the instance was being terminated (the
-            // boot raced TerminateInstances): the instance was finished
-            // without it, so only its files are left to clean up.
-            InstanceState::Terminated => self.forget_terminated_vmm(&instance),
-            InstanceState::Stopped => Ok(()),
+            InstanceState::Stopped | InstanceState::Terminated => Ok(()),
         };
         if let Err(e) = result {
             log::error!("{id}: handling the VMM's exit: {e}");
@@ -472,17 +569,12 @@ impl Lab {
             },
         )?;
         self.db.set_vmm(id, None)?;
+        if !matches!(after.state, InstanceState::Pending | InstanceState::Running) {
+            self.close_checkins(id);
+        }
         if after.state == InstanceState::Terminated {
             self.cleanup_terminated(&after);
         }
-        Ok(())
-    }
-
-    /// A terminated instance's VMM ended after the instance was finished:
-    /// drop the handle and whatever the late boot left on disk.
-    fn forget_terminated_vmm(&self, instance: &Instance) -> Result<(), LabError> {
-        self.db.set_vmm(&instance.id, None)?;
-        self.cleanup_terminated(instance);
         Ok(())
     }
 
@@ -562,6 +654,12 @@ impl Lab {
         self.apply(id, &Event::RebootRequested)?;
         let instance = self.db.get_instance(id)?;
         if let Some(process) = self.live_process(&instance) {
+            // The guest is going down now: its check-in is stale from here,
+            // not only once the next VMM starts (which resets it again).
+            self.db.reset_checkin(
+                id,
+                &CheckinRecord::started(Self::now(), self.checkin_timeout),
+            )?;
             crate::lock(&self.rebooting).insert(id.to_string());
             self.watch(id.to_string(), process);
             let lab = self.clone();
@@ -610,11 +708,15 @@ impl Lab {
             let live = self.live_process(&instance);
             match (instance.state, live) {
                 (InstanceState::Pending, Some(p)) => {
+                    self.adopt_checkins(&id)?;
                     self.watch(id.clone(), p);
                     let _ = self.apply(&id, &Event::VmmStarted);
                 }
                 (InstanceState::Pending, None) if instance.vmm.is_none() => self.spawn_boot(id),
-                (InstanceState::Running, Some(p)) => self.watch(id, p),
+                (InstanceState::Running, Some(p)) => {
+                    self.adopt_checkins(&id)?;
+                    self.watch(id, p);
+                }
                 (InstanceState::Stopping | InstanceState::ShuttingDown, Some(p)) => {
                     self.watch(id.clone(), p);
                     self.spawn_stop(&id, false);
@@ -629,12 +731,17 @@ impl Lab {
                         "{id}: {} but its VMM runs; stopping it",
                         instance.state.name()
                     );
+                    self.close_checkins(&id);
                     let sup = self.supervisor.clone();
                     self.runtime.spawn(async move {
                         sup.stop(&id, p, Duration::ZERO).await;
                     });
                 }
-                (InstanceState::Stopped | InstanceState::Terminated, None) => {}
+                // A daemon killed between the VMM's end and the clean-up
+                // left the check-in socket behind.
+                (InstanceState::Stopped | InstanceState::Terminated, None) => {
+                    self.close_checkins(&id)
+                }
             }
         }
         Ok(())

@@ -12,6 +12,7 @@ use ec2lab_control::api::sigv4;
 use ec2lab_control::client::{Client, ClientError};
 use ec2lab_control::config::{self, Credentials};
 use ec2lab_control::daemon::{self, ServeOptions};
+use ec2lab_control::model::status::DEFAULT_CHECKIN_TIMEOUT;
 
 /// ec2lab: the EC2 model on one Linux machine with KVM.
 #[derive(Debug, Parser)]
@@ -57,6 +58,11 @@ enum Command {
         /// The ec2lab-vmm binary (default: next to this one).
         #[arg(long)]
         vmm: Option<PathBuf>,
+        /// How long a guest's agent has, from its VMM's start, to check in
+        /// over vsock before DescribeInstanceStatus reports the instance
+        /// status `impaired` (e.g. 10m, 90s).
+        #[arg(long, default_value_t = DEFAULT_CHECKIN_TIMEOUT.into())]
+        checkin_timeout: humantime::Duration,
     },
     /// Launch instances and wait until they run.
     Run {
@@ -124,11 +130,13 @@ fn main() -> ExitCode {
             listen,
             images,
             vmm,
+            checkin_timeout,
         } => serve(ServeOptions {
             data_dir,
             images_dir: images.unwrap_or_else(config::default_images_dir),
             vmm: vmm.unwrap_or_else(default_vmm),
             listen,
+            checkin_timeout: checkin_timeout.into(),
         }),
         Command::BenchSeed { count } => bench_seed(&data_dir, count),
         ref command => client(&cli, &data_dir, command),

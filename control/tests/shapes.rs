@@ -89,40 +89,13 @@ fn between<'a>(xml: &'a str, open: &str, close: &str) -> &'a str {
     &xml[start..end]
 }
 
-fn fake_catalog(dir: &std::path::Path) {
-    let sha = |data: &[u8]| {
-        ec2lab_images::sha256_file(&{
-            let p = dir.join("tmp.bin");
-            std::fs::write(&p, data).expect("write");
-            p
-        })
-        .expect("sha")
-    };
-    let kernel = dir.join("images/kernels/k");
-    let ami = dir.join("images/lab-minimal");
-    std::fs::create_dir_all(&kernel).expect("mkdir");
-    std::fs::create_dir_all(&ami).expect("mkdir");
-    std::fs::write(kernel.join("vmlinux"), b"ELF").expect("kernel");
-    std::fs::write(ami.join("root.ext4"), b"root").expect("root");
-    let k = serde_json::json!({"schema_version":1,"image_type":"kernel","name":"k","description":"d",
-        "architecture":"x86_64","kernel":{"path":"vmlinux","format":"elf-pvh","size_bytes":3,"sha256":sha(b"ELF")},
-        "created":"2026-01-01T00:00:00Z"});
-    let m = serde_json::json!({"schema_version":1,"image_type":"machine","name":"lab-minimal","description":"d",
-        "architecture":"x86_64","root_device_type":"ebs","root_device_name":"/dev/xvda",
-        "block_device_mappings":[{"device_name":"/dev/xvda","guest_device":"/dev/vda","path":"root.ext4",
-        "format":"raw","size_bytes":4,"sha256":sha(b"root")}],"kernel":"k","initrd":null,
-        "cmdline":"console=ttyS0","default_user":"ec2-user","created":"2026-01-01T00:00:00Z"});
-    std::fs::write(kernel.join("manifest.json"), k.to_string()).expect("manifest");
-    std::fs::write(ami.join("manifest.json"), m.to_string()).expect("manifest");
-}
-
 #[test]
 fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
     let Some(model) = common::model("resource_actions_pass_the_botocore_shape_check") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    fake_catalog(dir.path());
+    common::fake_catalog(dir.path());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = ec2lab_control::db::Db::open(&dir.path().join("ec2lab.db")).expect("db");
     let supervisor = ec2lab_control::supervisor::Supervisor::new(
@@ -134,6 +107,7 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         supervisor,
         dir.path().join("images"),
         runtime.handle().clone(),
+        ec2lab_control::model::status::DEFAULT_CHECKIN_TIMEOUT,
     );
     lab.register_catalog().expect("catalog");
     let mut s = Scenario {

@@ -10,6 +10,7 @@ pub mod filter;
 pub mod ids;
 pub mod instance_types;
 pub mod state;
+pub mod status;
 pub mod vpc;
 pub mod zones;
 

@@ -379,3 +379,33 @@ pub const CASES: &[(&str, &[(&str, &str)])] = &[
     ),
     ("DescribeInstanceTypes", &[("MaxResults", "5")]),
 ];
+
+/// An images directory under `dir/images` with a kernel `k` and a machine
+/// image `lab-minimal` whose files are a few bytes: enough to register,
+/// launch and describe, not to boot.
+pub fn fake_catalog(dir: &std::path::Path) {
+    let sha = |data: &[u8]| {
+        ec2lab_images::sha256_file(&{
+            let p = dir.join("tmp.bin");
+            std::fs::write(&p, data).expect("write");
+            p
+        })
+        .expect("sha")
+    };
+    let kernel = dir.join("images/kernels/k");
+    let ami = dir.join("images/lab-minimal");
+    std::fs::create_dir_all(&kernel).expect("mkdir");
+    std::fs::create_dir_all(&ami).expect("mkdir");
+    std::fs::write(kernel.join("vmlinux"), b"ELF").expect("kernel");
+    std::fs::write(ami.join("root.ext4"), b"root").expect("root");
+    let k = serde_json::json!({"schema_version":1,"image_type":"kernel","name":"k","description":"d",
+        "architecture":"x86_64","kernel":{"path":"vmlinux","format":"elf-pvh","size_bytes":3,"sha256":sha(b"ELF")},
+        "created":"2026-01-01T00:00:00Z"});
+    let m = serde_json::json!({"schema_version":1,"image_type":"machine","name":"lab-minimal","description":"d",
+        "architecture":"x86_64","root_device_type":"ebs","root_device_name":"/dev/xvda",
+        "block_device_mappings":[{"device_name":"/dev/xvda","guest_device":"/dev/vda","path":"root.ext4",
+        "format":"raw","size_bytes":4,"sha256":sha(b"root")}],"kernel":"k","initrd":null,
+        "cmdline":"console=ttyS0","default_user":"ec2-user","created":"2026-01-01T00:00:00Z"});
+    std::fs::write(kernel.join("manifest.json"), k.to_string()).expect("manifest");
+    std::fs::write(ami.join("manifest.json"), m.to_string()).expect("manifest");
+}

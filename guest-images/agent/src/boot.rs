@@ -1,4 +1,5 @@
-//! The boot sequence: token, instance id, hostname, ssh key, user data.
+//! The boot sequence: vsock check-in, then token, instance id, hostname,
+//! ssh key, user data.
 //!
 //! Every step logs one line and the sequence always ends with
 //! `ec2lab-guest: done`; nothing here fails the boot. Once the metadata
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use crate::imds::{Imds, ImdsConfig, ImdsError, Session, TOKEN_TTL_SECONDS};
 use crate::log::{self, Done, Outcome};
 use crate::paths::is_safe_component;
-use crate::{hostname, ssh_keys, user_data};
+use crate::{checkin, hostname, ssh_keys, user_data};
 
 /// What the boot sequence works on.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct BootConfig {
     pub user: String,
     /// Also set the kernel's host name (only sensible when root is `/`).
     pub set_hostname: bool,
+    /// Check in with the control plane over vsock first.
+    pub checkin: bool,
 }
 
 /// Why the instance-id step failed.
@@ -38,6 +41,13 @@ enum InstanceIdError {
 
 /// Runs every step, logging each.
 pub fn run(config: &BootConfig) {
+    // First, and whatever the metadata service does: the status check
+    // waits only for this.
+    if config.checkin {
+        let _ = log::report("checkin", checkin::run());
+    } else {
+        log::line("checkin", Outcome::Skipped, "disabled (--no-checkin)");
+    }
     run_steps(config);
     log::done();
 }

@@ -1,12 +1,14 @@
 //! `ec2lab-guest`: the ec2lab in-guest agent.
 //!
-//! At boot (`ec2lab-guest` or `ec2lab-guest boot`) it reads the instance
+//! At boot (`ec2lab-guest` or `ec2lab-guest boot`) it checks in with the
+//! control plane over vsock (the instance status check), then reads the instance
 //! metadata service and applies it: host name, the instance's ssh key,
 //! user data once per instance. `ec2lab-guest metadata PATH` prints one
 //! metadata item. See README.md for flags, log lines and exit codes.
 
 mod base64;
 mod boot;
+mod checkin;
 mod cloud_config;
 mod command;
 mod hostname;
@@ -112,6 +114,10 @@ struct BootArgs {
         default_missing_value = "true"
     )]
     set_hostname: Option<bool>,
+    /// Skip the vsock check-in with the control plane (the instance status
+    /// check). For runs outside an ec2lab guest.
+    #[arg(long, env = "EC2LAB_GUEST_NO_CHECKIN")]
+    no_checkin: bool,
 }
 
 impl ImdsArgs {
@@ -140,6 +146,7 @@ fn boot(imds: &ImdsArgs, args: BootArgs) -> ExitCode {
     boot::run(&BootConfig {
         imds: imds.config(),
         set_hostname: args.set_hostname.unwrap_or(is_real_root),
+        checkin: !args.no_checkin,
         root: args.root,
         user: args.user,
     });

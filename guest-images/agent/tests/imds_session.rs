@@ -118,7 +118,9 @@ fn unreachable_metadata_is_reported_after_default_attempts_and_boot_goes_on() {
     run.assert_line(&format!(
         "ec2lab-guest: imds: failed: metadata unreachable at {url} after 5 attempts (connection refused)"
     ));
-    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+    // The check-in (disabled by run_raw), the metadata failure, done.
+    run.assert_line("ec2lab-guest: checkin: skipped: disabled (--no-checkin)");
+    assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
     // 5 refused connects and 50+100+200+400 ms of backoff.
     assert!(run.elapsed < Duration::from_secs(3), "{:?}", run.elapsed);
 }

@@ -1,4 +1,4 @@
-//! Instances: RunInstances, DescribeInstances, DescribeInstanceStatus,
+//! Instances: RunInstances, DescribeInstances,
 //! Start/Stop/Reboot/TerminateInstances, GetConsoleOutput and the instance
 //! attributes. Handlers parse, call the lab, and render; the rendering of an
 //! instance is complete (every member EC2 returns), so tools that diff
@@ -38,7 +38,7 @@ fn system_time(t: OffsetDateTime) -> SystemTime {
         )
 }
 
-fn state_node(name: &'static str, s: InstanceState) -> XmlNode {
+pub(super) fn state_node(name: &'static str, s: InstanceState) -> XmlNode {
     XmlNode::element(
         name,
         vec![
@@ -527,79 +527,6 @@ pub fn describe_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
         "reservationSet",
         reservations.iter().map(|r| reservation_node(r, ctx.region)),
     )];
-    if let Some(token) = found.next_token {
-        out.push(XmlNode::text("nextToken", token));
-    }
-    Ok(out)
-}
-
-/// `DescribeInstanceStatus`: running instances by default, all with
-/// `IncludeAllInstances`. System status is the VMM's; the instance status
-/// waits for the guest agent, which reports through the metadata service
-/// (not there yet), so it stays `initializing`.
-pub fn describe_instance_status(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
-    params.reject_unknown(&[
-        "InstanceId",
-        "Filter",
-        "MaxResults",
-        "NextToken",
-        "DryRun",
-        "IncludeAllInstances",
-    ])?;
-    let ids = params.list("InstanceId")?;
-    let all = params.bool("IncludeAllInstances")?.unwrap_or(false);
-    let lab = lab(ctx)?;
-    let query = InstanceQuery {
-        instance_ids: check_ids(IdKind::Instance, &ids)?,
-        filters: Vec::new(),
-        page: page(params)?,
-    };
-    let found = lab
-        .db
-        .list_instances(&query)
-        .map_err(|e| db_error(ctx, e))?;
-    let statuses = found
-        .items
-        .iter()
-        .filter(|i| all || i.state == InstanceState::Running)
-        .map(|i| {
-            let vmm_alive = lab.live_process(i).is_some();
-            let (system, instance) = match i.state {
-                InstanceState::Running if vmm_alive => ("ok", "initializing"),
-                InstanceState::Running => ("impaired", "impaired"),
-                _ => ("not-applicable", "not-applicable"),
-            };
-            let details = |status: &'static str| {
-                XmlNode::list(
-                    "details",
-                    [vec![
-                        XmlNode::text("name", "reachability"),
-                        XmlNode::text(
-                            "status",
-                            match status {
-                                "ok" => "passed",
-                                "impaired" => "failed",
-                                _ => "initializing",
-                            },
-                        ),
-                    ]],
-                )
-            };
-            vec![
-                XmlNode::text("instanceId", i.id.as_str()),
-                XmlNode::text("availabilityZone", i.placement.availability_zone.as_str()),
-                state_node("instanceState", i.state),
-                XmlNode::element(
-                    "systemStatus",
-                    vec![XmlNode::text("status", system), details(system)],
-                ),
-                XmlNode::element(
-                    "instanceStatus",
-                    vec![XmlNode::text("status", instance), details(instance)],
-                ),
-            ]
-        });
-    let mut out = vec![XmlNode::list("instanceStatusSet", statuses)];
     if let Some(token) = found.next_token {
         out.push(XmlNode::text("nextToken", token));
     }

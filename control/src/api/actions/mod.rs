@@ -12,6 +12,7 @@
 mod common;
 mod filter;
 mod images;
+mod instance_status;
 mod instances;
 mod keypairs;
 mod operations;
@@ -89,7 +90,7 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ),
     (
         "DescribeInstanceStatus",
-        instances::describe_instance_status,
+        instance_status::describe_instance_status,
     ),
     ("DescribeInstanceTypes", regions::describe_instance_types),
     ("DescribeInstances", instances::describe_instances),
