@@ -302,15 +302,16 @@ fn private_ip_set(n: &NetworkInterface, region: &str) -> XmlNode {
     )
 }
 
-fn network_interface_node(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
-    let mut out = vec![
+/// The members DescribeNetworkInterfaces' `NetworkInterface` and
+/// DescribeInstances' `InstanceNetworkInterface` share; each shape adds
+/// its own.
+fn interface_common_nodes(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
+    vec![
         XmlNode::text("networkInterfaceId", n.id.as_str()),
         XmlNode::text("subnetId", n.subnet_id.as_str()),
         XmlNode::text("vpcId", n.vpc_id.as_str()),
-        XmlNode::text("availabilityZone", n.availability_zone.as_str()),
         XmlNode::text("description", n.description.as_str()),
         XmlNode::text("ownerId", n.owner_id.as_str()),
-        XmlNode::bool("requesterManaged", false),
         XmlNode::text("status", n.status()),
         XmlNode::text("macAddress", n.mac_address.as_str()),
         XmlNode::text("privateIpAddress", n.private_ip_address.to_string()),
@@ -320,7 +321,15 @@ fn network_interface_node(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
         ),
         XmlNode::bool("sourceDestCheck", n.source_dest_check),
         group_set(&n.groups),
-    ];
+    ]
+}
+
+fn network_interface_node(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
+    let mut out = interface_common_nodes(n, region);
+    out.extend([
+        XmlNode::text("availabilityZone", n.availability_zone.as_str()),
+        XmlNode::bool("requesterManaged", false),
+    ]);
     if let Some(a) = &n.attachment {
         out.push(XmlNode::element(
             "attachment",
@@ -377,22 +386,7 @@ pub(super) fn instance_network_nodes(
     out.push(XmlNode::list(
         "networkInterfaceSet",
         interfaces.iter().map(|n| {
-            let mut item = vec![
-                XmlNode::text("networkInterfaceId", n.id.as_str()),
-                XmlNode::text("subnetId", n.subnet_id.as_str()),
-                XmlNode::text("vpcId", n.vpc_id.as_str()),
-                XmlNode::text("description", n.description.as_str()),
-                XmlNode::text("ownerId", n.owner_id.as_str()),
-                XmlNode::text("status", n.status()),
-                XmlNode::text("macAddress", n.mac_address.as_str()),
-                XmlNode::text("privateIpAddress", n.private_ip_address.to_string()),
-                XmlNode::text(
-                    "privateDnsName",
-                    private_dns_name(n.private_ip_address, region),
-                ),
-                XmlNode::bool("sourceDestCheck", n.source_dest_check),
-                group_set(&n.groups),
-            ];
+            let mut item = interface_common_nodes(n, region);
             if let Some(a) = &n.attachment {
                 item.push(XmlNode::element(
                     "attachment",
