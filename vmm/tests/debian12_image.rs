@@ -144,10 +144,23 @@ fn debian12_manifests_validate_fsck_is_clean_config_is_there_and_a_rebuild_is_a_
         ("/lib/systemd/systemd", "0755", "0"),
         ("/usr/sbin/sshd", "0755", "0"),
         ("/usr/bin/cloud-init", "0755", "0"),
+        ("/usr/bin/ec2lab-guest", "0755", "0"),
     ] {
         let got = stat_in_image(&root, path).unwrap_or_else(|| panic!("{path} missing"));
         assert_eq!((got.0.as_str(), got.1.as_str()), (mode, user), "{path}");
     }
+    // The instance status check: the agent checks in at every boot.
+    assert!(
+        debugfs(&root, "ls /etc/systemd/system/multi-user.target.wants")
+            .split_whitespace()
+            .any(|f| f == "ec2lab-checkin.service"),
+        "ec2lab-checkin.service is not enabled"
+    );
+    assert!(
+        debugfs(&root, "cat /etc/systemd/system/ec2lab-checkin.service")
+            .contains("ExecStart=/usr/bin/ec2lab-guest checkin"),
+        "ec2lab-checkin.service does not run the agent's check-in"
+    );
     assert!(
         debugfs(&root, "ls /etc/ssh")
             .split_whitespace()
@@ -171,6 +184,12 @@ fn debian12_manifests_validate_fsck_is_clean_config_is_there_and_a_rebuild_is_a_
         &format!("ls /usr/lib/modules/{release}/kernel/drivers/virtio"),
     );
     assert!(virtio.contains("virtio_mmio.ko"), "{virtio}");
+    // ec2lab-checkin.service loads it to reach the host over vsock.
+    let vsock = debugfs(
+        &root,
+        &format!("ls /usr/lib/modules/{release}/kernel/net/vmw_vsock"),
+    );
+    assert!(vsock.contains("vmw_vsock_virtio_transport.ko"), "{vsock}");
 
     // Unchanged inputs: nothing is rebuilt.
     let before = std::fs::metadata(&root)

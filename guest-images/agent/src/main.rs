@@ -58,6 +58,9 @@ enum Cmd {
         /// The item, relative to /latest/meta-data/ unless it starts with `/`.
         path: String,
     },
+    /// Only check in with the control plane over vsock (the instance status
+    /// check), for images whose own tools (cloud-init) apply the metadata.
+    Checkin,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +140,10 @@ fn main() -> ExitCode {
         None => boot(&cli.imds, cli.boot),
         Some(Cmd::Boot(args)) => boot(&cli.imds, args),
         Some(Cmd::Metadata { path }) => metadata(&cli.imds, &path),
+        Some(Cmd::Checkin) => match log::report("checkin", checkin::run()) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
     }
 }
 
