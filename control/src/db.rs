@@ -1297,13 +1297,27 @@ fn decode_instance_key(key: &str) -> Option<(i64, String, i64)> {
     Some((ms, rid, idx))
 }
 
+/// The first row `sql` (with `value` as `?1`) selects, read by `from_row`
+/// (which may query further on the same connection, e.g. for tags).
+fn query_first<T>(
+    conn: &Connection,
+    sql: &str,
+    value: &str,
+    from_row: impl FnOnce(&Connection, &Row<'_>) -> Result<T, DbError>,
+) -> Result<Option<T>, DbError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query([value])?;
+    rows.next()?.map(|row| from_row(conn, row)).transpose()
+}
+
 fn get_instance(conn: &Connection, id: &str) -> Result<Instance, DbError> {
-    let mut stmt = conn.prepare_cached(&format!("{INSTANCE_SELECT} WHERE i.id = ?1"))?;
-    let mut rows = stmt.query([id])?;
-    match rows.next()? {
-        Some(row) => instance_from_row(conn, row),
-        None => Err(not_found(IdKind::Instance, id)),
-    }
+    query_first(
+        conn,
+        &format!("{INSTANCE_SELECT} WHERE i.id = ?1"),
+        id,
+        instance_from_row,
+    )?
+    .ok_or_else(|| not_found(IdKind::Instance, id))
 }
 
 fn instance_state(conn: &Connection, id: &str) -> Result<InstanceState, DbError> {
@@ -1368,11 +1382,12 @@ fn key_pair_where(
     condition: &'static str,
     value: &str,
 ) -> Result<Option<KeyPair>, DbError> {
-    let mut stmt = conn.prepare_cached(&format!("{KEY_PAIR_SELECT} WHERE {condition}"))?;
-    let mut rows = stmt.query([value])?;
-    rows.next()?
-        .map(|row| key_pair_from_row(conn, row))
-        .transpose()
+    query_first(
+        conn,
+        &format!("{KEY_PAIR_SELECT} WHERE {condition}"),
+        value,
+        key_pair_from_row,
+    )
 }
 
 fn key_pair_from_row(conn: &Connection, row: &Row<'_>) -> Result<KeyPair, DbError> {
@@ -1393,11 +1408,12 @@ fn image_where(
     condition: &'static str,
     value: &str,
 ) -> Result<Option<Image>, DbError> {
-    let mut stmt = conn.prepare_cached(&format!("{IMAGE_SELECT} WHERE {condition}"))?;
-    let mut rows = stmt.query([value])?;
-    rows.next()?
-        .map(|row| image_from_row(conn, row))
-        .transpose()
+    query_first(
+        conn,
+        &format!("{IMAGE_SELECT} WHERE {condition}"),
+        value,
+        image_from_row,
+    )
 }
 
 fn image_from_row(conn: &Connection, row: &Row<'_>) -> Result<Image, DbError> {

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use time::OffsetDateTime;
 
-use super::{from_ms, missing_ids, not_found, tags_of, to_ms, Db, DbError};
+use super::{from_ms, missing_ids, not_found, query_first, tags_of, to_ms, Db, DbError};
 use crate::model::filter::{self, Filter, Page, PageRequest};
 use crate::model::ids::{self, IdKind};
 use crate::model::vpc::{
@@ -302,12 +302,13 @@ fn subnet_from_row(conn: &Connection, row: &Row<'_>) -> Result<Subnet, DbError> 
 }
 
 fn get_subnet(conn: &Connection, id: &str) -> Result<Subnet, DbError> {
-    let mut stmt = conn.prepare_cached("SELECT * FROM subnets WHERE id = ?1")?;
-    let mut rows = stmt.query([id])?;
-    match rows.next()? {
-        Some(row) => subnet_from_row(conn, row),
-        None => Err(not_found(IdKind::Subnet, id)),
-    }
+    query_first(
+        conn,
+        "SELECT * FROM subnets WHERE id = ?1",
+        id,
+        subnet_from_row,
+    )?
+    .ok_or_else(|| not_found(IdKind::Subnet, id))
 }
 
 fn group_from_row(conn: &Connection, row: &Row<'_>) -> Result<SecurityGroup, DbError> {
@@ -401,28 +402,21 @@ fn resolve_groups(
     vpc_id: &str,
     request: &InterfaceRequest,
 ) -> Result<Vec<String>, DbError> {
+    // The id of the VPC's group whose `column` is `key`, if there is one.
+    let group_id = |column: &str, key: &str| -> Result<Option<String>, DbError> {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT id FROM security_groups WHERE {column} = ?1 AND vpc_id = ?2"
+        ))?;
+        Ok(stmt.query_row([key, vpc_id], |r| r.get(0)).optional()?)
+    };
     let mut found = Vec::new();
     let mut missing = Vec::new();
-    let mut by_id =
-        tx.prepare_cached("SELECT id FROM security_groups WHERE id = ?1 AND vpc_id = ?2")?;
-    for id in &request.group_ids {
-        match by_id
-            .query_row([id, vpc_id], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            Some(id) => found.push(id),
-            None => missing.push(id.clone()),
-        }
-    }
-    let mut by_name =
-        tx.prepare_cached("SELECT id FROM security_groups WHERE name = ?1 AND vpc_id = ?2")?;
-    for name in &request.group_names {
-        match by_name
-            .query_row([name, vpc_id], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            Some(id) => found.push(id),
-            None => missing.push(name.clone()),
+    for (column, keys) in [("id", &request.group_ids), ("name", &request.group_names)] {
+        for key in keys {
+            match group_id(column, key)? {
+                Some(id) => found.push(id),
+                None => missing.push(key.clone()),
+            }
         }
     }
     if !missing.is_empty() {
@@ -432,10 +426,10 @@ fn resolve_groups(
         });
     }
     if found.is_empty() {
+        // Every VPC has its default group.
         found.push(
-            by_name.query_row([vpc::DEFAULT_SECURITY_GROUP_NAME, vpc_id], |r| {
-                r.get::<_, String>(0)
-            })?,
+            group_id("name", vpc::DEFAULT_SECURITY_GROUP_NAME)?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)?,
         );
     }
     found.sort();
@@ -485,12 +479,13 @@ pub(super) fn create_primary_interface(
     for g in &groups {
         add_group.execute([&id, g])?;
     }
-    let mut stmt = tx.prepare_cached(&format!("{INTERFACE_SELECT} WHERE n.id = ?1"))?;
-    let mut rows = stmt.query([&id])?;
-    match rows.next()? {
-        Some(row) => interface_from_row(tx, row),
-        None => Err(not_found(IdKind::NetworkInterface, &id)),
-    }
+    query_first(
+        tx,
+        &format!("{INTERFACE_SELECT} WHERE n.id = ?1"),
+        &id,
+        interface_from_row,
+    )?
+    .ok_or_else(|| not_found(IdKind::NetworkInterface, &id))
 }
 
 /// A MAC no interface has. 40 random bits make a clash unlikely; a few
