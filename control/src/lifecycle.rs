@@ -293,21 +293,12 @@ impl Lab {
         if instance.state != InstanceState::Pending {
             return Ok(());
         }
-        let BootFiles {
-            kernel,
-            root: image_root,
-            cmdline,
-            initrd,
-        } = self.image_paths(&instance)?;
-        let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
-            LabError::Boot(format!("unknown instance type {}", instance.instance_type))
-        })?;
-        let files = self.supervisor.files(id);
-        let volume = files.root_volume();
+        let boot_files = self.image_paths(&instance)?;
+        let volume = self.supervisor.files(id).root_volume();
         if !volume.exists() {
-            let size = root_size_bytes(instance.root_volume.size_gib, &image_root);
+            let size = root_size_bytes(instance.root_volume.size_gib, &boot_files.root);
             let sup = self.supervisor.clone();
-            let (id2, src) = (id.to_string(), image_root.clone());
+            let (id2, src) = (id.to_string(), boot_files.root.clone());
             tokio::task::spawn_blocking(move || sup.prepare_root_volume(&id2, &src, size))
                 .await
                 .map_err(|e| LabError::Boot(e.to_string()))?
@@ -318,7 +309,7 @@ impl Lab {
         if self.db.get_instance(id)?.state != InstanceState::Pending {
             return self.abandon_boot(id);
         }
-        let process = self.start_vmm(id, itype, kernel, initrd, cmdline, volume)?;
+        let process = self.start_vmm(&instance, boot_files)?;
         match self.apply(id, &Event::VmmStarted) {
             Ok(_) => Ok(()),
             // Terminated or stopped while we were starting it: undo.
@@ -353,25 +344,26 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the instance's VMM, records it, and watches it.
+    /// Starts the VMM of `instance` on its (prepared) root volume, records
+    /// it, and watches it.
     fn start_vmm(
         self: &Arc<Self>,
-        id: &str,
-        itype: &instance_types::InstanceType,
-        kernel: PathBuf,
-        initrd: Option<PathBuf>,
-        cmdline: String,
-        root_volume: PathBuf,
+        instance: &Instance,
+        boot_files: BootFiles,
     ) -> Result<VmProcess, LabError> {
+        let id = instance.id.as_str();
+        let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
+            LabError::Boot(format!("unknown instance type {}", instance.instance_type))
+        })?;
         let spec = VmSpec {
             instance_id: id.to_string(),
-            kernel,
-            initrd,
-            cmdline,
+            kernel: boot_files.kernel,
+            initrd: boot_files.initrd,
+            cmdline: boot_files.cmdline,
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
-            root_volume,
-            nets: network_attachments(&self.db, id),
+            root_volume: self.supervisor.files(id).root_volume(),
+            nets: network_attachments(instance),
             vsock_cid: Some(checkin::GUEST_CID),
         };
         // A new boot: the last one's check-in says nothing about this one.
@@ -543,17 +535,8 @@ impl Lab {
         ) {
             return Ok(());
         }
-        let BootFiles {
-            kernel,
-            cmdline,
-            initrd,
-            ..
-        } = self.image_paths(&instance)?;
-        let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
-            LabError::Boot(format!("unknown instance type {}", instance.instance_type))
-        })?;
-        let volume = self.supervisor.files(id).root_volume();
-        self.start_vmm(id, itype, kernel, initrd, cmdline, volume)?;
+        let boot_files = self.image_paths(&instance)?;
+        self.start_vmm(&instance, boot_files)?;
         if instance.state == InstanceState::Pending {
             self.apply(id, &Event::VmmStarted)?;
         }
@@ -767,23 +750,16 @@ impl Lab {
 /// the instance's tap are made by the coming networking layer (network
 /// namespaces, bridges, DHCP from the ENI's address; see DESIGN.md
 /// "Networking"), and a tap that no bridge carries would only give the
-/// guest a dead link. The ENI is read here so the wiring is one change.
-fn network_attachments(db: &Db, instance_id: &str) -> Vec<(String, String)> {
-    match db.get_instance(instance_id) {
-        Ok(instance) => {
-            for eni in &instance.network_interfaces {
-                log::debug!(
-                    "{instance_id}: {} ({}, {}) is not plumbed to the host yet",
-                    eni.id,
-                    eni.mac_address,
-                    eni.private_ip_address
-                );
-            }
-            Vec::new()
-        }
-        Err(e) => {
-            log::warn!("{instance_id}: cannot read its network interfaces: {e}");
-            Vec::new()
-        }
+/// guest a dead link. The ENIs are taken here so the wiring is one change.
+fn network_attachments(instance: &Instance) -> Vec<(String, String)> {
+    for eni in &instance.network_interfaces {
+        log::debug!(
+            "{}: {} ({}, {}) is not plumbed to the host yet",
+            instance.id,
+            eni.id,
+            eni.mac_address,
+            eni.private_ip_address
+        );
     }
+    Vec::new()
 }
