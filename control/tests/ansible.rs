@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Daemon, Prereqs};
 
 #[test]
@@ -48,19 +46,7 @@ fn ansible_amazon_aws_drives_an_instance_through_its_whole_life() {
         .env("ANSIBLE_INVENTORY_UNPARSED_WARNING", "false")
         .output()
         .expect("run ansible-playbook");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{report}");
-    assert!(
-        out.status.success(),
-        "ansible playbook failed:\n{report}\n--- daemon log ---\n{}",
-        daemon.log()
-    );
-    let leftovers = daemon.stop_and_list_leftovers(Duration::from_secs(60));
-    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    daemon.assert_client_run_and_no_leftovers("ansible playbook", &out);
 }
 
 /// The venv's bin first on PATH, so modules run with the venv's boto3.

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Daemon, Prereqs};
 
 #[test]
@@ -25,17 +23,5 @@ fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
         .envs(daemon.client_env())
         .output()
         .expect("run pytest");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{report}");
-    assert!(
-        out.status.success(),
-        "conformance suite failed:\n{report}\n--- daemon log ---\n{}",
-        daemon.log()
-    );
-    let leftovers = daemon.stop_and_list_leftovers(Duration::from_secs(60));
-    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    daemon.assert_client_run_and_no_leftovers("conformance suite", &out);
 }

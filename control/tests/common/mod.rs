@@ -242,6 +242,26 @@ impl Daemon {
         pids
     }
 
+    /// Judges a client suite (`what`: pytest, a playbook) that ran against
+    /// this daemon: prints its output, fails with it and the daemon's log
+    /// unless it succeeded, then stops the daemon and fails if anything was
+    /// left behind.
+    pub fn assert_client_run_and_no_leftovers(self, what: &str, out: &std::process::Output) {
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{report}");
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{report}\n--- daemon log ---\n{}",
+            self.log()
+        );
+        let leftovers = self.stop_and_list_leftovers(Duration::from_secs(60));
+        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    }
+
     /// Stops the daemon, then lists what it left: live VMMs (which are
     /// then killed, by PID) and instance directories.
     pub fn stop_and_list_leftovers(mut self, grace: Duration) -> Vec<String> {
