@@ -34,9 +34,10 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::exit::VmExit;
-use crate::host::{HostKind, Workarounds};
+use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
 use crate::vstate::vcpu::{self, Activity, Request, Vcpu, VcpuContext, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::watchdog::{Next, StallWatchdog};
 use crate::vstate::{memory, vcpu::VcpuError};
 use crate::VmmEvent;
 
@@ -138,7 +139,11 @@ pub struct Vmm {
     cmdline: String,
     entry: EntryMode,
     format: boot::KernelFormat,
+    acpi: boot::AcpiSupport,
+    devices_on_cmdline: bool,
     host: HostKind,
+    vendor: CpuVendor,
+    tsc: TscSource,
     workarounds: Workarounds,
     // Kept alive for as long as vCPUs may touch them.
     _vm: Vm,
@@ -174,15 +179,35 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, 
     Ok(devices)
 }
 
+/// The command-line declaration of each virtio-mmio device, for kernels that
+/// cannot read them from the DSDT (`CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
+fn cmdline_device_params(devices: &[MmioDeviceInfo]) -> String {
+    devices
+        .iter()
+        .map(|d| {
+            format!(
+                "virtio_mmio.device={}K@{:#x}:{}",
+                MMIO_LEN / 1024,
+                d.base,
+                d.gsi
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether the user's command line switches ACPI off (`acpi=off`), which
+/// leaves the kernel where a kernel without ACPI is.
+fn cmdline_disables_acpi(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|p| p == "acpi=off")
+}
+
 /// Builds the VM described by `config`.
 pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     config.validate(crate::config::host_memory_mib())?;
     let host = HostKind::detect();
+    let vendor = CpuVendor::detect();
     let workarounds = Workarounds::new(config.cpu_template, host);
-    let cmdline = workarounds.extend_cmdline(&config.cmdline);
-    if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
-        return Err(ConfigError::CmdlineTooLong(cmdline.len()).into());
-    }
     let vcpu_count = config.vcpus as u8;
     let mem_size = config.memory_bytes();
 
@@ -192,7 +217,6 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
         None => None,
     };
-    boot::write_cmdline(&mem, &cmdline)?;
     let virtio_devices = open_virtio_devices(config)?;
     let virtio_info: Vec<MmioDeviceInfo> = (0..virtio_devices.len())
         .map(|i| MmioDeviceInfo {
@@ -200,20 +224,23 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
             gsi: FIRST_VIRTIO_GSI + i as u32,
         })
         .collect();
-    mptable::setup(&mem, vcpu_count)?;
-    let acpi = acpi::setup(&mem, vcpu_count, &virtio_info)?;
-    boot::write_boot_params(
-        &mem,
-        &kernel,
-        &boot::BootInfo {
-            cmdline_len: cmdline.len(),
-            initrd,
-            rsdp: acpi.rsdp,
-            mem_size,
-        },
-    )?;
-    let serial_out =
-        console::open_output(config.serial_out.as_deref()).map_err(BuildError::SerialOut)?;
+    let devices_on_cmdline = !kernel.acpi.uses_dsdt() || cmdline_disables_acpi(&config.cmdline);
+    let user_cmdline = if devices_on_cmdline {
+        format!(
+            "{} {}",
+            config.cmdline.trim(),
+            cmdline_device_params(&virtio_info)
+        )
+        .trim()
+        .to_string()
+    } else {
+        config.cmdline.clone()
+    };
+    // Checked before KVM is touched, with the longest TSC parameter there is.
+    let longest = workarounds.extend_cmdline(&user_cmdline, TscSource::Cmdline(u32::MAX));
+    if longest.len() >= layout::CMDLINE_MAX_SIZE {
+        return Err(ConfigError::CmdlineTooLong(longest.len()).into());
+    }
 
     let vm = Vm::new(&mem)?;
     let (events_tx, events_rx) = mpsc::channel();
@@ -222,6 +249,8 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         events: events_tx.clone(),
         stopping: stopping.clone(),
     };
+    let serial_out =
+        console::open_output(config.serial_out.as_deref()).map_err(BuildError::SerialOut)?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&serial_irq, serial::COM1_GSI)?;
@@ -276,10 +305,32 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         events: events_tx.clone(),
         stopping: stopping.clone(),
         count: vcpu_count,
+        hide_tsc_leaves: config.hide_tsc_leaves,
     };
     let vcpus = (0..vcpu_count)
         .map(|id| Vcpu::new(&vm, id, &ctx, kernel.entry))
         .collect::<Result<Vec<_>, _>>()?;
+
+    // The command line and the tables that point at it go in last: the TSC
+    // frequency it may carry is known only once KVM has made a vCPU.
+    let tsc = workarounds.tsc_source(&user_cmdline, vcpus.first().and_then(Vcpu::tsc_khz));
+    let cmdline = workarounds.extend_cmdline(&user_cmdline, tsc);
+    if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+        return Err(ConfigError::CmdlineTooLong(cmdline.len()).into());
+    }
+    boot::write_cmdline(&mem, &cmdline)?;
+    mptable::setup(&mem, vcpu_count)?;
+    let acpi = acpi::setup(&mem, vcpu_count, &virtio_info)?;
+    boot::write_boot_params(
+        &mem,
+        &kernel,
+        &boot::BootInfo {
+            cmdline_len: cmdline.len(),
+            initrd,
+            rsdp: acpi.rsdp,
+            mem_size,
+        },
+    )?;
 
     let api = match &config.api_sock {
         Some(path) => Some(api::start(path, events_tx.clone())?),
@@ -291,7 +342,11 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         cmdline,
         entry: kernel.entry,
         format: kernel.format,
+        acpi: kernel.acpi,
+        devices_on_cmdline,
         host,
+        vendor,
+        tsc,
         workarounds,
         _vm: vm,
         _mem: mem,
@@ -308,10 +363,58 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
 /// How long pause waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often the main loop looks at the stall watchdog.
+const WATCHDOG_TICK: Duration = Duration::from_secs(1);
+/// How long a kicked vCPU has to record its sample.
+const SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
+
 struct Running {
     handles: Vec<VcpuHandle>,
     started: Instant,
     paused: bool,
+    watchdog: StallWatchdog,
+    last_watch: Instant,
+}
+
+impl Running {
+    /// One watchdog tick: feed it the guest's progress, sample the vCPUs
+    /// when it asks, log a stall once and its end once.
+    fn watch(&mut self) {
+        let now = Instant::now();
+        self.last_watch = now;
+        if self.paused {
+            // A paused guest makes no progress on purpose.
+            self.watchdog = StallWatchdog::new(self.watchdog_timeout(), now);
+            return;
+        }
+        let progress = self
+            .handles
+            .iter()
+            .map(|h| h.control().stats.guest_progress())
+            .sum();
+        match self.watchdog.observe(progress, now) {
+            Next::Wait => {}
+            Next::Resumed => log::info!("guest resumed making progress after a stall"),
+            Next::Sample => {
+                for h in &self.handles {
+                    h.control().request_sample();
+                    h.kick();
+                }
+                let samples: Vec<_> = self
+                    .handles
+                    .iter()
+                    .map(|h| (h.id(), h.control().take_sample(SAMPLE_TIMEOUT)))
+                    .collect();
+                if let Some(stall) = self.watchdog.judge(&samples, now) {
+                    log::warn!("{stall}");
+                }
+            }
+        }
+    }
+
+    fn watchdog_timeout(&self) -> Duration {
+        self.watchdog.timeout()
+    }
 }
 
 impl Vmm {
@@ -322,14 +425,27 @@ impl Vmm {
 
     /// Runs the VM until it stops; returns why.
     pub fn run(self) -> VmExit {
-        log::info!("{}", self.workarounds.describe(self.host));
         log::info!(
-            "booting {} ({:?}, {} entry) with {} vCPU(s), {} MiB: {}",
+            "{}",
+            self.workarounds.describe(self.host, self.vendor, self.tsc)
+        );
+        if matches!(self.tsc, TscSource::Calibrate) {
+            log::warn!("KVM reported no TSC frequency; a guest that cannot calibrate will hang");
+        }
+        log::info!(
+            "booting {} ({:?}, {} entry, ACPI {}) with {} vCPU(s), {} MiB: {}",
             self.config.kernel.display(),
             self.format,
             match self.entry {
                 EntryMode::Pvh { .. } => "PVH",
                 EntryMode::Linux64 { .. } => "64-bit",
+            },
+            match (self.acpi, self.devices_on_cmdline) {
+                (boot::AcpiSupport::Absent, _) =>
+                    "absent: devices on the command line, IRQs from the MP table",
+                (_, true) => "off: devices on the command line, IRQs from the MP table",
+                (boot::AcpiSupport::Present, false) => "present",
+                (boot::AcpiSupport::Assumed, false) => "assumed (bzImage)",
             },
             self.config.vcpus,
             self.config.memory_mib,
@@ -353,6 +469,11 @@ impl Vmm {
             handles: Vec::new(),
             started: Instant::now(),
             paused: false,
+            watchdog: StallWatchdog::new(
+                Duration::from_secs(self.config.stall_timeout_secs),
+                Instant::now(),
+            ),
+            last_watch: Instant::now(),
         };
         let mut exit = None;
         for v in self.vcpus {
@@ -367,9 +488,19 @@ impl Vmm {
         let exit = match exit {
             Some(e) => e,
             None => loop {
-                let Ok(event) = self.events_rx.recv() else {
-                    break VmExit::VmmError("event channel closed".to_string());
+                let event = match self.events_rx.recv_timeout(WATCHDOG_TICK) {
+                    Ok(event) => event,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        running.watch();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break VmExit::VmmError("event channel closed".to_string());
+                    }
                 };
+                if running.last_watch.elapsed() >= WATCHDOG_TICK {
+                    running.watch();
+                }
                 match event {
                     VmmEvent::Exit(e) => break e,
                     VmmEvent::Api(req, reply) => {
@@ -435,6 +566,7 @@ fn handle_api(
                 "cmdline": cmdline,
                 "uptime_ms": running.started.elapsed().as_millis() as u64,
                 "vcpus": vcpus,
+                "stall": running.watchdog.stall(),
             });
             (ApiResponse::Json(body), false)
         }

@@ -12,6 +12,11 @@ pub const MAX_VCPUS: u8 = 64;
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 /// Smallest guest we accept: below this no Linux kernel boots.
 pub const MIN_MEMORY_MIB: u64 = 16;
+/// Default stall watchdog period. On hosts that emulate the guest kernel a
+/// healthy boot prints a line at least every minute or so (the longest quiet
+/// stretch measured was decompressing Debian's bzImage); five minutes of
+/// kernel code with no exit and no output is a hang on any host.
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 300;
 
 /// Errors in a VM configuration.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,12 @@ pub struct VmConfig {
     /// Host adaptation.
     #[serde(default)]
     pub cpu_template: CpuTemplate,
+    /// Withhold the TSC frequency CPUID leaves, as an AMD host does.
+    #[serde(default)]
+    pub hide_tsc_leaves: bool,
+    /// Stall watchdog period in seconds (0: off).
+    #[serde(default = "default_stall_timeout_secs")]
+    pub stall_timeout_secs: u64,
     /// Block devices, in order: the first is /dev/vda.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
@@ -286,6 +297,10 @@ impl std::str::FromStr for DiskConfig {
 
 fn default_cmdline() -> String {
     "console=ttyS0".to_string()
+}
+
+fn default_stall_timeout_secs() -> u64 {
+    DEFAULT_STALL_TIMEOUT_SECS
 }
 
 fn default_vcpus() -> u64 {

@@ -6,6 +6,12 @@
 //! return, SYSCALL from user mode does not reach ring 0. DESIGN.md ("KVM hosts
 //! that emulate the guest kernel") has the measurements. On bare-metal KVM
 //! none of this applies and nothing here is active.
+//!
+//! Nothing here depends on the CPU vendor: the guest is told its TSC
+//! frequency in a way every x86 Linux reads (see [`TscSource`]), because
+//! Linux reads CPUID 0x15 only on Intel and an AMD guest that has to
+//! calibrate against the PIT on an emulating host never boots. The vendor is
+//! detected only to be logged next to every number a user reports.
 
 use std::path::Path;
 
@@ -35,6 +41,70 @@ impl HostKind {
         }
     }
 }
+
+/// The host CPU's vendor, from CPUID leaf 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuVendor {
+    /// GenuineIntel.
+    Intel,
+    /// AuthenticAMD (or HygonGenuine, which follows AMD).
+    Amd,
+    /// Anything else.
+    Other,
+}
+
+impl CpuVendor {
+    /// The vendor of the CPU we run on.
+    pub fn detect() -> Self {
+        // CPUID leaf 0 exists on every x86_64 CPU.
+        let leaf = std::arch::x86_64::__cpuid(0);
+        let mut id = [0u8; 12];
+        id[..4].copy_from_slice(&leaf.ebx.to_le_bytes());
+        id[4..8].copy_from_slice(&leaf.edx.to_le_bytes());
+        id[8..].copy_from_slice(&leaf.ecx.to_le_bytes());
+        Self::from_id(&id)
+    }
+
+    fn from_id(id: &[u8; 12]) -> Self {
+        match id {
+            b"GenuineIntel" => CpuVendor::Intel,
+            b"AuthenticAMD" | b"HygonGenuine" => CpuVendor::Amd,
+            _ => CpuVendor::Other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CpuVendor::Intel => "Intel",
+            CpuVendor::Amd => "AMD",
+            CpuVendor::Other => "other vendor",
+        }
+    }
+}
+
+/// How the guest kernel learns its TSC frequency.
+///
+/// Linux needs it before its timers work. On bare-metal KVM kvmclock tells
+/// every guest, whatever the vendor, and the VMM also fills CPUID 0x15 and
+/// 0x40000010 for kernels without kvmclock. On emulating hosts `nopv` turns
+/// kvmclock off, PIT calibration fails (emulated code is too slow for its
+/// timing loop) and Linux 6.1 reads CPUID 0x15 only on Intel, so the
+/// frequency goes on the command line, which every vendor's path reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TscSource {
+    /// kvmclock, with CPUID 0x15 and 0x40000010 as fallbacks.
+    Kvmclock,
+    /// `tsc_early_khz=<kHz>` appended by the VMM.
+    Cmdline(u32),
+    /// The user's command line sets `tsc_early_khz=` itself.
+    UserCmdline,
+    /// KVM did not report a frequency: the guest must calibrate, which fails
+    /// on emulating hosts (logged as a warning).
+    Calibrate,
+}
+
+/// The command-line parameter that gives Linux its TSC frequency (any vendor).
+const TSC_EARLY_KHZ: &str = "tsc_early_khz";
 
 /// The adaptations in force for this VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,12 +137,28 @@ impl Workarounds {
         }
     }
 
+    /// How the guest will learn its TSC frequency, given the user's command
+    /// line and the frequency KVM reports for the vCPUs.
+    pub fn tsc_source(&self, user_cmdline: &str, tsc_khz: Option<u32>) -> TscSource {
+        if !self.emulated_kernel {
+            return TscSource::Kvmclock;
+        }
+        if param_keys(user_cmdline).any(|k| k == TSC_EARLY_KHZ) {
+            return TscSource::UserCmdline;
+        }
+        match tsc_khz.filter(|k| *k > 0) {
+            Some(khz) => TscSource::Cmdline(khz),
+            None => TscSource::Calibrate,
+        }
+    }
+
     /// Parameters to append to the kernel command line: features the
     /// emulator lacks (CPUID filtering does not reach the guest, so the kernel
     /// must be told), no paravirt hypercalls (they never return), no page-table
     /// isolation (every syscall already costs an emulated fault), no RCU
-    /// stall reports, and the lab kernel's syscall patch.
-    pub fn cmdline_params(&self) -> Vec<String> {
+    /// stall reports, a trusted TSC, the lab kernel's syscall patch, and the
+    /// TSC frequency when it goes on the command line.
+    pub fn cmdline_params(&self, tsc: TscSource) -> Vec<String> {
         if !self.emulated_kernel {
             return Vec::new();
         }
@@ -81,7 +167,7 @@ impl Workarounds {
             .map(|f| f.name)
             .filter(|n| *n != "xsave")
             .collect();
-        vec![
+        let mut params = vec![
             "nopv".to_string(),
             "noxsave".to_string(),
             format!("clearcpuid={}", names.join(",")),
@@ -89,18 +175,26 @@ impl Workarounds {
             // Emulated kernel code legitimately holds a CPU for seconds; the
             // stall reports would only add minutes of emulated printing.
             "rcupdate.rcu_cpu_stall_suppress=1".to_string(),
+            // The TSC is the host's invariant TSC. Without HPET or an ACPI PM
+            // timer the clocksource watchdog's only reference is jiffies,
+            // whose ticks arrive late whenever the host is busy (every tick
+            // is emulated kernel code), so it would call the TSC unstable and
+            // fall back to jiffies. `reliable` also skips the cross-CPU TSC
+            // sync test, a few seconds of emulated spinning per vCPU.
+            "tsc=reliable".to_string(),
             SYSCALL_VIA_PF_PARAM.to_string(),
-        ]
+        ];
+        if let TscSource::Cmdline(khz) = tsc {
+            params.push(format!("{TSC_EARLY_KHZ}={khz}"));
+        }
+        params
     }
 
     /// `user` plus the parameters above that the user did not set already.
-    pub fn extend_cmdline(&self, user: &str) -> String {
-        let given: Vec<&str> = user
-            .split_whitespace()
-            .map(|p| p.split('=').next().unwrap_or(p))
-            .collect();
+    pub fn extend_cmdline(&self, user: &str, tsc: TscSource) -> String {
+        let given: Vec<&str> = param_keys(user).collect();
         let mut out = user.trim().to_string();
-        for param in self.cmdline_params() {
+        for param in self.cmdline_params(tsc) {
             let key = param.split('=').next().unwrap_or(&param);
             if !given.contains(&key) {
                 if !out.is_empty() {
@@ -112,21 +206,38 @@ impl Workarounds {
         out
     }
 
-    /// One line for the log saying what is in force.
-    pub fn describe(&self, host: HostKind) -> String {
-        match (host, self.emulated_kernel) {
+    /// The one log line saying what host this is and what is in force.
+    pub fn describe(&self, host: HostKind, vendor: CpuVendor, tsc: TscSource) -> String {
+        let kind = match (host, self.emulated_kernel) {
             (HostKind::EmulatedKernel, true) => {
-                "host: KVM emulates guest kernel mode (kvm_pvm): emulating INT3/FWAIT, hiding features, appending workaround parameters".to_string()
+                "KVM emulates guest kernel mode (kvm_pvm): emulating INT3/FWAIT, hiding features, appending workaround parameters"
             }
             (HostKind::HardwareKvm, true) => {
-                "host: hardware KVM, but cpu template emulated-kernel forces the workarounds".to_string()
+                "hardware KVM, but cpu template emulated-kernel forces the workarounds"
             }
             (HostKind::EmulatedKernel, false) => {
-                "host: KVM emulates guest kernel mode (kvm_pvm), but cpu template none disables the workarounds".to_string()
+                "KVM emulates guest kernel mode (kvm_pvm), but cpu template none disables the workarounds"
             }
-            (HostKind::HardwareKvm, false) => "host: hardware KVM, no workarounds".to_string(),
-        }
+            (HostKind::HardwareKvm, false) => "hardware KVM, no workarounds",
+        };
+        let tsc = match tsc {
+            TscSource::Kvmclock => "TSC frequency from kvmclock".to_string(),
+            TscSource::Cmdline(khz) => format!("TSC {khz} kHz via {TSC_EARLY_KHZ}"),
+            TscSource::UserCmdline => format!("TSC frequency from the user's {TSC_EARLY_KHZ}"),
+            TscSource::Calibrate => {
+                "TSC frequency unknown to KVM: the guest must calibrate it (may hang here)"
+                    .to_string()
+            }
+        };
+        format!("host: {} CPU, {kind}; {tsc}", vendor.name())
     }
+}
+
+/// The keys of a command line's parameters (`a=b` gives `a`).
+fn param_keys(cmdline: &str) -> impl Iterator<Item = &str> {
+    cmdline
+        .split_whitespace()
+        .map(|p| p.split('=').next().unwrap_or(p))
 }
 
 #[cfg(test)]
@@ -154,14 +265,17 @@ mod tests {
     #[test]
     fn bare_metal_cmdline_is_untouched() {
         let w = Workarounds::new(CpuTemplate::Auto, HostKind::HardwareKvm);
-        assert_eq!(w.extend_cmdline("console=ttyS0"), "console=ttyS0");
+        let tsc = w.tsc_source("console=ttyS0", Some(2_000_000));
+        assert_eq!(tsc, TscSource::Kvmclock);
+        assert_eq!(w.extend_cmdline("console=ttyS0", tsc), "console=ttyS0");
         assert!(w.hidden_features().is_empty());
     }
 
     #[test]
     fn emulated_kernel_cmdline_gets_the_workarounds_once() {
         let w = Workarounds::new(CpuTemplate::EmulatedKernel, HostKind::HardwareKvm);
-        let c = w.extend_cmdline("console=ttyS0 pti=on");
+        let tsc = w.tsc_source("console=ttyS0 pti=on", Some(2_445_404));
+        let c = w.extend_cmdline("console=ttyS0 pti=on", tsc);
         assert!(
             c.starts_with("console=ttyS0 pti=on nopv noxsave clearcpuid="),
             "{c}"
@@ -171,7 +285,67 @@ mod tests {
             "{c}"
         );
         assert!(!c.contains("pti=off"), "user's pti= wins: {c}");
-        assert!(c.ends_with(SYSCALL_VIA_PF_PARAM));
-        assert_eq!(w.extend_cmdline(&c), c, "idempotent");
+        assert!(c.contains(" tsc=reliable "), "{c}");
+        assert!(c.contains(SYSCALL_VIA_PF_PARAM));
+        assert!(c.ends_with(" tsc_early_khz=2445404"), "{c}");
+        let again = w.tsc_source(&c, Some(2_445_404));
+        assert_eq!(again, TscSource::UserCmdline);
+        assert_eq!(w.extend_cmdline(&c, again), c, "idempotent");
+    }
+
+    /// The decision must not depend on the vendor: Linux 6.1 reads CPUID
+    /// 0x15 only on Intel, so an AMD guest on an emulating host gets exactly
+    /// what an Intel one gets, the frequency on its command line.
+    #[test]
+    fn both_vendors_get_the_tsc_frequency_on_the_command_line_when_emulated() {
+        for vendor in [CpuVendor::Intel, CpuVendor::Amd, CpuVendor::Other] {
+            let w = Workarounds::new(CpuTemplate::Auto, HostKind::EmulatedKernel);
+            let tsc = w.tsc_source("console=ttyS0", Some(2_445_404));
+            assert_eq!(tsc, TscSource::Cmdline(2_445_404), "{vendor:?}");
+            let line = w.describe(HostKind::EmulatedKernel, vendor, tsc);
+            assert!(line.contains(vendor.name()), "{line}");
+            assert!(line.contains("TSC 2445404 kHz via tsc_early_khz"), "{line}");
+            let hw = Workarounds::new(CpuTemplate::Auto, HostKind::HardwareKvm);
+            let tsc = hw.tsc_source("console=ttyS0", Some(2_445_404));
+            assert_eq!(tsc, TscSource::Kvmclock, "{vendor:?}");
+        }
+    }
+
+    #[test]
+    fn the_users_tsc_frequency_and_the_none_template_win() {
+        let w = Workarounds::new(CpuTemplate::Auto, HostKind::EmulatedKernel);
+        let user = "console=ttyS0 tsc_early_khz=1000000";
+        let tsc = w.tsc_source(user, Some(2_445_404));
+        assert_eq!(tsc, TscSource::UserCmdline);
+        let c = w.extend_cmdline(user, tsc);
+        assert_eq!(c.matches("tsc_early_khz=").count(), 1, "{c}");
+        assert!(c.contains("tsc_early_khz=1000000"), "{c}");
+        let none = Workarounds::new(CpuTemplate::None, HostKind::EmulatedKernel);
+        let tsc = none.tsc_source("console=ttyS0", Some(2_445_404));
+        assert_eq!(none.extend_cmdline("console=ttyS0", tsc), "console=ttyS0");
+    }
+
+    #[test]
+    fn no_frequency_from_kvm_leaves_calibration_to_the_guest() {
+        let w = Workarounds::new(CpuTemplate::Auto, HostKind::EmulatedKernel);
+        let tsc = w.tsc_source("console=ttyS0", None);
+        assert_eq!(tsc, TscSource::Calibrate);
+        assert!(!w
+            .extend_cmdline("console=ttyS0", tsc)
+            .contains("tsc_early_khz"));
+        assert_eq!(w.tsc_source("", Some(0)), TscSource::Calibrate);
+    }
+
+    #[test]
+    fn vendor_ids_are_recognised() {
+        assert_eq!(CpuVendor::from_id(b"GenuineIntel"), CpuVendor::Intel);
+        assert_eq!(CpuVendor::from_id(b"AuthenticAMD"), CpuVendor::Amd);
+        assert_eq!(CpuVendor::from_id(b"HygonGenuine"), CpuVendor::Amd);
+        assert_eq!(CpuVendor::from_id(b"CentaurHauls"), CpuVendor::Other);
+        assert_ne!(
+            CpuVendor::detect(),
+            CpuVendor::Other,
+            "this test runs on Intel or AMD"
+        );
     }
 }

@@ -18,7 +18,7 @@ use ec2lab_vmm::exit::{EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 #[command(version, about, long_about)]
 struct Args {
     /// JSON VM config (same fields as the flags); excludes the other VM flags.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "disk", "net", "rng", "vsock"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock"])]
     config: Option<PathBuf>,
     /// Kernel image.
     #[arg(long, required_unless_present = "config")]
@@ -44,6 +44,15 @@ struct Args {
     /// Host adaptation: auto-detect, none, or force the kernel-emulating-host workarounds.
     #[arg(long, value_enum, default_value_t = CpuTemplate::Auto)]
     cpu_template: CpuTemplate,
+    /// Withhold the TSC frequency CPUID leaves (0x15, 0x40000010), as AMD
+    /// hosts do for 0x15: exercises the boot path of AMD guests anywhere.
+    #[arg(long)]
+    hide_tsc_leaves: bool,
+    /// Report the guest as stalled (API `stall`, log line) when a vCPU has
+    /// spent this long running guest kernel code with no exit and no serial
+    /// output; 0 turns the watchdog off.
+    #[arg(long, default_value_t = ec2lab_vmm::config::DEFAULT_STALL_TIMEOUT_SECS)]
+    stall_timeout_secs: u64,
     /// A virtio-blk disk: PATH or PATH,ro (repeatable; the first is /dev/vda).
     #[arg(long)]
     disk: Vec<DiskConfig>,
@@ -78,6 +87,8 @@ impl Args {
             api_sock: self.api_sock,
             serial_out: self.serial_out,
             cpu_template: self.cpu_template,
+            hide_tsc_leaves: self.hide_tsc_leaves,
+            stall_timeout_secs: self.stall_timeout_secs,
             disks: self.disk,
             nets: self.net,
             rng: self.rng,

@@ -4,3 +4,4 @@ pub mod emulate;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
+pub mod watchdog;

@@ -18,6 +18,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::emulate::{self, Emulated};
 use super::vm::Vm;
+use super::watchdog::VcpuSample;
 use crate::arch::x86_64::cpuid::{self, CpuidParams};
 use crate::arch::x86_64::msr;
 use crate::arch::x86_64::regs::{self, EntryMode};
@@ -112,6 +113,15 @@ impl ExitStats {
         self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Exits the guest caused: everything but kicks, which are ours.
+    pub fn guest_progress(&self) -> u64 {
+        EXIT_KINDS
+            .iter()
+            .filter(|(kind, _)| *kind != ExitKind::Interrupted)
+            .map(|(kind, _)| self.counts[*kind as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The counters by name.
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         EXIT_KINDS
@@ -134,6 +144,9 @@ impl ExitStats {
             .join(" ")
     }
 }
+
+/// RFLAGS interrupt-enable flag.
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// What the VMM wants a vCPU to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +183,8 @@ pub struct VcpuControl {
     changed: Condvar,
     /// Exit counters.
     pub stats: ExitStats,
+    sample_wanted: AtomicBool,
+    sample: Mutex<Option<VcpuSample>>,
 }
 
 impl VcpuControl {
@@ -181,6 +196,30 @@ impl VcpuControl {
             }),
             changed: Condvar::new(),
             stats: ExitStats::default(),
+            sample_wanted: AtomicBool::new(false),
+            sample: Mutex::new(None),
+        }
+    }
+
+    /// Asks the thread to record where the guest is at its next return from
+    /// KVM_RUN (the caller kicks it).
+    pub fn request_sample(&self) {
+        *lock(&self.sample) = None;
+        self.sample_wanted.store(true, Ordering::Release);
+    }
+
+    /// The sample recorded since [`Self::request_sample`], waiting up to `timeout`.
+    pub fn take_sample(&self, timeout: std::time::Duration) -> Option<VcpuSample> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = lock(&self.sample).take() {
+                return Some(s);
+            }
+            if std::time::Instant::now() >= deadline {
+                self.sample_wanted.store(false, Ordering::Release);
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 
@@ -278,6 +317,7 @@ pub struct Vcpu {
     events: Sender<VmmEvent>,
     stopping: Arc<AtomicBool>,
     control: Arc<VcpuControl>,
+    tsc_khz: Option<u32>,
 }
 
 /// Everything vCPUs share.
@@ -297,6 +337,8 @@ pub struct VcpuContext {
     pub stopping: Arc<AtomicBool>,
     /// Total vCPUs.
     pub count: u8,
+    /// Withhold the TSC frequency CPUID leaves (see `CpuidParams`).
+    pub hide_tsc_leaves: bool,
 }
 
 impl Vcpu {
@@ -312,23 +354,35 @@ impl Vcpu {
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported CPUID"))?;
-        if !cpuid
-            .as_slice()
-            .iter()
-            .any(|e| e.function == cpuid::LEAF_TSC_FREQ)
-        {
-            let max_leaf = cpuid
+        let has_leaf =
+            |cpuid: &CpuId, leaf: u32| cpuid.as_slice().iter().any(|e| e.function == leaf);
+        let max_leaf = |cpuid: &CpuId, base: u32| {
+            cpuid
                 .as_slice()
                 .iter()
-                .find(|e| e.function == 0)
-                .map_or(0, |e| e.eax);
-            if max_leaf >= cpuid::LEAF_TSC_FREQ {
-                let leaf = kvm_bindings::kvm_cpuid_entry2 {
-                    function: cpuid::LEAF_TSC_FREQ,
-                    ..Default::default()
-                };
-                cpuid.push(leaf).map_err(|_| VcpuError::Fam(id))?;
-            }
+                .find(|e| e.function == base)
+                .map(|e| e.eax)
+        };
+        // Empty slots for the TSC frequency leaves, filled by normalize():
+        // 0x15 only where the host's basic range reaches it (Intel), the
+        // hypervisor timing leaf wherever KVM's own leaves are present.
+        let mut extra = Vec::new();
+        if !has_leaf(&cpuid, cpuid::LEAF_TSC_FREQ)
+            && max_leaf(&cpuid, 0).is_some_and(|m| m >= cpuid::LEAF_TSC_FREQ)
+        {
+            extra.push(cpuid::LEAF_TSC_FREQ);
+        }
+        if has_leaf(&cpuid, cpuid::LEAF_HYPERVISOR_BASE)
+            && !has_leaf(&cpuid, cpuid::LEAF_HYPERVISOR_TIMING)
+        {
+            extra.push(cpuid::LEAF_HYPERVISOR_TIMING);
+        }
+        for function in extra {
+            let leaf = kvm_bindings::kvm_cpuid_entry2 {
+                function,
+                ..Default::default()
+            };
+            cpuid.push(leaf).map_err(|_| VcpuError::Fam(id))?;
         }
         let tsc_khz = fd.get_tsc_khz().ok();
         cpuid::normalize(
@@ -339,6 +393,7 @@ impl Vcpu {
                 tsc_deadline: vm.fd().check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
                 hidden: ctx.workarounds.hidden_features(),
                 tsc_khz,
+                hide_tsc_leaves: ctx.hide_tsc_leaves,
             },
         );
         fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
@@ -366,7 +421,13 @@ impl Vcpu {
             events: ctx.events.clone(),
             stopping: ctx.stopping.clone(),
             control: Arc::new(VcpuControl::new()),
+            tsc_khz,
         })
+    }
+
+    /// The TSC frequency KVM runs this vCPU at, if KVM says.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.tsc_khz
     }
 
     /// The control block shared with the VMM.
@@ -405,6 +466,20 @@ impl Vcpu {
         self.control.set_activity(Activity::Exited);
     }
 
+    /// Where the guest is now (for the stall watchdog); `None` when KVM
+    /// refuses to say.
+    fn sample(&self) -> Option<VcpuSample> {
+        let regs = self.fd.get_regs().ok()?;
+        let sregs = self.fd.get_sregs().ok()?;
+        let mp_state = self.fd.get_mp_state().ok()?;
+        Some(VcpuSample {
+            rip: regs.rip,
+            kernel_mode: sregs.cs.dpl == 0,
+            halted: mp_state.mp_state == kvm_bindings::KVM_MP_STATE_HALTED,
+            interrupts_enabled: regs.rflags & RFLAGS_IF != 0,
+        })
+    }
+
     /// One KVM_RUN and its exit; `Some` when the VM must stop.
     fn run_once(&mut self) -> Option<VmExit> {
         let stats = &self.control.stats;
@@ -414,6 +489,10 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
                 stats.inc(ExitKind::Interrupted);
+                if self.control.sample_wanted.swap(false, Ordering::AcqRel) {
+                    let sample = self.sample();
+                    *lock(&self.control.sample) = sample;
+                }
                 return None;
             }
             Err(e) => {

@@ -125,6 +125,55 @@ pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootE
     Err(BootError::NotAKernel(path.to_path_buf()))
 }
 
+/// Whether a kernel image can use the VMM's ACPI tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcpiSupport {
+    /// The image contains Linux's ACPI core: devices come from the DSDT.
+    Present,
+    /// An ELF vmlinux without ACPI (Firecracker-style guest configs): devices
+    /// must be declared on the command line and interrupts come from the MP
+    /// table; `poweroff` only halts such a guest (use `reboot`).
+    Absent,
+    /// A compressed bzImage: its contents cannot be read without
+    /// decompressing; distribution kernels, the reason to boot a bzImage,
+    /// all have ACPI, so it is assumed.
+    Assumed,
+}
+
+impl AcpiSupport {
+    /// Whether the kernel will find its devices in the DSDT.
+    pub fn uses_dsdt(self) -> bool {
+        self != AcpiSupport::Absent
+    }
+}
+
+/// Bytes every Linux with `CONFIG_ACPI` carries (ACPICA's banner, printed by
+/// `acpi_bus_init` since 2.6 as `PREFIX "Core revision %08x"`).
+const ACPI_CORE_MARKER: &[u8] = b"ACPI: Core revision";
+
+/// Whether `file` (an uncompressed image) contains `marker`, read in chunks
+/// so that a large vmlinux is not held in memory.
+fn image_contains(file: &mut File, marker: &[u8]) -> std::io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    let finder = memchr::memmem::Finder::new(marker);
+    let keep = marker.len().saturating_sub(1);
+    let mut buf = vec![0u8; CHUNK + keep];
+    let mut carried = 0;
+    file.seek(SeekFrom::Start(0))?;
+    loop {
+        let n = file.read(&mut buf[carried..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let filled = carried + n;
+        if finder.find(&buf[..filled]).is_some() {
+            return Ok(true);
+        }
+        carried = keep.min(filled);
+        buf.copy_within(filled - carried..filled, 0);
+    }
+}
+
 /// What the boot vCPU needs after loading.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadedKernel {
@@ -132,6 +181,8 @@ pub struct LoadedKernel {
     pub entry: EntryMode,
     /// The format that was loaded.
     pub format: KernelFormat,
+    /// Whether the kernel reads ACPI tables.
+    pub acpi: AcpiSupport,
     /// End of the loaded image (first free byte).
     pub end: u64,
     setup_header: Option<linux_loader::loader::bootparam::setup_header>,
@@ -180,9 +231,26 @@ pub fn load_kernel(
             entry: result.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
         },
     };
+    let acpi = match format {
+        KernelFormat::Elf => {
+            let has =
+                image_contains(&mut file, ACPI_CORE_MARKER).map_err(|source| BootError::Io {
+                    what: "kernel",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if has {
+                AcpiSupport::Present
+            } else {
+                AcpiSupport::Absent
+            }
+        }
+        KernelFormat::BzImage => AcpiSupport::Assumed,
+    };
     Ok(LoadedKernel {
         entry,
         format,
+        acpi,
         end: result.kernel_end,
         setup_header: result.setup_header,
     })
@@ -427,6 +495,30 @@ mod tests {
         assert!(map.contains(&(layout::ACPI_START, 0x20000, E820_RESERVED)));
         let big = memory_map(4 << 30);
         assert!(big.contains(&(layout::MMIO_GAP_END, 1 << 30, E820_RAM)));
+    }
+
+    #[test]
+    fn acpi_marker_is_found_across_chunk_boundaries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for at in [0usize, 100, (1 << 20) - 5, (1 << 20) + 3, 3 << 20] {
+            let mut bytes = vec![0x90u8; (3 << 20) + 64];
+            bytes[at..at + ACPI_CORE_MARKER.len()].copy_from_slice(ACPI_CORE_MARKER);
+            let path = dir.path().join("with");
+            std::fs::write(&path, &bytes).expect("write");
+            let mut f = File::open(&path).expect("open");
+            assert!(
+                image_contains(&mut f, ACPI_CORE_MARKER).expect("read"),
+                "at {at}"
+            );
+        }
+        let path = dir.path().join("without");
+        let mut bytes = vec![0u8; 3 << 20];
+        // A near miss straddling the first chunk boundary.
+        let near = b"ACPI: Core revisio";
+        bytes[(1 << 20) - 9..(1 << 20) - 9 + near.len()].copy_from_slice(near);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut f = File::open(&path).expect("open");
+        assert!(!image_contains(&mut f, ACPI_CORE_MARKER).expect("read"));
     }
 
     #[test]

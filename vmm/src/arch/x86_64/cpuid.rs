@@ -1,7 +1,11 @@
 //! Per-vCPU CPUID: the host's KVM-supported leaves, normalised so each vCPU
 //! sees its own APIC id and a topology of `vcpus` single-threaded cores in one
-//! socket, with the hypervisor bit set. A template may additionally hide
-//! features from the guest.
+//! socket, with the hypervisor bit set, on either vendor: Intel describes
+//! topology in leaves 0x4/0xB/0x1F, AMD in 0x80000008/0x8000001D/0x8000001E
+//! (which KVM reports zeroed, so an unnormalised AMD guest sees every vCPU as
+//! core 0). Whichever leaves the host has are rewritten. The TSC frequency is
+//! published in 0x15 (read by Linux only on Intel) and 0x40000010 (the
+//! hypervisor timing leaf). A template may additionally hide features.
 
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -65,6 +69,16 @@ const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 /// TSC / core crystal clock ratio.
 pub const LEAF_TSC_FREQ: u32 = 0x15;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+/// Hypervisor leaf range: EAX of 0x40000000 is the highest leaf.
+pub const LEAF_HYPERVISOR_BASE: u32 = 0x4000_0000;
+/// Hypervisor timing leaf: EAX TSC kHz, EBX APIC bus kHz.
+pub const LEAF_HYPERVISOR_TIMING: u32 = 0x4000_0010;
+/// AMD: address sizes and core count (ECX).
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+/// AMD: cache topology, one subleaf per cache (like Intel's leaf 4).
+const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001d;
+/// AMD: extended APIC id, core and node ids.
+const LEAF_AMD_APIC_ID: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
@@ -85,8 +99,13 @@ pub struct CpuidParams {
     pub tsc_deadline: bool,
     /// Features to hide from the guest.
     pub hidden: &'static [Feature],
-    /// The guest TSC frequency, to publish in leaf 0x15 when the host leaves it empty.
+    /// The guest TSC frequency, to publish in leaf 0x15 when the host leaves
+    /// it empty, and in 0x40000010.
     pub tsc_khz: Option<u32>,
+    /// Withhold the TSC frequency leaves (0x15 zeroed, no 0x40000010), as an
+    /// AMD host does for 0x15: lets an Intel host exercise the boot path
+    /// every AMD guest takes.
+    pub hide_tsc_leaves: bool,
 }
 
 /// KVM's emulated local APIC timer counts at 1 GHz.
@@ -178,10 +197,43 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                     }
                 }
             }
+            LEAF_TSC_FREQ if p.hide_tsc_leaves => {
+                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+            }
             LEAF_TSC_FREQ if e.index == 0 && (e.eax == 0 || e.ebx == 0 || e.ecx == 0) => {
                 if let Some(khz) = p.tsc_khz.filter(|k| *k > 0) {
                     (e.eax, e.ebx, e.ecx) = tsc_leaf(khz);
                 }
+            }
+            LEAF_HYPERVISOR_BASE => {
+                if p.tsc_khz.is_some_and(|k| k > 0) && !p.hide_tsc_leaves {
+                    e.eax = e.eax.max(LEAF_HYPERVISOR_TIMING);
+                }
+            }
+            LEAF_HYPERVISOR_TIMING => match p.tsc_khz.filter(|k| *k > 0 && !p.hide_tsc_leaves) {
+                Some(khz) => (e.eax, e.ebx, e.ecx, e.edx) = (khz, APIC_BUS_KHZ as u32, 0, 0),
+                None => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
+            },
+            LEAF_AMD_SIZES => {
+                // ECX: ApicIdCoreIdSize in [15:12], NC (cores - 1) in [7:0].
+                e.ecx = (e.ecx & !0xf0ff) | (id_bits(p.vcpu_count) << 12) | count.saturating_sub(1);
+            }
+            LEAF_AMD_CACHE_TOPOLOGY => {
+                // EAX[25:14]: logical processors sharing the cache, minus one.
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 {
+                    count.saturating_sub(1)
+                } else {
+                    0
+                };
+                e.eax = (e.eax & !(0xfff << 14)) | (sharing << 14);
+            }
+            LEAF_AMD_APIC_ID => {
+                // One thread per core, core id = APIC id, one node.
+                e.eax = apic_id;
+                e.ebx = apic_id & 0xff;
+                e.ecx = 0;
+                e.edx = 0;
             }
             _ => {}
         }
@@ -225,7 +277,60 @@ mod tests {
             tsc_deadline: true,
             hidden: &[],
             tsc_khz: None,
+            hide_tsc_leaves: false,
         }
+    }
+
+    #[test]
+    fn amd_topology_leaves_give_each_vcpu_its_own_core() {
+        let mut e = vec![
+            entry(LEAF_AMD_SIZES, 0),
+            entry(LEAF_AMD_CACHE_TOPOLOGY, 0),
+            entry(LEAF_AMD_CACHE_TOPOLOGY, 3),
+            entry(LEAF_AMD_APIC_ID, 0),
+        ];
+        e[1].eax = 1 << 5; // L1
+        e[2].eax = 3 << 5; // L3
+        normalize(&mut e, params(2, 4));
+        assert_eq!(e[0].ecx & 0xff, 3, "NC = cores - 1");
+        assert_eq!((e[0].ecx >> 12) & 0xf, 2, "ApicIdCoreIdSize");
+        assert_eq!((e[1].eax >> 14) & 0xfff, 0, "L1 private");
+        assert_eq!((e[2].eax >> 14) & 0xfff, 3, "L3 shared by all");
+        assert_eq!(e[3].eax, 2, "extended APIC id");
+        assert_eq!(e[3].ebx, 2, "core id, one thread per core");
+        assert_eq!(e[3].ecx, 0, "one node");
+    }
+
+    #[test]
+    fn hypervisor_timing_leaf_carries_the_tsc_frequency() {
+        let mut base = entry(LEAF_HYPERVISOR_BASE, 0);
+        base.eax = 0x4000_0001;
+        let mut e = vec![base, entry(LEAF_HYPERVISOR_TIMING, 0)];
+        let p = CpuidParams {
+            tsc_khz: Some(2_445_404),
+            ..params(0, 1)
+        };
+        normalize(&mut e, p);
+        assert_eq!(e[0].eax, LEAF_HYPERVISOR_TIMING);
+        assert_eq!((e[1].eax, e[1].ebx), (2_445_404, 1_000_000));
+    }
+
+    /// What an AMD host gives every guest, made on purpose: no frequency in
+    /// 0x15 or 0x40000010, whatever the host knows.
+    #[test]
+    fn hidden_tsc_leaves_are_empty_on_any_vendor() {
+        let mut base = entry(LEAF_HYPERVISOR_BASE, 0);
+        base.eax = 0x4000_0001;
+        let mut e = vec![base, entry(LEAF_HYPERVISOR_TIMING, 0), entry(0x15, 0)];
+        let p = CpuidParams {
+            tsc_khz: Some(2_000_000),
+            hide_tsc_leaves: true,
+            ..params(0, 1)
+        };
+        normalize(&mut e, p);
+        assert_eq!(e[0].eax, 0x4000_0001, "timing leaf not advertised");
+        assert_eq!((e[1].eax, e[1].ebx), (0, 0));
+        assert_eq!((e[2].eax, e[2].ebx, e[2].ecx), (0, 0, 0));
     }
 
     #[test]
