@@ -12,7 +12,7 @@ use crate::api::server::{self, ApiState, Authenticator, SignedRequest};
 use crate::api::sigv4;
 use crate::config::Credentials;
 use crate::db::Db;
-use crate::lifecycle::Lab;
+use crate::lifecycle::{HealthChecks, Lab};
 use crate::supervisor::Supervisor;
 
 /// Errors starting the daemon.
@@ -64,6 +64,9 @@ pub struct ServeOptions {
     /// How long a guest's agent has to check in over vsock before its
     /// instance status check reports `impaired`.
     pub checkin_timeout: Duration,
+    /// How long a VMM waits, with its guest stuck in kernel code, before
+    /// it reports a stall (None: the VMM's default, 5 minutes).
+    pub stall_timeout: Option<Duration>,
 }
 
 /// SigV4 against the data directory's one set of credentials.
@@ -131,7 +134,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         supervisor,
         options.images_dir.clone(),
         tokio::runtime::Handle::current(),
-        options.checkin_timeout,
+        HealthChecks {
+            checkin_timeout: options.checkin_timeout,
+            stall_timeout: options.stall_timeout,
+        },
     );
     match lab.register_catalog() {
         Ok(n) => log::info!(

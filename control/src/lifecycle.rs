@@ -7,7 +7,7 @@
 //! and [`Lab::reconcile`] can bring reality back in line after the daemon
 //! was killed at any point.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,7 +85,38 @@ pub struct Lab {
     rebooting: Mutex<HashSet<String>>,
     /// Instances with a watcher task, so none gets two.
     watched: Mutex<HashSet<String>>,
+    /// Guests whose VMM reports a stall (no exit while in kernel code), by
+    /// instance id, as last read from the VMM's `GET /vm`.
+    stalls: Mutex<HashMap<String, GuestStall>>,
+    /// How long a VMM waits, with its guest in kernel code and making no
+    /// exit, before it reports a stall (None: the VMM's default).
+    pub stall_timeout: Option<Duration>,
+    /// How often a running VMM's stall report is read.
+    pub stall_poll: Duration,
 }
+
+/// How the lab judges a guest's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthChecks {
+    /// How long a guest's agent has to check in before the instance status
+    /// check reports `impaired`.
+    pub checkin_timeout: Duration,
+    /// The VMMs' stall watchdog period (None: the VMM's default).
+    pub stall_timeout: Option<Duration>,
+}
+
+/// A VMM's report that its guest stopped making progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestStall {
+    /// When the guest made its last exit.
+    pub since: OffsetDateTime,
+    /// The VMM's words, for the log.
+    pub detail: String,
+}
+
+/// How often, by default, the daemon reads each VMM's stall report. The VMM
+/// itself reports after minutes of quiet, so a few seconds more do not matter.
+pub const DEFAULT_STALL_POLL: Duration = Duration::from_secs(15);
 
 /// What an instance boots from its image.
 struct BootFiles {
@@ -109,7 +140,7 @@ impl Lab {
         supervisor: Supervisor,
         images_dir: PathBuf,
         runtime: tokio::runtime::Handle,
-        checkin_timeout: Duration,
+        health: HealthChecks,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -119,10 +150,16 @@ impl Lab {
             host: host_resources(),
             capacity: CapacityPolicy::default(),
             stop_timeout: Duration::from_secs(60),
-            checkin_timeout,
+            checkin_timeout: health.checkin_timeout,
             checkins: CheckinListeners::default(),
             rebooting: Mutex::new(HashSet::new()),
             watched: Mutex::new(HashSet::new()),
+            stalls: Mutex::new(HashMap::new()),
+            stall_timeout: health.stall_timeout,
+            // Read often enough that a stall shows soon after the VMM sees it.
+            stall_poll: health.stall_timeout.map_or(DEFAULT_STALL_POLL, |t| {
+                (t / 2).clamp(Duration::from_millis(200), DEFAULT_STALL_POLL)
+            }),
         })
     }
 
@@ -365,6 +402,7 @@ impl Lab {
             root_volume: self.supervisor.files(id).root_volume(),
             nets: network_attachments(instance),
             vsock_cid: Some(checkin::GUEST_CID),
+            stall_timeout: self.stall_timeout,
         };
         // A new boot: the last one's check-in says nothing about this one.
         self.db.reset_checkin(
@@ -428,10 +466,47 @@ impl Lab {
     /// The instance status check of `id` now (`initializing` before its
     /// first VMM start is recorded).
     pub fn instance_health(&self, id: &str) -> Result<InstanceHealth, LabError> {
+        if let Some(stall) = crate::lock(&self.stalls).get(id) {
+            return Ok(InstanceHealth::Impaired { since: stall.since });
+        }
         Ok(self
             .db
             .checkin_record(id)?
             .map_or(InstanceHealth::Initializing, |r| r.health_at(Self::now())))
+    }
+
+    /// Reads the stall report of `id`'s VMM every `stall_poll` while
+    /// `process` lives; a stalled guest fails its instance status check
+    /// until it makes progress again.
+    async fn poll_stall(self: Arc<Self>, id: String, process: VmProcess) {
+        let sock = self.supervisor.files(&id).api_sock();
+        loop {
+            tokio::time::sleep(self.stall_poll).await;
+            if !self.supervisor.is_alive(process) {
+                break;
+            }
+            let Ok((_, body)) = crate::supervisor::vmm_api(&sock, "GET", "/vm", "").await else {
+                continue;
+            };
+            let stall = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|vm| guest_stall(&vm["stall"], Self::now()));
+            let mut stalls = crate::lock(&self.stalls);
+            match stall {
+                Some(stall) => {
+                    if !stalls.contains_key(&id) {
+                        log::warn!("{id}: {}", stall.detail);
+                    }
+                    stalls.insert(id.clone(), stall);
+                }
+                None => {
+                    if stalls.remove(&id).is_some() {
+                        log::info!("{id}: the guest makes progress again");
+                    }
+                }
+            }
+        }
+        crate::lock(&self.stalls).remove(&id);
     }
 
     /// An adopted VMM (the daemon restarted): listen again, and give it a
@@ -467,6 +542,8 @@ impl Lab {
         if !crate::lock(&self.watched).insert(id.clone()) {
             return;
         }
+        self.runtime
+            .spawn(self.clone().poll_stall(id.clone(), process));
         let lab = self.clone();
         self.runtime.spawn(async move {
             let info = lab.supervisor.wait_exit(&id, process).await;
@@ -762,4 +839,25 @@ fn network_attachments(instance: &Instance) -> Vec<(String, String)> {
         );
     }
     Vec::new()
+}
+
+/// The `stall` member of a VMM's `GET /vm` answer, read at `now`: null when
+/// the guest makes progress, else `{"quiet_secs": N, "vcpus": [...]}`.
+pub fn guest_stall(stall: &serde_json::Value, now: OffsetDateTime) -> Option<GuestStall> {
+    let quiet = stall.get("quiet_secs")?.as_u64()?;
+    let vcpus = stall
+        .get("vcpus")
+        .and_then(serde_json::Value::as_array)
+        .map(|v| {
+            v.iter()
+                .filter_map(|c| c.get("id")?.as_u64())
+                .map(|id| format!("vcpu{id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    Some(GuestStall {
+        since: now - time::Duration::seconds(i64::try_from(quiet).unwrap_or(i64::MAX / 2)),
+        detail: format!("guest stalled: no progress for {quiet} s in guest kernel code ({vcpus})"),
+    })
 }

@@ -63,6 +63,11 @@ enum Command {
         /// status `impaired` (e.g. 10m, 90s).
         #[arg(long, default_value_t = DEFAULT_CHECKIN_TIMEOUT.into())]
         checkin_timeout: humantime::Duration,
+        /// How long a guest may run kernel code without any exit to its VMM
+        /// before the instance status check reports it `impaired` (a hung
+        /// kernel); default: the VMM's, 5 minutes.
+        #[arg(long)]
+        stall_timeout: Option<humantime::Duration>,
     },
     /// Launch instances and wait until they run.
     Run {
@@ -131,12 +136,14 @@ fn main() -> ExitCode {
             images,
             vmm,
             checkin_timeout,
+            stall_timeout,
         } => serve(ServeOptions {
             data_dir,
             images_dir: images.unwrap_or_else(config::default_images_dir),
             vmm: vmm.unwrap_or_else(default_vmm),
             listen,
             checkin_timeout: checkin_timeout.into(),
+            stall_timeout: stall_timeout.map(Into::into),
         }),
         Command::BenchSeed { count } => bench_seed(&data_dir, count),
         ref command => client(&cli, &data_dir, command),

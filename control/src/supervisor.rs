@@ -94,6 +94,8 @@ pub struct VmSpec {
     pub nets: Vec<(String, String)>,
     /// vsock context id, if the instance gets a vsock device.
     pub vsock_cid: Option<u32>,
+    /// The VMM's stall watchdog period (None: the VMM's default).
+    pub stall_timeout: Option<Duration>,
 }
 
 /// A running VMM process, identified robustly: a pid alone could be reused
@@ -469,7 +471,7 @@ fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> serde_json::Value {
     let vsock = spec
         .vsock_cid
         .map(|cid| serde_json::json!({ "cid": cid, "uds": files.vsock() }));
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "kernel": spec.kernel,
         "initrd": spec.initrd,
         "cmdline": spec.cmdline,
@@ -481,7 +483,11 @@ fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> serde_json::Value {
         "nets": nets,
         "rng": true,
         "vsock": vsock,
-    })
+    });
+    if let Some(t) = spec.stall_timeout {
+        config["stall_timeout_secs"] = t.as_secs().max(1).into();
+    }
+    config
 }
 
 fn run_tool(

@@ -4,7 +4,8 @@
 //! `<vsock uds>_9000` and sending the agent's line; for `lab.nano`
 //! instances it stays silent, like a guest whose agent never runs. With
 //! `--checkin-timeout` shortened to a moment, DescribeInstanceStatus must
-//! say `impaired` for the silent one and `ok` for the other.
+//! say `impaired` for the silent one and `ok` for the other, and `impaired`
+//! again while the stand-in's control API reports its guest stalled.
 
 mod common;
 
@@ -16,19 +17,43 @@ use ec2lab_control::api::actions::{self, AppState, Ctx};
 use ec2lab_control::api::query::Params;
 use ec2lab_control::api::xml;
 use ec2lab_control::checkin::CHECKIN_PORT;
-use ec2lab_control::lifecycle::Lab;
+use ec2lab_control::lifecycle::{HealthChecks, Lab};
 
-/// Checks in unless its instance is a lab.nano (128 MiB), then idles until
-/// killed, as a VMM would run its guest.
+/// Checks in unless its instance is a lab.nano (128 MiB), then serves its
+/// control API until killed, as a VMM would run its guest: `GET /vm`
+/// reports a stall (the real VMM's shape, vmm/src/vstate/watchdog.rs) while
+/// a file `stalled` exists in the instance's directory; `PUT /actions`
+/// ends it, like a guest that powers off at once.
 const FAKE_VMM: &str = r#"#!/usr/bin/env python3
-import json, socket, sys, time
+import json, os, socket, sys
 config = json.load(open(sys.argv[sys.argv.index("--config") + 1]))
 if config["memory_mib"] != 128:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(config["vsock"]["uds"] + "_PORT")
     s.sendall(b"ec2lab-checkin v1 0b9c6c2e-5d1f\n")
     print("answer:", s.recv(128), flush=True)
-time.sleep(3600)
+assert config["stall_timeout_secs"] == 1, config
+api = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+api.bind(config["api_sock"])
+api.listen(8)
+flag = os.path.join(os.path.dirname(config["api_sock"]), "stalled")
+while True:
+    conn, _ = api.accept()
+    request = conn.recv(4096).decode()
+    if request.startswith("GET /vm "):
+        stall = None
+        if os.path.exists(flag):
+            stall = {"quiet_secs": 42, "vcpus": [{"id": 0, "rip": 18446744071578845184,
+                     "kernel_mode": True, "halted": False, "interrupts_enabled": True}]}
+        body = json.dumps({"state": "Running", "stall": stall}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+    else:
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        if request.startswith("PUT /actions "):
+            conn.close()
+            sys.exit(0)
+    conn.close()
 "#;
 
 fn call(state: &AppState, action: &str, pairs: &[(&str, &str)]) -> String {
@@ -102,7 +127,10 @@ fn a_silent_guest_is_impaired_after_the_timeout_and_a_checked_in_one_is_ok() {
         supervisor,
         dir.path().join("images"),
         runtime.handle().clone(),
-        Duration::from_millis(1),
+        HealthChecks {
+            checkin_timeout: Duration::from_millis(1),
+            stall_timeout: Some(Duration::from_secs(1)),
+        },
     );
     lab.register_catalog().expect("catalog");
     let state = AppState {
@@ -152,6 +180,28 @@ fn a_silent_guest_is_impaired_after_the_timeout_and_a_checked_in_one_is_ok() {
             panic!("{}\n{both}", errors.join("\n"));
         }
     }
+
+    // The VMM reports its guest stalled: the check fails, since the
+    // stall began (42 s before the VMM's answer), until it clears.
+    let flag = instances.join(&talking).join("stalled");
+    std::fs::write(&flag, b"").expect("flag");
+    wait_until("the stall", || {
+        instance_status(&state, &talking).contains("<status>impaired</status>")
+    });
+    let stalled = instance_status(&state, &talking);
+    assert!(stalled.contains("<status>failed</status>"), "{stalled}");
+    let since = between(&stalled, "<impairedSince>", "</impairedSince>").to_string();
+    let since = time::OffsetDateTime::parse(&since, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("impairedSince {since:?}: {e}"));
+    let ago = time::OffsetDateTime::now_utc() - since;
+    assert!(
+        ago >= time::Duration::seconds(40) && ago < time::Duration::seconds(100),
+        "impairedSince {since} is {ago} ago, not about 42 s\n{stalled}"
+    );
+    std::fs::remove_file(&flag).expect("unflag");
+    wait_until("the recovery", || {
+        instance_status(&state, &talking).contains("<status>ok</status>")
+    });
 
     let socket = |id: &str| {
         let mut name = instances.join(id).join("vsock.sock").into_os_string();

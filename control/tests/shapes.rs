@@ -107,7 +107,10 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         supervisor,
         dir.path().join("images"),
         runtime.handle().clone(),
-        ec2lab_control::model::status::DEFAULT_CHECKIN_TIMEOUT,
+        ec2lab_control::lifecycle::HealthChecks {
+            checkin_timeout: ec2lab_control::model::status::DEFAULT_CHECKIN_TIMEOUT,
+            stall_timeout: None,
+        },
     );
     lab.register_catalog().expect("catalog");
     let mut s = Scenario {
