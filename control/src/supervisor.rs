@@ -189,11 +189,6 @@ impl Supervisor {
         }
     }
 
-    /// The VMM binary.
-    pub fn vmm_bin(&self) -> &Path {
-        &self.vmm_bin
-    }
-
     /// The files of `instance_id`.
     pub fn files(&self, instance_id: &str) -> InstanceFiles {
         InstanceFiles {

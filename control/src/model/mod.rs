@@ -6,6 +6,38 @@
 //! (`image_id` for `imageId`), so a reader of the botocore model finds each
 //! field where they expect it.
 
+/// Gives a fieldless enum its EC2 names from one table: `ALL` (every
+/// variant, in table order), `name` and `from_name`.
+///
+/// Both directions are generated from the same list, so they cannot
+/// disagree: `name`'s match is exhaustive, so a variant without a name does
+/// not compile, and a name listed twice is an unreachable pattern in
+/// `from_name`, which `-D warnings` refuses. Defined before the submodules
+/// so that `state` can use it too.
+macro_rules! ec2_names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant, in the order of its name table.
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+
+            /// The name EC2 uses for this value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+
+            /// The value EC2 calls `name` (exact spelling, case-sensitive).
+            pub fn from_name(name: &str) -> Option<$ty> {
+                match name {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
 pub mod filter;
 pub mod ids;
 pub mod instance_types;
@@ -81,20 +113,10 @@ pub enum HttpTokens {
     Required,
 }
 
-impl HttpTokens {
-    pub fn name(self) -> &'static str {
-        match self {
-            HttpTokens::Optional => "optional",
-            HttpTokens::Required => "required",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<HttpTokens> {
-        match name {
-            "optional" => Some(HttpTokens::Optional),
-            "required" => Some(HttpTokens::Required),
-            _ => None,
-        }
+ec2_names! {
+    HttpTokens {
+        Optional => "optional",
+        Required => "required",
     }
 }
 
@@ -105,22 +127,14 @@ pub enum Toggle {
     Disabled,
 }
 
+ec2_names! {
+    Toggle {
+        Enabled => "enabled",
+        Disabled => "disabled",
+    }
+}
+
 impl Toggle {
-    pub fn name(self) -> &'static str {
-        match self {
-            Toggle::Enabled => "enabled",
-            Toggle::Disabled => "disabled",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Toggle> {
-        match name {
-            "enabled" => Some(Toggle::Enabled),
-            "disabled" => Some(Toggle::Disabled),
-            _ => None,
-        }
-    }
-
     pub fn is_enabled(self) -> bool {
         self == Toggle::Enabled
     }
@@ -468,20 +482,10 @@ pub enum KeyType {
     Ed25519,
 }
 
-impl KeyType {
-    pub fn name(self) -> &'static str {
-        match self {
-            KeyType::Rsa => "rsa",
-            KeyType::Ed25519 => "ed25519",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<KeyType> {
-        match name {
-            "rsa" => Some(KeyType::Rsa),
-            "ed25519" => Some(KeyType::Ed25519),
-            _ => None,
-        }
+ec2_names! {
+    KeyType {
+        Rsa => "rsa",
+        Ed25519 => "ed25519",
     }
 }
 
@@ -538,22 +542,14 @@ pub enum ImageKind {
     Kernel,
 }
 
+ec2_names! {
+    ImageKind {
+        Machine => "machine",
+        Kernel => "kernel",
+    }
+}
+
 impl ImageKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageKind::Machine => "machine",
-            ImageKind::Kernel => "kernel",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<ImageKind> {
-        match name {
-            "machine" => Some(ImageKind::Machine),
-            "kernel" => Some(ImageKind::Kernel),
-            _ => None,
-        }
-    }
-
     /// The id prefix images of this kind carry.
     pub fn id_kind(self) -> IdKind {
         match self {
@@ -571,20 +567,10 @@ pub enum ImageState {
     Deregistered,
 }
 
-impl ImageState {
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageState::Available => "available",
-            ImageState::Deregistered => "deregistered",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<ImageState> {
-        match name {
-            "available" => Some(ImageState::Available),
-            "deregistered" => Some(ImageState::Deregistered),
-            _ => None,
-        }
+ec2_names! {
+    ImageState {
+        Available => "available",
+        Deregistered => "deregistered",
     }
 }
 
@@ -740,6 +726,41 @@ mod tests {
             terminated_at: None,
             network_interfaces: Vec::new(),
         }
+    }
+
+    /// `from_name` inverts `name` over every variant of `all`, and refuses
+    /// what EC2 would not send: another case, padding, the empty string.
+    fn assert_names_round_trip<T: Copy + PartialEq + std::fmt::Debug>(
+        all: &[T],
+        name: fn(T) -> &'static str,
+        from_name: fn(&str) -> Option<T>,
+    ) {
+        for &v in all {
+            let n = name(v);
+            assert_eq!(from_name(n), Some(v), "{n}");
+            assert_eq!(from_name(&n.to_uppercase()), None, "{n}");
+            assert_eq!(from_name(&format!(" {n}")), None, "{n}");
+        }
+        assert_eq!(from_name(""), None);
+    }
+
+    #[test]
+    fn names_round_trip_for_every_variant() {
+        assert_names_round_trip(&HttpTokens::ALL, HttpTokens::name, HttpTokens::from_name);
+        assert_names_round_trip(&Toggle::ALL, Toggle::name, Toggle::from_name);
+        assert_names_round_trip(&KeyType::ALL, KeyType::name, KeyType::from_name);
+        assert_names_round_trip(&ImageKind::ALL, ImageKind::name, ImageKind::from_name);
+        assert_names_round_trip(&ImageState::ALL, ImageState::name, ImageState::from_name);
+        assert_names_round_trip(
+            &InstanceState::ALL,
+            InstanceState::name,
+            InstanceState::from_name,
+        );
+        assert_names_round_trip(
+            &ShutdownBehavior::ALL,
+            ShutdownBehavior::name,
+            ShutdownBehavior::from_name,
+        );
     }
 
     #[test]

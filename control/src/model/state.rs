@@ -43,37 +43,23 @@ pub enum InstanceState {
     Stopped = 80,
 }
 
-impl InstanceState {
-    /// Every state, for tables and exhaustive tests.
-    pub const ALL: [InstanceState; 6] = [
-        InstanceState::Pending,
-        InstanceState::Running,
-        InstanceState::ShuttingDown,
-        InstanceState::Terminated,
-        InstanceState::Stopping,
-        InstanceState::Stopped,
-    ];
+// `instanceState.name`; `ALL` is every state, for tables and exhaustive
+// tests.
+ec2_names! {
+    InstanceState {
+        Pending => "pending",
+        Running => "running",
+        ShuttingDown => "shutting-down",
+        Terminated => "terminated",
+        Stopping => "stopping",
+        Stopped => "stopped",
+    }
+}
 
+impl InstanceState {
     /// `instanceState.code`.
     pub fn code(self) -> u16 {
         self as u16
-    }
-
-    /// `instanceState.name`.
-    pub fn name(self) -> &'static str {
-        match self {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::ShuttingDown => "shutting-down",
-            InstanceState::Terminated => "terminated",
-            InstanceState::Stopping => "stopping",
-            InstanceState::Stopped => "stopped",
-        }
-    }
-
-    /// The state called `name` (EC2's spelling).
-    pub fn from_name(name: &str) -> Option<InstanceState> {
-        InstanceState::ALL.into_iter().find(|s| s.name() == name)
     }
 
     /// Whether an instance in this state holds host resources (a VMM, or
@@ -103,20 +89,10 @@ pub enum ShutdownBehavior {
     Terminate,
 }
 
-impl ShutdownBehavior {
-    pub fn name(self) -> &'static str {
-        match self {
-            ShutdownBehavior::Stop => "stop",
-            ShutdownBehavior::Terminate => "terminate",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<ShutdownBehavior> {
-        match name {
-            "stop" => Some(ShutdownBehavior::Stop),
-            "terminate" => Some(ShutdownBehavior::Terminate),
-            _ => None,
-        }
+ec2_names! {
+    ShutdownBehavior {
+        Stop => "stop",
+        Terminate => "terminate",
     }
 }
 

@@ -3,8 +3,10 @@
 //! for the domain's errors.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::http::StatusCode;
+use time::OffsetDateTime;
 
 use super::Ctx;
 use crate::api::error::Ec2Error;
@@ -42,6 +44,22 @@ pub fn filters(params: &Params) -> Result<Vec<Filter>, Ec2Error> {
             })
         })
         .collect()
+}
+
+/// `t` to the millisecond, for [`XmlNode::timestamp`]: launch, attach and
+/// impaired-since times, shown with their milliseconds as EC2 does. Times
+/// before the epoch render as the epoch rather than failing a response.
+pub fn system_time_ms(t: OffsetDateTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_millis(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+}
+
+/// `t` to the whole second, for [`XmlNode::timestamp`]: image creation
+/// dates and key pair create times have always rendered as `….000Z`, and
+/// keeping them so keeps DescribeImages / DescribeKeyPairs output stable.
+/// Times before the epoch render as the epoch rather than failing a response.
+pub fn system_time_secs(t: OffsetDateTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.unix_timestamp()).unwrap_or(0))
 }
 
 /// `MaxResults` / `NextToken`.

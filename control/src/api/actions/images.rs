@@ -2,9 +2,8 @@
 //! RegisterImage / DeregisterImage over image directories on this host.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
-use super::common::{check_ids, db_error, filters, lab, page, tag_set};
+use super::common::{check_ids, db_error, filters, lab, page, system_time_secs, tag_set};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -12,12 +11,7 @@ use crate::api::xml::XmlNode;
 use crate::db::ImageQuery;
 use crate::model::filter::Filter;
 use crate::model::ids::{self, IdKind};
-use crate::model::{Image, ImageKind, ImageState, DEFAULT_OWNER_ID};
-
-fn system_time(t: time::OffsetDateTime) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(u64::try_from(t.unix_timestamp()).unwrap_or(0))
-}
+use crate::model::{Image, ImageKind, ImageState, DEFAULT_OWNER_ID, ROOT_DEVICE_NAME};
 
 fn image_node(i: &Image) -> Vec<XmlNode> {
     let mut n = vec![
@@ -25,7 +19,7 @@ fn image_node(i: &Image) -> Vec<XmlNode> {
         XmlNode::text("imageLocation", i.dir.display().to_string()),
         XmlNode::text("imageState", i.state.name()),
         XmlNode::text("imageOwnerId", i.owner_id.as_str()),
-        XmlNode::timestamp("creationDate", system_time(i.created)),
+        XmlNode::timestamp("creationDate", system_time_secs(i.created)),
         XmlNode::bool("isPublic", false),
         XmlNode::text("architecture", i.architecture.as_str()),
         XmlNode::text("imageType", i.kind.name()),
@@ -40,11 +34,11 @@ fn image_node(i: &Image) -> Vec<XmlNode> {
     if i.kind == ImageKind::Machine {
         n.extend([
             XmlNode::text("rootDeviceType", "ebs"),
-            XmlNode::text("rootDeviceName", "/dev/xvda"),
+            XmlNode::text("rootDeviceName", ROOT_DEVICE_NAME),
             XmlNode::list(
                 "blockDeviceMapping",
                 [vec![
-                    XmlNode::text("deviceName", "/dev/xvda"),
+                    XmlNode::text("deviceName", ROOT_DEVICE_NAME),
                     XmlNode::element(
                         "ebs",
                         vec![

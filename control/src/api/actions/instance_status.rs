@@ -2,11 +2,9 @@
 //! process alive), the instance status check the guest agent's (did it
 //! check in over vsock since this VMM started; see `model::status`).
 
-use std::time::SystemTime;
-
 use time::OffsetDateTime;
 
-use super::common::{check_ids, db_error, lab, lab_error, page};
+use super::common::{check_ids, db_error, lab, lab_error, page, system_time_ms};
 use super::filter::{all_match, Filter};
 use super::instances::state_node;
 use super::Ctx;
@@ -63,19 +61,12 @@ impl Check {
                 XmlNode::text("status", reachability),
             ];
             if let Some(since) = self.impaired_since {
-                detail.push(XmlNode::timestamp("impairedSince", system_time(since)));
+                detail.push(XmlNode::timestamp("impairedSince", system_time_ms(since)));
             }
             members.push(XmlNode::list("details", [detail]));
         }
         XmlNode::element(name, members)
     }
-}
-
-fn system_time(t: OffsetDateTime) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_millis(
-            u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
-        )
 }
 
 /// The (system, instance) checks of `i`, whose VMM is alive or not, and

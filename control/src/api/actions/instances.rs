@@ -10,7 +10,7 @@ use base64::Engine;
 use time::OffsetDateTime;
 
 use super::common::{
-    check_ids, db_error, filters, lab, lab_error, page, tag_set, tag_specifications,
+    check_ids, db_error, filters, lab, lab_error, page, system_time_ms, tag_set, tag_specifications,
 };
 use super::{vpcs, Ctx};
 use crate::api::error::Ec2Error;
@@ -23,20 +23,13 @@ use crate::model::state::{self, Event, InstanceState, ShutdownBehavior};
 use crate::model::vpc::IpamError;
 use crate::model::{
     group_into_reservations, HttpTokens, Instance, MetadataOptions, Placement, Reservation,
-    RootVolume, Toggle, DEFAULT_AVAILABILITY_ZONE, DEFAULT_OWNER_ID,
+    RootVolume, Toggle, DEFAULT_AVAILABILITY_ZONE, DEFAULT_OWNER_ID, ROOT_DEVICE_NAME,
 };
 
 /// EC2's limit on user data: 16 KB before base64.
 pub const MAX_USER_DATA: usize = 16 * 1024;
 /// The most instances one RunInstances may ask for.
 const MAX_COUNT: i64 = 1000;
-
-fn system_time(t: OffsetDateTime) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_millis(
-            u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
-        )
-}
 
 pub(super) fn state_node(name: &'static str, s: InstanceState) -> XmlNode {
     XmlNode::element(
@@ -66,7 +59,7 @@ fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
         XmlNode::number("amiLaunchIndex", i.ami_launch_index),
         XmlNode::list("productCodes", Vec::<Vec<XmlNode>>::new()),
         XmlNode::text("instanceType", i.instance_type.as_str()),
-        XmlNode::timestamp("launchTime", system_time(i.launch_time)),
+        XmlNode::timestamp("launchTime", system_time_ms(i.launch_time)),
         XmlNode::element(
             "placement",
             vec![
@@ -91,11 +84,11 @@ fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
     n.extend([
         XmlNode::text("architecture", "x86_64"),
         XmlNode::text("rootDeviceType", "ebs"),
-        XmlNode::text("rootDeviceName", "/dev/xvda"),
+        XmlNode::text("rootDeviceName", ROOT_DEVICE_NAME),
         XmlNode::list(
             "blockDeviceMapping",
             [vec![
-                XmlNode::text("deviceName", "/dev/xvda"),
+                XmlNode::text("deviceName", ROOT_DEVICE_NAME),
                 XmlNode::element(
                     "ebs",
                     vec![
@@ -108,7 +101,7 @@ fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
                                 "attached"
                             },
                         ),
-                        XmlNode::timestamp("attachTime", system_time(i.launch_time)),
+                        XmlNode::timestamp("attachTime", system_time_ms(i.launch_time)),
                         XmlNode::bool("deleteOnTermination", i.root_volume.delete_on_termination),
                     ],
                 ),
@@ -167,7 +160,7 @@ fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
         XmlNode::element("enclaveOptions", vec![XmlNode::bool("enabled", false)]),
         XmlNode::text("platformDetails", "Linux/UNIX"),
         XmlNode::text("usageOperation", "RunInstances"),
-        XmlNode::timestamp("usageOperationUpdateTime", system_time(i.launch_time)),
+        XmlNode::timestamp("usageOperationUpdateTime", system_time_ms(i.launch_time)),
         XmlNode::element(
             "maintenanceOptions",
             vec![XmlNode::text("autoRecovery", "default")],
@@ -322,10 +315,10 @@ fn parse_launch(params: &Params) -> Result<Launch, Ec2Error> {
     let mut root_size_gib = None;
     let mut delete_on_termination = true;
     for bdm in params.structs("BlockDeviceMapping")? {
-        let device = bdm.optional("DeviceName").unwrap_or("/dev/xvda");
-        if device != "/dev/xvda" && device != "/dev/sda1" {
+        let device = bdm.optional("DeviceName").unwrap_or(ROOT_DEVICE_NAME);
+        if device != ROOT_DEVICE_NAME && device != "/dev/sda1" {
             return Err(Ec2Error::invalid_parameter_value(format!(
-                "Only the root device (/dev/xvda) can be mapped on ec2lab; got {device}"
+                "Only the root device ({ROOT_DEVICE_NAME}) can be mapped on ec2lab; got {device}"
             )));
         }
         if let Some(size) = bdm.int_in("Ebs.VolumeSize", 1, 16384)? {
@@ -718,7 +711,7 @@ pub fn describe_instance_attribute(
             i.shutdown_behavior.name().to_string(),
         ),
         "kernel" => value("kernel", i.kernel_id.clone().unwrap_or_default()),
-        "rootDeviceName" => value("rootDeviceName", "/dev/xvda".to_string()),
+        "rootDeviceName" => value("rootDeviceName", ROOT_DEVICE_NAME.to_string()),
         other => {
             return Err(Ec2Error::invalid_parameter_value(format!(
                 "Value ({other}) for parameter attribute is invalid or not supported by ec2lab"

@@ -4,7 +4,9 @@
 use axum::http::StatusCode;
 use base64::Engine;
 
-use super::common::{check_ids, db_error, filters, lab, tag_set, tag_specifications};
+use super::common::{
+    check_ids, db_error, filters, lab, system_time_secs, tag_set, tag_specifications,
+};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -172,10 +174,7 @@ pub fn describe_key_pairs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
         }
         n.push(XmlNode::timestamp(
             "createTime",
-            std::time::SystemTime::UNIX_EPOCH
-                + std::time::Duration::from_secs(
-                    u64::try_from(k.created.unix_timestamp()).unwrap_or(0),
-                ),
+            system_time_secs(k.created),
         ));
         n
     });

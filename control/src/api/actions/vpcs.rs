@@ -7,9 +7,8 @@
 //! `ec2_instance`, Terraform's default-VPC data sources) find it.
 
 use std::net::Ipv4Addr;
-use std::time::SystemTime;
 
-use super::common::{check_ids, db_error, filters, lab, page, tag_set};
+use super::common::{check_ids, db_error, filters, lab, page, system_time_ms, tag_set};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -21,13 +20,6 @@ use crate::model::vpc::{
     Vpc, DHCP_OPTIONS_ID,
 };
 use crate::model::DEFAULT_OWNER_ID;
-
-fn system_time(t: time::OffsetDateTime) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_millis(
-            u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
-        )
-}
 
 /// Explicit `{name}.N` ids of `kind`, filters and page.
 fn query(params: &Params, name: &str, kind: IdKind) -> Result<NetworkQuery, Ec2Error> {
@@ -340,7 +332,7 @@ fn network_interface_node(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
                 XmlNode::number("deviceIndex", a.device_index),
                 XmlNode::number("networkCardIndex", 0),
                 XmlNode::text("status", "attached"),
-                XmlNode::timestamp("attachTime", system_time(a.attach_time)),
+                XmlNode::timestamp("attachTime", system_time_ms(a.attach_time)),
                 XmlNode::bool("deleteOnTermination", a.delete_on_termination),
             ],
         ));
@@ -394,7 +386,7 @@ pub(super) fn instance_network_nodes(
                         XmlNode::text("attachmentId", a.attachment_id.as_str()),
                         XmlNode::number("deviceIndex", a.device_index),
                         XmlNode::text("status", "attached"),
-                        XmlNode::timestamp("attachTime", system_time(a.attach_time)),
+                        XmlNode::timestamp("attachTime", system_time_ms(a.attach_time)),
                         XmlNode::bool("deleteOnTermination", a.delete_on_termination),
                         XmlNode::number("networkCardIndex", 0),
                     ],

@@ -102,11 +102,6 @@ impl MmioTransport {
         self.device.as_ref()
     }
 
-    /// Number of queues.
-    pub fn queue_count(&self) -> usize {
-        self.queues.len()
-    }
-
     /// Whether the driver has finished set-up.
     pub fn is_active(&self) -> bool {
         self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
