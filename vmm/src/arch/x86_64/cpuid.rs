@@ -205,10 +205,8 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                     (e.eax, e.ebx, e.ecx) = tsc_leaf(khz);
                 }
             }
-            LEAF_HYPERVISOR_BASE => {
-                if p.tsc_khz.is_some_and(|k| k > 0) && !p.hide_tsc_leaves {
-                    e.eax = e.eax.max(LEAF_HYPERVISOR_TIMING);
-                }
+            LEAF_HYPERVISOR_BASE if p.tsc_khz.is_some_and(|k| k > 0) && !p.hide_tsc_leaves => {
+                e.eax = e.eax.max(LEAF_HYPERVISOR_TIMING);
             }
             LEAF_HYPERVISOR_TIMING => match p.tsc_khz.filter(|k| *k > 0 && !p.hide_tsc_leaves) {
                 Some(khz) => (e.eax, e.ebx, e.ecx, e.edx) = (khz, APIC_BUS_KHZ as u32, 0, 0),
