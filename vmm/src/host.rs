@@ -182,6 +182,17 @@ impl Workarounds {
             // fall back to jiffies. `reliable` also skips the cross-CPU TSC
             // sync test, a few seconds of emulated spinning per vCPU.
             "tsc=reliable".to_string(),
+            // mark_rodata_ro() walks and splits the page tables of the whole
+            // kernel image, ~5 s of emulated code per boot (measured on the
+            // lab kernel, AMD host). The guest's own W^X protection of its
+            // kernel text is what that buys; on these hosts, which are for
+            // labs and CI rather than for running untrusted guest code, the
+            // boot time is worth more. Bare-metal guests keep it.
+            "rodata=off".to_string(),
+            // No VM of ours has a PCI bus (virtio-mmio only); a kernel that
+            // looks for one pokes ports 0xcf8/0xcfc, and every port access
+            // is a slow exit here.
+            "pci=off".to_string(),
             SYSCALL_VIA_PF_PARAM.to_string(),
         ];
         if let TscSource::Cmdline(khz) = tsc {
@@ -286,6 +297,7 @@ mod tests {
         );
         assert!(!c.contains("pti=off"), "user's pti= wins: {c}");
         assert!(c.contains(" tsc=reliable "), "{c}");
+        assert!(c.contains(" rodata=off "), "{c}");
         assert!(c.contains(SYSCALL_VIA_PF_PARAM));
         assert!(c.ends_with(" tsc_early_khz=2445404"), "{c}");
         let again = w.tsc_source(&c, Some(2_445_404));
