@@ -116,9 +116,16 @@ fn busybox_init_runs_to_its_end(test: &str, vcpus: u32, extra: &[&str]) {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let initrd = initramfs(dir.path(), WORK_INIT, &probes(dir.path()));
-    let mut vmm = boot_with(&kernel, &initrd, vcpus, None, extra);
-    vmm.wait_for_stdout("LAB-INIT done", BOOT_TIMEOUT);
-    let out = vmm.wait(Duration::from_secs(60));
+    let run = || {
+        let mut vmm = boot_with(&kernel, &initrd, vcpus, None, extra);
+        vmm.wait_for_stdout("LAB-INIT done", BOOT_TIMEOUT);
+        vmm.wait(Duration::from_secs(60))
+    };
+    let mut out = run();
+    if common::hit_known_host_fault(&out) {
+        println!("known AMD kvm_pvm host fault in this boot (NOTES.md); booting once more\n{out}");
+        out = run();
+    }
     out.assert_code(status::POWEROFF);
     let online = if vcpus == 1 {
         "0".to_string()

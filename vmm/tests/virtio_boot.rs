@@ -56,16 +56,26 @@ else
 fi
 $B poweroff -f
 "#;
-    let root = root_image(dir.path(), script, &[]);
     let data = dir.path().join("data.img");
     std::fs::write(&data, vec![0x5au8; 1 << 20]).expect("data image");
+    // Each attempt gets a fresh root: a first attempt may have written to it.
+    let first_boot = |attempt: u32| {
+        let attempt_dir = dir.path().join(format!("attempt{attempt}"));
+        std::fs::create_dir_all(&attempt_dir).expect("mkdir");
+        let root = root_image(&attempt_dir, script, &[]);
+        let disks = [root.display().to_string(), format!("{},ro", data.display())];
+        let sock = attempt_dir.join("api1.sock");
+        let mut vmm = boot(&kernel, &disks, &["--rng", "--vcpus", "2"], &sock);
+        vmm.wait_for_stdout("VIRTIO-INIT rng=", BOOT_TIMEOUT);
+        let vm = api::get_vm(&sock);
+        (root, vm, vmm.wait(Duration::from_secs(60)))
+    };
+    let (mut root, mut vm, mut out) = first_boot(0);
+    if common::hit_known_host_fault(&out) {
+        println!("known AMD kvm_pvm host fault in this boot (NOTES.md); booting once more\n{out}");
+        (root, vm, out) = first_boot(1);
+    }
     let disks = [root.display().to_string(), format!("{},ro", data.display())];
-
-    let sock = dir.path().join("api1.sock");
-    let mut vmm = boot(&kernel, &disks, &["--rng", "--vcpus", "2"], &sock);
-    vmm.wait_for_stdout("VIRTIO-INIT rng=", BOOT_TIMEOUT);
-    let vm = api::get_vm(&sock);
-    let out = vmm.wait(Duration::from_secs(60));
     out.assert_code(status::POWEROFF);
     out.assert_stdout_contains("VIRTIO-INIT root=/dev/root ext4");
     out.assert_stdout_contains("VIRTIO-INIT vdb-ro=1");
