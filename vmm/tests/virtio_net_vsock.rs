@@ -4,7 +4,8 @@
 //!
 //! - net: the VMM runs inside a network namespace the test creates, on a
 //!   tap there. The guest (addressed by the kernel's `ip=`) and the
-//!   namespace ping each other, and 10 MiB cross the link over TCP in each
+//!   namespace ping each other, and 10 MiB (2 MiB on AMD hosts that emulate
+//!   the guest kernel, see `transfer_bytes`) cross the link over TCP in each
 //!   direction, compared by SHA-256.
 //! - vsock: a host process connects to the VMM's Unix socket and sends
 //!   `CONNECT 5000` to reach a guest echo server (several connections at
@@ -24,7 +25,30 @@ use std::time::Duration;
 use common::{api, cached_kernel, repo_root, root_image, static_binary, status, NetNs, Vmm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
-const TRANSFER: usize = 10 << 20;
+/// Bytes sent each way over TCP: 10 MiB, but 2 MiB on AMD hosts that
+/// emulate the guest kernel, where guest TCP measured about 50 KiB/s (10 MiB
+/// guest to host took over three minutes and the way back did not finish in
+/// the boot timeout; Intel hosts of the same kind move 1.75–2.9 MiB/s).
+/// vCPUs of the guest: 2, but 1 on AMD hosts that emulate the guest kernel,
+/// where a guest with two vCPUs occasionally loses a freshly exec'd program
+/// (or init itself, seen here) to the host fault in
+/// guest-images/kernel/NOTES.md; SMP is covered there by the lab-kernel and
+/// virtio-boot tests, which boot once more on that fault.
+fn vcpus() -> &'static str {
+    if common::on_emulating_host() && common::host_is_amd() {
+        "1"
+    } else {
+        "2"
+    }
+}
+
+fn transfer_bytes() -> usize {
+    if common::on_emulating_host() && common::host_is_amd() {
+        2 << 20
+    } else {
+        10 << 20
+    }
+}
 const GUEST_IP: &str = "10.0.2.15";
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_MAC: &str = "06:00:0a:00:02:0f";
@@ -109,7 +133,7 @@ fn host_initiated(uds: &Path, port: u32, conn: usize) -> Result<(), String> {
 }
 
 #[test]
-fn guest_pings_moves_10_mib_each_way_over_tap_and_echoes_over_vsock_both_ways() {
+fn guest_pings_moves_megabytes_each_way_over_tap_and_echoes_over_vsock_both_ways() {
     require_kvm!("virtio_net_vsock");
     let Some(kernel) = cached_kernel("virtio_net_vsock", "kernels/lab/vmlinux") else {
         return;
@@ -120,8 +144,9 @@ fn guest_pings_moves_10_mib_each_way_over_tap_and_echoes_over_vsock_both_ways() 
         &repo_root().join("vmm/tests/guests/userspace/vsock_echo.c"),
         "vsock_echo",
     );
-    let to_host = payload(TRANSFER, 0x5eed);
-    let to_guest = Arc::new(payload(TRANSFER, 0xfeed));
+    let transfer = transfer_bytes();
+    let to_host = payload(transfer, 0x5eed);
+    let to_guest = Arc::new(payload(transfer, 0xfeed));
     let to_host_file = dir.path().join("to_host.bin");
     std::fs::write(&to_host_file, &to_host).expect("payload");
 
@@ -206,7 +231,7 @@ $B poweroff -f
             "--memory-mib",
             "256",
             "--vcpus",
-            "2",
+            vcpus(),
             "--api-sock",
             &sock.display().to_string(),
             "--disk",
@@ -264,7 +289,7 @@ $B poweroff -f
     out.assert_stdout_contains("NET-INIT ping-ok");
     out.assert_stdout_contains("NET-INIT sent status=0");
     out.assert_stdout_contains(&format!("NET-INIT received {}", sha256(&to_guest)));
-    assert_eq!(received.len(), TRANSFER, "bytes the namespace received");
+    assert_eq!(received.len(), transfer, "bytes the namespace received");
     assert!(received == to_host, "guest → host data differs");
     out.assert_stdout_contains(&format!(
         "VSOCK-GUEST served {VSOCK_CONNECTIONS} connections, echoed {} bytes",
@@ -280,7 +305,7 @@ $B poweroff -f
     let kinds: Vec<&str> = devices.iter().filter_map(|d| d["type"].as_str()).collect();
     assert_eq!(kinds, ["block", "net", "vsock"], "{vm}");
     assert!(
-        devices[1]["counters"]["bytes"].as_u64().unwrap_or(0) >= 2 * TRANSFER as u64,
+        devices[1]["counters"]["bytes"].as_u64().unwrap_or(0) >= 2 * transfer as u64,
         "{vm}"
     );
 }
