@@ -384,7 +384,7 @@ impl Running {
         self.last_watch = now;
         if self.paused {
             // A paused guest makes no progress on purpose.
-            self.watchdog = StallWatchdog::new(self.watchdog_timeout(), now);
+            self.watchdog = StallWatchdog::new(self.watchdog.timeout(), now);
             return;
         }
         let progress = self
@@ -410,10 +410,6 @@ impl Running {
                 }
             }
         }
-    }
-
-    fn watchdog_timeout(&self) -> Duration {
-        self.watchdog.timeout()
     }
 }
 

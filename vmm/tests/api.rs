@@ -14,19 +14,12 @@ use common::{build_guest, status, Guest, Vmm, RUN_TIMEOUT};
 /// waits until the guest is in its loop and the API answers.
 fn spawn_spinning_vm(vcpus: u32) -> (Guest, PathBuf, Vmm) {
     let guest = build_guest("ring3_spin");
-    let socket = guest.scratch("api.sock");
-    let mut vmm = Vmm::spawn([
-        "--kernel",
-        &guest.elf.display().to_string(),
-        "--memory-mib",
-        "128",
-        "--vcpus",
-        &vcpus.to_string(),
-        "--api-sock",
-        &socket.display().to_string(),
-    ]);
-    vmm.wait_for_stdout("spinning in ring 3\n", Duration::from_secs(30));
-    api::wait_ready(&mut vmm, &socket);
+    let vcpus = vcpus.to_string();
+    let (socket, vmm) = api::spawn_with_api(
+        &guest,
+        &["--memory-mib", "128", "--vcpus", &vcpus],
+        "spinning in ring 3\n",
+    );
     (guest, socket, vmm)
 }
 
@@ -150,15 +143,7 @@ fn get_vm_reports_the_config_uptime_and_every_vcpu_of_an_smp_guest() {
 fn send_ctrl_alt_del_delivers_the_key_sequence_to_the_guest_i8042() {
     require_kvm!("send_ctrl_alt_del_delivers_the_key_sequence_to_the_guest_i8042");
     let guest = build_guest("kbd");
-    let socket = guest.scratch("api.sock");
-    let mut vmm = Vmm::spawn([
-        "--kernel",
-        &guest.elf.display().to_string(),
-        "--api-sock",
-        &socket.display().to_string(),
-    ]);
-    vmm.wait_for_stdout("waiting for keys\n", Duration::from_secs(30));
-    api::wait_ready(&mut vmm, &socket);
+    let (socket, vmm) = api::spawn_with_api(&guest, &[], "waiting for keys\n");
     let reply = request(
         &socket,
         "PUT",

@@ -17,17 +17,9 @@ const STALL_TIMEOUT_SECS: u64 = 2;
 /// Boots stall.S in `mode` with a short watchdog and waits for its last exit.
 fn spawn(mode: i64) -> (Guest, PathBuf, Vmm) {
     let guest = build_guest_with("stall", &[("MODE", mode)]);
-    let socket = guest.scratch("api.sock");
-    let mut vmm = Vmm::spawn([
-        "--kernel",
-        &guest.elf.display().to_string(),
-        "--api-sock",
-        &socket.display().to_string(),
-        "--stall-timeout-secs",
-        &STALL_TIMEOUT_SECS.to_string(),
-    ]);
-    vmm.wait_for_stdout("quiet now\n", Duration::from_secs(30));
-    api::wait_ready(&mut vmm, &socket);
+    let timeout = STALL_TIMEOUT_SECS.to_string();
+    let (socket, vmm) =
+        api::spawn_with_api(&guest, &["--stall-timeout-secs", &timeout], "quiet now\n");
     (guest, socket, vmm)
 }
 

@@ -356,20 +356,16 @@ impl Vcpu {
             .map_err(kvm_err("get supported CPUID"))?;
         let has_leaf =
             |cpuid: &CpuId, leaf: u32| cpuid.as_slice().iter().any(|e| e.function == leaf);
-        let max_leaf = |cpuid: &CpuId, base: u32| {
-            cpuid
-                .as_slice()
-                .iter()
-                .find(|e| e.function == base)
-                .map(|e| e.eax)
-        };
+        let max_basic_leaf = cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0)
+            .map_or(0, |e| e.eax);
         // Empty slots for the TSC frequency leaves, filled by normalize():
         // 0x15 only where the host's basic range reaches it (Intel), the
         // hypervisor timing leaf wherever KVM's own leaves are present.
         let mut extra = Vec::new();
-        if !has_leaf(&cpuid, cpuid::LEAF_TSC_FREQ)
-            && max_leaf(&cpuid, 0).is_some_and(|m| m >= cpuid::LEAF_TSC_FREQ)
-        {
+        if !has_leaf(&cpuid, cpuid::LEAF_TSC_FREQ) && max_basic_leaf >= cpuid::LEAF_TSC_FREQ {
             extra.push(cpuid::LEAF_TSC_FREQ);
         }
         if has_leaf(&cpuid, cpuid::LEAF_HYPERVISOR_BASE)

@@ -775,6 +775,21 @@ pub mod api {
         }
     }
 
+    /// Boots `guest` with an API socket in its scratch directory and `extra`
+    /// flags, waits for `ready_line` on the console and for the API to
+    /// answer; returns the socket and the running VMM.
+    pub fn spawn_with_api(guest: &Guest, extra: &[&str], ready_line: &str) -> (PathBuf, Vmm) {
+        let socket = guest.scratch("api.sock");
+        let kernel = guest.elf.display().to_string();
+        let sock = socket.display().to_string();
+        let mut args = vec!["--kernel", kernel.as_str(), "--api-sock", sock.as_str()];
+        args.extend_from_slice(extra);
+        let mut vmm = Vmm::spawn(args);
+        vmm.wait_for_stdout(ready_line, Duration::from_secs(30));
+        wait_ready(&mut vmm, &socket);
+        (socket, vmm)
+    }
+
     /// Waits until the API answers `GET /vm`; fails if the VMM exits or
     /// nothing answers within 20 s.
     pub fn wait_ready(vmm: &mut Vmm, socket: &Path) {
