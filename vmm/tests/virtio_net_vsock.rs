@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{api, cached_kernel, repo_root, root_image, static_binary, status, NetNs, Vmm};
+use common::{
+    api, cached_kernel, repo_root, root_image, static_binary, status, NetNs, Outcome, Vmm,
+};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bytes sent each way over TCP: 10 MiB, but 2 MiB on AMD hosts that
@@ -167,10 +169,80 @@ $B nc {HOST_IP} 5003 < /dev/null
 $B poweroff -f
 "#
     );
+    // Each boot gets its own scratch directory (sockets, root image).
+    let boot = |n: u32| {
+        let scratch = dir.path().join(format!("boot{n}"));
+        std::fs::create_dir(&scratch).expect("scratch directory");
+        exchange(
+            &kernel,
+            &scratch,
+            &script,
+            &echo,
+            &to_host_file,
+            to_guest.clone(),
+        )
+    };
+    let mut run = boot(0);
+    if common::hit_known_host_fault(&run.out) {
+        println!(
+            "known AMD kvm_pvm host fault in this boot (NOTES.md); booting once more\n{}",
+            run.out
+        );
+        run = boot(1);
+    }
+    let Exchange {
+        out,
+        received,
+        echoed,
+        vm,
+    } = run;
+    out.assert_code(status::POWEROFF);
+    out.assert_stdout_contains(&format!("NET-INIT eth0 {GUEST_MAC} inet {GUEST_IP}/24"));
+    out.assert_stdout_contains("NET-INIT ping-ok");
+    out.assert_stdout_contains("NET-INIT sent status=0");
+    out.assert_stdout_contains(&format!("NET-INIT received {}", sha256(&to_guest)));
+    assert_eq!(received.len(), transfer, "bytes the namespace received");
+    assert!(received == to_host, "guest → host data differs");
+    out.assert_stdout_contains(&format!(
+        "VSOCK-GUEST served {VSOCK_CONNECTIONS} connections, echoed {} bytes",
+        VSOCK_CONNECTIONS * VSOCK_BYTES
+    ));
+    out.assert_stdout_contains("VSOCK-GUEST connect ok");
+    assert_eq!(echoed, VSOCK_CONNECTIONS * VSOCK_BYTES);
+
+    let devices = vm["devices"].as_array().expect("devices");
+    let kinds: Vec<&str> = devices.iter().filter_map(|d| d["type"].as_str()).collect();
+    assert_eq!(kinds, ["block", "net", "vsock"], "{vm}");
+    assert!(
+        devices[1]["counters"]["bytes"].as_u64().unwrap_or(0) >= 2 * transfer as u64,
+        "{vm}"
+    );
+}
+
+/// What one boot of the exchange produced, checked by the test.
+struct Exchange {
+    out: Outcome,
+    /// The bytes the namespace received from the guest over TCP.
+    received: Vec<u8>,
+    /// The bytes the test echoed on the guest's outgoing vsock connections.
+    echoed: usize,
+    /// `GET /vm` while the guest still ran.
+    vm: serde_json::Value,
+}
+
+/// Boots the guest once and runs every exchange with it.
+fn exchange(
+    kernel: &Path,
+    dir: &Path,
+    script: &str,
+    echo: &Path,
+    to_host_file: &Path,
+    to_guest: Arc<Vec<u8>>,
+) -> Exchange {
     let root = root_image(
-        dir.path(),
-        &script,
-        &[(&to_host_file, "to_host.bin"), (&echo, "vsock_echo")],
+        dir,
+        script,
+        &[(to_host_file, "to_host.bin"), (echo, "vsock_echo")],
     );
 
     let ns = NetNs::new("net");
@@ -197,7 +269,7 @@ $B poweroff -f
     });
 
     // The guest's outgoing vsock connections land on <uds>_6000.
-    let uds = dir.path().join("vm.vsock");
+    let uds = dir.join("vm.vsock");
     let guest_listener = UnixListener::bind(format!("{}_6000", uds.display())).expect("bind");
     let echo_server = thread::spawn(move || {
         let mut handlers = Vec::new();
@@ -214,7 +286,7 @@ $B poweroff -f
             .sum::<u64>()
     });
 
-    let sock = dir.path().join("api.sock");
+    let sock = dir.join("api.sock");
     let disk = root.display().to_string();
     let net = format!("tap=tap0,mac={GUEST_MAC}");
     let vsock = format!("cid=3,uds={}", uds.display());
@@ -247,7 +319,7 @@ $B poweroff -f
     // The guest now waits on port 5003: ping it from the namespace first.
     let ping = ns
         .command(&[
-            &common::busybox(dir.path()).display().to_string(),
+            &common::busybox(dir).display().to_string(),
             "ping",
             "-c",
             "2",
@@ -284,28 +356,11 @@ $B poweroff -f
     vmm.wait_for_stdout("VSOCK-GUEST connect", BOOT_TIMEOUT);
     let vm = api::get_vm(&sock);
     let out = vmm.wait(Duration::from_secs(120));
-    out.assert_code(status::POWEROFF);
-    out.assert_stdout_contains(&format!("NET-INIT eth0 {GUEST_MAC} inet {GUEST_IP}/24"));
-    out.assert_stdout_contains("NET-INIT ping-ok");
-    out.assert_stdout_contains("NET-INIT sent status=0");
-    out.assert_stdout_contains(&format!("NET-INIT received {}", sha256(&to_guest)));
-    assert_eq!(received.len(), transfer, "bytes the namespace received");
-    assert!(received == to_host, "guest → host data differs");
-    out.assert_stdout_contains(&format!(
-        "VSOCK-GUEST served {VSOCK_CONNECTIONS} connections, echoed {} bytes",
-        VSOCK_CONNECTIONS * VSOCK_BYTES
-    ));
-    out.assert_stdout_contains("VSOCK-GUEST connect ok");
-    assert_eq!(
-        echo_server.join().expect("echo server") as usize,
-        VSOCK_CONNECTIONS * VSOCK_BYTES
-    );
-
-    let devices = vm["devices"].as_array().expect("devices");
-    let kinds: Vec<&str> = devices.iter().filter_map(|d| d["type"].as_str()).collect();
-    assert_eq!(kinds, ["block", "net", "vsock"], "{vm}");
-    assert!(
-        devices[1]["counters"]["bytes"].as_u64().unwrap_or(0) >= 2 * transfer as u64,
-        "{vm}"
-    );
+    let echoed = echo_server.join().expect("echo server") as usize;
+    Exchange {
+        out,
+        received,
+        echoed,
+        vm,
+    }
 }

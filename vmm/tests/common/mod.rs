@@ -636,13 +636,36 @@ impl Outcome {
         self
     }
 
-    /// Asserts the guest printed `needle` on the serial console.
+    /// Asserts the guest printed `needle` on the serial console. On failure
+    /// the lines most likely to say why (those sharing the needle's first
+    /// word, and any fault the kernel reported) come before the whole output,
+    /// so a log that keeps only its head and tail still shows them.
     pub fn assert_stdout_contains(&self, needle: &str) -> &Self {
-        assert!(
-            self.stdout.contains(needle),
-            "guest output lacks {needle:?}\n{self}"
+        if self.stdout.contains(needle) {
+            return self;
+        }
+        let tag = needle.split_whitespace().next().unwrap_or(needle);
+        let telling: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter(|line| {
+                line.contains(tag)
+                    || [
+                        "segfault",
+                        "Oops",
+                        "BUG:",
+                        "panic",
+                        "Segmentation fault",
+                        "killed",
+                    ]
+                    .iter()
+                    .any(|word| line.contains(word))
+            })
+            .collect();
+        panic!(
+            "guest output lacks {needle:?}; the telling lines:\n{}\n{self}",
+            telling.join("\n")
         );
-        self
     }
 
     /// The exit counts logged for `vcpu` on exit (`vcpuN exits: k=v …`).
