@@ -23,11 +23,11 @@ mod common;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    cache_dir, debugfs, repo_root, seed_authorized_key, stat_in_image, status, NetNs, Reaper, Vmm,
+    cache_dir, debugfs, repo_root, seed_authorized_key, stat_in_image, status, NetNs, Vmm,
 };
 use ec2lab_images::{Catalog, MachineImage, Verify};
 
@@ -264,32 +264,7 @@ fn debian12_boots_to_an_ssh_login_as_admin_and_powers_off() {
 
     let ns = NetNs::new("deb");
     ns.add_tap("tap0", &format!("{HOST_IP}/24"));
-    let busybox = common::busybox(dir.path());
-    let udhcpd_conf = dir.path().join("udhcpd.conf");
-    std::fs::write(
-        &udhcpd_conf,
-        format!(
-            "start {GUEST_IP}\nend {GUEST_IP}\ninterface tap0\n\
-             option subnet 255.255.255.0\noption router {HOST_IP}\noption dns {HOST_IP}\n\
-             lease_file {}\npidfile {}\n",
-            dir.path().join("leases").display(),
-            dir.path().join("udhcpd.pid").display()
-        ),
-    )
-    .expect("udhcpd.conf");
-    std::fs::write(dir.path().join("leases"), b"").expect("leases");
-    let _udhcpd = Reaper(
-        ns.command(&[
-            &busybox.display().to_string(),
-            "udhcpd",
-            "-f",
-            &udhcpd_conf.display().to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start udhcpd"),
-    );
+    let _udhcpd = ns.serve_dhcp(dir.path(), "tap0", GUEST_IP, HOST_IP);
 
     let sock = dir.path().join("api.sock");
     let mut args: Vec<String> = vec![

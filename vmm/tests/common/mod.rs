@@ -249,6 +249,39 @@ impl NetNs {
         self.run(&["ip", "addr", "add", addr, "dev", tap]);
         self.run(&["ip", "link", "set", tap, "up"]);
     }
+
+    /// Serves DHCP on `tap` from busybox udhcpd inside the namespace, leasing
+    /// exactly `guest_ip` with `host_ip` as router and DNS, as the images'
+    /// DHCP clients expect a VPC subnet to; state files live in `dir`. The
+    /// server is killed when the returned guard drops.
+    pub fn serve_dhcp(&self, dir: &Path, tap: &str, guest_ip: &str, host_ip: &str) -> Reaper {
+        let conf = dir.join("udhcpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "start {guest_ip}\nend {guest_ip}\ninterface {tap}\n\
+                 option subnet 255.255.255.0\noption router {host_ip}\noption dns {host_ip}\n\
+                 lease_file {}\npidfile {}\n",
+                dir.join("leases").display(),
+                dir.join("udhcpd.pid").display()
+            ),
+        )
+        .expect("udhcpd.conf");
+        std::fs::write(dir.join("leases"), b"").expect("leases");
+        let busybox = busybox(dir);
+        Reaper(
+            self.command(&[
+                &busybox.display().to_string(),
+                "udhcpd",
+                "-f",
+                &conf.display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start udhcpd"),
+        )
+    }
 }
 
 /// Moves the calling thread into network namespace `name` (namespaces are
