@@ -143,6 +143,12 @@ pub enum SigV4Error {
          Check your AWS Secret Access Key and signing method."
     )]
     SignatureMismatch,
+    #[error(
+        "The provided 'x-amz-content-sha256' header does not match what was computed: \
+         this endpoint acts on the body, so the header must be the SHA-256 of the body \
+         sent (UNSIGNED-PAYLOAD is not accepted)"
+    )]
+    ContentHashMismatch,
 }
 
 impl SigV4Error {
@@ -173,6 +179,7 @@ impl SigV4Error {
             | Self::UnknownAccessKey(_)
             | Self::SignedHeaderAbsent(_)
             | Self::SignatureMismatch => "AuthFailure",
+            Self::ContentHashMismatch => "XAmzContentSHA256Mismatch",
         }
     }
 
@@ -190,9 +197,12 @@ impl SigV4Error {
 /// returns for its access key id, at time `now`, for this endpoint's
 /// `region` and `service` (`"ec2"`).
 ///
-/// The payload hash is the `X-Amz-Content-SHA256` header when sent (so a
-/// client that signs `UNSIGNED-PAYLOAD` leaves the body unprotected, as on
-/// AWS), else the SHA-256 of `body`.
+/// The payload hash is always the SHA-256 of the `body` received: every
+/// action acts on its body, so the signature must cover it. An
+/// `X-Amz-Content-SHA256` header, signed or not, must equal that hash;
+/// `UNSIGNED-PAYLOAD` or any other value is refused
+/// ([`SigV4Error::ContentHashMismatch`]) before the signature is checked, so
+/// a captured signature cannot be replayed with another body.
 pub fn verify(
     request: &Request<'_>,
     credentials: &dyn Fn(&str) -> Option<Credentials>,
@@ -231,10 +241,12 @@ pub fn verify(
         .ok_or_else(|| SigV4Error::UnknownAccessKey(scope.access_key_id.clone()))?
         .secret_access_key;
 
-    let payload_hash = match header_values(request.headers, "x-amz-content-sha256").next() {
-        Some(declared) => declared.trim().to_owned(),
-        None => sha256_hex(request.body),
-    };
+    let payload_hash = sha256_hex(request.body);
+    if header_values(request.headers, "x-amz-content-sha256")
+        .any(|declared| !declared.trim().eq_ignore_ascii_case(&payload_hash))
+    {
+        return Err(SigV4Error::ContentHashMismatch);
+    }
     let canonical = canonical_request(&CanonicalInput {
         method: request.method,
         path: request.path,
@@ -569,5 +581,72 @@ mod sign_tests {
             ..request
         };
         assert!(verify(&tampered, &lookup, now, "us-east-1", "ec2").is_err());
+    }
+
+    /// A signature made over one body, replayed with another body whose
+    /// hash (or UNSIGNED-PAYLOAD) rides in an unsigned or signed
+    /// X-Amz-Content-SHA256 header, is refused: the hash is always the
+    /// body's own.
+    #[test]
+    fn a_signature_cannot_be_replayed_with_another_body_and_its_hash_header() {
+        let creds = Credentials {
+            access_key_id: "AKIDEC2LAB".to_string(),
+            secret_access_key: "secret".to_string(),
+        };
+        let lookup = |id: &str| (id == "AKIDEC2LAB").then(|| creds.clone());
+        let now = SystemTime::now();
+        let signed_body = b"Action=DescribeRegions&Version=2016-11-15";
+        let evil_body = b"Action=CreateTags&ResourceId.1=i-0&Tag.1.Key=k&Tag.1.Value=v";
+        let sign = |extra: &[(String, String)], body: &[u8]| {
+            let unsigned = Request {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: extra,
+                body,
+            };
+            let mut headers = sign_request(
+                &unsigned,
+                "127.0.0.1:8787",
+                &creds,
+                ("us-east-1", "ec2"),
+                now,
+            );
+            headers.extend_from_slice(extra);
+            headers
+        };
+        let hash_header = |value: &str| ("X-Amz-Content-SHA256".to_string(), value.to_string());
+        let verify_with = |headers: &[(String, String)], body: &[u8]| {
+            verify(
+                &Request {
+                    method: "POST",
+                    path: "/",
+                    query: "",
+                    headers,
+                    body,
+                },
+                &lookup,
+                now,
+                "us-east-1",
+                "ec2",
+            )
+        };
+
+        // Unsigned header carrying the signed body's hash, evil body.
+        let mut headers = sign(&[], signed_body);
+        headers.push(hash_header(&sha256_hex(signed_body)));
+        assert!(matches!(
+            verify_with(&headers, evil_body),
+            Err(SigV4Error::ContentHashMismatch)
+        ));
+        // Signed UNSIGNED-PAYLOAD: refused whatever the body.
+        let headers = sign(&[hash_header("UNSIGNED-PAYLOAD")], signed_body);
+        let refused = verify_with(&headers, signed_body).expect_err("UNSIGNED-PAYLOAD");
+        assert_eq!(refused.code(), "XAmzContentSHA256Mismatch");
+        assert_eq!(refused.http_status(), 400);
+        // A signed header with the body's true hash still verifies.
+        let headers = sign(&[hash_header(&sha256_hex(signed_body))], signed_body);
+        verify_with(&headers, signed_body).expect("a true content hash verifies");
+        assert!(verify_with(&headers, evil_body).is_err());
     }
 }
