@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::api::actions::AppState;
 use crate::api::error::Ec2Error;
-use crate::api::server::{self, ApiState, Authenticator, SignedRequest};
+use crate::api::listener;
+use crate::api::server::{ApiState, Authenticator, SignedRequest};
 use crate::api::sigv4;
 use crate::config::Credentials;
 use crate::db::Db;
@@ -121,6 +122,7 @@ impl Authenticator for SigV4Auth {
 /// Runs the daemon until SIGINT/SIGTERM. VMMs keep running after it exits:
 /// instances outlive the control plane, and the next start adopts them.
 pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
+    raise_descriptor_limit();
     let (credentials, _) = Credentials::load_or_create(&options.data_dir, "us-east-1")?;
     let db_path = options.data_dir.join("ec2lab.db");
     let db = Db::open(&db_path).map_err(|source| DaemonError::Db {
@@ -186,12 +188,37 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         }
         log::info!("stopping the API; instances keep running");
     };
-    axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: options.listen,
-            source,
-        })?;
+    let left = listener::serve(listener, state, listener::Limits::default(), shutdown).await;
+    if left > 0 {
+        log::warn!("{left} API connection(s) closed unanswered at shutdown");
+    }
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: every
+/// instance holds a few (its check-in socket, the VMM's pipes) and every
+/// API client one, and the default soft limit of 1,024 ran out under load.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the rlimit we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        // SAFETY: setrlimit reads only the rlimit we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            log::warn!(
+                "cannot raise the open-file limit from {}: {}",
+                limit.rlim_cur,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod error;
+pub mod listener;
 pub mod query;
 pub mod server;
 pub mod shapes;

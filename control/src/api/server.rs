@@ -7,6 +7,7 @@
 //! `Action`/`Version` → dispatch on a blocking thread → render.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -66,6 +67,9 @@ impl Authenticator for AcceptAnySignature {
 pub struct ApiState {
     pub app: Arc<AppState>,
     pub auth: Arc<dyn Authenticator>,
+    /// How long a client has to send a request's body once its headers are
+    /// in ([`super::listener::Limits::body_timeout`]).
+    pub body_timeout: Duration,
 }
 
 impl ApiState {
@@ -75,6 +79,15 @@ impl ApiState {
         Self {
             app: Arc::new(app),
             auth: Arc::new(auth),
+            body_timeout: super::listener::Limits::default().body_timeout,
+        }
+    }
+
+    /// The same state with another body deadline.
+    pub fn with_body_timeout(self, body_timeout: Duration) -> Self {
+        Self {
+            body_timeout,
+            ..self
         }
     }
 }
@@ -86,9 +99,16 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until the listener fails.
-pub async fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+/// Serves the API on `listener` with the default
+/// [`super::listener::Limits`], for good.
+pub async fn serve(listener: TcpListener, state: ApiState) {
+    super::listener::serve(
+        listener,
+        state,
+        super::listener::Limits::default(),
+        std::future::pending(),
+    )
+    .await;
 }
 
 async fn handle(State(state): State<ApiState>, request: Request) -> Response {
@@ -124,7 +144,7 @@ async fn process(
     request_id: &str,
 ) -> (String, Result<Vec<xml::XmlNode>, Ec2Error>) {
     let (parts, body) = request.into_parts();
-    let body = match read_body(body).await {
+    let body = match read_body(body, state.body_timeout).await {
         Ok(body) => body,
         Err(err) => return ("-".to_owned(), Err(err)),
     };
@@ -162,10 +182,17 @@ async fn process(
     (action, result)
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] whether or
-/// not the client declared a length.
-async fn read_body(body: Body) -> Result<axum::body::Bytes, Ec2Error> {
-    to_bytes(body, MAX_BODY_BYTES).await.map_err(|err| {
+/// Reads the whole body within `timeout`, refusing more than
+/// [`MAX_BODY_BYTES`] whether or not the client declared a length.
+async fn read_body(body: Body, timeout: Duration) -> Result<axum::body::Bytes, Ec2Error> {
+    let Ok(read) = tokio::time::timeout(timeout, to_bytes(body, MAX_BODY_BYTES)).await else {
+        return Err(Ec2Error::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!("The request body did not arrive within {timeout:?}"),
+        ));
+    };
+    read.map_err(|err| {
         let inner = err.into_inner();
         let too_large =
             std::iter::successors(Some(&*inner as &(dyn std::error::Error + 'static)), |e| {
