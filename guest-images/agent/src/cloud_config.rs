@@ -12,13 +12,24 @@ use std::process::Command;
 
 use crate::log::{self, Done, Outcome};
 use crate::paths::rooted;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+
+use crate::command;
 use crate::yaml::{self, Yaml};
-use crate::{base64, command};
 
 const STEP: &str = "cloud-config";
 
 /// Largest file `write_files` will decompress.
 const MAX_GUNZIPPED_FILE: u64 = 1 << 20;
+
+/// Standard-alphabet base64 with or without `=` padding, as Python's
+/// `b64decode` (cloud-init) accepts; whitespace is removed first by
+/// [`decode_base64`].
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Why cloud-config user data was not fully applied.
 #[derive(Debug, thiserror::Error)]
@@ -200,9 +211,9 @@ fn write_file(index: usize, entry: &Yaml, root: &Path) -> Result<String, WriteFi
     };
     let content = match encoding {
         "text/plain" => text.as_bytes().to_vec(),
-        "b64" | "base64" => base64::decode(text).ok_or_else(bad_content)?,
+        "b64" | "base64" => decode_base64(text).ok_or_else(bad_content)?,
         "gz+b64" | "gz+base64" | "gzip+b64" | "gzip+base64" => {
-            let compressed = base64::decode(text).ok_or_else(bad_content)?;
+            let compressed = decode_base64(text).ok_or_else(bad_content)?;
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(compressed.as_slice())
                 .take(MAX_GUNZIPPED_FILE + 1)
@@ -249,6 +260,13 @@ fn write_file(index: usize, entry: &Yaml, root: &Path) -> Result<String, WriteFi
         mode,
         content.len()
     ))
+}
+
+/// Decodes `write_files` base64 content, which is usually a `|` block
+/// broken into lines. `None` on any other character or a bad length.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    BASE64.decode(compact).ok()
 }
 
 /// `0644`, `644` or `0o644`.
@@ -323,7 +341,112 @@ fn run_command(index: usize, entry: &Yaml) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_mode;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::{apply, decode_base64, parse_mode, CloudConfigError};
+    use crate::log::Done;
+
+    /// Written the way the cloud-init docs' examples are: anchors and a
+    /// merge key, flow lists and a flow mapping, `|` and `>` blocks, base64
+    /// split over lines, and modules this image does not run.
+    const REAL_WORLD: &str = "#cloud-config
+users:
+  - default
+  - name: ada
+    groups: [adm, wheel]
+    sudo: [\"ALL=(ALL) NOPASSWD:ALL\"]
+    ssh_authorized_keys:
+      - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEc2VGVzdEtleQ ada@example
+packages: [nginx, htop]
+file_defaults: &secret
+  owner: root:root
+  permissions: '0600'
+write_files:
+  - <<: *secret
+    path: /etc/app/config.ini
+    content: |
+      [server]
+      port = 8080
+  - path: /etc/app/banner
+    content: >
+      folded lines
+      become one
+  - path: /usr/local/bin/hello
+    permissions: '0755'
+    encoding: b64
+    content: |
+      IyEvYmluL3NoCmVjaG8g
+      aGVsbG8K
+  - path: /etc/app/gz
+    encoding: gz+b64
+    content: |
+      H4sIAAAAAAAAA0uvyiwo
+      SE1RyEjNycnnAgDLBYAP
+      DgAAAA==
+  - {path: /etc/app/flow, content: \"inline\\n\", append: true}
+";
+
+    fn mode(path: &std::path::Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn real_world_cloud_config_writes_every_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let done = apply(REAL_WORLD, root.path()).expect("apply");
+        assert!(
+            matches!(&done, Done::Ok(d) if d == "cloud-config applied: 5 actions"),
+            "{done:?}"
+        );
+        let read = |p: &str| fs::read_to_string(root.path().join(p)).expect(p);
+        assert_eq!(read("etc/app/config.ini"), "[server]\nport = 8080\n");
+        assert_eq!(mode(&root.path().join("etc/app/config.ini")), 0o600);
+        assert_eq!(read("etc/app/banner"), "folded lines become one\n");
+        assert_eq!(read("usr/local/bin/hello"), "#!/bin/sh\necho hello\n");
+        assert_eq!(mode(&root.path().join("usr/local/bin/hello")), 0o755);
+        assert_eq!(read("etc/app/gz"), "gzipped hello\n");
+        assert_eq!(read("etc/app/flow"), "inline\n");
+        assert_eq!(mode(&root.path().join("etc/app/flow")), 0o644);
+    }
+
+    #[test]
+    fn a_module_of_the_wrong_shape_fails_that_action_only() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let doc = "write_files: [{path: /a, content: x}]\nruncmd: {a: b}\n";
+        match apply(doc, root.path()) {
+            Err(CloudConfigError::ActionsFailed { failed, total }) => {
+                assert_eq!((failed, total), (1, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(root.path().join("a").exists());
+    }
+
+    #[test]
+    fn broken_yaml_names_its_line() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let err = apply("#cloud-config\nruncmd: [ls\nwrite_files: []\n", root.path())
+            .expect_err("broken");
+        assert!(
+            err.to_string()
+                .starts_with("cloud-config does not parse: line 3: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn base64_decodes_with_or_without_padding_across_lines() {
+        assert_eq!(decode_base64("aGVsbG8K").as_deref(), Some(&b"hello\n"[..]));
+        assert_eq!(decode_base64("aGk=").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(decode_base64("aGk").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(
+            decode_base64("aG\nVs bG8K\n").as_deref(),
+            Some(&b"hello\n"[..])
+        );
+        assert_eq!(decode_base64("aGk*"), None);
+        assert_eq!(decode_base64("a"), None);
+    }
 
     #[test]
     fn modes_are_octal_text() {

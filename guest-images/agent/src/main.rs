@@ -6,7 +6,6 @@
 //! user data once per instance. `ec2lab-guest metadata PATH` prints one
 //! metadata item. See README.md for flags, log lines and exit codes.
 
-mod base64;
 mod boot;
 mod checkin;
 mod cloud_config;

@@ -195,12 +195,49 @@ fn cloud_config_writes_files_then_runs_commands() {
 fn cloud_config_that_does_not_parse_is_a_failure_not_a_crash() {
     let root = tempfile::tempdir().expect("tempdir");
     let imds = FakeImds::start(Metadata {
-        user_data: Some(b"#cloud-config\nruncmd: {a: b}\n".to_vec()),
+        user_data: Some(b"#cloud-config\nruncmd: [ls\nwrite_files: []\n".to_vec()),
         ..Metadata::default()
     });
     let run = boot(&imds.url, root.path(), &[]);
     run.assert_done();
     run.assert_line_starting(
-        "ec2lab-guest: user-data: failed: cloud-config does not parse: line 2:",
+        "ec2lab-guest: user-data: failed: cloud-config does not parse: line 3:",
+    );
+}
+
+#[test]
+fn cloud_config_with_anchors_flow_lists_and_folded_commands_runs() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path().display();
+    // The shapes users copy from the cloud-init docs: flow lists and a flow
+    // mapping, an anchored argv reused by an alias, a `>` folded command.
+    let doc = format!(
+        "#cloud-config\n\
+         ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEc2VGVzdEtleQ me]\n\
+         write_files: [{{path: /etc/flow, content: \"from a flow mapping\\n\"}}]\n\
+         runcmd:\n\
+         \x20 - &append [ sh, -c, \"echo run >> '{r}/runs'\" ]\n\
+         \x20 - *append\n\
+         \x20 - >\n\
+         \x20   cat '{r}/etc/flow'\n\
+         \x20   > '{r}/copied'\n"
+    );
+    let imds = FakeImds::start(Metadata {
+        user_data: Some(doc.into_bytes()),
+        ..Metadata::default()
+    });
+    let run = boot(&imds.url, root.path(), &[]);
+    run.assert_done();
+    run.assert_line(
+        "ec2lab-guest: cloud-config: skipped: not supported by ec2lab-guest, ignored: ssh_authorized_keys",
+    );
+    run.assert_line("ec2lab-guest: user-data: ok: cloud-config applied: 4 actions");
+    assert_eq!(
+        fs::read_to_string(root.path().join("runs")).expect("runs"),
+        "run\nrun\n"
+    );
+    assert_eq!(
+        fs::read_to_string(root.path().join("copied")).expect("copied"),
+        "from a flow mapping\n"
     );
 }
