@@ -2,7 +2,7 @@
 //! parser (`saphyr-parser`) feeds a small tree built here.
 //!
 //! The parser is the maintained one; this module only decides what the
-//! events mean for cloud-config, in ~150 lines:
+//! events mean for cloud-config (about 300 lines with their comments):
 //!
 //! - Every scalar stays text (`0644` is the text "0644", not the number
 //!   644 or 420): file modes and booleans are read by `cloud_config.rs`
