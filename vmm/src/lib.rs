@@ -13,6 +13,7 @@ pub mod devices;
 pub mod diag;
 pub mod exit;
 pub mod host;
+pub mod pause;
 pub mod vstate;
 
 /// Everything that reaches the VMM's main loop.

@@ -6,8 +6,9 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use kvm_bindings::{
     kvm_run, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -27,6 +28,7 @@ use crate::devices::Bus;
 use crate::diag;
 use crate::exit::VmExit;
 use crate::host::Workarounds;
+use crate::pause::{self, ParkControl, Pausable};
 use crate::VmmEvent;
 
 /// Errors creating or configuring vCPUs.
@@ -148,39 +150,12 @@ impl ExitStats {
 /// RFLAGS interrupt-enable flag.
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// What the VMM wants a vCPU to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Request {
-    /// Run the guest.
-    Run,
-    /// Leave the guest and wait.
-    Pause,
-    /// Leave the guest and end the thread.
-    Exit,
-}
-
-/// Where a vCPU thread is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activity {
-    /// Not started or running guest code.
-    Running,
-    /// Parked on a pause request.
-    Paused,
-    /// Thread finished.
-    Exited,
-}
-
-#[derive(Debug)]
-struct ControlState {
-    request: Request,
-    activity: Activity,
-}
+pub use crate::pause::{Activity, Request};
 
 /// Shared between a vCPU thread and the VMM.
 #[derive(Debug)]
 pub struct VcpuControl {
-    state: Mutex<ControlState>,
-    changed: Condvar,
+    park: ParkControl,
     /// Exit counters.
     pub stats: ExitStats,
     sample_wanted: AtomicBool,
@@ -190,11 +165,7 @@ pub struct VcpuControl {
 impl VcpuControl {
     fn new() -> Self {
         Self {
-            state: Mutex::new(ControlState {
-                request: Request::Run,
-                activity: Activity::Running,
-            }),
-            changed: Condvar::new(),
+            park: ParkControl::new(),
             stats: ExitStats::default(),
             sample_wanted: AtomicBool::new(false),
             sample: Mutex::new(None),
@@ -225,58 +196,17 @@ impl VcpuControl {
 
     /// Sets the request (the caller kicks the thread afterwards).
     pub fn request(&self, request: Request) {
-        let mut s = lock(&self.state);
-        if s.request != Request::Exit {
-            s.request = request;
-        }
-        self.changed.notify_all();
+        self.park.request(request);
     }
 
     /// Waits until the thread's activity satisfies `done`, up to `timeout`.
     pub fn wait_for(&self, done: impl Fn(Activity) -> bool, timeout: std::time::Duration) -> bool {
-        let s = lock(&self.state);
-        let (s, _) = self
-            .changed
-            .wait_timeout_while(s, timeout, |s| !done(s.activity))
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        done(s.activity)
+        self.park.wait_for(done, timeout)
     }
 
     /// The thread's current activity.
     pub fn activity(&self) -> Activity {
-        lock(&self.state).activity
-    }
-
-    fn set_activity(&self, activity: Activity) {
-        lock(&self.state).activity = activity;
-        self.changed.notify_all();
-    }
-
-    /// Blocks while paused; returns false when the thread must exit.
-    fn wait_runnable(&self) -> bool {
-        let mut s = lock(&self.state);
-        loop {
-            match s.request {
-                Request::Run => {
-                    if s.activity != Activity::Running {
-                        s.activity = Activity::Running;
-                        self.changed.notify_all();
-                    }
-                    return true;
-                }
-                Request::Exit => return false,
-                Request::Pause => {
-                    if s.activity != Activity::Paused {
-                        s.activity = Activity::Paused;
-                        self.changed.notify_all();
-                    }
-                    s = self
-                        .changed
-                        .wait(s)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-            }
-        }
+        self.park.activity()
     }
 }
 
@@ -448,8 +378,9 @@ impl Vcpu {
 
     fn run(mut self) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run()));
-        while self.control.wait_runnable() {
-            if let Some(exit) = self.run_once() {
+        let control = self.control.clone();
+        while control.park.wait_runnable(|| self.settle()) {
+            if let Step::Stop(exit) = self.run_once() {
                 let _ = self.events.send(VmmEvent::Exit(exit));
                 break;
             }
@@ -459,7 +390,38 @@ impl Vcpu {
             }
         }
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
-        self.control.set_activity(Activity::Exited);
+        control.park.set_activity(Activity::Exited);
+    }
+
+    /// Before parking for a pause: re-enters KVM with immediate_exit set,
+    /// so the access that made the last exit (an IN whose value KVM has not
+    /// yet put in RAX, an MMIO read, the rest of a string instruction) is
+    /// completed inside KVM without running further guest code. A paused
+    /// vCPU is then never half-way through an instruction, which is what
+    /// Cloud Hypervisor does and what a snapshot of its registers needs.
+    fn settle(&mut self) {
+        // Completing an access can make another exit (a split MMIO access);
+        // each is served as usual. KVM returns EINTR once nothing is left;
+        // the bound only guards against a KVM that never does.
+        for _ in 0..8 {
+            self.fd.set_kvm_immediate_exit(1);
+            match self.run_once() {
+                Step::Interrupted => return,
+                Step::Continue => {}
+                Step::Stop(exit) => {
+                    // The main loop stops the VM on this event; this vCPU
+                    // parks meanwhile and leaves on the exit request.
+                    self.fd.set_kvm_immediate_exit(0);
+                    let _ = self.events.send(VmmEvent::Exit(exit));
+                    return;
+                }
+            }
+        }
+        self.fd.set_kvm_immediate_exit(0);
+        log::warn!(
+            "vcpu{}: KVM kept exiting while settling for a pause",
+            self.id
+        );
     }
 
     /// Where the guest is now (for the stall watchdog); `None` when KVM
@@ -476,8 +438,18 @@ impl Vcpu {
         })
     }
 
-    /// One KVM_RUN and its exit; `Some` when the VM must stop.
-    fn run_once(&mut self) -> Option<VmExit> {
+    /// One KVM_RUN and its exit.
+    fn run_once(&mut self) -> Step {
+        match self.run_exit() {
+            Ok(None) => Step::Continue,
+            Ok(Some(exit)) => Step::Stop(exit),
+            Err(Interrupted) => Step::Interrupted,
+        }
+    }
+
+    /// One KVM_RUN and its exit; `Some` when the VM must stop, `Err` when
+    /// KVM_RUN was interrupted (a kick) before the guest made an exit.
+    fn run_exit(&mut self) -> Result<Option<VmExit>, Interrupted> {
         let stats = &self.control.stats;
         let id = self.id;
         let exit = match self.fd.run() {
@@ -489,13 +461,13 @@ impl Vcpu {
                     let sample = self.sample();
                     *lock(&self.control.sample) = sample;
                 }
-                return None;
+                return Err(Interrupted);
             }
             Err(e) => {
-                return Some(VmExit::Unhandled {
+                return Ok(Some(VmExit::Unhandled {
                     vcpu: id,
                     reason: format!("KVM_RUN failed: {e}"),
-                });
+                }));
             }
         };
         let fatal = match exit {
@@ -504,39 +476,39 @@ impl Vcpu {
                 if !self.pio.read(u64::from(port), data) {
                     data.fill(0xff);
                 }
-                return None;
+                return Ok(None);
             }
             VcpuExit::IoOut(port, data) => {
                 stats.inc(ExitKind::IoOut);
                 self.pio.write(u64::from(port), data);
-                return None;
+                return Ok(None);
             }
             VcpuExit::MmioRead(addr, data) => {
                 stats.inc(ExitKind::MmioRead);
                 if !self.mmio.read(addr, data) {
                     data.fill(0xff);
                 }
-                return None;
+                return Ok(None);
             }
             VcpuExit::MmioWrite(addr, data) => {
                 stats.inc(ExitKind::MmioWrite);
                 self.mmio.write(addr, data);
-                return None;
+                return Ok(None);
             }
             VcpuExit::Hlt => {
                 stats.inc(ExitKind::Hlt);
-                return None;
+                return Ok(None);
             }
             VcpuExit::SystemEvent(kind, _) => {
                 stats.inc(ExitKind::SystemEvent);
-                return match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::GuestPoweroff),
-                    KVM_SYSTEM_EVENT_RESET => Some(VmExit::GuestReset),
-                    other => Some(VmExit::Unhandled {
+                return Ok(Some(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::GuestPoweroff,
+                    KVM_SYSTEM_EVENT_RESET => VmExit::GuestReset,
+                    other => VmExit::Unhandled {
                         vcpu: id,
                         reason: format!("system event {other}"),
-                    }),
-                };
+                    },
+                }));
             }
             VcpuExit::Shutdown => {
                 stats.inc(ExitKind::Shutdown);
@@ -554,7 +526,7 @@ impl Vcpu {
                     "vcpu{id}: triple fault\n{}",
                     diag::dump(&self.fd, &self.mem)
                 );
-                return Some(VmExit::TripleFault { vcpu: id });
+                return Ok(Some(VmExit::TripleFault { vcpu: id }));
             }
             Fatal::Internal => {
                 let (suberror, data) = internal_error(&mut self.fd);
@@ -562,15 +534,15 @@ impl Vcpu {
                     match emulate::handle(&self.fd, &self.mem, suberror) {
                         Some(Emulated::Int3) => {
                             stats.inc(ExitKind::EmulatedInt3);
-                            return None;
+                            return Ok(None);
                         }
                         Some(Emulated::Fwait | Emulated::FwaitFault) => {
                             stats.inc(ExitKind::EmulatedFwait);
-                            return None;
+                            return Ok(None);
                         }
                         Some(Emulated::Mxcsr) => {
                             stats.inc(ExitKind::EmulatedMxcsr);
-                            return None;
+                            return Ok(None);
                         }
                         None => {}
                     }
@@ -584,9 +556,22 @@ impl Vcpu {
         };
         stats.inc(ExitKind::Other);
         log::error!("vcpu{id}: {reason}\n{}", diag::dump(&self.fd, &self.mem));
-        Some(VmExit::Unhandled { vcpu: id, reason })
+        Ok(Some(VmExit::Unhandled { vcpu: id, reason }))
     }
 }
+
+/// What one KVM_RUN came to.
+enum Step {
+    /// An exit that was served; the guest may go on.
+    Continue,
+    /// KVM_RUN returned before any exit (a kick, or immediate_exit).
+    Interrupted,
+    /// The VM must stop.
+    Stop(VmExit),
+}
+
+/// KVM_RUN was interrupted before the guest made an exit.
+struct Interrupted;
 
 enum Fatal {
     TripleFault,
@@ -690,6 +675,28 @@ impl VcpuHandle {
     }
 }
 
+impl Pausable for VcpuHandle {
+    fn name(&self) -> String {
+        format!("vcpu{}", self.id)
+    }
+
+    /// The kick brings the thread out of KVM_RUN (or makes its next KVM_RUN
+    /// return at once) so it reaches its safe point promptly.
+    fn request_pause(&self) {
+        self.control.request(Request::Pause);
+        self.kick();
+    }
+
+    fn wait_paused(&self, deadline: Instant) -> bool {
+        self.control
+            .wait_for(|a| a != Activity::Running, pause::remaining(deadline))
+    }
+
+    fn resume(&self) {
+        self.control.request(Request::Run);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,25 +714,5 @@ mod tests {
         );
         assert_eq!(s.snapshot()["mmio_write"], 2);
         assert_eq!(s.snapshot().len(), EXIT_KINDS.len());
-    }
-
-    #[test]
-    fn exit_request_is_sticky() {
-        let c = VcpuControl::new();
-        c.request(Request::Exit);
-        c.request(Request::Run);
-        assert!(!c.wait_runnable());
-    }
-
-    #[test]
-    fn pause_parks_until_resumed() {
-        let c = Arc::new(VcpuControl::new());
-        c.request(Request::Pause);
-        let c2 = c.clone();
-        let t = std::thread::spawn(move || c2.wait_runnable());
-        assert!(c.wait_for(|a| a == Activity::Paused, std::time::Duration::from_secs(5)));
-        c.request(Request::Run);
-        assert!(t.join().expect("thread"));
-        assert_eq!(c.activity(), Activity::Running);
     }
 }
