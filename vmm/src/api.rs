@@ -6,7 +6,8 @@
 //! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
 //! ```
 //! The server thread only parses and renders; every request is carried out
-//! by the VMM's main loop, so API calls and guest exits are serialised.
+//! by the VMM's main loop ([`handle`], calling methods of [`Vmm`]), so API
+//! calls and guest exits are serialised.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -14,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
+use crate::devices::bus::lock;
+use crate::vmm::Vmm;
 use crate::VmmEvent;
 
 /// Errors starting the API server.
@@ -103,6 +107,59 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, (u16, 
         }
         _ => Err((404, format!("no such resource: {path}"))),
     }
+}
+
+/// Carries out `req` on the running VM (on the VMM's main loop); returns
+/// the answer and whether the VM must stop now.
+pub fn handle(vmm: &mut Vmm, req: ApiRequest) -> (ApiResponse, bool) {
+    match req {
+        ApiRequest::Describe => (ApiResponse::Json(describe(vmm)), false),
+        ApiRequest::SetState(VmStateRequest::Paused) => match vmm.pause_vm() {
+            Ok(()) => (ApiResponse::NoContent, false),
+            Err(e) => (ApiResponse::Error(500, e.to_string()), false),
+        },
+        ApiRequest::SetState(VmStateRequest::Resumed) => {
+            vmm.resume_vm();
+            (ApiResponse::NoContent, false)
+        }
+        ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+            vmm.send_ctrl_alt_del();
+            (ApiResponse::NoContent, false)
+        }
+        ApiRequest::Action(ActionType::Shutdown) => (ApiResponse::NoContent, true),
+    }
+}
+
+/// The body of `GET /vm`.
+fn describe(vmm: &Vmm) -> serde_json::Value {
+    let vcpus: Vec<_> = vmm
+        .vcpus()
+        .iter()
+        .map(|h| json!({ "id": h.id(), "exits": h.control().stats.snapshot() }))
+        .collect();
+    let devices: Vec<_> = vmm
+        .virtio_devices()
+        .iter()
+        .map(|slot| {
+            let t = lock(&slot.transport);
+            json!({
+                "type": t.device().name(),
+                "mmio_base": slot.info.base,
+                "gsi": slot.info.gsi,
+                "active": t.is_active(),
+                "counters": t.device().counters().snapshot(),
+            })
+        })
+        .collect();
+    json!({
+        "state": vmm.state().as_str(),
+        "devices": devices,
+        "config": vmm.config(),
+        "cmdline": vmm.cmdline(),
+        "uptime_ms": vmm.uptime().as_millis() as u64,
+        "vcpus": vcpus,
+        "stall": vmm.stall(),
+    })
 }
 
 /// Largest request body we read; every valid body is a few dozen bytes.

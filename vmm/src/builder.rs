@@ -1,32 +1,30 @@
-//! Assembles a VM from a [`VmConfig`] and runs its main loop.
+//! Assembles a VM from a [`VmConfig`]: memory, kernel, firmware tables,
+//! devices, vCPUs. It starts no thread and runs nothing; the [`Vmm`] it
+//! returns does (see [`crate::vmm`]).
 //!
 //! Build order puts every check of user input (config, kernel, initrd,
 //! command line) before anything touches KVM, so bad input fails fast with
 //! one clear error and nothing is left half-created.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use serde_json::json;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::{self, ActionType, ApiRequest, ApiResponse, ApiServer, VmStateRequest};
+use crate::api;
 use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{self, ACPI_SLEEP_CONTROL_PORT};
-use crate::arch::x86_64::regs::EntryMode;
 use crate::arch::x86_64::{acpi, boot, mptable};
 use crate::config::{ConfigError, VmConfig};
-use crate::console::{self, RawTerminal};
-use crate::devices::bus::{lock, BusError};
+use crate::console;
+use crate::devices::bus::BusError;
 use crate::devices::cmos::{self, CmosRtc};
 use crate::devices::i8042::{self, I8042};
+use crate::devices::manager::DeviceManager;
 use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::event::EventLoop;
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
@@ -35,9 +33,9 @@ use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
-use crate::vstate::vcpu::{self, Activity, Request, Vcpu, VcpuContext, VcpuHandle};
+use crate::vmm::{BuiltVm, Vmm};
+use crate::vstate::vcpu::{self, Vcpu, VcpuContext};
 use crate::vstate::vm::{Vm, VmError};
-use crate::vstate::watchdog::{Next, StallWatchdog};
 use crate::vstate::{memory, vcpu::VcpuError};
 use crate::VmmEvent;
 
@@ -131,30 +129,6 @@ impl i8042::ResetHandler for EventSink {
     fn reset(&mut self) {
         self.stop(VmExit::GuestReset);
     }
-}
-
-/// A built VM, ready to run.
-pub struct Vmm {
-    config: VmConfig,
-    cmdline: String,
-    entry: EntryMode,
-    format: boot::KernelFormat,
-    acpi: boot::AcpiSupport,
-    devices_on_cmdline: bool,
-    host: HostKind,
-    vendor: CpuVendor,
-    tsc: TscSource,
-    workarounds: Workarounds,
-    // Kept alive for as long as vCPUs may touch them.
-    _vm: Vm,
-    _mem: GuestMemoryMmap,
-    vcpus: Vec<Vcpu>,
-    serial: Arc<Mutex<SerialDevice>>,
-    i8042: Arc<Mutex<I8042>>,
-    events_tx: Sender<VmmEvent>,
-    events_rx: Receiver<VmmEvent>,
-    api: Option<ApiServer>,
-    devices: Vec<(Arc<Mutex<MmioTransport>>, MmioDeviceInfo)>,
 }
 
 /// The first interrupt line handed to virtio devices (1 is the i8042, 4 COM1).
@@ -271,8 +245,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     )?;
     pio.insert(power, u64::from(ACPI_SLEEP_CONTROL_PORT), 1)?;
     let mut mmio = Bus::new();
-    let mut event_loop = EventLoop::new().map_err(BuildError::EventFd)?;
-    let mut transports = Vec::new();
+    let mut devices = DeviceManager::new().map_err(BuildError::EventFd)?;
     for (device, info) in virtio_devices.into_iter().zip(&virtio_info) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         vm.register_irqfd(&irq, info.gsi)?;
@@ -288,13 +261,11 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
             vm.register_ioevent(&event, info.base + mmio::QUEUE_NOTIFY, queue as u32)?;
             queue_events.push(event);
         }
-        event_loop
-            .add_device(&transport, queue_events)
-            .map_err(BuildError::EventFd)?;
         mmio.insert(transport.clone(), info.base, MMIO_LEN)?;
-        transports.push((transport, *info));
+        devices
+            .add_virtio(transport, *info, queue_events)
+            .map_err(BuildError::EventFd)?;
     }
-    event_loop.spawn().map_err(BuildError::EventFd)?;
 
     vcpu::install_kick_handler()?;
     let ctx = VcpuContext {
@@ -337,7 +308,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         None => None,
     };
 
-    Ok(Vmm {
+    Ok(Vmm::new(BuiltVm {
         config: config.clone(),
         cmdline,
         entry: kernel.entry,
@@ -348,267 +319,14 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         vendor,
         tsc,
         workarounds,
-        _vm: vm,
-        _mem: mem,
+        vm,
+        mem,
         vcpus,
+        devices,
         serial,
         i8042,
         events_tx,
         events_rx,
         api,
-        devices: transports,
-    })
-}
-
-/// How long pause waits for every vCPU to leave the guest.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How often the main loop looks at the stall watchdog.
-const WATCHDOG_TICK: Duration = Duration::from_secs(1);
-/// How long a kicked vCPU has to record its sample.
-const SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
-
-struct Running {
-    handles: Vec<VcpuHandle>,
-    started: Instant,
-    paused: bool,
-    watchdog: StallWatchdog,
-    last_watch: Instant,
-}
-
-impl Running {
-    /// One watchdog tick: feed it the guest's progress, sample the vCPUs
-    /// when it asks, log a stall once and its end once.
-    fn watch(&mut self) {
-        let now = Instant::now();
-        self.last_watch = now;
-        if self.paused {
-            // A paused guest makes no progress on purpose.
-            self.watchdog = StallWatchdog::new(self.watchdog.timeout(), now);
-            return;
-        }
-        let progress = self
-            .handles
-            .iter()
-            .map(|h| h.control().stats.guest_progress())
-            .sum();
-        match self.watchdog.observe(progress, now) {
-            Next::Wait => {}
-            Next::Resumed => log::info!("guest resumed making progress after a stall"),
-            Next::Sample => {
-                for h in &self.handles {
-                    h.control().request_sample();
-                    h.kick();
-                }
-                let samples: Vec<_> = self
-                    .handles
-                    .iter()
-                    .map(|h| (h.id(), h.control().take_sample(SAMPLE_TIMEOUT)))
-                    .collect();
-                if let Some(stall) = self.watchdog.judge(&samples, now) {
-                    log::warn!("{stall}");
-                }
-            }
-        }
-    }
-}
-
-impl Vmm {
-    /// The command line the guest gets, workarounds included.
-    pub fn cmdline(&self) -> &str {
-        &self.cmdline
-    }
-
-    /// Runs the VM until it stops; returns why.
-    pub fn run(self) -> VmExit {
-        log::info!(
-            "{}",
-            self.workarounds.describe(self.host, self.vendor, self.tsc)
-        );
-        if matches!(self.tsc, TscSource::Calibrate) {
-            log::warn!("KVM reported no TSC frequency; a guest that cannot calibrate will hang");
-        }
-        log::info!(
-            "booting {} ({:?}, {} entry, ACPI {}) with {} vCPU(s), {} MiB: {}",
-            self.config.kernel.display(),
-            self.format,
-            match self.entry {
-                EntryMode::Pvh { .. } => "PVH",
-                EntryMode::Linux64 { .. } => "64-bit",
-            },
-            match (self.acpi, self.devices_on_cmdline) {
-                (boot::AcpiSupport::Absent, _) =>
-                    "absent: devices on the command line, IRQs from the MP table",
-                (_, true) => "off: devices on the command line, IRQs from the MP table",
-                (boot::AcpiSupport::Present, false) => "present",
-                (boot::AcpiSupport::Assumed, false) => "assumed (bzImage)",
-            },
-            self.config.vcpus,
-            self.config.memory_mib,
-            self.cmdline
-        );
-        let _terminal = if self.config.serial_out.is_none() {
-            RawTerminal::enable()
-        } else {
-            None
-        };
-        if _terminal.is_some() {
-            if let Err(e) = console::spawn_input(self.serial.clone(), self.events_tx.clone()) {
-                log::warn!("no console input: {e}");
-            }
-        }
-        if let Err(e) = spawn_signal_thread(self.events_tx.clone()) {
-            return VmExit::VmmError(format!("cannot watch signals: {e}"));
-        }
-
-        let mut running = Running {
-            handles: Vec::new(),
-            started: Instant::now(),
-            paused: false,
-            watchdog: StallWatchdog::new(
-                Duration::from_secs(self.config.stall_timeout_secs),
-                Instant::now(),
-            ),
-            last_watch: Instant::now(),
-        };
-        let mut exit = None;
-        for v in self.vcpus {
-            match v.start() {
-                Ok(h) => running.handles.push(h),
-                Err(e) => {
-                    exit = Some(VmExit::VmmError(e.to_string()));
-                    break;
-                }
-            }
-        }
-        let exit = match exit {
-            Some(e) => e,
-            None => loop {
-                let event = match self.events_rx.recv_timeout(WATCHDOG_TICK) {
-                    Ok(event) => event,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        running.watch();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        break VmExit::VmmError("event channel closed".to_string());
-                    }
-                };
-                if running.last_watch.elapsed() >= WATCHDOG_TICK {
-                    running.watch();
-                }
-                match event {
-                    VmmEvent::Exit(e) => break e,
-                    VmmEvent::Api(req, reply) => {
-                        let (response, stop) = handle_api(
-                            req,
-                            &mut running,
-                            &self.config,
-                            &self.cmdline,
-                            &self.i8042,
-                            &self.devices,
-                        );
-                        let _ = reply.send(response);
-                        if stop {
-                            break VmExit::ApiShutdown;
-                        }
-                    }
-                }
-            },
-        };
-        for h in running.handles.iter_mut() {
-            h.stop();
-        }
-        for h in &running.handles {
-            log::info!("vcpu{} exits: {}", h.id(), h.control().stats.summary());
-        }
-        drop(self.api);
-        exit
-    }
-}
-
-fn handle_api(
-    req: ApiRequest,
-    running: &mut Running,
-    config: &VmConfig,
-    cmdline: &str,
-    i8042: &Arc<Mutex<I8042>>,
-    devices: &[(Arc<Mutex<MmioTransport>>, MmioDeviceInfo)],
-) -> (ApiResponse, bool) {
-    match req {
-        ApiRequest::Describe => {
-            let vcpus: Vec<_> = running
-                .handles
-                .iter()
-                .map(|h| json!({ "id": h.id(), "exits": h.control().stats.snapshot() }))
-                .collect();
-            let devices: Vec<_> = devices
-                .iter()
-                .map(|(t, info)| {
-                    let t = lock(t);
-                    json!({
-                        "type": t.device().name(),
-                        "mmio_base": info.base,
-                        "gsi": info.gsi,
-                        "active": t.is_active(),
-                        "counters": t.device().counters().snapshot(),
-                    })
-                })
-                .collect();
-            let body = json!({
-                "state": if running.paused { "Paused" } else { "Running" },
-                "devices": devices,
-                "config": config,
-                "cmdline": cmdline,
-                "uptime_ms": running.started.elapsed().as_millis() as u64,
-                "vcpus": vcpus,
-                "stall": running.watchdog.stall(),
-            });
-            (ApiResponse::Json(body), false)
-        }
-        ApiRequest::SetState(VmStateRequest::Paused) => {
-            for h in &running.handles {
-                h.control().request(Request::Pause);
-                h.kick();
-            }
-            let all_parked = running.handles.iter().all(|h| {
-                h.control()
-                    .wait_for(|a| a != Activity::Running, PAUSE_TIMEOUT)
-            });
-            running.paused = true;
-            if all_parked {
-                (ApiResponse::NoContent, false)
-            } else {
-                (
-                    ApiResponse::Error(500, "a vCPU did not pause in time".to_string()),
-                    false,
-                )
-            }
-        }
-        ApiRequest::SetState(VmStateRequest::Resumed) => {
-            for h in &running.handles {
-                h.control().request(Request::Run);
-            }
-            running.paused = false;
-            (ApiResponse::NoContent, false)
-        }
-        ApiRequest::Action(ActionType::SendCtrlAltDel) => {
-            lock(i8042).send_ctrl_alt_del();
-            (ApiResponse::NoContent, false)
-        }
-        ApiRequest::Action(ActionType::Shutdown) => (ApiResponse::NoContent, true),
-    }
-}
-
-fn spawn_signal_thread(events: Sender<VmmEvent>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    std::thread::Builder::new()
-        .name("signals".to_string())
-        .spawn(move || {
-            if let Some(signo) = signals.forever().next() {
-                let _ = events.send(VmmEvent::Exit(VmExit::Signal(signo)));
-            }
-        })?;
-    Ok(())
+    }))
 }

@@ -1,8 +1,9 @@
 //! ec2lab-vmm: the ec2lab hypervisor, one process per instance, on KVM.
 //!
 //! [`builder::build`] turns a [`config::VmConfig`] into a ready VM (memory,
-//! kernel, firmware tables, devices, vCPUs); [`builder::Vmm::run`] runs it
-//! until the guest or the host stops it and returns the [`exit::VmExit`].
+//! kernel, firmware tables, devices, vCPUs); [`vmm::Vmm::run`] runs it
+//! until the guest or the host stops it and returns the [`exit::VmExit`],
+//! and pauses and resumes it on the control API's behalf ([`pause`]).
 
 pub mod api;
 pub mod arch;
@@ -14,6 +15,7 @@ pub mod diag;
 pub mod exit;
 pub mod host;
 pub mod pause;
+pub mod vmm;
 pub mod vstate;
 
 /// Everything that reaches the VMM's main loop.

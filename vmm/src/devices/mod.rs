@@ -3,6 +3,7 @@
 pub mod bus;
 pub mod cmos;
 pub mod i8042;
+pub mod manager;
 pub mod power;
 pub mod serial;
 pub mod virtio;

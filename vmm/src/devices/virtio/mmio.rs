@@ -326,7 +326,7 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vmm_sys_util::eventfd::EventFd;
 
@@ -355,7 +355,11 @@ mod tests {
     }
 
     /// Drives the Linux driver's initialisation sequence against the mock queue.
-    fn bring_up(t: &mut MmioTransport, vq: &MockSplitQueue<GuestMemoryMmap>, features_hi: u32) {
+    pub(crate) fn bring_up(
+        t: &mut MmioTransport,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        features_hi: u32,
+    ) {
         write(t, STATUS, status::ACKNOWLEDGE);
         write(t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
         write(t, DRIVER_FEATURES_SEL, 1);
