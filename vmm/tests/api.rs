@@ -3,7 +3,11 @@
 
 mod common;
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -84,6 +88,122 @@ fn pause_freezes_vcpu_exit_counts_and_resume_restarts_them() {
         !socket.exists(),
         "API socket left behind after Shutdown\n{out}"
     );
+}
+
+/// Creates a FIFO at `path` and opens its read end without blocking, with
+/// the smallest buffer Linux allows (one page), so a guest fills it at once.
+fn small_fifo(path: &std::path::Path) -> std::fs::File {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("open the FIFO's read end");
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&reader),
+            libc::F_SETPIPE_SZ,
+            4096,
+        )
+    };
+    assert!(rc >= 0, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    reader
+}
+
+/// Polls vCPU 0's `io_out` count until it stops moving (the vCPU is
+/// blocked in the host) and returns it.
+fn wait_until_io_out_stops(socket: &std::path::Path) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = vcpu_exits(&get_vm(socket), 0, "io_out");
+    loop {
+        sleep(Duration::from_millis(300));
+        let now = vcpu_exits(&get_vm(socket), 0, "io_out");
+        if now == last && now > 0 {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's console writes never blocked ({now} io_out exits)"
+        );
+        last = now;
+    }
+}
+
+#[test]
+fn a_vcpu_that_cannot_park_fails_the_pause_with_an_error_and_the_vm_keeps_running() {
+    require_kvm!("a_vcpu_that_cannot_park_fails_the_pause_with_an_error_and_the_vm_keeps_running");
+    let guest = build_guest("serial_flood");
+    let fifo = guest.scratch("console.fifo");
+    let mut reader = small_fifo(&fifo);
+    let socket = guest.scratch("api.sock");
+    let args = [
+        "--kernel".to_string(),
+        guest.elf.display().to_string(),
+        "--api-sock".to_string(),
+        socket.display().to_string(),
+        "--serial-out".to_string(),
+        fifo.display().to_string(),
+    ];
+    let mut vmm = Vmm::spawn(args);
+    api::wait_ready(&mut vmm, &socket);
+    // Nobody reads the console: the vCPU blocks in the VMM's write to it,
+    // where no kick reaches it.
+    let blocked_at = wait_until_io_out_stops(&socket);
+
+    let started = Instant::now();
+    let reply = request(&socket, "PUT", "/vm/state", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(reply.status, 500, "PUT /vm/state Paused: {reply:?}");
+    let fault = reply.json();
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("vcpu0 did not pause")),
+        "{fault}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the pause took {:?} to fail",
+        started.elapsed()
+    );
+    let vm = get_vm(&socket);
+    assert_eq!(api::state(&vm), "Running", "{vm}");
+
+    // Read the console again: the vCPU must go on running, not park late
+    // on the pause that failed.
+    let draining = Arc::new(AtomicBool::new(true));
+    let drain = {
+        let draining = draining.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while draining.load(Ordering::Relaxed) {
+                if !matches!(reader.read(&mut buf), Ok(n) if n > 0) {
+                    sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vcpu_exits(&get_vm(&socket), 0, "io_out") < blocked_at + 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not run on after the failed pause"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    // With its console read, the same vCPU parks.
+    put_state(&socket, "Paused");
+    assert_eq!(api::state(&get_vm(&socket)), "Paused");
+    put_state(&socket, "Resumed");
+
+    let reply = request(&socket, "PUT", "/actions", Some(r#"{"action":"Shutdown"}"#));
+    assert_eq!(reply.status, 204, "PUT /actions Shutdown: {reply:?}");
+    vmm.wait(RUN_TIMEOUT).assert_code(status::API_SHUTDOWN);
+    draining.store(false, Ordering::Relaxed);
+    drain.join().expect("drain thread");
 }
 
 #[test]
