@@ -12,7 +12,8 @@ use std::net::Ipv4Addr;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use time::OffsetDateTime;
 
-use super::{from_ms, missing_ids, not_found, query_first, tags_of, to_ms, Db, DbError};
+use super::tags::tags_of;
+use super::{from_ms, missing_ids, not_found, query_first, to_ms, Db, DbError};
 use crate::model::filter::{self, Filter, Page, PageRequest};
 use crate::model::ids::{self, IdKind};
 use crate::model::vpc::{
