@@ -74,11 +74,19 @@ use crate::model::vpc::IpamError;
 /// daemon's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One schema version: SQL, or code for what SQL cannot say alone (a
+/// backfill that must create rows exactly as the running code would).
+enum Migration {
+    Sql(&'static str),
+    Code(fn(&Transaction<'_>) -> Result<(), DbError>),
+}
+
 /// Schema versions, in order; `PRAGMA user_version` counts how many ran.
 /// Never edit one that has shipped: append a new one.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: instances, reservations, tags, key pairs, images.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE reservations (
         id            TEXT PRIMARY KEY,
         owner_id      TEXT NOT NULL,
@@ -158,11 +166,13 @@ const MIGRATIONS: &[&str] = &[
     -- EC2 refuses a second available image with the same name.
     CREATE UNIQUE INDEX images_available_name ON images(name) WHERE state = 'available';
     "#,
+    ),
     // 2: VPCs, subnets, security groups, network interfaces.
-    network::MIGRATION,
+    Migration::Sql(network::MIGRATION),
     // 3: instance status checks, one record per instance for its current
     // VMM (model::status).
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE instance_checkins (
         instance_id     TEXT PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
         vmm_started_ms  INTEGER NOT NULL,
@@ -171,6 +181,9 @@ const MIGRATIONS: &[&str] = &[
         boot_id         TEXT
     ) STRICT;
     "#,
+    ),
+    // 4: security group rules, with each existing group's standard rules.
+    Migration::Code(network::migrate_rules),
 ];
 
 /// What went wrong in the repository. The API maps each variant to an EC2
@@ -305,14 +318,27 @@ impl Db {
 /// Brings the schema to the latest version in one transaction: a failed
 /// migration leaves the file as it was.
 fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Runs the migrations up to version `target` (at most the latest). Tests
+/// stop short of the latest to build a file as an older ec2lab left it.
+fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), DbError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let known = MIGRATIONS.len() as u32;
-    if found > known {
-        return Err(DbError::SchemaTooNew { found, known });
+    if found as usize > MIGRATIONS.len() {
+        return Err(DbError::SchemaTooNew {
+            found,
+            known: MIGRATIONS.len() as u32,
+        });
     }
-    for sql in &MIGRATIONS[found as usize..] {
-        tx.execute_batch(sql)?;
+    let pending = MIGRATIONS.get(found as usize..target).unwrap_or_default();
+    let known = found + pending.len() as u32;
+    for migration in pending {
+        match migration {
+            Migration::Sql(sql) => tx.execute_batch(sql)?,
+            Migration::Code(run) => run(&tx)?,
+        }
     }
     if found != known {
         tx.pragma_update(None, "user_version", known)?;

@@ -1,6 +1,6 @@
 //! The VPC half of the repository: the default VPC, subnets, security
-//! groups and network interfaces, and the address allocation (IPAM) that
-//! RunInstances does inside its own transaction.
+//! groups and their rules, network interfaces, and the address allocation
+//! (IPAM) that RunInstances does inside its own transaction.
 //!
 //! Addresses are stored as integers so that "lowest free" and "in use" are
 //! plain comparisons and a `UNIQUE (subnet_id, private_ip)` index makes a
@@ -13,12 +13,12 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use time::OffsetDateTime;
 
 use super::tags::tags_of;
-use super::{from_ms, missing_ids, not_found, query_first, to_ms, Db, DbError};
+use super::{from_ms, missing_ids, not_found, parse_column, query_first, to_ms, Db, DbError};
 use crate::model::filter::{self, Filter, Page, PageRequest};
 use crate::model::ids::{self, IdKind};
 use crate::model::vpc::{
     self, Cidr, GroupIdentifier, InterfaceRequest, NetworkInterface, NetworkInterfaceAttachment,
-    SecurityGroup, Subnet, Vpc,
+    RuleDirection, RulePeer, SecurityGroup, SecurityGroupRule, Subnet, Vpc,
 };
 use crate::model::DEFAULT_OWNER_ID;
 
@@ -85,6 +85,57 @@ pub(super) const MIGRATION: &str = r#"
     ) STRICT;
 "#;
 
+/// Schema version 4: security group rules, one row per EC2
+/// `SecurityGroupRule`. The peer is a block or a group, never both; a
+/// group's rules go with it.
+const RULES_MIGRATION: &str = r#"
+    CREATE TABLE security_group_rules (
+        id                   INTEGER PRIMARY KEY,
+        group_id             TEXT NOT NULL REFERENCES security_groups(id) ON DELETE CASCADE,
+        direction            TEXT NOT NULL CHECK (direction IN ('ingress', 'egress')),
+        ip_protocol          TEXT NOT NULL,
+        from_port            INTEGER,
+        to_port              INTEGER,
+        cidr_ipv4            TEXT,
+        referenced_group_id  TEXT REFERENCES security_groups(id),
+        description          TEXT,
+        CHECK ((cidr_ipv4 IS NULL) <> (referenced_group_id IS NULL))
+    ) STRICT;
+    CREATE INDEX security_group_rules_group ON security_group_rules(group_id);
+"#;
+
+/// Migration 4: the rules table, and for every group that has no rules
+/// (all of them, in a file from before rules were stored) the standard
+/// rules it was created with, so the file answers as it did before.
+pub(super) fn migrate_rules(tx: &Transaction<'_>) -> Result<(), DbError> {
+    tx.execute_batch(RULES_MIGRATION)?;
+    backfill_standard_rules(tx)
+}
+
+/// Gives every group without rules its standard ones; groups with any rule
+/// keep exactly what they have.
+fn backfill_standard_rules(tx: &Transaction<'_>) -> Result<(), DbError> {
+    let groups: Vec<(String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, name FROM security_groups g
+             WHERE NOT EXISTS (SELECT 1 FROM security_group_rules r WHERE r.group_id = g.id)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, name) in &groups {
+        insert_rules(tx, id, &vpc::standard_rules(id, name))?;
+    }
+    if !groups.is_empty() {
+        log::info!(
+            "stored the standard rules of {} security group(s)",
+            groups.len()
+        );
+    }
+    Ok(())
+}
+
 /// Creates AWS's default VPC for `region` unless there is one: the /16,
 /// a default /20 subnet per zone, the `default` security group. Runs on
 /// every open; after the first it only looks.
@@ -121,17 +172,96 @@ pub(super) fn ensure_default_vpc(tx: &Transaction<'_>, region: &str) -> Result<(
             ],
         )?;
     }
-    tx.execute(
-        "INSERT INTO security_groups (id, vpc_id, name, description) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            ids::generate(IdKind::SecurityGroup),
-            vpc_id,
-            vpc::DEFAULT_SECURITY_GROUP_NAME,
-            vpc::DEFAULT_SECURITY_GROUP_DESCRIPTION
-        ],
+    insert_group(
+        tx,
+        &vpc_id,
+        vpc::DEFAULT_SECURITY_GROUP_NAME,
+        vpc::DEFAULT_SECURITY_GROUP_DESCRIPTION,
     )?;
     log::info!("created the default VPC {vpc_id} ({cidr}) for {region}");
     Ok(())
+}
+
+/// Creates a security group in `vpc_id` with the rules EC2 gives a new
+/// group (`vpc::standard_rules`) and returns its id. The one way groups are
+/// made, so that no group is ever without its standard rules.
+fn insert_group(
+    tx: &Transaction<'_>,
+    vpc_id: &str,
+    name: &str,
+    description: &str,
+) -> Result<String, DbError> {
+    let id = ids::generate(IdKind::SecurityGroup);
+    tx.execute(
+        "INSERT INTO security_groups (id, vpc_id, name, description) VALUES (?1, ?2, ?3, ?4)",
+        params![id, vpc_id, name, description],
+    )?;
+    insert_rules(tx, &id, &vpc::standard_rules(&id, name))?;
+    Ok(id)
+}
+
+/// Appends `rules` to the group `group_id`.
+fn insert_rules(
+    tx: &Transaction<'_>,
+    group_id: &str,
+    rules: &[SecurityGroupRule],
+) -> Result<(), DbError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO security_group_rules (group_id, direction, ip_protocol, from_port,
+            to_port, cidr_ipv4, referenced_group_id, description)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for rule in rules {
+        let (cidr, group) = match &rule.peer {
+            RulePeer::Cidr(cidr) => (Some(cidr.to_string()), None),
+            RulePeer::Group(id) => (None, Some(id.as_str())),
+        };
+        stmt.execute(params![
+            group_id,
+            rule.direction.name(),
+            rule.ip_protocol,
+            rule.from_port,
+            rule.to_port,
+            cidr,
+            group,
+            rule.description
+        ])?;
+    }
+    Ok(())
+}
+
+/// The rules of `group_id`, in the order they were added.
+fn rules_of(conn: &Connection, group_id: &str) -> Result<Vec<SecurityGroupRule>, DbError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT * FROM security_group_rules WHERE group_id = ?1 ORDER BY id")?;
+    let mut rows = stmt.query([group_id])?;
+    let mut rules = Vec::new();
+    while let Some(row) = rows.next()? {
+        let cidr: Option<String> = row.get("cidr_ipv4")?;
+        let group: Option<String> = row.get("referenced_group_id")?;
+        let peer = match (cidr, group) {
+            (Some(text), None) => RulePeer::Cidr(Cidr::parse(&text).ok_or(DbError::Corrupt {
+                column: "security_group_rules.cidr_ipv4",
+                value: text,
+            })?),
+            (None, Some(id)) => RulePeer::Group(id),
+            (cidr, group) => {
+                return Err(DbError::Corrupt {
+                    column: "security_group_rules peer",
+                    value: format!("cidr {cidr:?}, group {group:?}"),
+                })
+            }
+        };
+        rules.push(SecurityGroupRule {
+            direction: parse_column(row, "direction", RuleDirection::from_name)?,
+            ip_protocol: row.get("ip_protocol")?,
+            from_port: row.get("from_port")?,
+            to_port: row.get("to_port")?,
+            peer,
+            description: row.get("description")?,
+        });
+    }
+    Ok(rules)
 }
 
 impl Db {
@@ -319,6 +449,7 @@ fn group_from_row(conn: &Connection, row: &Row<'_>) -> Result<SecurityGroup, DbE
         description: row.get("description")?,
         vpc_id: row.get("vpc_id")?,
         owner_id: DEFAULT_OWNER_ID.to_string(),
+        rules: rules_of(conn, &id)?,
         tags: tags_of(conn, &id)?,
         id,
     })
@@ -527,4 +658,137 @@ pub(super) fn release_interfaces(tx: &Transaction<'_>, instance_id: &str) -> Res
         [instance_id],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{migrate_to, MIGRATIONS};
+    use super::*;
+    use crate::model::vpc::ANYWHERE;
+
+    fn everything() -> NetworkQuery {
+        NetworkQuery::default()
+    }
+
+    fn all_groups(db: &Db) -> Vec<SecurityGroup> {
+        db.list_security_groups(&everything(), &[])
+            .expect("groups")
+            .items
+    }
+
+    #[test]
+    fn the_default_group_is_created_with_ec2s_default_rules() {
+        let db = Db::open_in_memory().expect("open");
+        let groups = all_groups(&db);
+        assert_eq!(groups.len(), 1);
+        let g = &groups[0];
+        assert_eq!(
+            g.rules,
+            [
+                SecurityGroupRule {
+                    direction: RuleDirection::Ingress,
+                    ip_protocol: "-1".into(),
+                    from_port: None,
+                    to_port: None,
+                    peer: RulePeer::Group(g.id.clone()),
+                    description: None,
+                },
+                SecurityGroupRule {
+                    direction: RuleDirection::Egress,
+                    ip_protocol: "-1".into(),
+                    from_port: None,
+                    to_port: None,
+                    peer: RulePeer::Cidr(ANYWHERE),
+                    description: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_group_gets_only_the_standard_egress_rule() {
+        let db = Db::open_in_memory().expect("open");
+        let vpc_id = db.list_vpcs(&everything()).expect("vpcs").items[0]
+            .id
+            .clone();
+        let id = db
+            .write(|tx| insert_group(tx, &vpc_id, "web", "web servers"))
+            .expect("insert");
+        let web = all_groups(&db)
+            .into_iter()
+            .find(|g| g.id == id)
+            .expect("stored");
+        assert_eq!(web.rules, vpc::standard_rules(&id, "web"));
+        assert_eq!(web.rules.len(), 1);
+        assert_eq!(web.rules[0].direction, RuleDirection::Egress);
+        assert_eq!(web.rules[0].peer, RulePeer::Cidr(ANYWHERE));
+    }
+
+    /// A file from before rules were stored (schema 3) with its default
+    /// VPC and group, as that ec2lab created them.
+    fn schema_3_file_with_default_group() -> (Connection, String) {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("PRAGMA foreign_keys = ON;")
+            .expect("foreign keys");
+        migrate_to(&mut conn, 3).expect("schema 3");
+        conn.execute(
+            "INSERT INTO vpcs (id, cidr_block, is_default, owner_id, created_ms)
+             VALUES ('vpc-0123456789abcdef0', '172.31.0.0/16', 1, ?1, 0)",
+            [DEFAULT_OWNER_ID],
+        )
+        .expect("vpc");
+        let group_id = "sg-0123456789abcdef0".to_string();
+        conn.execute(
+            "INSERT INTO security_groups (id, vpc_id, name, description)
+             VALUES (?1, 'vpc-0123456789abcdef0', 'default', 'default VPC security group')",
+            [&group_id],
+        )
+        .expect("group");
+        (conn, group_id)
+    }
+
+    #[test]
+    fn migrating_an_old_file_backfills_the_default_groups_rules() {
+        let (conn, group_id) = schema_3_file_with_default_group();
+        let db = Db::with_connection(conn).expect("migrate");
+        assert_eq!(
+            db.schema_version().expect("version") as usize,
+            MIGRATIONS.len()
+        );
+        let groups = all_groups(&db);
+        assert_eq!(groups.len(), 1, "the default VPC was not created again");
+        assert_eq!(groups[0].id, group_id);
+        assert_eq!(
+            groups[0].rules,
+            vpc::standard_rules(&group_id, vpc::DEFAULT_SECURITY_GROUP_NAME)
+        );
+    }
+
+    #[test]
+    fn the_backfill_leaves_groups_that_have_rules_alone() {
+        let (mut conn, default_id) = schema_3_file_with_default_group();
+        let tx = conn.transaction().expect("tx");
+        tx.execute_batch(RULES_MIGRATION).expect("table");
+        let only_ssh = SecurityGroupRule {
+            direction: RuleDirection::Ingress,
+            ip_protocol: "tcp".into(),
+            from_port: Some(22),
+            to_port: Some(22),
+            peer: RulePeer::Cidr(ANYWHERE),
+            description: Some("ssh".into()),
+        };
+        insert_rules(&tx, &default_id, std::slice::from_ref(&only_ssh)).expect("rule");
+        tx.execute(
+            "INSERT INTO security_groups (id, vpc_id, name, description)
+             VALUES ('sg-0000000000000000f', 'vpc-0123456789abcdef0', 'web', 'web')",
+            [],
+        )
+        .expect("second group");
+        backfill_standard_rules(&tx).expect("backfill");
+        assert_eq!(rules_of(&tx, &default_id).expect("rules"), [only_ssh]);
+        assert_eq!(
+            rules_of(&tx, "sg-0000000000000000f").expect("rules"),
+            vpc::standard_rules("sg-0000000000000000f", "web")
+        );
+    }
 }

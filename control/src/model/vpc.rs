@@ -260,8 +260,8 @@ impl Subnet {
 }
 
 /// A security group (`securityGroupInfo/item`). Only each VPC's default
-/// group exists, and its rules are the fixed default ones: all traffic in
-/// from members of the group, all traffic out.
+/// group exists today; its rules are stored like any group's, so that the
+/// networking layer enforces and DescribeSecurityGroups shows the same data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecurityGroup {
     pub id: String,
@@ -269,7 +269,131 @@ pub struct SecurityGroup {
     pub description: String,
     pub vpc_id: String,
     pub owner_id: String,
+    /// Ingress and egress rules, in the order they were added.
+    pub rules: Vec<SecurityGroupRule>,
     pub tags: Tags,
+}
+
+impl SecurityGroup {
+    /// The rules of one direction folded into EC2's `IpPermission`s.
+    pub fn ip_permissions(&self, direction: RuleDirection) -> Vec<IpPermission> {
+        ip_permissions(&self.rules, direction)
+    }
+}
+
+/// Which traffic a security group rule admits: arriving at the group's
+/// members, or leaving them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleDirection {
+    Ingress,
+    Egress,
+}
+
+ec2_names! {
+    RuleDirection {
+        Ingress => "ingress",
+        Egress => "egress",
+    }
+}
+
+/// The other end of a rule's traffic: an address block, or the members of
+/// a security group (possibly the rule's own group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RulePeer {
+    Cidr(Cidr),
+    Group(String),
+}
+
+/// One security group rule as stored: EC2's `SecurityGroupRule` (one
+/// protocol, port range and peer). DescribeSecurityGroups shows rules
+/// folded into `IpPermission`s (see [`ip_permissions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityGroupRule {
+    pub direction: RuleDirection,
+    /// As EC2 takes it: `-1` (all traffic), `tcp`, `udp`, `icmp` or an IP
+    /// protocol number.
+    pub ip_protocol: String,
+    /// The port range (for ICMP: type and code); `None` with protocol `-1`.
+    pub from_port: Option<i32>,
+    pub to_port: Option<i32>,
+    pub peer: RulePeer,
+    pub description: Option<String>,
+}
+
+/// The protocol EC2 writes for "all traffic".
+pub const ALL_PROTOCOLS: &str = "-1";
+
+/// The block EC2 writes for "anywhere".
+pub const ANYWHERE: Cidr = Cidr {
+    base: Ipv4Addr::UNSPECIFIED,
+    prefix: 0,
+};
+
+/// The rules EC2 gives a group it creates: every group may send anything
+/// anywhere, and a VPC's default group also admits everything from its own
+/// members (so instances launched without a group can talk to each other).
+pub fn standard_rules(group_id: &str, group_name: &str) -> Vec<SecurityGroupRule> {
+    let all_traffic = |direction, peer| SecurityGroupRule {
+        direction,
+        ip_protocol: ALL_PROTOCOLS.to_string(),
+        from_port: None,
+        to_port: None,
+        peer,
+        description: None,
+    };
+    let mut rules = Vec::new();
+    if group_name == DEFAULT_SECURITY_GROUP_NAME {
+        rules.push(all_traffic(
+            RuleDirection::Ingress,
+            RulePeer::Group(group_id.to_string()),
+        ));
+    }
+    rules.push(all_traffic(RuleDirection::Egress, RulePeer::Cidr(ANYWHERE)));
+    rules
+}
+
+/// EC2's `IpPermission`: the rules of one direction that share a protocol
+/// and port range, with their peers gathered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpPermission {
+    pub ip_protocol: String,
+    pub from_port: Option<i32>,
+    pub to_port: Option<i32>,
+    /// Peer groups (`UserIdGroupPairs`) with each rule's description.
+    pub groups: Vec<(String, Option<String>)>,
+    /// Peer blocks (`IpRanges`) with each rule's description.
+    pub ip_ranges: Vec<(Cidr, Option<String>)>,
+}
+
+/// Folds `rules` of `direction` into permissions the way EC2 shows them:
+/// one per protocol and port range, in the order each first appears.
+pub fn ip_permissions(rules: &[SecurityGroupRule], direction: RuleDirection) -> Vec<IpPermission> {
+    let mut out: Vec<IpPermission> = Vec::new();
+    for rule in rules.iter().filter(|r| r.direction == direction) {
+        let existing = out.iter().position(|p| {
+            p.ip_protocol == rule.ip_protocol
+                && p.from_port == rule.from_port
+                && p.to_port == rule.to_port
+        });
+        let at = existing.unwrap_or_else(|| {
+            out.push(IpPermission {
+                ip_protocol: rule.ip_protocol.clone(),
+                from_port: rule.from_port,
+                to_port: rule.to_port,
+                groups: Vec::new(),
+                ip_ranges: Vec::new(),
+            });
+            out.len() - 1
+        });
+        let permission = &mut out[at];
+        match &rule.peer {
+            RulePeer::Group(id) => permission
+                .groups
+                .push((id.clone(), rule.description.clone())),
+            RulePeer::Cidr(cidr) => permission.ip_ranges.push((*cidr, rule.description.clone())),
+        }
+    }
+    out
 }
 
 /// A group an interface is in, as interfaces and instances list it.
@@ -566,6 +690,90 @@ mod tests {
     }
 
     #[test]
+    fn a_default_group_admits_its_members_and_every_group_may_send_anywhere() {
+        let id = "sg-0123456789abcdef0";
+        let default = standard_rules(id, DEFAULT_SECURITY_GROUP_NAME);
+        assert_eq!(
+            default
+                .iter()
+                .map(|r| (r.direction, r.ip_protocol.as_str(), &r.peer))
+                .collect::<Vec<_>>(),
+            [
+                (RuleDirection::Ingress, "-1", &RulePeer::Group(id.into())),
+                (
+                    RuleDirection::Egress,
+                    "-1",
+                    &RulePeer::Cidr(cidr("0.0.0.0/0"))
+                ),
+            ]
+        );
+        assert!(default
+            .iter()
+            .all(|r| r.from_port.is_none() && r.to_port.is_none() && r.description.is_none()));
+        let web = standard_rules(id, "web");
+        assert_eq!(web, default[1..]);
+    }
+
+    #[test]
+    fn rules_sharing_a_protocol_and_ports_fold_into_one_permission() {
+        let rule =
+            |protocol: &str, port: Option<i32>, peer: RulePeer, description: Option<&str>| {
+                SecurityGroupRule {
+                    direction: RuleDirection::Ingress,
+                    ip_protocol: protocol.into(),
+                    from_port: port,
+                    to_port: port,
+                    peer,
+                    description: description.map(Into::into),
+                }
+            };
+        let mut rules = vec![
+            rule(
+                "tcp",
+                Some(22),
+                RulePeer::Cidr(cidr("10.0.0.0/8")),
+                Some("ssh"),
+            ),
+            rule("tcp", Some(80), RulePeer::Cidr(cidr("0.0.0.0/0")), None),
+            rule("tcp", Some(22), RulePeer::Group("sg-1".into()), None),
+            rule(
+                "tcp",
+                Some(22),
+                RulePeer::Cidr(cidr("192.168.0.0/16")),
+                None,
+            ),
+        ];
+        rules.push(SecurityGroupRule {
+            direction: RuleDirection::Egress,
+            ..rules[0].clone()
+        });
+        let ingress = ip_permissions(&rules, RuleDirection::Ingress);
+        assert_eq!(
+            ingress,
+            [
+                IpPermission {
+                    ip_protocol: "tcp".into(),
+                    from_port: Some(22),
+                    to_port: Some(22),
+                    groups: vec![("sg-1".into(), None)],
+                    ip_ranges: vec![
+                        (cidr("10.0.0.0/8"), Some("ssh".into())),
+                        (cidr("192.168.0.0/16"), None)
+                    ],
+                },
+                IpPermission {
+                    ip_protocol: "tcp".into(),
+                    from_port: Some(80),
+                    to_port: Some(80),
+                    groups: vec![],
+                    ip_ranges: vec![(cidr("0.0.0.0/0"), None)],
+                },
+            ]
+        );
+        assert_eq!(ip_permissions(&rules, RuleDirection::Egress).len(), 1);
+    }
+
+    #[test]
     fn default_layout_is_awss() {
         let (vpc, subnets) = default_vpc_layout("us-east-1");
         assert_eq!(vpc.to_string(), DEFAULT_VPC_CIDR);
@@ -678,6 +886,7 @@ mod tests {
             description: DEFAULT_SECURITY_GROUP_DESCRIPTION.into(),
             vpc_id: vpc.id.clone(),
             owner_id: DEFAULT_OWNER_ID.into(),
+            rules: standard_rules("sg-0123456789abcdef0", DEFAULT_SECURITY_GROUP_NAME),
             tags: tags.clone(),
         };
         answers_every_listed_filter(&group, SECURITY_GROUP_FILTERS);
