@@ -16,8 +16,8 @@ use crate::api::xml::XmlNode;
 use crate::db::NetworkQuery;
 use crate::model::ids::IdKind;
 use crate::model::vpc::{
-    private_dns_name, GroupIdentifier, InterfaceRequest, NetworkInterface, SecurityGroup, Subnet,
-    Vpc, DHCP_OPTIONS_ID,
+    private_dns_name, GroupIdentifier, InterfaceRequest, IpPermission, NetworkInterface,
+    RuleDirection, SecurityGroup, Subnet, Vpc, DHCP_OPTIONS_ID,
 };
 use crate::model::DEFAULT_OWNER_ID;
 
@@ -193,36 +193,22 @@ pub fn describe_security_groups(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
     ))
 }
 
-/// A default group's rules, as AWS reports them: all traffic in from the
-/// group's own members, all traffic out to anywhere.
+/// A group as DescribeSecurityGroups shows it, its stored rules folded
+/// into `IpPermission`s.
 fn security_group_node(g: &SecurityGroup, region: &str) -> Vec<XmlNode> {
-    let all_from_self = vec![
-        XmlNode::text("ipProtocol", "-1"),
-        XmlNode::list(
-            "groups",
-            [vec![
-                XmlNode::text("userId", g.owner_id.as_str()),
-                XmlNode::text("groupId", g.id.as_str()),
-            ]],
-        ),
-        XmlNode::list("ipRanges", Vec::<Vec<XmlNode>>::new()),
-        XmlNode::list("ipv6Ranges", Vec::<Vec<XmlNode>>::new()),
-        XmlNode::list("prefixListIds", Vec::<Vec<XmlNode>>::new()),
-    ];
-    let all_to_anywhere = vec![
-        XmlNode::text("ipProtocol", "-1"),
-        XmlNode::list("groups", Vec::<Vec<XmlNode>>::new()),
-        XmlNode::list("ipRanges", [vec![XmlNode::text("cidrIp", "0.0.0.0/0")]]),
-        XmlNode::list("ipv6Ranges", Vec::<Vec<XmlNode>>::new()),
-        XmlNode::list("prefixListIds", Vec::<Vec<XmlNode>>::new()),
-    ];
+    let permissions = |direction| {
+        g.ip_permissions(direction)
+            .iter()
+            .map(|p| ip_permission_node(p, &g.owner_id))
+            .collect::<Vec<_>>()
+    };
     let mut n = vec![
         XmlNode::text("ownerId", g.owner_id.as_str()),
         XmlNode::text("groupId", g.id.as_str()),
         XmlNode::text("groupName", g.name.as_str()),
         XmlNode::text("groupDescription", g.description.as_str()),
-        XmlNode::list("ipPermissions", [all_from_self]),
-        XmlNode::list("ipPermissionsEgress", [all_to_anywhere]),
+        XmlNode::list("ipPermissions", permissions(RuleDirection::Ingress)),
+        XmlNode::list("ipPermissionsEgress", permissions(RuleDirection::Egress)),
         XmlNode::text("vpcId", g.vpc_id.as_str()),
         XmlNode::text(
             "securityGroupArn",
@@ -235,6 +221,45 @@ fn security_group_node(g: &SecurityGroup, region: &str) -> Vec<XmlNode> {
     if !g.tags.is_empty() {
         n.push(tag_set(&g.tags));
     }
+    n
+}
+
+/// One `IpPermission`, fields in EC2's order; a peer group is the
+/// caller's own (`owner_id`), as every group in the lab is.
+fn ip_permission_node(p: &IpPermission, owner_id: &str) -> Vec<XmlNode> {
+    let with_description = |mut item: Vec<XmlNode>, description: &Option<String>| {
+        if let Some(d) = description {
+            item.push(XmlNode::text("description", d.as_str()));
+        }
+        item
+    };
+    let mut n = vec![XmlNode::text("ipProtocol", p.ip_protocol.as_str())];
+    if let Some(port) = p.from_port {
+        n.push(XmlNode::number("fromPort", port));
+    }
+    if let Some(port) = p.to_port {
+        n.push(XmlNode::number("toPort", port));
+    }
+    n.push(XmlNode::list(
+        "groups",
+        p.groups.iter().map(|(id, description)| {
+            with_description(
+                vec![
+                    XmlNode::text("userId", owner_id),
+                    XmlNode::text("groupId", id.as_str()),
+                ],
+                description,
+            )
+        }),
+    ));
+    n.push(XmlNode::list(
+        "ipRanges",
+        p.ip_ranges.iter().map(|(cidr, description)| {
+            with_description(vec![XmlNode::text("cidrIp", cidr.to_string())], description)
+        }),
+    ));
+    n.push(XmlNode::list("ipv6Ranges", Vec::<Vec<XmlNode>>::new()));
+    n.push(XmlNode::list("prefixListIds", Vec::<Vec<XmlNode>>::new()));
     n
 }
 
@@ -611,4 +636,97 @@ pub(super) fn resolve_launch_network(
 /// instance can have.
 pub(super) fn asks_for_an_address(net: &LaunchNetwork) -> bool {
     net.private_ip.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::xml::render_response;
+    use crate::model::vpc::{
+        standard_rules, Cidr, RulePeer, SecurityGroupRule, DEFAULT_SECURITY_GROUP_DESCRIPTION,
+        DEFAULT_SECURITY_GROUP_NAME,
+    };
+
+    fn group(name: &str, rules: Vec<SecurityGroupRule>) -> SecurityGroup {
+        SecurityGroup {
+            id: "sg-0123456789abcdef0".into(),
+            name: name.into(),
+            description: DEFAULT_SECURITY_GROUP_DESCRIPTION.into(),
+            vpc_id: "vpc-0123456789abcdef0".into(),
+            owner_id: DEFAULT_OWNER_ID.into(),
+            rules,
+            tags: Default::default(),
+        }
+    }
+
+    fn render(g: &SecurityGroup) -> String {
+        render_response(
+            "DescribeSecurityGroups",
+            "req",
+            &[XmlNode::list(
+                "securityGroupInfo",
+                [security_group_node(g, "us-east-1")],
+            )],
+        )
+    }
+
+    /// The bytes ec2lab answered with when the default group's rules were
+    /// fixed in this renderer: storing them must not change a byte.
+    #[test]
+    fn the_default_groups_stored_rules_render_as_before() {
+        let g = group(
+            DEFAULT_SECURITY_GROUP_NAME,
+            standard_rules("sg-0123456789abcdef0", DEFAULT_SECURITY_GROUP_NAME),
+        );
+        let expected = concat!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+            "\n",
+            r#"<DescribeSecurityGroupsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">"#,
+            "<requestId>req</requestId><securityGroupInfo><item>",
+            "<ownerId>000000000000</ownerId><groupId>sg-0123456789abcdef0</groupId>",
+            "<groupName>default</groupName>",
+            "<groupDescription>default VPC security group</groupDescription>",
+            "<ipPermissions><item><ipProtocol>-1</ipProtocol><groups><item>",
+            "<userId>000000000000</userId><groupId>sg-0123456789abcdef0</groupId>",
+            "</item></groups><ipRanges></ipRanges><ipv6Ranges></ipv6Ranges>",
+            "<prefixListIds></prefixListIds></item></ipPermissions>",
+            "<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><groups></groups>",
+            "<ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges>",
+            "<ipv6Ranges></ipv6Ranges><prefixListIds></prefixListIds></item>",
+            "</ipPermissionsEgress><vpcId>vpc-0123456789abcdef0</vpcId>",
+            "<securityGroupArn>arn:aws:ec2:us-east-1:000000000000:security-group/",
+            "sg-0123456789abcdef0</securityGroupArn></item></securityGroupInfo>",
+            "</DescribeSecurityGroupsResponse>",
+        );
+        assert_eq!(render(&g), expected);
+    }
+
+    #[test]
+    fn port_rules_render_their_range_and_descriptions() {
+        let cidr = Cidr::parse("10.0.0.0/8").expect("cidr");
+        let g = group(
+            "web",
+            vec![SecurityGroupRule {
+                direction: RuleDirection::Ingress,
+                ip_protocol: "tcp".into(),
+                from_port: Some(22),
+                to_port: Some(22),
+                peer: RulePeer::Cidr(cidr),
+                description: Some("ssh".into()),
+            }],
+        );
+        let xml = render(&g);
+        assert!(
+            xml.contains(concat!(
+                "<ipPermissions><item><ipProtocol>tcp</ipProtocol><fromPort>22</fromPort>",
+                "<toPort>22</toPort><groups></groups><ipRanges><item><cidrIp>10.0.0.0/8</cidrIp>",
+                "<description>ssh</description></item></ipRanges>"
+            )),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<ipPermissionsEgress></ipPermissionsEgress>"),
+            "{xml}"
+        );
+    }
 }
