@@ -163,6 +163,32 @@ pub struct VcpuSample {
     pub interrupts_enabled: bool,
 }
 
+impl std::fmt::Display for Stall {
+    /// The VMM's log line for a new stall.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "guest stalled: no exit and no serial output for {} s;",
+            self.quiet_secs
+        )?;
+        for vcpu in &self.vcpus {
+            write!(f, " {vcpu}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for StuckVcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if self.sample.halted {
+            "halted with interrupts off"
+        } else {
+            "in guest kernel code"
+        };
+        write!(f, "vcpu{} {place} at RIP {:#x}", self.id, self.sample.rip)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +261,10 @@ mod tests {
                 },
             }],
         };
+        assert_eq!(
+            stall.to_string(),
+            "guest stalled: no exit and no serial output for 300 s; vcpu0 in guest kernel code at RIP 0xffffffff8101e1c4"
+        );
         let json = serde_json::to_string(&stall).expect("serialises");
         assert_eq!(
             json,

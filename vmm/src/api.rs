@@ -7,14 +7,18 @@
 //! ```
 //! The server thread only parses and renders; every request is carried out
 //! by the VMM's main loop ([`handle`], calling methods of [`Vmm`]), so API
-//! calls and guest exits are serialised.
+//! calls and guest exits are serialised. Paths and bodies are the contract
+//! crate's ([`ec2lab_vmm_api::api`]), the same types the control plane sends.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 
-use serde::{Deserialize, Serialize};
+pub use ec2lab_vmm_api::api::{
+    ActionBody, ActionType, ApiFault, ApiRequest, StateBody, VmStateRequest, ACTIONS_PATH, VM_PATH,
+    VM_STATE_PATH,
+};
 use serde_json::json;
 
 use crate::devices::bus::lock;
@@ -37,47 +41,6 @@ pub enum ApiError {
     },
 }
 
-/// Requested VM state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum VmStateRequest {
-    /// Pause every vCPU.
-    Paused,
-    /// Resume every vCPU.
-    Resumed,
-}
-
-/// Instance actions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ActionType {
-    /// Press Ctrl-Alt-Del on the guest's keyboard (graceful shutdown request).
-    SendCtrlAltDel,
-    /// Stop the VM now.
-    Shutdown,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateBody {
-    state: VmStateRequest,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActionBody {
-    action: ActionType,
-}
-
-/// A parsed API request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApiRequest {
-    /// GET /vm.
-    Describe,
-    /// PUT /vm/state.
-    SetState(VmStateRequest),
-    /// PUT /actions.
-    Action(ActionType),
-}
-
 /// The VMM's answer.
 #[derive(Debug)]
 pub enum ApiResponse {
@@ -93,16 +56,16 @@ pub enum ApiResponse {
 pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, (u16, String)> {
     let bad = |e: serde_json::Error| (400, format!("invalid request body: {e}"));
     match (method, path) {
-        ("GET", "/vm") => Ok(ApiRequest::Describe),
-        ("PUT" | "PATCH", "/vm/state") => {
+        ("GET", VM_PATH) => Ok(ApiRequest::Describe),
+        ("PUT" | "PATCH", VM_STATE_PATH) => {
             let b: StateBody = serde_json::from_slice(body).map_err(bad)?;
             Ok(ApiRequest::SetState(b.state))
         }
-        ("PUT", "/actions") => {
+        ("PUT", ACTIONS_PATH) => {
             let b: ActionBody = serde_json::from_slice(body).map_err(bad)?;
             Ok(ApiRequest::Action(b.action))
         }
-        (_, "/vm" | "/vm/state" | "/actions") => {
+        (_, VM_PATH | VM_STATE_PATH | ACTIONS_PATH) => {
             Err((405, format!("method {method} not allowed on {path}")))
         }
         _ => Err((404, format!("no such resource: {path}"))),
@@ -227,8 +190,8 @@ fn serve(server: tiny_http::Server, events: Sender<VmmEvent>) {
                 tiny_http::Response::from_string(v.to_string()).with_status_code(200)
             }
             ApiResponse::NoContent => tiny_http::Response::from_string("").with_status_code(204),
-            ApiResponse::Error(status, msg) => tiny_http::Response::from_string(
-                serde_json::json!({ "fault_message": msg }).to_string(),
+            ApiResponse::Error(status, fault_message) => tiny_http::Response::from_string(
+                serde_json::to_string(&ApiFault { fault_message }).unwrap_or_default(),
             )
             .with_status_code(status),
         };
@@ -272,5 +235,22 @@ mod tests {
             parse("PUT", "/actions", br#"{"action":"Shutdown","x":1}"#).map_err(|e| e.0),
             Err(400)
         );
+    }
+
+    #[test]
+    fn every_request_a_client_sends_parses_back_to_itself() {
+        for request in [
+            ApiRequest::Describe,
+            ApiRequest::SetState(VmStateRequest::Paused),
+            ApiRequest::SetState(VmStateRequest::Resumed),
+            ApiRequest::Action(ActionType::SendCtrlAltDel),
+            ApiRequest::Action(ActionType::Shutdown),
+        ] {
+            let body = request
+                .body()
+                .map(|b| serde_json::to_vec(&b).expect("serialises"))
+                .unwrap_or_default();
+            assert_eq!(parse(request.method(), request.path(), &body), Ok(request));
+        }
     }
 }

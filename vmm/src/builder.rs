@@ -16,7 +16,7 @@ use crate::api;
 use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{self, ACPI_SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::{acpi, boot, mptable};
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, Validate, VmConfig};
 use crate::console;
 use crate::devices::bus::BusError;
 use crate::devices::cmos::{self, CmosRtc};

@@ -1,9 +1,15 @@
 //! Why the VMM stopped, and the process exit status for each reason.
 //!
-//! The statuses are part of the VMM's interface: the control plane decides
-//! what an exit means for the instance (stopped, rebooted, failed).
+//! The statuses are part of the VMM's interface and live in the contract
+//! crate (re-exported here): the control plane decides what an exit means
+//! for the instance (stopped, rebooted, failed).
 
 use std::fmt;
+
+pub use ec2lab_vmm_api::exit::{
+    ExitRecord, ExitStatus, EXIT_API_SHUTDOWN, EXIT_BAD_INPUT, EXIT_POWEROFF, EXIT_REBOOT,
+    EXIT_TRIPLE_FAULT, EXIT_UNHANDLED, EXIT_VMM_ERROR,
+};
 
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,33 +38,23 @@ pub enum VmExit {
     VmmError(String),
 }
 
-/// Exit status for a guest poweroff.
-pub const EXIT_POWEROFF: i32 = 0;
-/// Exit status for a VMM run-time failure.
-pub const EXIT_VMM_ERROR: i32 = 1;
-/// Exit status for bad input (flags, config, kernel, initrd).
-pub const EXIT_BAD_INPUT: i32 = 2;
-/// Exit status for a guest reset (reboot).
-pub const EXIT_REBOOT: i32 = 3;
-/// Exit status for a triple fault.
-pub const EXIT_TRIPLE_FAULT: i32 = 4;
-/// Exit status for an unhandled KVM exit or KVM internal error.
-pub const EXIT_UNHANDLED: i32 = 5;
-/// Exit status for a shutdown requested through the control API.
-pub const EXIT_API_SHUTDOWN: i32 = 6;
-
 impl VmExit {
+    /// What the exit status says about this exit.
+    pub fn status(&self) -> ExitStatus {
+        match self {
+            VmExit::GuestPoweroff => ExitStatus::Poweroff,
+            VmExit::GuestReset => ExitStatus::Reboot,
+            VmExit::TripleFault { .. } => ExitStatus::TripleFault,
+            VmExit::Unhandled { .. } => ExitStatus::Unhandled,
+            VmExit::ApiShutdown => ExitStatus::ApiShutdown,
+            VmExit::Signal(signo) => ExitStatus::Signal(*signo),
+            VmExit::VmmError(_) => ExitStatus::VmmError,
+        }
+    }
+
     /// The process exit status: signals follow the shell convention 128 + signo.
     pub fn exit_code(&self) -> i32 {
-        match self {
-            VmExit::GuestPoweroff => EXIT_POWEROFF,
-            VmExit::GuestReset => EXIT_REBOOT,
-            VmExit::TripleFault { .. } => EXIT_TRIPLE_FAULT,
-            VmExit::Unhandled { .. } => EXIT_UNHANDLED,
-            VmExit::ApiShutdown => EXIT_API_SHUTDOWN,
-            VmExit::Signal(signo) => 128 + signo,
-            VmExit::VmmError(_) => EXIT_VMM_ERROR,
-        }
+        self.status().code()
     }
 }
 

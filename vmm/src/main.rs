@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 use ec2lab_vmm::builder;
-use ec2lab_vmm::config::{CpuTemplate, DiskConfig, NetConfig, VmConfig, VsockConfig};
-use ec2lab_vmm::exit::{EXIT_BAD_INPUT, EXIT_VMM_ERROR};
+use ec2lab_vmm::config::{self, CpuTemplate, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use ec2lab_vmm::exit::{ExitRecord, EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 
 /// Boots a Linux kernel (ELF vmlinux with or without a PVH note, or bzImage)
 /// in a KVM virtual machine and prints its serial console.
@@ -42,7 +43,7 @@ struct Args {
     #[arg(long)]
     serial_out: Option<PathBuf>,
     /// Host adaptation: auto-detect, none, or force the kernel-emulating-host workarounds.
-    #[arg(long, value_enum, default_value_t = CpuTemplate::Auto)]
+    #[arg(long, value_parser = cpu_template_parser(), default_value_t = CpuTemplate::Auto)]
     cpu_template: CpuTemplate,
     /// Withhold the TSC frequency CPUID leaves (0x15, 0x40000010), as AMD
     /// hosts do for 0x15: exercises the boot path of AMD guests anywhere.
@@ -51,7 +52,7 @@ struct Args {
     /// Report the guest as stalled (API `stall`, log line) when a vCPU has
     /// spent this long running guest kernel code with no exit and no serial
     /// output; 0 turns the watchdog off.
-    #[arg(long, default_value_t = ec2lab_vmm::config::DEFAULT_STALL_TIMEOUT_SECS)]
+    #[arg(long, default_value_t = config::DEFAULT_STALL_TIMEOUT_SECS)]
     stall_timeout_secs: u64,
     /// A virtio-blk disk: PATH or PATH,ro (repeatable; the first is /dev/vda).
     #[arg(long)]
@@ -73,10 +74,29 @@ struct Args {
     exit_file: Option<PathBuf>,
 }
 
+/// `--cpu-template`: the contract crate's names, each explained in
+/// `--help` (its type cannot derive clap's `ValueEnum`: that crate stays
+/// serde-only).
+fn cpu_template_parser() -> impl TypedValueParser<Value = CpuTemplate> {
+    let values = CpuTemplate::ALL.map(|template| {
+        let help = match template {
+            CpuTemplate::Auto => "Detect the host and apply workarounds only where needed",
+            CpuTemplate::None => {
+                "Never apply host workarounds (the right choice on bare-metal KVM)"
+            }
+            CpuTemplate::EmulatedKernel => {
+                "Always apply the workarounds for KVM hosts that emulate guest kernel mode"
+            }
+        };
+        PossibleValue::new(template.name()).help(help)
+    });
+    PossibleValuesParser::new(values).try_map(|name| name.parse::<CpuTemplate>())
+}
+
 impl Args {
-    fn into_config(self) -> Result<VmConfig, ec2lab_vmm::config::ConfigError> {
+    fn into_config(self) -> Result<VmConfig, config::ConfigError> {
         if let Some(path) = &self.config {
-            return VmConfig::from_file(path);
+            return config::from_file(path);
         }
         Ok(VmConfig {
             kernel: self.kernel.unwrap_or_default(),
@@ -133,8 +153,9 @@ fn main() -> ExitCode {
     let exit_file = args.exit_file.clone();
     let (code, reason) = run(args);
     if let Some(path) = exit_file {
-        let record = serde_json::json!({ "code": code, "reason": reason });
-        if let Err(e) = std::fs::write(&path, format!("{record}\n")) {
+        let record = ExitRecord { code, reason };
+        let text = serde_json::to_string(&record).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, format!("{text}\n")) {
             log::error!("cannot write exit file {}: {e}", path.display());
         }
     }

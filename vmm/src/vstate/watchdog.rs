@@ -14,59 +14,19 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+/// The report's types are the contract crate's: `GET /vm` carries them
+/// under `stall`, the control plane reads them with the same types, and
+/// their `Display` is the VMM's log line.
+pub use ec2lab_vmm_api::api::{Stall, StuckVcpu, VcpuSample};
 
-/// Where a vCPU was when the watchdog looked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct VcpuSample {
-    /// Guest instruction pointer.
-    pub rip: u64,
-    /// Whether the vCPU was in ring 0.
-    pub kernel_mode: bool,
-    /// Whether the vCPU was halted (HLT) waiting for an interrupt.
-    pub halted: bool,
-    /// RFLAGS.IF.
-    pub interrupts_enabled: bool,
-}
-
-impl VcpuSample {
-    /// Whether this sample means the vCPU is stuck rather than idle or busy
-    /// in user space.
-    pub fn is_stuck(&self) -> bool {
-        if self.halted {
-            !self.interrupts_enabled
-        } else {
-            self.kernel_mode
-        }
+/// Whether this sample means the vCPU is stuck rather than idle or busy in
+/// user space.
+pub fn is_stuck(sample: &VcpuSample) -> bool {
+    if sample.halted {
+        !sample.interrupts_enabled
+    } else {
+        sample.kernel_mode
     }
-
-    fn describe(&self) -> String {
-        let mode = if self.halted {
-            "halted with interrupts off"
-        } else {
-            "in guest kernel code"
-        };
-        format!("{mode} at RIP {:#x}", self.rip)
-    }
-}
-
-/// A stall being reported.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Stall {
-    /// Seconds since the last exit of any vCPU.
-    pub quiet_secs: u64,
-    /// The stuck vCPUs and where they were.
-    pub vcpus: Vec<StuckVcpu>,
-}
-
-/// One stuck vCPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct StuckVcpu {
-    /// vCPU index.
-    pub id: u8,
-    /// Its sample.
-    #[serde(flatten)]
-    pub sample: VcpuSample,
 }
 
 /// What the main loop should do after [`StallWatchdog::observe`].
@@ -144,7 +104,7 @@ impl StallWatchdog {
         let stuck: Vec<StuckVcpu> = samples
             .iter()
             .filter_map(|(id, s)| {
-                s.filter(VcpuSample::is_stuck)
+                s.filter(is_stuck)
                     .map(|sample| StuckVcpu { id: *id, sample })
             })
             .collect();
@@ -162,20 +122,6 @@ impl StallWatchdog {
         } else {
             self.stall.as_ref()
         }
-    }
-}
-
-impl std::fmt::Display for Stall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "guest stalled: no exit and no serial output for {} s;",
-            self.quiet_secs
-        )?;
-        for v in &self.vcpus {
-            write!(f, " vcpu{} {}", v.id, v.sample.describe())?;
-        }
-        Ok(())
     }
 }
 
@@ -210,10 +156,10 @@ mod tests {
 
     #[test]
     fn only_kernel_spinning_and_dead_halts_count_as_stuck() {
-        assert!(KERNEL_SPIN.is_stuck());
-        assert!(DEAD.is_stuck());
-        assert!(!IDLE.is_stuck());
-        assert!(!USER_BUSY.is_stuck());
+        assert!(is_stuck(&KERNEL_SPIN));
+        assert!(is_stuck(&DEAD));
+        assert!(!is_stuck(&IDLE));
+        assert!(!is_stuck(&USER_BUSY));
     }
 
     #[test]
