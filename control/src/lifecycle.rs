@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ec2lab_vmm_api::api::Stall;
+use ec2lab_vmm_api::config::NetConfig;
 use time::OffsetDateTime;
 
 use crate::checkin::{self, CheckIn, CheckinListeners};
@@ -485,12 +487,10 @@ impl Lab {
             if !self.supervisor.is_alive(process) {
                 break;
             }
-            let Ok((_, body)) = crate::supervisor::vmm_api(&sock, "GET", "/vm", "").await else {
+            let Ok(vm) = crate::supervisor::vmm_describe(&sock).await else {
                 continue;
             };
-            let stall = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|vm| guest_stall(&vm["stall"], Self::now()));
+            let stall = vm.stall.map(|stall| guest_stall(&stall, Self::now()));
             let mut stalls = crate::lock(&self.stalls);
             match stall {
                 Some(stall) => {
@@ -561,9 +561,7 @@ impl Lab {
         let rebooting = crate::lock(&self.rebooting).remove(id);
         let result = match instance.state {
             InstanceState::Pending | InstanceState::Running
-                if rebooting
-                    || info.is_reboot()
-                    || info.code == Some(crate::supervisor::exit_code::API_SHUTDOWN) =>
+                if rebooting || info.is_reboot() || info.is_api_shutdown() =>
             {
                 // A reboot (ours, the guest's, or one the daemon was killed
                 // in the middle of): same instance, same volume, new VMM.
@@ -820,7 +818,7 @@ impl Lab {
 }
 
 /// The seam between VPC state and the VMM: where an instance's ENIs (MAC,
-/// private address, subnet) become `VmSpec::nets`, the `(tap, mac)` pairs
+/// private address, subnet) become `VmSpec::nets`, the cards (tap, MAC)
 /// the VMM attaches as virtio-net devices.
 ///
 /// Empty on purpose until host networking exists: the subnet bridge and
@@ -828,7 +826,7 @@ impl Lab {
 /// namespaces, bridges, DHCP from the ENI's address; see DESIGN.md
 /// "Networking"), and a tap that no bridge carries would only give the
 /// guest a dead link. The ENIs are taken here so the wiring is one change.
-fn network_attachments(instance: &Instance) -> Vec<(String, String)> {
+fn network_attachments(instance: &Instance) -> Vec<NetConfig> {
     for eni in &instance.network_interfaces {
         log::debug!(
             "{}: {} ({}, {}) is not plumbed to the host yet",
@@ -841,23 +839,18 @@ fn network_attachments(instance: &Instance) -> Vec<(String, String)> {
     Vec::new()
 }
 
-/// The `stall` member of a VMM's `GET /vm` answer, read at `now`: null when
-/// the guest makes progress, else `{"quiet_secs": N, "vcpus": [...]}`.
-pub fn guest_stall(stall: &serde_json::Value, now: OffsetDateTime) -> Option<GuestStall> {
-    let quiet = stall.get("quiet_secs")?.as_u64()?;
+/// The stall a VMM reports on `GET /vm`, read at `now`: since when the
+/// guest has made no progress, and which vCPUs are stuck.
+pub fn guest_stall(stall: &Stall, now: OffsetDateTime) -> GuestStall {
+    let quiet = stall.quiet_secs;
     let vcpus = stall
-        .get("vcpus")
-        .and_then(serde_json::Value::as_array)
-        .map(|v| {
-            v.iter()
-                .filter_map(|c| c.get("id")?.as_u64())
-                .map(|id| format!("vcpu{id}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    Some(GuestStall {
+        .vcpus
+        .iter()
+        .map(|c| format!("vcpu{}", c.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    GuestStall {
         since: now - time::Duration::seconds(i64::try_from(quiet).unwrap_or(i64::MAX / 2)),
         detail: format!("guest stalled: no progress for {quiet} s in guest kernel code ({vcpus})"),
-    })
+    }
 }

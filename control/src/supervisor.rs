@@ -7,25 +7,22 @@
 //! the pid and process start time it recorded ([`VmProcess`]), and learns
 //! why one ended from the exit file the VMM writes (`--exit-file`), since
 //! only a parent could otherwise collect the exit status.
+//!
+//! Everything the VMM reads or answers (its config file, its control API,
+//! its exit statuses) is spelled by the `ec2lab-vmm-api` crate the VMM
+//! itself is built on, so the two cannot drift apart.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ec2lab_vmm_api::api::{ActionType, ApiRequest, VmInfo};
+use ec2lab_vmm_api::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
+use ec2lab_vmm_api::exit::{ExitRecord, ExitStatus};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// VMM exit statuses (ec2lab-vmm's CLI contract).
-pub mod exit_code {
-    /// The guest powered off.
-    pub const POWEROFF: i32 = 0;
-    /// The guest rebooted.
-    pub const REBOOT: i32 = 3;
-    /// Stopped through the API (`Shutdown`).
-    pub const API_SHUTDOWN: i32 = 6;
-}
 
 /// Errors of the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +54,15 @@ pub enum SupervisorError {
         vmm: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The VMM config could not be written as JSON (a path that is not
+    /// UTF-8: JSON strings cannot carry it).
+    #[error("cannot encode the VMM config {path}: {source}")]
+    Encode {
+        /// The config file.
+        path: PathBuf,
+        /// What serde said.
+        source: serde_json::Error,
     },
     /// The VMM's control API did not answer as expected.
     #[error("VMM API {sock}: {detail}")]
@@ -90,8 +96,9 @@ pub struct VmSpec {
     pub memory_mib: u64,
     /// The instance's root volume (already prepared).
     pub root_volume: PathBuf,
-    /// Network cards: (tap, MAC). Filled by the networking layer.
-    pub nets: Vec<(String, String)>,
+    /// Network cards (tap and MAC), eth0 first. Filled by the networking
+    /// layer.
+    pub nets: Vec<NetConfig>,
     /// vsock context id, if the instance gets a vsock device.
     pub vsock_cid: Option<u32>,
     /// The VMM's stall watchdog period (None: the VMM's default).
@@ -119,14 +126,34 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
+    /// What the exit status means; None without one, or for a status the
+    /// VMM does not define.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.code.and_then(ExitStatus::from_code)
+    }
+
     /// The guest powered itself off.
     pub fn is_poweroff(&self) -> bool {
-        self.code == Some(exit_code::POWEROFF)
+        self.status() == Some(ExitStatus::Poweroff)
     }
 
     /// The guest rebooted itself.
     pub fn is_reboot(&self) -> bool {
-        self.code == Some(exit_code::REBOOT)
+        self.status() == Some(ExitStatus::Reboot)
+    }
+
+    /// The VMM was stopped through its API (`Shutdown`).
+    pub fn is_api_shutdown(&self) -> bool {
+        self.status() == Some(ExitStatus::ApiShutdown)
+    }
+}
+
+impl From<ExitRecord> for ExitInfo {
+    fn from(record: ExitRecord) -> Self {
+        Self {
+            code: Some(record.code),
+            reason: record.reason,
+        }
     }
 }
 
@@ -249,7 +276,12 @@ impl Supervisor {
         }
         let config = vm_config(spec, &files);
         let path = files.config();
-        std::fs::write(&path, format!("{config:#}\n")).map_err(io_error("write", &path))?;
+        let text =
+            serde_json::to_string_pretty(&config).map_err(|source| SupervisorError::Encode {
+                path: path.clone(),
+                source,
+            })?;
+        std::fs::write(&path, format!("{text}\n")).map_err(io_error("write", &path))?;
         let log_path = files.vmm_log();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -383,11 +415,11 @@ impl Supervisor {
     /// that, the wait status if we collected one.
     pub fn exit_info(&self, instance_id: &str, wait_status: Option<i32>) -> ExitInfo {
         let path = self.files(instance_id).exit_file();
-        if let Some(info) = std::fs::read_to_string(&path)
+        if let Some(record) = std::fs::read_to_string(&path)
             .ok()
-            .and_then(|text| serde_json::from_str::<ExitInfo>(&text).ok())
+            .and_then(|text| serde_json::from_str::<ExitRecord>(&text).ok())
         {
-            return info;
+            return record.into();
         }
         match wait_status {
             Some(s) if libc::WIFSIGNALED(s) => ExitInfo {
@@ -418,7 +450,7 @@ impl Supervisor {
         let waiter = self.wait_exit(instance_id, process);
         tokio::pin!(waiter);
         if !graceful.is_zero()
-            && vmm_api(&sock, "PUT", "/actions", r#"{"action":"SendCtrlAltDel"}"#)
+            && vmm_api(&sock, ApiRequest::Action(ActionType::SendCtrlAltDel))
                 .await
                 .is_ok()
         {
@@ -426,7 +458,7 @@ impl Supervisor {
                 return info;
             }
         }
-        if vmm_api(&sock, "PUT", "/actions", r#"{"action":"Shutdown"}"#)
+        if vmm_api(&sock, ApiRequest::Action(ActionType::Shutdown))
             .await
             .is_ok()
         {
@@ -456,33 +488,34 @@ impl Supervisor {
     }
 }
 
-/// The VMM's JSON config for `spec` (ec2lab-vmm's `--config` format).
-fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> serde_json::Value {
-    let nets: Vec<serde_json::Value> = spec
-        .nets
-        .iter()
-        .map(|(tap, mac)| serde_json::json!({ "tap": tap, "mac": mac }))
-        .collect();
-    let vsock = spec
-        .vsock_cid
-        .map(|cid| serde_json::json!({ "cid": cid, "uds": files.vsock() }));
-    let mut config = serde_json::json!({
-        "kernel": spec.kernel,
-        "initrd": spec.initrd,
-        "cmdline": spec.cmdline,
-        "vcpus": spec.vcpus,
-        "memory_mib": spec.memory_mib,
-        "api_sock": files.api_sock(),
-        "serial_out": files.serial_log(),
-        "disks": [{ "path": spec.root_volume, "read_only": false }],
-        "nets": nets,
-        "rng": true,
-        "vsock": vsock,
-    });
-    if let Some(t) = spec.stall_timeout {
-        config["stall_timeout_secs"] = t.as_secs().max(1).into();
+/// The VMM's config for `spec` (what `ec2lab-vmm --config` reads): the
+/// instance's files, its root volume as /dev/vda, an entropy device, and
+/// the VMM's defaults for everything an instance does not choose.
+fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> VmConfig {
+    let defaults = VmConfig::new(spec.kernel.clone());
+    VmConfig {
+        initrd: spec.initrd.clone(),
+        cmdline: spec.cmdline.clone(),
+        vcpus: u64::from(spec.vcpus),
+        memory_mib: spec.memory_mib,
+        api_sock: Some(files.api_sock()),
+        serial_out: Some(files.serial_log()),
+        // At least a second: 0 would turn the watchdog off.
+        stall_timeout_secs: spec
+            .stall_timeout
+            .map_or(defaults.stall_timeout_secs, |t| t.as_secs().max(1)),
+        disks: vec![DiskConfig {
+            path: spec.root_volume.clone(),
+            read_only: false,
+        }],
+        nets: spec.nets.clone(),
+        rng: true,
+        vsock: spec.vsock_cid.map(|cid| VsockConfig {
+            cid: u64::from(cid),
+            uds: files.vsock(),
+        }),
+        ..defaults
     }
-    config
 }
 
 fn run_tool(
@@ -547,17 +580,29 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The VMM's `GET /vm` answer, as far as the control plane reads it.
+pub async fn vmm_describe(sock: &Path) -> Result<VmInfo, SupervisorError> {
+    let (_, body) = vmm_api(sock, ApiRequest::Describe).await?;
+    serde_json::from_str(&body).map_err(|e| SupervisorError::Api {
+        sock: sock.to_path_buf(),
+        detail: format!("unreadable GET /vm answer: {e}"),
+    })
+}
+
 /// One request to a VMM's control API (HTTP/1.1 over its Unix socket);
 /// returns the status code and body.
 pub async fn vmm_api(
     sock: &Path,
-    method: &str,
-    path: &str,
-    body: &str,
+    api_request: ApiRequest,
 ) -> Result<(u16, String), SupervisorError> {
     let fail = |detail: String| SupervisorError::Api {
         sock: sock.to_path_buf(),
         detail,
+    };
+    let (method, path) = (api_request.method(), api_request.path());
+    let body = match api_request.body() {
+        Some(body) => serde_json::to_string(&body).map_err(|e| fail(format!("encode: {e}")))?,
+        None => String::new(),
     };
     let request = async {
         let mut stream = tokio::net::UnixStream::connect(sock)
@@ -602,5 +647,129 @@ pub async fn vmm_api(
             }
         }
         Err(_) => Err(fail(format!("{method} {path}: no answer within 5 s"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ec2lab_vmm_api::config::MacAddr;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            instance_id: "i-0123456789abcdef0".to_string(),
+            kernel: "/images/vmlinux".into(),
+            initrd: None,
+            cmdline: "console=ttyS0 root=/dev/vda rw".to_string(),
+            vcpus: 2,
+            memory_mib: 512,
+            root_volume: "/i/root.img".into(),
+            nets: vec![NetConfig {
+                tap: "tap0".to_string(),
+                mac: Some(MacAddr([6, 0, 0x0a, 0, 0, 5])),
+            }],
+            vsock_cid: Some(3),
+            stall_timeout: Some(Duration::from_secs(120)),
+        }
+    }
+
+    fn files() -> InstanceFiles {
+        InstanceFiles { dir: "/i".into() }
+    }
+
+    /// What `vm_config` wrote with `serde_json::json!` before the contract
+    /// crate, for `spec()`: the typed config must mean exactly this.
+    const FORMER_CONFIG: &str = r#"{
+      "api_sock": "/i/api.sock", "cmdline": "console=ttyS0 root=/dev/vda rw",
+      "disks": [{"path": "/i/root.img", "read_only": false}], "initrd": null,
+      "kernel": "/images/vmlinux", "memory_mib": 512,
+      "nets": [{"mac": "06:00:0a:00:00:05", "tap": "tap0"}], "rng": true,
+      "serial_out": "/i/console.log", "stall_timeout_secs": 120, "vcpus": 2,
+      "vsock": {"cid": 3, "uds": "/i/vsock.sock"}
+    }"#;
+
+    #[test]
+    fn the_typed_config_means_what_the_former_json_said() {
+        let former: VmConfig = serde_json::from_str(FORMER_CONFIG).expect("parses");
+        assert_eq!(vm_config(&spec(), &files()), former);
+    }
+
+    #[test]
+    fn without_a_stall_timeout_or_vsock_the_vmm_defaults_apply() {
+        let spec = VmSpec {
+            stall_timeout: None,
+            vsock_cid: None,
+            nets: Vec::new(),
+            ..spec()
+        };
+        let config = vm_config(&spec, &files());
+        let defaults = VmConfig::new(spec.kernel.clone());
+        assert_eq!(config.stall_timeout_secs, defaults.stall_timeout_secs);
+        assert_eq!(config.vsock, None);
+        assert!(config.nets.is_empty());
+    }
+
+    #[test]
+    fn a_sub_second_stall_timeout_does_not_turn_the_watchdog_off() {
+        let spec = VmSpec {
+            stall_timeout: Some(Duration::from_millis(10)),
+            ..spec()
+        };
+        assert_eq!(vm_config(&spec, &files()).stall_timeout_secs, 1);
+    }
+
+    #[test]
+    fn launch_writes_a_config_the_vmm_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // `true` stands in for the VMM: it exits at once, config unread.
+        let supervisor = Supervisor::new("true".into(), dir.path().to_path_buf());
+        let spec = spec();
+        supervisor.launch(&spec).expect("launches");
+        let files = supervisor.files(&spec.instance_id);
+        let text = std::fs::read_to_string(files.config()).expect("config written");
+        let written: VmConfig = serde_json::from_str(&text).expect("a VM config");
+        assert_eq!(written, vm_config(&spec, &files));
+        assert!(text.ends_with("}\n"), "{text}");
+    }
+
+    #[test]
+    fn exit_files_are_read_by_meaning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let supervisor = Supervisor::new("true".into(), dir.path().to_path_buf());
+        let files = supervisor.files("i-1");
+        std::fs::create_dir_all(&files.dir).expect("mkdir");
+        let cases = [
+            (ExitStatus::Poweroff, true, false, false),
+            (ExitStatus::Reboot, false, true, false),
+            (ExitStatus::ApiShutdown, false, false, true),
+            (ExitStatus::TripleFault, false, false, false),
+        ];
+        for (status, poweroff, reboot, api_shutdown) in cases {
+            let record = ExitRecord {
+                code: status.code(),
+                reason: format!("{status:?}"),
+            };
+            let text = serde_json::to_string(&record).expect("serialises");
+            std::fs::write(files.exit_file(), text).expect("write");
+            let info = supervisor.exit_info("i-1", None);
+            assert_eq!(info.status(), Some(status));
+            assert_eq!(
+                (info.is_poweroff(), info.is_reboot(), info.is_api_shutdown()),
+                (poweroff, reboot, api_shutdown),
+                "{status:?}"
+            );
+            assert_eq!(info.reason, format!("{status:?}"));
+        }
+    }
+
+    #[test]
+    fn a_vmm_that_left_no_exit_file_is_judged_by_its_wait_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let supervisor = Supervisor::new("true".into(), dir.path().to_path_buf());
+        // A raw wait status: exit status in the second byte.
+        let info = supervisor.exit_info("i-none", Some(ExitStatus::Reboot.code() << 8));
+        assert!(info.is_reboot(), "{info:?}");
+        let info = supervisor.exit_info("i-none", None);
+        assert_eq!((info.code, info.status()), (None, None));
     }
 }
