@@ -20,6 +20,7 @@ use std::time::Duration;
 use ec2lab_vmm_api::api::{ActionType, ApiRequest, VmInfo};
 use ec2lab_vmm_api::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm_api::exit::{ExitRecord, ExitStatus};
+use ec2lab_vmm_api::flags;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -291,9 +292,9 @@ impl Supervisor {
         let log_err = log.try_clone().map_err(io_error("open", &log_path))?;
         let mut command = std::process::Command::new(&self.vmm_bin);
         command
-            .arg("--config")
+            .arg(format!("--{}", flags::CONFIG))
             .arg(&path)
-            .arg("--exit-file")
+            .arg(format!("--{}", flags::EXIT_FILE))
             .arg(files.exit_file())
             .stdin(std::process::Stdio::null())
             .stdout(log)

@@ -1,13 +1,21 @@
 //! The command-line forms of the config's devices and template
 //! (`--disk PATH,ro`, `--net tap=NAME,mac=MAC`, `--vsock cid=N,uds=PATH`,
 //! `--cpu-template NAME`): `FromStr` on the same types the JSON form fills,
-//! so a flag and a JSON field cannot mean different things.
+//! so a flag and a JSON field cannot mean different things. Also the names
+//! of the two flags a supervisor passes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::config::{CpuTemplate, DiskConfig, MacAddrError, NetConfig, VsockConfig};
+
+/// `--config FILE`: boot from a JSON [`crate::config::VmConfig`] (the
+/// name as clap's `long` takes it, without the dashes).
+pub const CONFIG: &str = "config";
+/// `--exit-file FILE`: where the VMM writes its
+/// [`crate::exit::ExitRecord`] when it ends.
+pub const EXIT_FILE: &str = "exit-file";
 
 /// A device or template flag that did not parse; the message names the
 /// offending text, since it ends up as the VMM's one error line.

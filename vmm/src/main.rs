@@ -8,6 +8,7 @@ use clap::Parser;
 use ec2lab_vmm::builder;
 use ec2lab_vmm::config::{self, CpuTemplate, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm::exit::{ExitRecord, EXIT_BAD_INPUT, EXIT_VMM_ERROR};
+use ec2lab_vmm_api::flags;
 
 /// Boots a Linux kernel (ELF vmlinux with or without a PVH note, or bzImage)
 /// in a KVM virtual machine and prints its serial console.
@@ -19,7 +20,7 @@ use ec2lab_vmm::exit::{ExitRecord, EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 #[command(version, about, long_about)]
 struct Args {
     /// JSON VM config (same fields as the flags); excludes the other VM flags.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock"])]
+    #[arg(long = flags::CONFIG, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock"])]
     config: Option<PathBuf>,
     /// Kernel image.
     #[arg(long, required_unless_present = "config")]
@@ -70,7 +71,7 @@ struct Args {
     /// When the VMM ends, write {"code": N, "reason": "..."} here: how a
     /// supervisor that is not the parent (a restarted control plane)
     /// learns why an instance stopped.
-    #[arg(long)]
+    #[arg(long = flags::EXIT_FILE)]
     exit_file: Option<PathBuf>,
 }
 
