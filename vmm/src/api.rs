@@ -115,7 +115,7 @@ fn describe(vmm: &Vmm) -> serde_json::Value {
         })
         .collect();
     json!({
-        "state": vmm.state().as_str(),
+        "state": vmm.state(),
         "devices": devices,
         "config": vmm.config(),
         "cmdline": vmm.cmdline(),

@@ -40,24 +40,9 @@ const WATCHDOG_TICK: Duration = Duration::from_secs(1);
 /// How long a kicked vCPU has to record its sample.
 const SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Whether the guest runs, as the control API reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmState {
-    /// vCPUs and devices run.
-    Running,
-    /// Every vCPU and the device event thread are parked.
-    Paused,
-}
-
-impl VmState {
-    /// The name the control API uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Running => "Running",
-            VmState::Paused => "Paused",
-        }
-    }
-}
+/// Whether the guest runs (Paused: every vCPU and the device event thread
+/// are parked), as the control API reports it: the contract crate's type.
+pub use ec2lab_vmm_api::api::VmRunState as VmState;
 
 /// What the builder hands over: a VM whose memory, devices and vCPUs are
 /// ready and whose threads have not started.
