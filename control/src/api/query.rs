@@ -19,6 +19,18 @@ use super::error::Ec2Error;
 /// Parameters that every action accepts besides its own.
 const COMMON_PARAMETERS: &[&str] = &["Action", "Version"];
 
+/// A presigned URL's SigV4 parameters: authentication, not the action's, so
+/// they never reach a handler (which would call them unknown).
+const PRESIGN_PARAMETERS: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
 /// The parameters of one request, or of one member of a list of structures.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Params {
@@ -44,15 +56,28 @@ impl Params {
     /// comes first: the SDKs put everything in the body, and a hand-written
     /// `GET /?Action=…` has no body, so the order only matters for names
     /// given in both, where the URL wins.
+    ///
+    /// The URL query is percent-decoded with `+` kept a literal plus, as the
+    /// SigV4 verifier decodes it ([`super::sigv4`]): were `+` a space here,
+    /// `a+b` and `a%2Bb` would sign alike and mean different things. The
+    /// presigned-URL authentication parameters are left out.
     pub fn from_request(query: Option<&str>, body: &[u8]) -> Self {
         let from_query = query
-            .map(|q| form_urlencoded::parse(q.as_bytes()))
-            .into_iter()
-            .flatten();
-        let pairs = from_query
-            .chain(form_urlencoded::parse(body))
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let decode = |text: &str| {
+                    percent_encoding::percent_decode_str(text)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                (decode(key), decode(value))
+            })
+            .filter(|(key, _)| !PRESIGN_PARAMETERS.contains(&key.as_str()));
+        let from_body = form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned()));
+        let pairs = from_query.chain(from_body).collect();
         Self {
             pairs,
             path: String::new(),
@@ -259,6 +284,23 @@ fn strip_member_prefix<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
 
 #[cfg(test)]
 mod tests {
+    /// In the URL, `+` is a plus (as signed) and `%20` a space; presigned
+    /// authentication parameters are not the action's; the body keeps form
+    /// rules (its bytes are signed whole).
+    #[test]
+    fn the_url_query_decodes_as_it_is_signed_and_drops_presign_parameters() {
+        let params = super::Params::from_request(
+            Some("Action=CreateTags&Tag.1.Value=a+b%2Bc%20d&X-Amz-Signature=00&X-Amz-Date=1"),
+            b"Tag.1.Key=x+y",
+        );
+        assert_eq!(params.optional("Tag.1.Value"), Some("a+b+c d"));
+        assert_eq!(params.optional("Tag.1.Key"), Some("x y"));
+        assert_eq!(params.optional("X-Amz-Signature"), None);
+        params
+            .reject_unknown(&["Tag"])
+            .expect("presign parameters are not unknown");
+    }
+
     use super::*;
 
     fn params(body: &str) -> Params {

@@ -149,7 +149,7 @@ async fn process(
         Err(err) => return ("-".to_owned(), Err(err)),
     };
     let params = Params::from_request(parts.uri.query(), &body);
-    let action = params.optional("Action").unwrap_or("-").to_owned();
+    let action = loggable_action(params.optional("Action").unwrap_or("-"));
     let signed = SignedRequest {
         method: &parts.method,
         uri: &parts.uri,
@@ -182,6 +182,24 @@ async fn process(
     (action, result)
 }
 
+/// The `Action` parameter as it may appear in the log and in the
+/// (unauthenticated) path up to the handler: action names are short
+/// alphanumeric words, so anything else (newlines that would forge log
+/// lines, a megabyte of text) is cut to 64 characters and escaped. A name
+/// changed here matches no action and is answered `InvalidAction`.
+fn loggable_action(action: &str) -> String {
+    const MAX: usize = 64;
+    if action.len() <= MAX
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return action.to_owned();
+    }
+    let head: String = action.chars().take(MAX).collect();
+    format!("{:?}", head)
+}
+
 /// Reads the whole body within `timeout`, refusing more than
 /// [`MAX_BODY_BYTES`] whether or not the client declared a length.
 async fn read_body(body: Body, timeout: Duration) -> Result<axum::body::Bytes, Ec2Error> {
@@ -209,4 +227,18 @@ async fn read_body(body: Body, timeout: Duration) -> Result<axum::body::Bytes, E
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_action_cannot_forge_log_lines_or_flood_the_log() {
+        assert_eq!(
+            super::loggable_action("DescribeInstances"),
+            "DescribeInstances"
+        );
+        let forged = super::loggable_action("X\n0000 DescribeRegions 200");
+        assert!(!forged.contains('\n'), "{forged}");
+        assert!(super::loggable_action(&"A".repeat(1 << 20)).len() < 80);
+    }
 }
