@@ -96,6 +96,13 @@ impl CheckinListeners {
             source,
         };
         let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(listen_error)?;
+        // Only the lab (and the VMM it starts, as the same user) may check
+        // in: whatever the umask, another user must not forge a check-in.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(listen_error)?;
+        }
         std_listener.set_nonblocking(true).map_err(listen_error)?;
         let listener = {
             let _entered = runtime.enter();
@@ -259,6 +266,11 @@ mod tests {
         listeners
             .listen(&rt, "i-0123456789abcdef0", &path, sink.clone())
             .expect("listen");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the socket is the lab's alone");
+        }
         // A second listen for the same instance keeps the first listener.
         listeners
             .listen(&rt, "i-0123456789abcdef0", &path, sink)

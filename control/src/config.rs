@@ -128,9 +128,15 @@ impl Credentials {
 
     /// Reads the credentials, creating the data directory and new
     /// credentials first if there are none (what `ec2lab init` does).
+    ///
+    /// The data directory is made (or made again) private, 0700: it holds
+    /// user data, private keys and the database.
     pub fn load_or_create(data_dir: &Path, region: &str) -> Result<(Self, bool), ConfigError> {
         match Self::load(data_dir) {
-            Ok(c) => return Ok((c, false)),
+            Ok(c) => {
+                make_private(data_dir)?;
+                return Ok((c, false));
+            }
             Err(ConfigError::NotInitialised(_)) => {}
             Err(e) => return Err(e),
         }
@@ -139,6 +145,7 @@ impl Credentials {
             path: data_dir.to_path_buf(),
             source,
         })?;
+        make_private(data_dir)?;
         let creds = Self::generate(region);
         let path = Self::path(data_dir);
         let text = serde_json::to_string_pretty(&creds).unwrap_or_default();
@@ -167,9 +174,40 @@ impl Credentials {
     }
 }
 
+/// Sets `dir` to 0700, whatever the umask made it or an older ec2lab left.
+fn make_private(dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        ConfigError::Io {
+            what: "chmod",
+            path: dir.to_path_buf(),
+            source,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_directory_is_private_even_when_it_was_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().expect("tempdir");
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        Credentials::load_or_create(&dir, "us-east-1").expect("create");
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Credentials::load_or_create(&dir, "us-east-1").expect("load");
+        assert_eq!(
+            mode(&dir),
+            0o700,
+            "an existing directory is made private again"
+        );
+    }
 
     #[test]
     fn generated_credentials_look_like_aws_ones_and_persist() {

@@ -121,6 +121,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything the lab writes (database, user data, keys, root volumes,
+    // sockets, and what the VMMs it starts write) is the lab's alone.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("EC2LAB_LOG", "info"))
         .format_timestamp_millis()
         .init();

@@ -245,6 +245,12 @@ impl Supervisor {
                 .arg(&volume),
             &volume,
         )?;
+        // The volume holds the instance's data, whatever the image's mode.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_error("chmod", &volume))?;
+        }
         let current = std::fs::metadata(&volume)
             .map_err(io_error("stat", &volume))?
             .len();
@@ -731,6 +737,22 @@ mod tests {
         let written: VmConfig = serde_json::from_str(&text).expect("a VM config");
         assert_eq!(written, vm_config(&spec, &files));
         assert!(text.ends_with("}\n"), "{text}");
+    }
+
+    #[test]
+    fn a_root_volume_is_private_whatever_the_image_s_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("image.raw");
+        std::fs::write(&image, vec![0u8; 4096]).expect("image");
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let supervisor = Supervisor::new("true".into(), dir.path().join("instances"));
+        let volume = supervisor
+            .prepare_root_volume("i-1", &image, 8192)
+            .expect("prepared");
+        let meta = std::fs::metadata(&volume).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 8192, "grown to the volume size");
     }
 
     #[test]

@@ -86,3 +86,25 @@ fn records_need_an_instance_and_go_with_it() {
     );
     assert_eq!(db.checkin_record(&id).expect("read"), None);
 }
+
+/// The database holds user data and key material: it and its WAL are
+/// private whoever created them and whatever the umask was.
+#[test]
+fn the_database_and_its_wal_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ec2lab.db");
+    std::fs::write(&path, b"").expect("create");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let db = Db::open(&path).expect("open");
+    db.bulk_insert_for_bench(1, now()).expect("insert");
+    drop(db);
+    let db = Db::open(&path).expect("reopen");
+    for name in ["ec2lab.db", "ec2lab.db-wal", "ec2lab.db-shm"] {
+        let file = dir.path().join(name);
+        if let Ok(meta) = std::fs::metadata(&file) {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+    }
+    drop(db);
+}

@@ -243,6 +243,12 @@ pub enum DbError {
     SchemaTooNew { found: u32, known: u32 },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file could not be made private (0600).
+    #[error("cannot make {path:?} private: {source}")]
+    Private {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The repository. Cheap to share behind an `Arc`.
@@ -256,10 +262,14 @@ impl Db {
     /// WAL lets readers in other processes (the CLI) read while the daemon
     /// writes; `synchronous=NORMAL` in WAL mode loses nothing when the daemon
     /// is killed, only possibly the last commits on power loss.
+    ///
+    /// The file and its WAL and shared-memory companions are made 0600:
+    /// they hold user data and key material, whoever created them.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        make_private(path)?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         Db::with_connection(conn)
     }
@@ -427,6 +437,26 @@ fn from_ms(ms: i64) -> Result<OffsetDateTime, DbError> {
 pub fn truncate_ms(t: OffsetDateTime) -> OffsetDateTime {
     let ms = to_ms(t);
     from_ms(ms).unwrap_or(t)
+}
+
+/// Sets the database file and its `-wal`/`-shm` companions (those that
+/// exist) to 0600.
+fn make_private(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut companions = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        companions.push(name.into());
+    }
+    for file in companions {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DbError::Private { path: file, source }),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
