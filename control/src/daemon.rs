@@ -31,12 +31,12 @@ pub enum DaemonError {
         source: crate::db::DbError,
     },
     /// The images.
-    #[error("images in {dir}: {detail}")]
+    #[error("images in {dir}: {source}")]
     Images {
         /// The directory.
         dir: PathBuf,
         /// What is wrong.
-        detail: String,
+        source: crate::images::CatalogError,
     },
     /// The listening socket.
     #[error("cannot listen on {addr}: {source}")]
@@ -48,7 +48,7 @@ pub enum DaemonError {
     },
     /// Reconciling with the running VMMs.
     #[error("reconciling instances: {0}")]
-    Reconcile(String),
+    Reconcile(#[from] crate::lifecycle::LabError),
 }
 
 /// What `ec2lab serve` needs.
@@ -146,15 +146,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             "{n} images registered from {}",
             options.images_dir.display()
         ),
-        Err(detail) => {
+        Err(source) => {
             return Err(DaemonError::Images {
                 dir: options.images_dir.clone(),
-                detail,
+                source,
             })
         }
     }
-    lab.reconcile()
-        .map_err(|e| DaemonError::Reconcile(e.to_string()))?;
+    lab.reconcile()?;
     let collector = lab.clone();
     tokio::spawn(async move {
         loop {
@@ -174,10 +173,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         credentials.region,
         options.data_dir.display()
     );
-    let app = AppState {
-        region: credentials.region.clone(),
-        lab: Some(lab.clone()),
-    };
+    let app = AppState::new(credentials.region.clone(), lab.clone());
     let state = ApiState::new(app, SigV4Auth { credentials });
     let shutdown = async {
         let mut term =

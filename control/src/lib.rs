@@ -12,6 +12,8 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod images;
+pub mod instances;
 pub mod keypairs;
 pub mod lifecycle;
 pub mod model;

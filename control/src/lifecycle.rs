@@ -18,12 +18,11 @@ use time::OffsetDateTime;
 
 use crate::checkin::{self, CheckIn, CheckinListeners};
 use crate::db::{Db, DbError};
-use crate::model::ids::{self, IdKind};
 use crate::model::instance_types::{self, CapacityPolicy, HostResources};
 use crate::model::state::{self, Event, InstanceState, VmmExit};
 use crate::model::status::{CheckinRecord, InstanceHealth};
-use crate::model::{Image, ImageKind, ImageState, Instance, VmmHandle};
-use crate::supervisor::{ExitInfo, Supervisor, VmProcess, VmSpec};
+use crate::model::{Instance, VmmHandle};
+use crate::supervisor::{ExitInfo, Supervisor, SupervisorError, VmProcess, VmSpec};
 
 /// Errors of lifecycle operations, beyond the repository's.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +33,53 @@ pub enum LabError {
     /// The state machine refused.
     #[error(transparent)]
     Transition(#[from] state::TransitionError),
-    /// DisableApiTermination is set.
-    #[error("The instance '{0}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.")]
-    TerminationProtected(String),
-    /// Booting failed before the VMM ran.
-    #[error("{0}")]
-    Boot(String),
+    /// Booting failed before the VMM ran (boxed: the image errors it
+    /// carries are large, and every lifecycle result would pay for them).
+    #[error(transparent)]
+    Boot(Box<BootError>),
+}
+
+impl From<BootError> for LabError {
+    fn from(e: BootError) -> Self {
+        Self::Boot(Box::new(e))
+    }
+}
+
+/// Why an instance could not be booted: its image's files, its type, or
+/// the host. Only the log and the instance's state reason see these.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The machine image's manifest or files.
+    #[error("image {image_id}: {source}")]
+    Image {
+        /// The `ami-` id.
+        image_id: String,
+        /// What is wrong with it.
+        source: ec2lab_images::ImageError,
+    },
+    /// Neither the instance nor its image names a kernel.
+    #[error("image {0} names no kernel")]
+    NoKernel(String),
+    /// The kernel image's manifest or files.
+    #[error("kernel {kernel_id}: {source}")]
+    Kernel {
+        /// The `aki-` id.
+        kernel_id: String,
+        /// What is wrong with it.
+        source: ec2lab_images::ImageError,
+    },
+    /// The machine image has no root volume to copy.
+    #[error("image {0} has no root volume")]
+    NoRootVolume(String),
+    /// The instance's type is not in the table (a record older than it).
+    #[error("unknown instance type {0}")]
+    UnknownInstanceType(String),
+    /// Preparing the volume or starting the VMM.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The task preparing the root volume panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// The instance types' needs against the host.
@@ -165,7 +205,7 @@ impl Lab {
         })
     }
 
-    fn now() -> OffsetDateTime {
+    pub(crate) fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
 
@@ -183,80 +223,6 @@ impl Lab {
                 Err(DbError::StateConflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
-        }
-    }
-
-    /// Registers every image under the images directory (idempotent):
-    /// kernels as `aki-`, machine images as `ami-` with their kernel.
-    pub fn register_catalog(&self) -> Result<usize, String> {
-        let catalog = ec2lab_images::Catalog::scan(&self.images_dir).map_err(|e| e.to_string())?;
-        let mut n = 0;
-        for k in &catalog.kernels {
-            let m = &k.manifest;
-            let id = ids::content_id(IdKind::Kernel, &m.name, &m.kernel.sha256);
-            self.register(Image {
-                id,
-                name: m.name.clone(),
-                kind: ImageKind::Kernel,
-                dir: k.dir.clone(),
-                description: Some(m.description.clone()),
-                architecture: m.architecture.clone(),
-                kernel_id: None,
-                boot_mode: None,
-                default_user: None,
-                root_size_gib: None,
-                digest: m.kernel.sha256.clone(),
-                owner_id: crate::model::DEFAULT_OWNER_ID.to_string(),
-                state: ImageState::Available,
-                created: crate::model::parse_timestamp(&m.created).unwrap_or_else(Self::now),
-                deregistered: None,
-                tags: Default::default(),
-            })?;
-            n += 1;
-        }
-        for a in &catalog.machines {
-            let m = &a.manifest;
-            let Some(kernel) = catalog.kernel(&m.kernel) else {
-                continue;
-            };
-            let digest = a.root().map(|r| r.sha256.clone()).unwrap_or_default();
-            let size = a.root().map_or(0, |r| r.size_bytes);
-            self.register(Image {
-                id: ids::content_id(IdKind::Image, &m.name, &digest),
-                name: m.name.clone(),
-                kind: ImageKind::Machine,
-                dir: a.dir.clone(),
-                description: Some(m.description.clone()),
-                architecture: m.architecture.clone(),
-                kernel_id: Some(ids::content_id(
-                    IdKind::Kernel,
-                    &kernel.manifest.name,
-                    &kernel.manifest.kernel.sha256,
-                )),
-                boot_mode: None,
-                default_user: Some(m.default_user.clone()),
-                root_size_gib: Some(size.div_ceil(1 << 30).max(1) as u32),
-                digest,
-                owner_id: crate::model::DEFAULT_OWNER_ID.to_string(),
-                state: ImageState::Available,
-                created: crate::model::parse_timestamp(&m.created).unwrap_or_else(Self::now),
-                deregistered: None,
-                tags: Default::default(),
-            })?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    fn register(&self, image: Image) -> Result<(), String> {
-        match self.db.get_image(&image.id) {
-            Ok(existing) if existing.state == ImageState::Available => Ok(()),
-            _ => match self.db.register_image(&image) {
-                Ok(()) => Ok(()),
-                // Another build of the same name is registered: keep it.
-                Err(DbError::Duplicate { .. }) => Ok(()),
-                Err(e) => Err(format!("registering {}: {e}", image.name)),
-            },
         }
     }
 
@@ -306,19 +272,25 @@ impl Lab {
     /// The kernel, root image, command line and initrd an instance boots.
     fn image_paths(&self, instance: &Instance) -> Result<BootFiles, LabError> {
         let image = self.db.get_image(&instance.image_id)?;
-        let ami = ec2lab_images::MachineImage::open(&image.dir)
-            .map_err(|e| LabError::Boot(format!("image {}: {e}", image.id)))?;
+        let ami =
+            ec2lab_images::MachineImage::open(&image.dir).map_err(|source| BootError::Image {
+                image_id: image.id.clone(),
+                source,
+            })?;
         let kernel_id = instance
             .kernel_id
             .clone()
             .or(image.kernel_id.clone())
-            .ok_or_else(|| LabError::Boot(format!("image {} names no kernel", image.id)))?;
+            .ok_or_else(|| BootError::NoKernel(image.id.clone()))?;
         let kernel = self.db.get_image(&kernel_id)?;
-        let aki = ec2lab_images::KernelImage::open(&kernel.dir)
-            .map_err(|e| LabError::Boot(format!("kernel {kernel_id}: {e}")))?;
+        let aki =
+            ec2lab_images::KernelImage::open(&kernel.dir).map_err(|source| BootError::Kernel {
+                kernel_id: kernel_id.clone(),
+                source,
+            })?;
         let root = ami
             .root_path()
-            .ok_or_else(|| LabError::Boot(format!("image {} has no root volume", image.id)))?;
+            .ok_or_else(|| BootError::NoRootVolume(image.id.clone()))?;
         Ok(BootFiles {
             kernel: aki.kernel_path(),
             root,
@@ -340,8 +312,8 @@ impl Lab {
             let (id2, src) = (id.to_string(), boot_files.root.clone());
             tokio::task::spawn_blocking(move || sup.prepare_root_volume(&id2, &src, size))
                 .await
-                .map_err(|e| LabError::Boot(e.to_string()))?
-                .map_err(|e| LabError::Boot(e.to_string()))?;
+                .map_err(BootError::from)?
+                .map_err(BootError::from)?;
         }
         // Preparing the volume takes a while: a termination meanwhile has
         // already cleaned up, and must not be followed by a VMM.
@@ -391,9 +363,8 @@ impl Lab {
         boot_files: BootFiles,
     ) -> Result<VmProcess, LabError> {
         let id = instance.id.as_str();
-        let itype = instance_types::lookup(&instance.instance_type).ok_or_else(|| {
-            LabError::Boot(format!("unknown instance type {}", instance.instance_type))
-        })?;
+        let itype = instance_types::lookup(&instance.instance_type)
+            .ok_or_else(|| BootError::UnknownInstanceType(instance.instance_type.clone()))?;
         let spec = VmSpec {
             instance_id: id.to_string(),
             kernel: boot_files.kernel,
@@ -415,7 +386,7 @@ impl Lab {
         let process = self.supervisor.launch(&spec).map_err(|e| {
             // No VMM, so no guest to check in: leave no socket behind.
             self.close_checkins(id);
-            LabError::Boot(e.to_string())
+            BootError::from(e)
         })?;
         self.record_vmm(id, process)?;
         self.watch(id.to_string(), process);
@@ -666,6 +637,19 @@ impl Lab {
         self.spawn_shutdown(id, graceful);
     }
 
+    /// TerminateInstances' side effect for an instance just moved to
+    /// shutting-down: its VMM ends, after a grace that depends on whether
+    /// the root volume outlives it.
+    pub(crate) fn spawn_terminate(self: &Arc<Self>, instance: &Instance) {
+        // A volume about to be deleted needs no clean file system.
+        let graceful = if instance.root_volume.delete_on_termination {
+            TERMINATE_GRACE
+        } else {
+            self.stop_timeout
+        };
+        self.spawn_shutdown(&instance.id, graceful);
+    }
+
     /// Ends the instance's VMM, giving the guest `graceful` to power off.
     fn spawn_shutdown(self: &Arc<Self>, id: &str, graceful: Duration) {
         let Ok(instance) = self.db.get_instance(id) else {
@@ -688,28 +672,10 @@ impl Lab {
         }
     }
 
-    /// TerminateInstances for one instance.
-    pub fn terminate(self: &Arc<Self>, id: &str) -> Result<(Instance, Instance), LabError> {
-        let instance = self.db.get_instance(id)?;
-        if instance.disable_api_termination && instance.state != InstanceState::Terminated {
-            return Err(LabError::TerminationProtected(id.to_string()));
-        }
-        let (before, after) = self.apply(id, &Event::TerminateRequested)?;
-        if before.state != after.state {
-            // A volume about to be deleted needs no clean file system.
-            let graceful = if instance.root_volume.delete_on_termination {
-                TERMINATE_GRACE
-            } else {
-                self.stop_timeout
-            };
-            self.spawn_shutdown(id, graceful);
-        }
-        Ok((before, after))
-    }
-
-    /// RebootInstances for one instance.
-    pub fn reboot(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
-        self.apply(id, &Event::RebootRequested)?;
+    /// RebootInstances' side effect (the state machine has agreed): the
+    /// VMM is stopped and, seen as a reboot by [`Lab::on_exit`], started
+    /// again on the same volume. Without a live VMM there is nothing to do.
+    pub(crate) fn spawn_reboot(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
         let instance = self.db.get_instance(id)?;
         if let Some(process) = self.live_process(&instance) {
             // The guest is going down now: its check-in is stale from here,

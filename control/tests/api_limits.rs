@@ -4,6 +4,8 @@
 //! shutdown waits for a stuck client only for its grace period.
 //! Everything runs on loopback against the real server with short limits.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -35,7 +37,8 @@ fn start(
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
-    let state = ApiState::new(AppState::default(), AcceptAnySignature);
+    let app = AppState::new("us-east-1", common::guestless_lab(runtime.handle()));
+    let state = ApiState::new(app, AcceptAnySignature);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = runtime.spawn(listener::serve(listener, state, limits, async {
         let _ = stopped.await;

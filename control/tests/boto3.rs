@@ -96,7 +96,8 @@ fn boto3_and_the_aws_cli_parse_every_response_and_error() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind loopback");
     let endpoint = format!("http://{}", listener.local_addr().expect("local addr"));
-    let state = ApiState::new(AppState::default(), AcceptAnySignature);
+    let app = AppState::new("us-east-1", common::guestless_lab(runtime.handle()));
+    let state = ApiState::new(app, AcceptAnySignature);
     runtime.spawn(server::serve(listener, state));
 
     let output = Command::new(&python)

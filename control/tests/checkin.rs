@@ -133,10 +133,7 @@ fn a_silent_guest_is_impaired_after_the_timeout_and_a_checked_in_one_is_ok() {
         },
     );
     lab.register_catalog().expect("catalog");
-    let state = AppState {
-        region: "us-east-1".to_string(),
-        lab: Some(lab.clone()),
-    };
+    let state = AppState::new("us-east-1", lab.clone());
     let images = call(&state, "DescribeImages", &[("Owner.1", "self")]);
     let ami = format!("ami-{}", between(&images, "<imageId>ami-", "</imageId>"));
 

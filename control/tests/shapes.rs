@@ -9,7 +9,10 @@ use ec2lab_control::api::query::Params;
 use ec2lab_control::api::xml::{self, XmlNode};
 
 fn run(action: &str, pairs: &[(&str, &str)]) -> String {
-    let state = AppState::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let state = AppState::new("us-east-1", common::guestless_lab(runtime.handle()));
     let ctx = Ctx {
         region: &state.region,
         request_id: "00000000-0000-4000-8000-000000000000",
@@ -116,10 +119,7 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
     let mut s = Scenario {
         _dir: dir,
         _runtime: runtime,
-        state: AppState {
-            region: "us-east-1".to_string(),
-            lab: Some(lab),
-        },
+        state: AppState::new("us-east-1", lab),
         model,
         ran: Default::default(),
     };

@@ -4,21 +4,36 @@
 //! Clients match on the code string (`InvalidInstanceID.NotFound`), so codes
 //! are spelled exactly as EC2 spells them; messages follow EC2's wording
 //! where it is well known, because scripts sometimes grep them too.
+//!
+//! The domain's errors (repository, lifecycle, instance operations) become
+//! EC2 errors here and nowhere else, through `From`, so a handler only
+//! writes `?` and every action answers one domain failure the same way.
 
 use std::borrow::Cow;
 
 use axum::http::StatusCode;
 
 use super::xml;
+use crate::db::DbError;
+use crate::instances::InstanceError;
+use crate::lifecycle::LabError;
+use crate::model::ids::IdKind;
 
 /// An error as EC2 reports it. Rendered by [`Ec2Error::to_xml`]; botocore's
 /// `EC2QueryParser` reads `Errors/Error/Code`, `Message` and `RequestID`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{code}: {message}{}", detail_suffix(.detail.as_deref()))]
 pub struct Ec2Error {
     code: Cow<'static, str>,
     message: String,
     status: StatusCode,
+    /// What really failed behind an `InternalError`: shown in the server's
+    /// log line (which carries the request id), never sent to the client.
+    detail: Option<String>,
+}
+
+fn detail_suffix(detail: Option<&str>) -> String {
+    detail.map(|d| format!(" ({d})")).unwrap_or_default()
 }
 
 impl Ec2Error {
@@ -33,6 +48,7 @@ impl Ec2Error {
             code: code.into(),
             message: message.into(),
             status,
+            detail: None,
         }
     }
 
@@ -49,6 +65,11 @@ impl Ec2Error {
     /// The HTTP status the error is sent with.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// What failed behind an `InternalError`, for the log only.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
     }
 
     /// The EC2 error document (note `RequestID`, not `requestId` as in
@@ -142,6 +163,15 @@ impl Ec2Error {
             "InternalError",
             "An internal error has occurred.",
         )
+    }
+
+    /// [`Ec2Error::internal_error`] for a domain failure: the client sees
+    /// the same answer, the server's log line says what failed.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self {
+            detail: Some(detail.to_string()),
+            ..Self::internal_error()
+        }
     }
 
     // --- Parameters ------------------------------------------------------
@@ -257,6 +287,81 @@ impl Ec2Error {
             "InsufficientInstanceCapacity",
             format!("We currently do not have sufficient {instance_type} capacity on this host."),
         )
+    }
+}
+
+/// The repository's errors as EC2 reports them.
+impl From<DbError> for Ec2Error {
+    fn from(e: DbError) -> Self {
+        let bad = |code: &'static str, message: String| Self::bad_request(code, message);
+        match &e {
+            DbError::NotFound { kind, ids } => {
+                let ids = ids.join(", ");
+                let message = match kind {
+                    IdKind::Instance => format!("The instance IDs '{ids}' do not exist"),
+                    IdKind::Image | IdKind::Kernel => {
+                        format!("The image id '[{ids}]' does not exist")
+                    }
+                    IdKind::KeyPair => format!("The key pair '{ids}' does not exist"),
+                    IdKind::Vpc => format!("The vpc ID '{ids}' does not exist"),
+                    IdKind::Subnet => format!("The subnet ID '{ids}' does not exist"),
+                    IdKind::SecurityGroup => format!("The security group '{ids}' does not exist"),
+                    IdKind::NetworkInterface => {
+                        format!("The networkInterface ID '{ids}' does not exist")
+                    }
+                    _ => e.to_string(),
+                };
+                bad(kind.not_found_code(), message)
+            }
+            DbError::Duplicate { kind, name } => match kind {
+                IdKind::KeyPair => Self::key_pair_duplicate(name),
+                IdKind::Image | IdKind::Kernel => bad(
+                    "InvalidAMIName.Duplicate",
+                    format!("AMI name {name} is already in use by AMI"),
+                ),
+                _ => bad("InvalidParameterValue", e.to_string()),
+            },
+            DbError::IncorrectState { .. } | DbError::StateConflict { .. } => {
+                bad("IncorrectInstanceState", e.to_string())
+            }
+            DbError::Conflict { .. } => bad("InvalidParameterValue", e.to_string()),
+            DbError::InvalidId(id) => bad("InvalidID", format!("The ID '{id}' is not valid")),
+            DbError::InvalidQuery(f) => bad(f.code(), f.to_string()),
+            DbError::Ipam(i) => bad(i.code(), i.to_string()),
+            _ => Self::internal(e),
+        }
+    }
+}
+
+/// The lifecycle's errors: a refused transition is the client's mistake, a
+/// failed boot is the host's.
+impl From<LabError> for Ec2Error {
+    fn from(e: LabError) -> Self {
+        match e {
+            LabError::Db(e) => e.into(),
+            LabError::Transition(t) => Self::bad_request(t.code(), t.to_string()),
+            LabError::Boot(_) => Self::internal(e),
+        }
+    }
+}
+
+/// The instance operations' rules, each with the code EC2 gives it.
+impl From<InstanceError> for Ec2Error {
+    fn from(e: InstanceError) -> Self {
+        match e {
+            InstanceError::Lab(e) => e.into(),
+            InstanceError::Db(e) => e.into(),
+            InstanceError::TerminationProtected(_) => Self::operation_not_permitted(e.to_string()),
+            InstanceError::ImageNotFound(id) => Self::image_not_found(&id),
+            InstanceError::InvalidAvailabilityZone(_)
+            | InstanceError::SubnetInAnotherZone { .. } => {
+                Self::invalid_parameter_value(e.to_string())
+            }
+            InstanceError::AddressForMany => Self::invalid_parameter_combination(e.to_string()),
+            InstanceError::InsufficientCapacity(instance_type) => {
+                Self::insufficient_instance_capacity(&instance_type)
+            }
+        }
     }
 }
 

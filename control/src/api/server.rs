@@ -120,7 +120,11 @@ async fn handle(State(state): State<ApiState>, request: Request) -> Response {
             xml::render_response(&action, &request_id, &members),
         ),
         Err(err) => {
-            if err.status().is_server_error() {
+            // An internal error's detail is logged here, with the request
+            // id, and nowhere else.
+            if err.detail().is_some() {
+                log::error!("{request_id} {action}: {err}");
+            } else if err.status().is_server_error() {
                 log::warn!("{request_id} {action}: {err}");
             }
             (err.status(), err.to_xml(&request_id))

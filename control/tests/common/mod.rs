@@ -400,6 +400,24 @@ pub const CASES: &[(&str, &[(&str, &str)])] = &[
     ("DescribeInstanceTypes", &[("MaxResults", "5")]),
 ];
 
+/// A lab that can start no guest (in-memory database, no VMM binary, no
+/// images) for the protocol-level tests, whose actions never reach it.
+pub fn guestless_lab(
+    runtime: &tokio::runtime::Handle,
+) -> std::sync::Arc<ec2lab_control::lifecycle::Lab> {
+    let nowhere = Path::new("/nonexistent");
+    ec2lab_control::lifecycle::Lab::new(
+        ec2lab_control::db::Db::open_in_memory().expect("in-memory db"),
+        ec2lab_control::supervisor::Supervisor::new(nowhere.join("vmm"), nowhere.join("instances")),
+        nowhere.join("images"),
+        runtime.clone(),
+        ec2lab_control::lifecycle::HealthChecks {
+            checkin_timeout: ec2lab_control::model::status::DEFAULT_CHECKIN_TIMEOUT,
+            stall_timeout: None,
+        },
+    )
+}
+
 /// An images directory under `dir/images` with a kernel `k` and a machine
 /// image `lab-minimal` whose files are a few bytes: enough to register,
 /// launch and describe, not to boot.

@@ -1,30 +1,18 @@
-//! What the resource actions share: the lab from the context, request
-//! filters and pages in the model's terms, id checks, and EC2 error codes
-//! for the domain's errors.
+//! What the resource actions share: request filters and pages in the
+//! model's terms, id checks, timestamps and tag sets. (The domain's errors
+//! become EC2 errors in `api::error`.)
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::http::StatusCode;
 use time::OffsetDateTime;
 
-use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
-use crate::db::DbError;
-use crate::lifecycle::{Lab, LabError};
 use crate::model::filter::{Filter, PageRequest};
 use crate::model::ids::{self, IdKind};
 use crate::model::Tags;
-
-/// The lab behind the API (absent only in protocol-level tests).
-pub fn lab(ctx: &Ctx<'_>) -> Result<Arc<Lab>, Ec2Error> {
-    ctx.state.lab.clone().ok_or_else(|| {
-        log::error!("{}: no lab behind the API", ctx.request_id);
-        Ec2Error::internal_error()
-    })
-}
 
 /// `Filter.N.Name` / `Filter.N.Value.M` as model filters; the repository
 /// checks the names for the resource.
@@ -79,66 +67,6 @@ pub fn check_ids(kind: IdKind, list: &[&str]) -> Result<Vec<String>, Ec2Error> {
                 .map_err(|e| Ec2Error::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))
         })
         .collect()
-}
-
-/// The EC2 error for a repository error.
-pub fn db_error(ctx: &Ctx<'_>, e: DbError) -> Ec2Error {
-    let bad =
-        |code: &'static str, message: String| Ec2Error::new(StatusCode::BAD_REQUEST, code, message);
-    match &e {
-        DbError::NotFound { kind, ids } => {
-            let message = match kind {
-                IdKind::Instance => format!("The instance IDs '{}' do not exist", ids.join(", ")),
-                IdKind::Image | IdKind::Kernel => {
-                    format!("The image id '[{}]' does not exist", ids.join(", "))
-                }
-                IdKind::KeyPair => format!("The key pair '{}' does not exist", ids.join(", ")),
-                IdKind::Vpc => format!("The vpc ID '{}' does not exist", ids.join(", ")),
-                IdKind::Subnet => format!("The subnet ID '{}' does not exist", ids.join(", ")),
-                IdKind::SecurityGroup => {
-                    format!("The security group '{}' does not exist", ids.join(", "))
-                }
-                IdKind::NetworkInterface => format!(
-                    "The networkInterface ID '{}' does not exist",
-                    ids.join(", ")
-                ),
-                _ => e.to_string(),
-            };
-            bad(kind.not_found_code(), message)
-        }
-        DbError::Duplicate { kind, name } => match kind {
-            IdKind::KeyPair => Ec2Error::key_pair_duplicate(name),
-            IdKind::Image | IdKind::Kernel => bad(
-                "InvalidAMIName.Duplicate",
-                format!("AMI name {name} is already in use by AMI"),
-            ),
-            _ => bad("InvalidParameterValue", e.to_string()),
-        },
-        DbError::IncorrectState { .. } | DbError::StateConflict { .. } => {
-            bad("IncorrectInstanceState", e.to_string())
-        }
-        DbError::Conflict { .. } => bad("InvalidParameterValue", e.to_string()),
-        DbError::InvalidId(id) => bad("InvalidID", format!("The ID '{id}' is not valid")),
-        DbError::InvalidQuery(f) => bad(f.code(), f.to_string()),
-        DbError::Ipam(i) => bad(i.code(), i.to_string()),
-        _ => {
-            log::error!("{}: {e}", ctx.request_id);
-            Ec2Error::internal_error()
-        }
-    }
-}
-
-/// The EC2 error for a lifecycle error.
-pub fn lab_error(ctx: &Ctx<'_>, e: LabError) -> Ec2Error {
-    match e {
-        LabError::Db(e) => db_error(ctx, e),
-        LabError::Transition(t) => Ec2Error::new(StatusCode::BAD_REQUEST, t.code(), t.to_string()),
-        LabError::TerminationProtected(_) => Ec2Error::operation_not_permitted(e.to_string()),
-        LabError::Boot(detail) => {
-            log::error!("{}: {detail}", ctx.request_id);
-            Ec2Error::internal_error()
-        }
-    }
 }
 
 /// `tagSet`.

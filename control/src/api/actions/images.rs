@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::common::{check_ids, db_error, filters, lab, page, system_time_secs, tag_set};
+use super::common::{check_ids, filters, page, system_time_secs, tag_set};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -115,15 +115,12 @@ pub fn describe_images(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
             values,
         });
     }
-    let lab = lab(ctx)?;
-    let found = lab
-        .db
-        .list_images(&ImageQuery {
-            image_ids,
-            filters,
-            page: page(params)?,
-        })
-        .map_err(|e| db_error(ctx, e))?;
+    let lab = ctx.lab();
+    let found = lab.db.list_images(&ImageQuery {
+        image_ids,
+        filters,
+        page: page(params)?,
+    })?;
     let visible = found
         .items
         .iter()
@@ -157,7 +154,7 @@ pub fn register_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
     let dir = PathBuf::from(location);
     let ami = ec2lab_images::MachineImage::open_with(&dir, ec2lab_images::Verify::Digest)
         .map_err(|e| Ec2Error::invalid_parameter_value(e.to_string()))?;
-    let lab = lab(ctx)?;
+    let lab = ctx.lab();
     let name = params
         .optional("Name")
         .unwrap_or(&ami.manifest.name)
@@ -173,7 +170,7 @@ pub fn register_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
         }
     };
     if let Some(k) = &kernel_id {
-        lab.db.get_image(k).map_err(|e| db_error(ctx, e))?;
+        lab.db.get_image(k)?;
     }
     let digest = ami.root().map(|r| r.sha256.clone()).unwrap_or_default();
     let image = Image {
@@ -199,9 +196,7 @@ pub fn register_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
         deregistered: None,
         tags: Default::default(),
     };
-    lab.db
-        .register_image(&image)
-        .map_err(|e| db_error(ctx, e))?;
+    lab.db.register_image(&image)?;
     Ok(vec![XmlNode::text("imageId", image.id)])
 }
 
@@ -210,10 +205,9 @@ pub fn deregister_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, 
     params.reject_unknown(&["ImageId", "DryRun", "DeleteAssociatedSnapshots"])?;
     let id = params.required("ImageId")?;
     check_ids(IdKind::Image, &[id])?;
-    let lab = lab(ctx)?;
+    let lab = ctx.lab();
     lab.db
-        .deregister_image(id, time::OffsetDateTime::now_utc())
-        .map_err(|e| db_error(ctx, e))?;
+        .deregister_image(id, time::OffsetDateTime::now_utc())?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }

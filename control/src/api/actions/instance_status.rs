@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::common::{check_ids, db_error, lab, lab_error, page, system_time_ms};
+use super::common::{check_ids, page, system_time_ms};
 use super::filter::{all_match, Filter};
 use super::instances::state_node;
 use super::Ctx;
@@ -104,23 +104,20 @@ pub fn describe_instance_status(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
     let ids = params.list("InstanceId")?;
     let all = params.bool("IncludeAllInstances")?.unwrap_or(false);
     let filters = Filter::parse_all(params, FILTERS)?;
-    let lab = lab(ctx)?;
+    let lab = ctx.lab();
     let query = InstanceQuery {
         instance_ids: check_ids(IdKind::Instance, &ids)?,
         filters: Vec::new(),
         page: page(params)?,
     };
-    let found = lab
-        .db
-        .list_instances(&query)
-        .map_err(|e| db_error(ctx, e))?;
+    let found = lab.db.list_instances(&query)?;
     let mut statuses = Vec::new();
     for i in found
         .items
         .iter()
         .filter(|i| all || i.state == InstanceState::Running)
     {
-        let health = lab.instance_health(&i.id).map_err(|e| lab_error(ctx, e))?;
+        let health = lab.instance_health(&i.id)?;
         let (system, instance) = checks(i, lab.live_process(i).is_some(), health);
         let field = |name: &str| -> Vec<String> {
             let value = match name {

@@ -1,29 +1,26 @@
 //! Instances: RunInstances, DescribeInstances,
 //! Start/Stop/Reboot/TerminateInstances, GetConsoleOutput and the instance
-//! attributes. Handlers parse, call the lab, and render; the rendering of an
-//! instance is complete (every member EC2 returns), so tools that diff
+//! attributes. Handlers parse, make one call into the lab (the rules are in
+//! `crate::instances`), and render; the rendering of an instance is complete (every member EC2 returns), so tools that diff
 //! state see no drift.
 
 use std::time::SystemTime;
 
 use base64::Engine;
-use time::OffsetDateTime;
 
-use super::common::{
-    check_ids, db_error, filters, lab, lab_error, page, system_time_ms, tag_set, tag_specifications,
-};
+use super::common::{check_ids, filters, page, system_time_ms, tag_set, tag_specifications};
 use super::{vpcs, Ctx};
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
-use crate::db::{DbError, InsertOutcome, InstanceQuery};
-use crate::model::ids::{self, IdKind};
+use crate::db::InstanceQuery;
+use crate::instances::{LaunchRequest, StateChange};
+use crate::model::ids::IdKind;
 use crate::model::instance_types;
-use crate::model::state::{self, Event, InstanceState, ShutdownBehavior};
-use crate::model::vpc::IpamError;
+use crate::model::state::{InstanceState, ShutdownBehavior};
 use crate::model::{
-    group_into_reservations, HttpTokens, Instance, MetadataOptions, Placement, Reservation,
-    RootVolume, Toggle, DEFAULT_AVAILABILITY_ZONE, DEFAULT_OWNER_ID, ROOT_DEVICE_NAME,
+    group_into_reservations, HttpTokens, Instance, MetadataOptions, Reservation, Toggle,
+    DEFAULT_OWNER_ID, ROOT_DEVICE_NAME,
 };
 
 /// EC2's limit on user data: 16 KB before base64.
@@ -191,28 +188,8 @@ fn instance_ids(params: &Params) -> Result<Vec<String>, Ec2Error> {
     check_ids(IdKind::Instance, &list)
 }
 
-/// Parses RunInstances' options into a template instance.
-struct Launch {
-    image_id: String,
-    kernel_id: Option<String>,
-    instance_type: String,
-    min: u32,
-    max: u32,
-    key_name: Option<String>,
-    user_data: Option<Vec<u8>>,
-    tags: Vec<(String, String)>,
-    shutdown_behavior: ShutdownBehavior,
-    disable_api_termination: bool,
-    metadata: MetadataOptions,
-    hibernation: bool,
-    root_size_gib: Option<u32>,
-    delete_on_termination: bool,
-    client_token: Option<String>,
-    zone: Option<String>,
-    network: vpcs::LaunchNetwork,
-}
-
-fn parse_launch(params: &Params) -> Result<Launch, Ec2Error> {
+/// RunInstances' parameters, checked for shape.
+fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
     let known: Vec<&str> = [
         "ImageId",
         "InstanceType",
@@ -328,7 +305,7 @@ fn parse_launch(params: &Params) -> Result<Launch, Ec2Error> {
             delete_on_termination = d;
         }
     }
-    Ok(Launch {
+    Ok(LaunchRequest {
         image_id: image_id.to_string(),
         kernel_id,
         instance_type: instance_type.to_string(),
@@ -357,142 +334,8 @@ fn parse_launch(params: &Params) -> Result<Launch, Ec2Error> {
 /// boots in the background.
 pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     let launch = parse_launch(params)?;
-    let lab = lab(ctx)?;
-    if let Some(token) = &launch.client_token {
-        if let Some(existing) = lab
-            .db
-            .find_reservation_by_client_token(token)
-            .map_err(|e| db_error(ctx, e))?
-        {
-            return Ok(reservation_node(&existing, ctx.region));
-        }
-    }
-    let image = lab
-        .db
-        .get_image(&launch.image_id)
-        .map_err(|e| db_error(ctx, e))?;
-    if image.kind != crate::model::ImageKind::Machine
-        || image.state != crate::model::ImageState::Available
-    {
-        return Err(Ec2Error::image_not_found(&launch.image_id));
-    }
-    let kernel_id = launch.kernel_id.clone().or(image.kernel_id.clone());
-    if let Some(k) = &kernel_id {
-        lab.db.get_image(k).map_err(|e| db_error(ctx, e))?;
-    }
-    if let Some(key) = &launch.key_name {
-        lab.db
-            .get_key_pair_by_name(key)
-            .map_err(|_| Ec2Error::key_pair_not_found(key))?;
-    }
-    if let Some(zone) = &launch.zone {
-        if !zone.starts_with(ctx.region) || zone.len() != ctx.region.len() + 1 {
-            return Err(Ec2Error::invalid_parameter_value(format!(
-                "Invalid availability zone: [{zone}]"
-            )));
-        }
-    }
-    let (interface, zone) = vpcs::resolve_launch_network(
-        ctx,
-        &launch.network,
-        launch.zone.as_deref(),
-        DEFAULT_AVAILABILITY_ZONE,
-    )?;
-    if vpcs::asks_for_an_address(&launch.network) && launch.max > 1 {
-        return Err(Ec2Error::invalid_parameter_combination(
-            "A private IP address can only be given to one instance: MaxCount must be 1",
-        ));
-    }
-    // As many as fit, but at least MinCount (EC2's rule).
-    let fit = lab
-        .how_many_fit(&launch.instance_type)
-        .map_err(|e| lab_error(ctx, e))?;
-    let count = u32::try_from(fit).unwrap_or(u32::MAX).min(launch.max);
-    if count < launch.min {
-        return Err(Ec2Error::insufficient_instance_capacity(
-            &launch.instance_type,
-        ));
-    }
-    // The same rule for addresses: as many as the subnet has free, at
-    // least MinCount. The launch's transaction checks again, so a race
-    // with another launch fails cleanly instead of over-allocating.
-    let free = lab
-        .db
-        .get_subnet(&interface.subnet_id)
-        .map_err(|e| db_error(ctx, e))?
-        .available_ip_address_count;
-    let count = u32::try_from(free).unwrap_or(u32::MAX).min(count);
-    if count < launch.min {
-        let full = IpamError::SubnetFull {
-            subnet_id: interface.subnet_id.clone(),
-        };
-        return Err(db_error(ctx, DbError::Ipam(full)));
-    }
-    let now = OffsetDateTime::now_utc();
-    let reservation_id = ids::generate(IdKind::Reservation);
-    let launched = state::launch();
-    let root_gib = launch.root_size_gib.or(image.root_size_gib).unwrap_or(1);
-    let instances: Vec<Instance> = (0..count)
-        .map(|index| {
-            let id = ids::generate(IdKind::Instance);
-            Instance {
-                root_volume: RootVolume {
-                    volume_id: ids::generate(IdKind::Volume),
-                    size_gib: root_gib,
-                    delete_on_termination: launch.delete_on_termination,
-                    path: lab.supervisor.files(&id).root_volume(),
-                },
-                id,
-                reservation_id: reservation_id.clone(),
-                image_id: launch.image_id.clone(),
-                kernel_id: kernel_id.clone(),
-                instance_type: launch.instance_type.clone(),
-                key_name: launch.key_name.clone(),
-                state: launched.to,
-                state_reason: match &launched.state_reason {
-                    state::Update::Set(r) => Some(r.clone()),
-                    _ => None,
-                },
-                state_transition_reason: String::new(),
-                launch_time: now,
-                user_data: launch.user_data.clone(),
-                tags: launch.tags.iter().cloned().collect(),
-                shutdown_behavior: launch.shutdown_behavior,
-                disable_api_termination: launch.disable_api_termination,
-                metadata_options: launch.metadata,
-                hibernation_configured: launch.hibernation,
-                client_token: launch.client_token.clone(),
-                ami_launch_index: index,
-                placement: Placement {
-                    availability_zone: zone.clone(),
-                },
-                vmm: None,
-                console_output_path: None,
-                terminated_at: None,
-                network_interfaces: Vec::new(),
-            }
-        })
-        .collect();
-    let mut reservation = Reservation {
-        id: reservation_id,
-        owner_id: DEFAULT_OWNER_ID.to_string(),
-        client_token: launch.client_token.clone(),
-        instances,
-    };
-    match lab
-        .db
-        .insert_reservation(&mut reservation, Some(&interface))
-        .map_err(|e| db_error(ctx, e))?
-    {
-        InsertOutcome::Existing(existing) => Ok(reservation_node(&existing, ctx.region)),
-        InsertOutcome::Created => {
-            for i in &reservation.instances {
-                log::info!("{}: launching {} ({})", i.id, i.image_id, i.instance_type);
-                lab.spawn_boot(i.id.clone());
-            }
-            Ok(reservation_node(&reservation, ctx.region))
-        }
-    }
+    let reservation = ctx.lab().launch(ctx.region, &launch)?;
+    Ok(reservation_node(&reservation, ctx.region))
 }
 
 /// `DescribeInstances`.
@@ -505,16 +348,12 @@ pub fn describe_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
             "The parameter instancesSet cannot be used with the parameter maxResults",
         ));
     }
-    let lab = lab(ctx)?;
     let query = InstanceQuery {
         instance_ids,
         filters: filters(params)?,
         page: page(params)?,
     };
-    let found = lab
-        .db
-        .list_instances(&query)
-        .map_err(|e| db_error(ctx, e))?;
+    let found = ctx.lab().db.list_instances(&query)?;
     let reservations = group_into_reservations(found.items, DEFAULT_OWNER_ID);
     let mut out = vec![XmlNode::list(
         "reservationSet",
@@ -526,25 +365,17 @@ pub fn describe_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
     Ok(out)
 }
 
-fn state_change(id: &str, before: InstanceState, after: InstanceState) -> Vec<XmlNode> {
-    vec![
-        XmlNode::text("instanceId", id),
-        state_node("currentState", after),
-        state_node("previousState", before),
-    ]
-}
-
-/// Checks that every id exists before anything changes (EC2 refuses the
-/// whole request if one is unknown).
-fn existing(ctx: &Ctx<'_>, ids: &[String]) -> Result<(), Ec2Error> {
-    let lab = lab(ctx)?;
-    lab.db
-        .list_instances(&InstanceQuery {
-            instance_ids: ids.to_vec(),
-            ..Default::default()
-        })
-        .map(|_| ())
-        .map_err(|e| db_error(ctx, e))
+fn state_changes(changes: &[StateChange]) -> Vec<XmlNode> {
+    vec![XmlNode::list(
+        "instancesSet",
+        changes.iter().map(|c| {
+            vec![
+                XmlNode::text("instanceId", c.instance_id.as_str()),
+                state_node("currentState", c.current),
+                state_node("previousState", c.previous),
+            ]
+        }),
+    )]
 }
 
 /// `StopInstances` (with `Force`).
@@ -557,60 +388,21 @@ pub fn stop_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
             "Hibernation is not supported by ec2lab yet",
         ));
     }
-    existing(ctx, &ids)?;
-    let lab = lab(ctx)?;
-    let mut changes = Vec::new();
-    for id in &ids {
-        let (before, after) = lab
-            .apply(id, &Event::StopRequested { force })
-            .map_err(|e| lab_error(ctx, e))?;
-        if before.state != after.state || force {
-            lab.spawn_stop(id, force);
-        }
-        changes.push(state_change(id, before.state, after.state));
-    }
-    Ok(vec![XmlNode::list("instancesSet", changes)])
+    Ok(state_changes(&ctx.lab().stop(&ids, force)?))
 }
 
 /// `StartInstances`.
 pub fn start_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["InstanceId", "AdditionalInfo", "DryRun"])?;
     let ids = instance_ids(params)?;
-    existing(ctx, &ids)?;
-    let lab = lab(ctx)?;
-    let mut changes = Vec::new();
-    for id in &ids {
-        let instance = lab.db.get_instance(id).map_err(|e| db_error(ctx, e))?;
-        if instance.state == InstanceState::Stopped
-            && lab
-                .how_many_fit(&instance.instance_type)
-                .map_err(|e| lab_error(ctx, e))?
-                == 0
-        {
-            return Err(Ec2Error::insufficient_instance_capacity(
-                &instance.instance_type,
-            ));
-        }
-        let (before, after) = lab
-            .apply(id, &Event::StartRequested)
-            .map_err(|e| lab_error(ctx, e))?;
-        if before.state == InstanceState::Stopped {
-            lab.spawn_boot(id.clone());
-        }
-        changes.push(state_change(id, before.state, after.state));
-    }
-    Ok(vec![XmlNode::list("instancesSet", changes)])
+    Ok(state_changes(&ctx.lab().start(&ids)?))
 }
 
 /// `RebootInstances`.
 pub fn reboot_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["InstanceId", "DryRun"])?;
     let ids = instance_ids(params)?;
-    existing(ctx, &ids)?;
-    let lab = lab(ctx)?;
-    for id in &ids {
-        lab.reboot(id).map_err(|e| lab_error(ctx, e))?;
-    }
+    ctx.lab().reboot(&ids)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }
@@ -619,24 +411,7 @@ pub fn reboot_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, 
 pub fn terminate_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["InstanceId", "DryRun", "Force", "SkipOsShutdown"])?;
     let ids = instance_ids(params)?;
-    existing(ctx, &ids)?;
-    let lab = lab(ctx)?;
-    // Termination protection is checked for all before any is touched.
-    for id in &ids {
-        let i = lab.db.get_instance(id).map_err(|e| db_error(ctx, e))?;
-        if i.disable_api_termination && i.state != InstanceState::Terminated {
-            return Err(lab_error(
-                ctx,
-                crate::lifecycle::LabError::TerminationProtected(id.clone()),
-            ));
-        }
-    }
-    let mut changes = Vec::new();
-    for id in &ids {
-        let (before, after) = lab.terminate(id).map_err(|e| lab_error(ctx, e))?;
-        changes.push(state_change(id, before.state, after.state));
-    }
-    Ok(vec![XmlNode::list("instancesSet", changes)])
+    Ok(state_changes(&ctx.lab().terminate(&ids)?))
 }
 
 /// The most recent console output EC2 returns: the last 64 KiB.
@@ -647,8 +422,8 @@ pub fn get_console_output(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
     params.reject_unknown(&["InstanceId", "Latest", "DryRun"])?;
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
-    let lab = lab(ctx)?;
-    let instance = lab.db.get_instance(id).map_err(|e| db_error(ctx, e))?;
+    let lab = ctx.lab();
+    let instance = lab.db.get_instance(id)?;
     let path = instance
         .console_output_path
         .clone()
@@ -689,8 +464,8 @@ pub fn describe_instance_attribute(
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
     let attribute = params.required("Attribute")?;
-    let lab = lab(ctx)?;
-    let i = lab.db.get_instance(id).map_err(|e| db_error(ctx, e))?;
+    let lab = ctx.lab();
+    let i = lab.db.get_instance(id)?;
     let value =
         |name: &'static str, v: String| XmlNode::element(name, vec![XmlNode::text("value", v)]);
     let node = match attribute {
@@ -736,8 +511,8 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
     ])?;
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
-    let lab = lab(ctx)?;
-    lab.db.get_instance(id).map_err(|e| db_error(ctx, e))?;
+    let lab = ctx.lab();
+    lab.db.get_instance(id)?;
     // The flat form (Attribute=x&Value=y) and the structured one.
     let get = |name: &str| -> Option<&str> {
         params.optional(&format!("{name}.Value")).or_else(|| {
@@ -755,9 +530,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
                 "Invalid value '{t}' for InstanceType."
             )));
         }
-        lab.db
-            .set_instance_type(id, t)
-            .map_err(|e| db_error(ctx, e))?;
+        lab.db.set_instance_type(id, t)?;
         changed = true;
     }
     if let Some(u) = get("UserData") {
@@ -771,9 +544,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
                 "User data is limited to {MAX_USER_DATA} bytes"
             )));
         }
-        lab.db
-            .set_user_data(id, Some(&raw))
-            .map_err(|e| db_error(ctx, e))?;
+        lab.db.set_user_data(id, Some(&raw))?;
         changed = true;
     }
     if let Some(v) = get("DisableApiTermination") {
@@ -786,9 +557,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
                 )))
             }
         };
-        lab.db
-            .set_disable_api_termination(id, value)
-            .map_err(|e| db_error(ctx, e))?;
+        lab.db.set_disable_api_termination(id, value)?;
         changed = true;
     }
     if let Some(v) = get("InstanceInitiatedShutdownBehavior") {
@@ -797,9 +566,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
                 "Value ({v}) for instanceInitiatedShutdownBehavior is invalid"
             ))
         })?;
-        lab.db
-            .set_shutdown_behavior(id, behavior)
-            .map_err(|e| db_error(ctx, e))?;
+        lab.db.set_shutdown_behavior(id, behavior)?;
         changed = true;
     }
     if !changed {

@@ -4,9 +4,7 @@
 use axum::http::StatusCode;
 use base64::Engine;
 
-use super::common::{
-    check_ids, db_error, filters, lab, system_time_secs, tag_set, tag_specifications,
-};
+use super::common::{check_ids, filters, system_time_secs, tag_set, tag_specifications};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -39,7 +37,7 @@ fn store(
     public_key: &str,
     tags: Vec<(String, String)>,
 ) -> Result<KeyPair, Ec2Error> {
-    let lab = lab(ctx)?;
+    let lab = ctx.lab();
     let key = KeyPair {
         id: ids::generate(IdKind::KeyPair),
         name: name.to_string(),
@@ -51,7 +49,7 @@ fn store(
     };
     lab.db.insert_key_pair(&key).map_err(|e| match e {
         DbError::Duplicate { .. } => Ec2Error::key_pair_duplicate(name),
-        e => db_error(ctx, e),
+        e => e.into(),
     })?;
     Ok(key)
 }
@@ -79,7 +77,7 @@ pub fn create_key_pair(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
         })?,
         None => KeyFormat::Pem,
     };
-    let lab = lab(ctx)?;
+    let lab = ctx.lab();
     if lab.db.get_key_pair_by_name(name).is_ok() {
         return Err(Ec2Error::key_pair_duplicate(name));
     }
@@ -151,13 +149,13 @@ pub fn describe_key_pairs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
         .collect();
     let ids = check_ids(IdKind::KeyPair, &params.list("KeyPairId")?)?;
     let include_public = params.bool("IncludePublicKey")?.unwrap_or(false);
-    let lab = lab(ctx)?;
+    let lab = ctx.lab();
     let keys = lab
         .db
         .list_key_pairs(&names, &ids, &filters(params)?)
         .map_err(|e| match e {
             DbError::NotFound { ids, .. } => Ec2Error::key_pair_not_found(&ids.join(", ")),
-            e => db_error(ctx, e),
+            e => e.into(),
         })?;
     let items = keys.iter().map(|k| {
         let mut n = vec![
@@ -184,7 +182,7 @@ pub fn describe_key_pairs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
 /// `DeleteKeyPair`: succeeds for a name that does not exist, as on EC2.
 pub fn delete_key_pair(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["KeyName", "KeyPairId", "DryRun"])?;
-    let lab = lab(ctx)?;
+    let lab = ctx.lab();
     let deleted = match (params.optional("KeyName"), params.optional("KeyPairId")) {
         (Some(name), _) => lab.db.delete_key_pair_by_name(name),
         (None, Some(id)) => {
@@ -192,8 +190,7 @@ pub fn delete_key_pair(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
             lab.db.delete_key_pair(id)
         }
         (None, None) => return Err(Ec2Error::missing_parameter("KeyName")),
-    }
-    .map_err(|e| db_error(ctx, e))?;
+    }?;
     let mut out = vec![XmlNode::bool("return", true)];
     if let Some(k) = deleted {
         out.push(XmlNode::text("keyPairId", k.id));

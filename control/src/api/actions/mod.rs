@@ -23,37 +23,40 @@ mod vpcs;
 pub use filter::{wildcard_match, Filter};
 pub use operations::EC2_OPERATIONS;
 
+use std::sync::Arc;
+
 use super::error::Ec2Error;
 use super::query::Params;
 use super::xml::XmlNode;
+use crate::lifecycle::Lab;
 
-/// What the whole daemon shares with handlers. The API layer needs only the
-/// region; the integrator adds the database, the supervisor and the rest
-/// here.
+/// What the whole daemon shares with handlers: the region it answers for
+/// and the lab. There is no lab-less mode: a server that must not start
+/// guests (protocol tests, `scripts/bench api`) gets a lab whose VMM binary
+/// does not exist, so every action behaves as in the daemon.
 #[derive(Clone)]
 pub struct AppState {
     /// The region this daemon pretends to be (`us-east-1` by default).
     pub region: String,
-    /// The lab (repository, supervisor); absent in protocol-only tests,
-    /// where resource actions answer InternalError.
-    pub lab: Option<std::sync::Arc<crate::lifecycle::Lab>>,
+    /// The repository, the supervisor and the instances' lives.
+    pub lab: Arc<Lab>,
+}
+
+impl AppState {
+    /// The state of a daemon answering for `region`.
+    pub fn new(region: impl Into<String>, lab: Arc<Lab>) -> Self {
+        Self {
+            region: region.into(),
+            lab,
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("region", &self.region)
-            .field("lab", &self.lab.is_some())
-            .finish()
-    }
-}
-
-impl Default for AppState {
-    fn default() -> Self {
-        Self {
-            region: "us-east-1".to_owned(),
-            lab: None,
-        }
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,6 +68,13 @@ pub struct Ctx<'a> {
     /// The id sent back in `<requestId>`; handlers log with it.
     pub request_id: &'a str,
     pub state: &'a AppState,
+}
+
+impl Ctx<'_> {
+    /// The lab the request acts on.
+    pub fn lab(&self) -> &Arc<Lab> {
+        &self.state.lab
+    }
 }
 
 /// A handler: parameters in, response members (the children of
@@ -175,7 +185,22 @@ mod tests {
 
     #[test]
     fn dry_run_is_answered_with_412_before_the_handler() {
-        let state = AppState::default();
+        // A lab that can start nothing: DescribeRegions never reaches it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let nowhere = std::path::Path::new("/nonexistent");
+        let lab = Lab::new(
+            crate::db::Db::open_in_memory().expect("db"),
+            crate::supervisor::Supervisor::new(nowhere.join("vmm"), nowhere.join("instances")),
+            nowhere.join("images"),
+            runtime.handle().clone(),
+            crate::lifecycle::HealthChecks {
+                checkin_timeout: crate::model::status::DEFAULT_CHECKIN_TIMEOUT,
+                stall_timeout: None,
+            },
+        );
+        let state = AppState::new("us-east-1", lab);
         let ctx = Ctx {
             region: &state.region,
             request_id: "r",

@@ -1,6 +1,6 @@
 //! Tags: CreateTags, DeleteTags, DescribeTags on any ec2lab resource.
 
-use super::common::{db_error, filters, lab, page, tag_pairs};
+use super::common::{filters, page, tag_pairs};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -23,10 +23,7 @@ pub fn create_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
     if tags.is_empty() {
         return Err(Ec2Error::missing_parameter("Tag"));
     }
-    lab(ctx)?
-        .db
-        .create_tags(&ids, &tags)
-        .map_err(|e| db_error(ctx, e))?;
+    ctx.lab().db.create_tags(&ids, &tags)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }
@@ -46,10 +43,7 @@ pub fn delete_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
             })
         })
         .collect::<Result<Vec<_>, Ec2Error>>()?;
-    lab(ctx)?
-        .db
-        .delete_tags(&ids, &selectors)
-        .map_err(|e| db_error(ctx, e))?;
+    ctx.lab().db.delete_tags(&ids, &selectors)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }
@@ -57,10 +51,10 @@ pub fn delete_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
 /// `DescribeTags`.
 pub fn describe_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["Filter", "MaxResults", "NextToken", "DryRun"])?;
-    let found = lab(ctx)?
+    let found = ctx
+        .lab()
         .db
-        .describe_tags(&filters(params)?, &page(params)?)
-        .map_err(|e| db_error(ctx, e))?;
+        .describe_tags(&filters(params)?, &page(params)?)?;
     let items = found.items.iter().map(|t| {
         vec![
             XmlNode::text("resourceId", t.resource_id.as_str()),

@@ -8,16 +8,17 @@
 
 use std::net::Ipv4Addr;
 
-use super::common::{check_ids, db_error, filters, lab, page, system_time_ms, tag_set};
+use super::common::{check_ids, filters, page, system_time_ms, tag_set};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
 use crate::db::NetworkQuery;
+use crate::instances::LaunchNetwork;
 use crate::model::ids::IdKind;
 use crate::model::vpc::{
-    private_dns_name, GroupIdentifier, InterfaceRequest, IpPermission, NetworkInterface,
-    RuleDirection, SecurityGroup, Subnet, Vpc, DHCP_OPTIONS_ID,
+    private_dns_name, GroupIdentifier, IpPermission, NetworkInterface, RuleDirection,
+    SecurityGroup, Subnet, Vpc, DHCP_OPTIONS_ID,
 };
 use crate::model::DEFAULT_OWNER_ID;
 
@@ -42,10 +43,7 @@ fn with_token(mut out: Vec<XmlNode>, token: Option<String>) -> Vec<XmlNode> {
 pub fn describe_vpcs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["VpcId", "Filter", "MaxResults", "NextToken", "DryRun"])?;
     let query = query(params, "VpcId", IdKind::Vpc)?;
-    let found = lab(ctx)?
-        .db
-        .list_vpcs(&query)
-        .map_err(|e| db_error(ctx, e))?;
+    let found = ctx.lab().db.list_vpcs(&query)?;
     Ok(with_token(
         vec![XmlNode::list("vpcSet", found.items.iter().map(vpc_node))],
         found.next_token,
@@ -60,13 +58,13 @@ pub fn describe_vpc_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlN
     let id = params.required("VpcId")?;
     let ids = check_ids(IdKind::Vpc, &[id])?;
     let attribute = params.required("Attribute")?;
-    let vpc = lab(ctx)?
+    let vpc = ctx
+        .lab()
         .db
         .list_vpcs(&NetworkQuery {
             ids,
             ..NetworkQuery::default()
-        })
-        .map_err(|e| db_error(ctx, e))?
+        })?
         .items
         .into_iter()
         .next()
@@ -115,10 +113,7 @@ fn vpc_node(v: &Vpc) -> Vec<XmlNode> {
 pub fn describe_subnets(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["SubnetId", "Filter", "MaxResults", "NextToken", "DryRun"])?;
     let query = query(params, "SubnetId", IdKind::Subnet)?;
-    let found = lab(ctx)?
-        .db
-        .list_subnets(&query)
-        .map_err(|e| db_error(ctx, e))?;
+    let found = ctx.lab().db.list_subnets(&query)?;
     Ok(with_token(
         vec![XmlNode::list(
             "subnetSet",
@@ -177,10 +172,7 @@ pub fn describe_security_groups(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
         .into_iter()
         .map(str::to_string)
         .collect();
-    let found = lab(ctx)?
-        .db
-        .list_security_groups(&query, &names)
-        .map_err(|e| db_error(ctx, e))?;
+    let found = ctx.lab().db.list_security_groups(&query, &names)?;
     Ok(with_token(
         vec![XmlNode::list(
             "securityGroupInfo",
@@ -276,10 +268,7 @@ pub fn describe_network_interfaces(
         "DryRun",
     ])?;
     let query = query(params, "NetworkInterfaceId", IdKind::NetworkInterface)?;
-    let found = lab(ctx)?
-        .db
-        .list_network_interfaces(&query)
-        .map_err(|e| db_error(ctx, e))?;
+    let found = ctx.lab().db.list_network_interfaces(&query)?;
     Ok(with_token(
         vec![XmlNode::list(
             "networkInterfaceSet",
@@ -428,18 +417,6 @@ pub(super) fn instance_network_nodes(
     out
 }
 
-/// RunInstances' networking parameters, checked for shape but not yet
-/// against the database.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct LaunchNetwork {
-    subnet_id: Option<String>,
-    private_ip: Option<Ipv4Addr>,
-    group_ids: Vec<String>,
-    group_names: Vec<String>,
-    delete_on_termination: bool,
-    description: String,
-}
-
 /// The top-level RunInstances parameters this module reads.
 pub(super) const LAUNCH_PARAMETERS: &[&str] = &[
     "SubnetId",
@@ -580,64 +557,6 @@ pub(super) fn parse_launch_network(params: &Params) -> Result<LaunchNetwork, Ec2
     check_ids(IdKind::SecurityGroup, &ids)?;
     Ok(net)
 }
-
-/// The subnet and zone of a launch, and the interface to create: the
-/// subnet asked for (whose zone must agree with `Placement`), else the
-/// default subnet of the zone asked for, else that of `default_zone`.
-pub(super) fn resolve_launch_network(
-    ctx: &Ctx<'_>,
-    net: &LaunchNetwork,
-    zone: Option<&str>,
-    default_zone: &str,
-) -> Result<(InterfaceRequest, String), Ec2Error> {
-    let lab = lab(ctx)?;
-    let subnet = match &net.subnet_id {
-        Some(id) => {
-            let subnet = lab.db.get_subnet(id).map_err(|e| db_error(ctx, e))?;
-            if let Some(zone) = zone {
-                if zone != subnet.availability_zone {
-                    return Err(Ec2Error::invalid_parameter_value(format!(
-                        "Subnet '{id}' is in availability zone {}, not {zone}",
-                        subnet.availability_zone
-                    )));
-                }
-            }
-            subnet
-        }
-        None => {
-            let zone = zone.unwrap_or(default_zone);
-            lab.db
-                .default_subnet_for_zone(zone)
-                .map_err(|e| db_error(ctx, e))?
-                // Every zone of the lab has a default subnet, so a zone
-                // without one is not a zone of the lab.
-                .ok_or_else(|| {
-                    Ec2Error::invalid_parameter_value(format!(
-                        "Invalid availability zone: [{zone}]"
-                    ))
-                })?
-        }
-    };
-    let zone = subnet.availability_zone.clone();
-    Ok((
-        InterfaceRequest {
-            subnet_id: subnet.id,
-            private_ip: net.private_ip,
-            group_ids: net.group_ids.clone(),
-            group_names: net.group_names.clone(),
-            delete_on_termination: net.delete_on_termination,
-            description: net.description.clone(),
-        },
-        zone,
-    ))
-}
-
-/// Whether the launch asks for one particular address, which only one
-/// instance can have.
-pub(super) fn asks_for_an_address(net: &LaunchNetwork) -> bool {
-    net.private_ip.is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
