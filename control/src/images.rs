@@ -43,27 +43,18 @@ fn register_all(db: &Db, images_dir: &Path) -> Result<usize, CatalogError> {
     let mut n = 0;
     for k in &catalog.kernels {
         let m = &k.manifest;
-        register(
-            db,
-            Image {
-                id: ids::content_id(IdKind::Kernel, &m.name, &m.kernel.sha256),
-                name: m.name.clone(),
-                kind: ImageKind::Kernel,
-                dir: k.dir.clone(),
-                description: Some(m.description.clone()),
-                architecture: m.architecture.clone(),
-                kernel_id: None,
-                boot_mode: None,
-                default_user: None,
-                root_size_gib: None,
-                digest: m.kernel.sha256.clone(),
-                owner_id: DEFAULT_OWNER_ID.to_string(),
-                state: ImageState::Available,
-                created: crate::model::parse_timestamp(&m.created).unwrap_or_else(Lab::now),
-                deregistered: None,
-                tags: Default::default(),
-            },
-        )?;
+        let image = Image {
+            description: Some(m.description.clone()),
+            architecture: m.architecture.clone(),
+            ..available(
+                ImageKind::Kernel,
+                &m.name,
+                &m.kernel.sha256,
+                &k.dir,
+                &m.created,
+            )
+        };
+        register(db, image)?;
         n += 1;
     }
     for a in &catalog.machines {
@@ -73,34 +64,49 @@ fn register_all(db: &Db, images_dir: &Path) -> Result<usize, CatalogError> {
         };
         let digest = a.root().map(|r| r.sha256.clone()).unwrap_or_default();
         let size = a.root().map_or(0, |r| r.size_bytes);
-        register(
-            db,
-            Image {
-                id: ids::content_id(IdKind::Image, &m.name, &digest),
-                name: m.name.clone(),
-                kind: ImageKind::Machine,
-                dir: a.dir.clone(),
-                description: Some(m.description.clone()),
-                architecture: m.architecture.clone(),
-                kernel_id: Some(ids::content_id(
-                    IdKind::Kernel,
-                    &kernel.manifest.name,
-                    &kernel.manifest.kernel.sha256,
-                )),
-                boot_mode: None,
-                default_user: Some(m.default_user.clone()),
-                root_size_gib: Some(size.div_ceil(1 << 30).max(1) as u32),
-                digest,
-                owner_id: DEFAULT_OWNER_ID.to_string(),
-                state: ImageState::Available,
-                created: crate::model::parse_timestamp(&m.created).unwrap_or_else(Lab::now),
-                deregistered: None,
-                tags: Default::default(),
-            },
-        )?;
+        let image = Image {
+            description: Some(m.description.clone()),
+            architecture: m.architecture.clone(),
+            kernel_id: Some(ids::content_id(
+                IdKind::Kernel,
+                &kernel.manifest.name,
+                &kernel.manifest.kernel.sha256,
+            )),
+            default_user: Some(m.default_user.clone()),
+            root_size_gib: Some(size.div_ceil(1 << 30).max(1) as u32),
+            ..available(ImageKind::Machine, &m.name, &digest, &a.dir, &m.created)
+        };
+        register(db, image)?;
         n += 1;
     }
     Ok(n)
+}
+
+/// An available image of ours, its id made from `name` and `digest`; the
+/// caller adds what its kind of manifest says.
+fn available(kind: ImageKind, name: &str, digest: &str, dir: &Path, created: &str) -> Image {
+    let id_kind = match kind {
+        ImageKind::Kernel => IdKind::Kernel,
+        ImageKind::Machine => IdKind::Image,
+    };
+    Image {
+        id: ids::content_id(id_kind, name, digest),
+        name: name.to_string(),
+        kind,
+        dir: dir.to_path_buf(),
+        description: None,
+        architecture: String::new(),
+        kernel_id: None,
+        boot_mode: None,
+        default_user: None,
+        root_size_gib: None,
+        digest: digest.to_string(),
+        owner_id: DEFAULT_OWNER_ID.to_string(),
+        state: ImageState::Available,
+        created: crate::model::parse_timestamp(created).unwrap_or_else(Lab::now),
+        deregistered: None,
+        tags: Default::default(),
+    }
 }
 
 /// Registers `image` unless an available image has its id already.
