@@ -1,6 +1,10 @@
 //! The lab: instances' lives, joining the state machine (`model::state`),
 //! the repository (`db`) and the VMM processes (`supervisor`).
 //!
+//! This module is the VMM side (boot, watch, restart, stop, reconcile);
+//! the rules of the operations the API asks for are in `crate::instances`,
+//! the image catalog in `crate::images`.
+//!
 //! Every transition is written to SQLite before the side effect it causes
 //! (the VMM started or stopped), and every VMM exit is handled by one
 //! watcher task per process, so the database always says what should be,
