@@ -51,7 +51,25 @@ pub enum CheckinError {
     Protocol(#[from] ProtocolError),
     /// The check-in was valid but could not be recorded.
     #[error("not recorded: {0}")]
-    Rejected(String),
+    Rejected(#[from] Refusal),
+}
+
+/// Why a valid check-in was not recorded; the guest is told.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The instance is not pending or running (a late line from a VMM that
+    /// is being stopped).
+    #[error("the instance is {0}")]
+    NotRunning(&'static str),
+    /// The check-in names no VMM start to check in against.
+    #[error("no VMM start is recorded for the instance")]
+    NoVmmStart,
+    /// The control plane is shutting down.
+    #[error("the control plane is stopping")]
+    Stopping,
+    /// The store failed (logged by the daemon; the guest sees only this).
+    #[error("the control plane could not record it")]
+    Store,
 }
 
 /// Where the agent's check-in for an instance whose vsock device listens at
@@ -64,7 +82,7 @@ pub fn socket_path(vsock_uds: &Path) -> PathBuf {
 
 /// What to do with a valid check-in for an instance: record it, or say why
 /// not (the answer to the guest is then an error line).
-pub type Sink = Arc<dyn Fn(&str, &CheckIn) -> Result<(), String> + Send + Sync>;
+pub type Sink = Arc<dyn Fn(&str, &CheckIn) -> Result<(), Refusal> + Send + Sync>;
 
 /// The listening sockets, one per instance with a VMM.
 #[derive(Default)]
@@ -153,18 +171,17 @@ fn remove_socket(path: &Path) -> Result<(), CheckinError> {
     }
 }
 
+/// Serves one connection at a time: a guest opening many silent
+/// connections holds one daemon descriptor and waits its turn (the others
+/// wait in the socket's backlog, outside the daemon), so it can neither
+/// exhaust the daemon's descriptors nor delay other instances.
 async fn accept_loop(listener: UnixListener, instance_id: String, sink: Sink) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                let (id, sink) = (instance_id.clone(), sink.clone());
-                tokio::spawn(async move {
-                    match serve(stream, &id, &sink).await {
-                        Ok(c) => log::info!("{id}: agent checked in (boot {})", c.boot_id()),
-                        Err(e) => log::warn!("{id}: check-in refused: {e}"),
-                    }
-                });
-            }
+            Ok((stream, _)) => match serve(stream, &instance_id, &sink).await {
+                Ok(c) => log::info!("{instance_id}: agent checked in (boot {})", c.boot_id()),
+                Err(e) => log::warn!("{instance_id}: check-in refused: {e}"),
+            },
             Err(e) => {
                 // Out of descriptors, most likely: wait instead of spinning.
                 log::warn!("{instance_id}: accepting a check-in: {e}");
@@ -320,15 +337,43 @@ mod tests {
     async fn a_check_in_the_sink_refuses_is_answered_with_its_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = socket_path(&dir.path().join("vsock.sock"));
-        let sink: Sink = Arc::new(|_: &str, _: &CheckIn| Err("instance is stopped".into()));
+        let sink: Sink = Arc::new(|_: &str, _: &CheckIn| Err(Refusal::NotRunning("stopped")));
         let listeners = CheckinListeners::default();
         let rt = tokio::runtime::Handle::current();
         listeners.listen(&rt, "i-1", &path, sink).expect("listen");
         let line = CheckIn::new("abc").expect("id").line();
         assert_eq!(
             exchange(&path, line.as_bytes()).await,
-            "error not recorded: instance is stopped\n"
+            "error not recorded: the instance is stopped\n"
         );
+        listeners.close("i-1", &path);
+    }
+
+    /// A guest that opens many silent connections costs the daemon one
+    /// descriptor, not one per connection (the rest wait in the backlog).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_connections_are_served_one_at_a_time() {
+        const SILENT: usize = 200;
+        let open_fds = || std::fs::read_dir("/proc/self/fd").expect("fds").count();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = socket_path(&dir.path().join("vsock.sock"));
+        let (sink, _seen) = recording_sink();
+        let listeners = CheckinListeners::default();
+        let rt = tokio::runtime::Handle::current();
+        listeners.listen(&rt, "i-1", &path, sink).expect("listen");
+        let before = open_fds();
+        let mut silent = Vec::new();
+        for _ in 0..SILENT {
+            silent.push(UnixStream::connect(&path).await.expect("connect"));
+        }
+        // Time for a listener that accepts everything to do so.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let grown = open_fds() - before;
+        assert!(
+            grown < SILENT + 60,
+            "{grown} descriptors for {SILENT} silent connections: the daemon accepted them all"
+        );
+        drop(silent);
         listeners.close("i-1", &path);
     }
 

@@ -408,7 +408,7 @@ impl Lab {
         let lab = Arc::downgrade(self);
         let sink: checkin::Sink = Arc::new(move |id: &str, c: &CheckIn| {
             lab.upgrade()
-                .ok_or_else(|| "the control plane is stopping".to_string())?
+                .ok_or(checkin::Refusal::Stopping)?
                 .record_checkin(id, c)
         });
         if let Err(e) = self.checkins.listen(&self.runtime, id, &path, sink) {
@@ -425,18 +425,22 @@ impl Lab {
     }
 
     /// A valid check-in from `id`'s agent: the instance status becomes ok.
-    fn record_checkin(&self, id: &str, c: &CheckIn) -> Result<(), String> {
-        let instance = self.db.get_instance(id).map_err(|e| e.to_string())?;
+    fn record_checkin(&self, id: &str, c: &CheckIn) -> Result<(), checkin::Refusal> {
+        let store_failed = |e: DbError| {
+            log::error!("{id}: recording a check-in: {e}");
+            checkin::Refusal::Store
+        };
+        let instance = self.db.get_instance(id).map_err(store_failed)?;
         if !matches!(
             instance.state,
             InstanceState::Pending | InstanceState::Running
         ) {
-            return Err(format!("the instance is {}", instance.state.name()));
+            return Err(checkin::Refusal::NotRunning(instance.state.name()));
         }
         match self.db.record_checkin(id, Self::now(), c.boot_id()) {
             Ok(true) => Ok(()),
-            Ok(false) => Err("no VMM start is recorded for the instance".to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(false) => Err(checkin::Refusal::NoVmmStart),
+            Err(e) => Err(store_failed(e)),
         }
     }
 
