@@ -46,6 +46,17 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another daemon serves this data directory.
+    #[error("{0} is in use by another ec2lab daemon (it holds ec2lab.lock there)")]
+    InUse(PathBuf),
+    /// The lock file could not be opened.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Reconciling with the running VMMs.
     #[error("reconciling instances: {0}")]
     Reconcile(#[from] crate::lifecycle::LabError),
@@ -124,6 +135,16 @@ impl Authenticator for SigV4Auth {
 pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     raise_descriptor_limit();
     let (credentials, _) = Credentials::load_or_create(&options.data_dir, "us-east-1")?;
+    // One daemon per data directory, and the port before anything else: a
+    // second daemon must fail before it touches the first one's instances
+    // (check-in sockets, VMMs) while reconciling.
+    let _lock = lock_data_dir(&options.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: options.listen,
+            source,
+        })?;
     let db_path = options.data_dir.join("ec2lab.db");
     let db = Db::open(&db_path).map_err(|source| DaemonError::Db {
         path: db_path.clone(),
@@ -161,12 +182,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             collector.collect();
         }
     });
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: options.listen,
-            source,
-        })?;
     log::info!(
         "serving the EC2 API on http://{} (region {}, data in {})",
         options.listen,
@@ -189,6 +204,27 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         log::warn!("{left} API connection(s) closed unanswered at shutdown");
     }
     Ok(())
+}
+
+/// Takes `<data_dir>/ec2lab.lock` for as long as the returned file is open
+/// (an advisory `flock`, released by the kernel when the daemon dies, even
+/// by `kill -9`).
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+    let path = data_dir.join("ec2lab.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::InUse(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
+    }
 }
 
 /// Raises the soft limit on open descriptors to the hard limit: every
@@ -216,5 +252,22 @@ fn raise_descriptor_limit() {
                 std::io::Error::last_os_error()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_daemon_cannot_take_the_data_directory_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = lock_data_dir(dir.path()).expect("first");
+        assert!(matches!(
+            lock_data_dir(dir.path()),
+            Err(DaemonError::InUse(_))
+        ));
+        drop(first);
+        lock_data_dir(dir.path()).expect("free again");
     }
 }
