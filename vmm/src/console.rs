@@ -17,14 +17,81 @@ use crate::VmmEvent;
 
 const CTRL_A: u8 = 0x01;
 
-/// Opens the console sink: `path`, or a duplicate of stdout written unbuffered
-/// so partial lines (prompts) appear at once.
+/// The most a console log file grows to before it is cut to its tail.
+pub const LOG_LIMIT: u64 = 1 << 20;
+/// What a cut keeps: the newest output, four times what GetConsoleOutput
+/// returns (64 KiB).
+pub const LOG_KEEP: u64 = 256 << 10;
+
+/// Opens the console sink: `path` (capped at [`LOG_LIMIT`] bytes), or a
+/// duplicate of stdout written unbuffered so partial lines (prompts) appear
+/// at once.
 pub fn open_output(path: Option<&Path>) -> std::io::Result<Box<dyn Write + Send>> {
     match path {
-        Some(p) => Ok(Box::new(File::create(p)?)),
+        Some(p) => Ok(Box::new(CappedLog::create(p, LOG_LIMIT, LOG_KEEP)?)),
         None => Ok(Box::new(File::from(
             std::io::stdout().as_fd().try_clone_to_owned()?,
         ))),
+    }
+}
+
+/// A console log that never grows past `limit` bytes: a guest printing
+/// without end would otherwise fill the host's disk. When a write would
+/// pass the limit, the file is cut in place to its last `keep` bytes (same
+/// descriptor, no path lookups after start), so readers of the tail still
+/// find the newest output.
+pub struct CappedLog {
+    file: File,
+    len: u64,
+    limit: u64,
+    keep: u64,
+}
+
+impl CappedLog {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &Path, limit: u64, keep: u64) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Self {
+            file,
+            len: 0,
+            limit,
+            keep: keep.min(limit),
+        })
+    }
+
+    /// Moves the last `keep` bytes to the start and cuts the rest.
+    fn cut(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let keep = self.keep.min(self.len);
+        let mut tail = vec![0u8; keep as usize];
+        self.file.read_exact_at(&mut tail, self.len - keep)?;
+        self.file.write_all_at(&tail, 0)?;
+        self.file.set_len(keep)?;
+        self.len = keep;
+        Ok(())
+    }
+}
+
+impl Write for CappedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if self.len + buf.len() as u64 > self.limit {
+            self.cut()?;
+        }
+        // At most what fits; the caller's write_all comes back for the rest.
+        let room = (self.limit - self.len).max(1) as usize;
+        let n = self.file.write_at(&buf[..buf.len().min(room)], self.len)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -133,6 +200,24 @@ pub fn spawn_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_log_is_cut_to_its_newest_bytes_and_never_passes_its_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        let mut log = CappedLog::create(&path, 1000, 300).expect("create");
+        let mut written = Vec::new();
+        for i in 0..500u32 {
+            let line = format!("line {i}\n");
+            log.write_all(line.as_bytes()).expect("write");
+            written.extend_from_slice(line.as_bytes());
+            let len = std::fs::metadata(&path).expect("stat").len();
+            assert!(len <= 1000, "{len} bytes after line {i}");
+        }
+        let kept = std::fs::read(&path).expect("read");
+        assert!(kept.len() >= 300, "{} bytes kept", kept.len());
+        assert!(written.ends_with(&kept), "the file is the newest output");
+    }
 
     #[test]
     fn ctrl_a_x_stops_and_ctrl_a_ctrl_a_is_literal() {
