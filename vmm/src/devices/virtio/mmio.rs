@@ -274,7 +274,7 @@ impl MmioTransport {
                 let Some(q) = self.selected_queue() else {
                     return;
                 };
-                let (low, high) = if offset % 8 == 0 {
+                let (low, high) = if offset.is_multiple_of(8) {
                     (Some(value), None)
                 } else {
                     (None, Some(value))
@@ -299,7 +299,7 @@ impl BusDevice for MmioTransport {
             self.device.read_config(offset - CONFIG, data);
             return;
         }
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_u32(offset).to_le_bytes());
         } else {
             data.fill(0);
@@ -316,7 +316,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset % 4 == 0 => self.write_u32(offset, u32::from_le_bytes(word)),
+            Ok(word) if offset.is_multiple_of(4) => {
+                self.write_u32(offset, u32::from_le_bytes(word))
+            }
             _ => log::debug!(
                 "virtio-{}: non-32-bit register write at {offset:#x}",
                 self.device.name()
