@@ -28,8 +28,15 @@ use crate::model::status::{CheckinRecord, InstanceHealth};
 use crate::model::{Instance, VmmHandle};
 use crate::supervisor::{ExitInfo, Supervisor, SupervisorError, VmProcess, VmSpec};
 
+/// Free disk below which no instance launches or starts
+/// (InsufficientInstanceCapacity): root volumes are sparse and grow as
+/// guests write, and the database must still be able to record terminations
+/// when the disk fills.
+pub const DISK_RESERVE_BYTES: u64 = 1 << 30;
+
 /// Errors of lifecycle operations, beyond the repository's.
 #[derive(Debug, thiserror::Error)]
+
 pub enum LabError {
     /// The repository.
     #[error(transparent)]
@@ -231,11 +238,23 @@ impl Lab {
     }
 
     /// How many more instances of `instance_type` fit on the host (0 for an
-    /// unknown type): one read of the instances, whatever the count asked.
+    /// unknown type, or when the disk that holds root volumes has less than
+    /// [`DISK_RESERVE_BYTES`] free): one read of the instances, whatever the
+    /// count asked.
     pub fn how_many_fit(&self, instance_type: &str) -> Result<u64, LabError> {
         let Some(candidate) = instance_types::lookup(instance_type) else {
             return Ok(0);
         };
+        if let Some(free) = self.supervisor.free_disk_bytes() {
+            if free < DISK_RESERVE_BYTES {
+                log::warn!(
+                    "{} MiB free for instance files, below the {} MiB reserve: no launches",
+                    free >> 20,
+                    DISK_RESERVE_BYTES >> 20
+                );
+                return Ok(0);
+            }
+        }
         let running: Vec<_> = self
             .db
             .all_instances()?

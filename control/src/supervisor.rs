@@ -218,6 +218,25 @@ impl Supervisor {
     }
 
     /// The files of `instance_id`.
+    /// Bytes free for instance files (root volumes grow as guests write),
+    /// on the file system that holds them, or None when it cannot be read
+    /// (the directory does not exist yet: its parent is asked).
+    pub fn free_disk_bytes(&self) -> Option<u64> {
+        let dir = self
+            .instances_dir
+            .ancestors()
+            .find(|d| d.exists())?
+            .to_path_buf();
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs is plain old data, filled in by the call below.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a pointer to a statvfs we own.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return None;
+        }
+        Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    }
+
     pub fn files(&self, instance_id: &str) -> InstanceFiles {
         InstanceFiles {
             dir: self.instances_dir.join(instance_id),
@@ -753,6 +772,18 @@ mod tests {
         let meta = std::fs::metadata(&volume).expect("stat");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), 8192, "grown to the volume size");
+    }
+
+    #[test]
+    fn free_disk_is_read_from_the_instances_directory_or_its_nearest_parent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let here = Supervisor::new("true".into(), dir.path().to_path_buf());
+        let later = Supervisor::new("true".into(), dir.path().join("not/yet"));
+        let free = here.free_disk_bytes().expect("statvfs");
+        assert!(free > 0);
+        let again = later.free_disk_bytes().expect("statvfs of the parent");
+        // Same file system; other tests may write meanwhile.
+        assert!(again.abs_diff(free) < 1 << 30, "{free} vs {again}");
     }
 
     #[test]
