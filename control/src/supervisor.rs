@@ -234,7 +234,7 @@ impl Supervisor {
         if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
             return None;
         }
-        Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     pub fn files(&self, instance_id: &str) -> InstanceFiles {
