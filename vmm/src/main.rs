@@ -137,6 +137,15 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // A panic anywhere (a vCPU, the device thread, the API thread) ends the
+    // VMM at once: a half-dead VMM must never go on serving a guest. The
+    // workspace builds with unwinding so that the control plane can answer
+    // a panicking API handler with InternalError; the VMM opts out here.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if e.use_stderr() => {
