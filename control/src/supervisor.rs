@@ -256,41 +256,19 @@ impl Supervisor {
         let files = self.files(instance_id);
         std::fs::create_dir_all(&files.dir).map_err(io_error("create", &files.dir))?;
         let volume = files.root_volume();
-        run_tool(
-            "cp",
-            std::process::Command::new("cp")
-                .args(["--reflink=auto", "--sparse=always"])
-                .arg(image)
-                .arg(&volume),
-            &volume,
-        )?;
-        // The volume holds the instance's data, whatever the image's mode.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o600))
-                .map_err(io_error("chmod", &volume))?;
+        // Built under another name and renamed when complete: a daemon
+        // killed mid-copy leaves no half-made volume that a later start
+        // would boot.
+        let mut partial = volume.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let built = build_root_volume(image, &partial, size_bytes).and_then(|()| {
+            std::fs::rename(&partial, &volume).map_err(io_error("rename", &partial))
+        });
+        if built.is_err() {
+            let _ = std::fs::remove_file(&partial);
         }
-        let current = std::fs::metadata(&volume)
-            .map_err(io_error("stat", &volume))?
-            .len();
-        if size_bytes > current {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&volume)
-                .map_err(io_error("open", &volume))?;
-            file.set_len(size_bytes)
-                .map_err(io_error("grow", &volume))?;
-            if is_ext4(&volume) {
-                run_tool(
-                    "resize2fs",
-                    std::process::Command::new("resize2fs")
-                        .arg("-f")
-                        .arg(&volume),
-                    &volume,
-                )?;
-            }
-        }
-        Ok(volume)
+        built.map(|()| volume)
     }
 
     /// Writes the VMM config and starts the VMM in its own session.
@@ -676,6 +654,46 @@ pub async fn vmm_api(
     }
 }
 
+/// Copies `image` to `volume` (a reflink where the file system can, sparse
+/// otherwise), private to the lab, grown to `size_bytes` with its ext4 file
+/// system.
+fn build_root_volume(image: &Path, volume: &Path, size_bytes: u64) -> Result<(), SupervisorError> {
+    run_tool(
+        "cp",
+        std::process::Command::new("cp")
+            .args(["--reflink=auto", "--sparse=always"])
+            .arg(image)
+            .arg(volume),
+        volume,
+    )?;
+    // The volume holds the instance's data, whatever the image's mode.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(volume, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error("chmod", volume))?;
+    }
+    let current = std::fs::metadata(volume)
+        .map_err(io_error("stat", volume))?
+        .len();
+    if size_bytes > current {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(volume)
+            .map_err(io_error("open", volume))?;
+        file.set_len(size_bytes).map_err(io_error("grow", volume))?;
+        if is_ext4(volume) {
+            run_tool(
+                "resize2fs",
+                std::process::Command::new("resize2fs")
+                    .arg("-f")
+                    .arg(volume),
+                volume,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,6 +790,23 @@ mod tests {
         let meta = std::fs::metadata(&volume).expect("stat");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), 8192, "grown to the volume size");
+        let dir_of = |v: &Path| {
+            std::fs::read_dir(v.parent().expect("dir"))
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(dir_of(&volume), ["root.img"], "nothing partial is left");
+
+        // A copy that fails leaves neither a volume nor a partial one.
+        let failed = supervisor.prepare_root_volume("i-2", &dir.path().join("missing.raw"), 8192);
+        assert!(failed.is_err());
+        let files = supervisor.files("i-2");
+        assert!(
+            dir_of(&files.root_volume()).is_empty(),
+            "{:?}",
+            dir_of(&files.root_volume())
+        );
     }
 
     #[test]
