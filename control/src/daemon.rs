@@ -46,6 +46,10 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// The VMM binary is missing or not executable: every launch would fail
+    /// after RunInstances had answered.
+    #[error("the VMM {0} is not an executable file (build it, or pass --vmm)")]
+    NoVmm(PathBuf),
     /// Another daemon serves this data directory.
     #[error("{0} is in use by another ec2lab daemon (it holds ec2lab.lock there)")]
     InUse(PathBuf),
@@ -139,6 +143,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     // second daemon must fail before it touches the first one's instances
     // (check-in sockets, VMMs) while reconciling.
     let _lock = lock_data_dir(&options.data_dir)?;
+    if !is_executable(&options.vmm) {
+        return Err(DaemonError::NoVmm(options.vmm.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -227,6 +234,12 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, Daemon
     }
 }
 
+/// Whether `path` is a regular file someone may execute.
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Raises the soft limit on open descriptors to the hard limit: every
 /// instance holds a few (its check-in socket, the VMM's pipes) and every
 /// API client one, and the default soft limit of 1,024 ran out under load.
@@ -269,5 +282,18 @@ mod tests {
         ));
         drop(first);
         lock_data_dir(dir.path()).expect("free again");
+    }
+
+    #[test]
+    fn only_an_executable_file_passes_for_the_vmm() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vmm = dir.path().join("ec2lab-vmm");
+        assert!(!is_executable(&vmm), "missing");
+        std::fs::write(&vmm, b"#!/bin/sh\n").expect("write");
+        assert!(!is_executable(&vmm), "not executable");
+        std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(is_executable(&vmm));
+        assert!(!is_executable(dir.path()), "a directory");
     }
 }
