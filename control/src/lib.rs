@@ -7,6 +7,7 @@
 //! `supervisor` (one ec2lab-vmm process per running instance).
 
 pub mod api;
+pub mod backoff;
 pub mod checkin;
 pub mod client;
 pub mod config;

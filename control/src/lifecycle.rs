@@ -136,6 +136,8 @@ pub struct Lab {
     checkins: CheckinListeners,
     /// Instances whose VMM is being restarted by RebootInstances.
     rebooting: Mutex<HashSet<String>>,
+    /// Recent restarts, so a guest that reboots in a loop waits.
+    restarts: Mutex<crate::backoff::RestartBackoff>,
     /// Instances with a watcher task, so none gets two.
     watched: Mutex<HashSet<String>>,
     /// Guests whose VMM reports a stall (no exit while in kernel code), by
@@ -206,6 +208,7 @@ impl Lab {
             checkin_timeout: health.checkin_timeout,
             checkins: CheckinListeners::default(),
             rebooting: Mutex::new(HashSet::new()),
+            restarts: Mutex::default(),
             watched: Mutex::new(HashSet::new()),
             stalls: Mutex::new(HashMap::new()),
             stall_timeout: health.stall_timeout,
@@ -588,10 +591,15 @@ impl Lab {
 
     fn relaunch(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
         self.db.set_vmm(id, None)?;
+        let delay = crate::lock(&self.restarts).next_delay(id, std::time::Instant::now());
+        if !delay.is_zero() {
+            log::warn!("{id}: the guest reboots in a loop; restarting it in {delay:?}");
+        }
         // Back through pending? EC2 keeps a rebooted instance running.
         let lab = self.clone();
         let id = id.to_string();
         self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
             if let Err(e) = lab.restart_running(&id).await {
                 log::error!("{id}: restart after reboot failed: {e}");
                 let _ = lab.finish_exit(&id, &VmmExit::Failed(e.to_string()));
@@ -618,6 +626,7 @@ impl Lab {
 
     /// The VMM is gone: move to stopped/terminated and clean up.
     fn finish_exit(&self, id: &str, reason: &VmmExit) -> Result<(), LabError> {
+        crate::lock(&self.restarts).forget(id);
         let (_, after) = self.apply(
             id,
             &Event::VmmExited {
