@@ -17,6 +17,7 @@ use super::xml;
 use crate::db::DbError;
 use crate::instances::InstanceError;
 use crate::lifecycle::LabError;
+use crate::model::filter::FilterError;
 use crate::model::ids::IdKind;
 
 /// An error as EC2 reports it. Rendered by [`Ec2Error::to_xml`]; botocore's
@@ -202,6 +203,11 @@ impl Ec2Error {
         )
     }
 
+    /// More tags than a resource may have (EC2: 50 per resource).
+    pub fn tag_limit_exceeded(message: impl Into<String>) -> Self {
+        Self::bad_request("TagLimitExceeded", message)
+    }
+
     // --- Resources -------------------------------------------------------
 
     /// An instance id that is well formed but unknown.
@@ -326,10 +332,19 @@ impl From<DbError> for Ec2Error {
             }
             DbError::Conflict { .. } => bad("InvalidParameterValue", e.to_string()),
             DbError::InvalidId(id) => bad("InvalidID", format!("The ID '{id}' is not valid")),
+            DbError::TagLimitExceeded { .. } => Self::tag_limit_exceeded(e.to_string()),
             DbError::InvalidQuery(f) => bad(f.code(), f.to_string()),
             DbError::Ipam(i) => bad(i.code(), i.to_string()),
             _ => Self::internal(e),
         }
+    }
+}
+
+/// Filters and pages the model refused (unknown names, too many values,
+/// bad tokens), with the code the model gives each.
+impl From<FilterError> for Ec2Error {
+    fn from(e: FilterError) -> Self {
+        Self::bad_request(e.code(), e.to_string())
     }
 }
 

@@ -31,6 +31,12 @@ const PRESIGN_PARAMETERS: &[&str] = &[
     "X-Amz-Security-Token",
 ];
 
+/// At most this many members in one list parameter (`InstanceId.N`,
+/// `ResourceId.N`, `Filter.N`, `Tag.N`…): EC2's largest documented list
+/// limit (1,000 resource ids per call), so no request makes a handler loop
+/// over more, whatever the body size allows.
+pub const MAX_LIST_MEMBERS: usize = 1000;
+
 /// The parameters of one request, or of one member of a list of structures.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Params {
@@ -212,8 +218,33 @@ impl Params {
                     self.full_name(&format!("{name}.{index}"))
                 )));
             }
+            self.check_members(name, by_index.len())?;
         }
         Ok(by_index.into_values().collect())
+    }
+
+    /// How many members `name.N` (values or structures) the request gives,
+    /// without parsing them: for limits with their own error code (EC2's
+    /// `FilterLimitExceeded`) that must be checked before
+    /// [`MAX_LIST_MEMBERS`] is.
+    pub fn member_count(&self, name: &str) -> usize {
+        let mut indices = std::collections::HashSet::new();
+        for (key, _) in &self.pairs {
+            if let Some(rest) = strip_member_prefix(key, name) {
+                indices.insert(rest.split('.').next().unwrap_or(rest));
+            }
+        }
+        indices.len()
+    }
+
+    fn check_members(&self, name: &str, count: usize) -> Result<(), Ec2Error> {
+        if count > MAX_LIST_MEMBERS {
+            return Err(Ec2Error::invalid_parameter_value(format!(
+                "The parameter {} has more than {MAX_LIST_MEMBERS} members",
+                self.full_name(name)
+            )));
+        }
+        Ok(())
     }
 
     /// The members of a flattened list of structures (`Filter.1.Name`,
@@ -241,6 +272,7 @@ impl Params {
                 })
                 .pairs
                 .push((field.to_owned(), value.clone()));
+            self.check_members(name, by_index.len())?;
         }
         Ok(by_index.into_values().collect())
     }

@@ -4,6 +4,7 @@
 //! ModifyInstanceAttribute changes, and garbage collection of terminated
 //! instances.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -124,7 +125,7 @@ impl Db {
     /// then launch index), filtered, one page. Explicit ids that do not
     /// exist make the whole call fail, as in EC2.
     pub fn list_instances(&self, query: &InstanceQuery) -> Result<Page<Instance>, DbError> {
-        filter::validate::<Instance>(&query.filters)?;
+        let matcher = filter::Matcher::new::<Instance>(&query.filters)?;
         let size = query.page.page_size(filter::DESCRIBE_LIMITS)?;
         let after = match query.page.after()? {
             Some(key) => Some(decode_instance_key(&key).ok_or_else(|| {
@@ -132,37 +133,48 @@ impl Db {
             })?),
             None => None,
         };
-        let conn = self.lock();
-        if !query.instance_ids.is_empty() {
-            let missing = missing_ids(&conn, "instances", &query.instance_ids)?;
-            if !missing.is_empty() {
-                return Err(DbError::NotFound {
-                    kind: IdKind::Instance,
-                    ids: missing,
-                });
+        let wanted: HashSet<&str> = query.instance_ids.iter().map(String::as_str).collect();
+        // Rows are read under the lock; the filters, whose cost the request
+        // chooses, run after it is released so other requests go on.
+        let rows = {
+            let conn = self.lock();
+            if !wanted.is_empty() {
+                let missing = missing_ids(&conn, "instances", &query.instance_ids)?;
+                if !missing.is_empty() {
+                    return Err(DbError::NotFound {
+                        kind: IdKind::Instance,
+                        ids: missing,
+                    });
+                }
             }
-        }
-
-        let (after_ms, after_rid, after_idx) = after.unwrap_or((i64::MIN, String::new(), -1));
-        let mut stmt = conn.prepare_cached(&format!(
-            "{INSTANCE_SELECT}
-             WHERE (r.created_ms, i.reservation_id, i.ami_launch_index) > (?1, ?2, ?3)
-             ORDER BY r.created_ms, i.reservation_id, i.ami_launch_index"
-        ))?;
-        let mut rows = stmt.query(params![after_ms, after_rid, after_idx])?;
+            let (after_ms, after_rid, after_idx) = after.unwrap_or((i64::MIN, String::new(), -1));
+            let mut stmt = conn.prepare_cached(&format!(
+                "{INSTANCE_SELECT}
+                 WHERE (r.created_ms, i.reservation_id, i.ami_launch_index) > (?1, ?2, ?3)
+                 ORDER BY r.created_ms, i.reservation_id, i.ami_launch_index"
+            ))?;
+            let mut rows = stmt.query(params![after_ms, after_rid, after_idx])?;
+            let mut loaded: Vec<(Instance, String)> = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id: String = row.get("id")?;
+                if !wanted.is_empty() && !wanted.contains(id.as_str()) {
+                    continue;
+                }
+                loaded.push((instance_from_row(&conn, row)?, instance_sort_key(row)?));
+                // Without filters, one more than a page tells whether a
+                // next page exists.
+                if query.filters.is_empty() && size.is_some_and(|size| loaded.len() > size) {
+                    break;
+                }
+            }
+            loaded
+        };
         let mut items: Vec<(Instance, String)> = Vec::new();
-        while let Some(row) = rows.next()? {
-            let key = instance_sort_key(row)?;
-            let id: String = row.get("id")?;
-            if !query.instance_ids.is_empty() && !query.instance_ids.contains(&id) {
-                continue;
-            }
-            let instance = instance_from_row(&conn, row)?;
-            if !filter::matches_all(&instance, &query.filters)? {
+        for (instance, key) in rows {
+            if !matcher.matches(&instance)? {
                 continue;
             }
             items.push((instance, key));
-            // One more than a page tells whether a next page exists.
             if size.is_some_and(|size| items.len() > size) {
                 break;
             }

@@ -69,6 +69,7 @@ use crate::model::filter::FilterError;
 use crate::model::ids::IdKind;
 use crate::model::state::InstanceState;
 use crate::model::vpc::IpamError;
+use crate::model::MAX_TAGS_PER_RESOURCE;
 
 /// How long a second process (a CLI reading the same file) waits for the
 /// daemon's write lock before giving up.
@@ -222,6 +223,10 @@ pub enum DbError {
         id: String,
         reason: &'static str,
     },
+    /// Tags would exceed [`MAX_TAGS_PER_RESOURCE`] on a resource (EC2:
+    /// TagLimitExceeded).
+    #[error("The resource '{resource_id}' would have {count} tags; at most {MAX_TAGS_PER_RESOURCE} are allowed")]
+    TagLimitExceeded { resource_id: String, count: usize },
     /// An id with no known resource prefix (EC2: InvalidID).
     #[error("The ID '{0}' is not valid")]
     InvalidId(String),

@@ -70,6 +70,10 @@ pub const DEFAULT_OWNER_ID: &str = "000000000000";
 /// renders in a stable order.
 pub type Tags = BTreeMap<String, String>;
 
+/// EC2's limit of tags on one resource (user tags; ec2lab has no `aws:`
+/// tags). CreateTags and launches answer `TagLimitExceeded` beyond it.
+pub const MAX_TAGS_PER_RESOURCE: usize = 50;
+
 /// `2026-11-25T23:00:00.000Z`: how EC2 writes `launchTime` and friends, and
 /// what the `launch-time` filter matches against.
 pub fn format_timestamp(t: OffsetDateTime) -> String {

@@ -10,20 +10,27 @@ use time::OffsetDateTime;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
-use crate::model::filter::{Filter, PageRequest};
+use crate::model::filter::{self, Filter, FilterError, PageRequest};
 use crate::model::ids::{self, IdKind};
-use crate::model::Tags;
+use crate::model::{Tags, MAX_TAGS_PER_RESOURCE};
 
 /// `Filter.N.Name` / `Filter.N.Value.M` as model filters; the repository
-/// checks the names for the resource.
+/// checks the names for the resource. EC2's limits on how many filters and
+/// values are checked before any is collected (`FilterLimitExceeded`).
 pub fn filters(params: &Params) -> Result<Vec<Filter>, Ec2Error> {
+    let count = params.member_count("Filter");
+    if count > filter::MAX_FILTERS {
+        return Err(FilterError::TooManyFilters(count).into());
+    }
     params
         .structs("Filter")?
         .iter()
         .map(|member| {
             member.reject_unknown(&["Name", "Value"])?;
+            let name = member.required("Name")?;
+            filter::check_limits(std::iter::once((name, member.member_count("Value"))))?;
             Ok(Filter {
-                name: member.required("Name")?.to_string(),
+                name: name.to_string(),
                 values: member
                     .list("Value")?
                     .iter()
@@ -103,12 +110,24 @@ pub fn tag_specifications(
         }
         tags.extend(tag_pairs(&spec)?);
     }
+    check_tag_count(tags.len())?;
     Ok(tags)
 }
 
+/// More tags than one resource may have is refused before any is read.
+fn check_tag_count(count: usize) -> Result<(), Ec2Error> {
+    if count > MAX_TAGS_PER_RESOURCE {
+        return Err(Ec2Error::tag_limit_exceeded(format!(
+            "The request has {count} tags; a resource may have at most {MAX_TAGS_PER_RESOURCE}"
+        )));
+    }
+    Ok(())
+}
+
 /// `Tag.N.Key` / `Tag.N.Value`, checked like EC2 (key 1-128 characters,
-/// no `aws:` prefix, value up to 256).
+/// no `aws:` prefix, value up to 256, at most 50 tags).
 pub fn tag_pairs(params: &Params) -> Result<Vec<(String, String)>, Ec2Error> {
+    check_tag_count(params.member_count("Tag"))?;
     params
         .structs("Tag")?
         .iter()

@@ -14,26 +14,21 @@ pub struct Filter {
 
 impl Filter {
     /// The request's `Filter.N` members, each checked against the names the
-    /// action supports (`InvalidParameterValue` otherwise, as on EC2).
+    /// action supports (`InvalidParameterValue` otherwise, as on EC2) and
+    /// within EC2's limits (`FilterLimitExceeded`).
     pub fn parse_all(params: &Params, supported: &[&str]) -> Result<Vec<Filter>, Ec2Error> {
-        params
-            .structs("Filter")?
-            .iter()
-            .map(|member| {
-                member.reject_unknown(&["Name", "Value"])?;
-                let name = member.required("Name")?;
-                if !supported.contains(&name) {
+        super::common::filters(params)?
+            .into_iter()
+            .map(|f| {
+                if !supported.contains(&f.name.as_str()) {
                     return Err(Ec2Error::invalid_parameter_value(format!(
-                        "The filter '{name}' is invalid"
+                        "The filter '{}' is invalid",
+                        f.name
                     )));
                 }
                 Ok(Filter {
-                    name: name.to_owned(),
-                    values: member
-                        .list("Value")?
-                        .into_iter()
-                        .map(str::to_owned)
-                        .collect(),
+                    name: f.name,
+                    values: f.values,
                 })
             })
             .collect()
