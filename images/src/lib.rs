@@ -88,6 +88,14 @@ pub enum ImageError {
         /// Digest of the file.
         actual: String,
     },
+    /// A file the image names is a symlink, a device, a FIFO or anything
+    /// but a regular file: images are read as root, and a link could point
+    /// anywhere on the host.
+    #[error("{file} is not a regular file (symlinks and special files are refused)")]
+    NotRegular {
+        /// The file.
+        file: PathBuf,
+    },
     /// The AMI's default kernel is not in the catalog.
     #[error("image {image} boots kernel {kernel}, which is not among the kernel images in {dir}")]
     MissingKernel {
@@ -98,6 +106,29 @@ pub enum ImageError {
         /// Where kernels were looked for.
         dir: PathBuf,
     },
+}
+
+impl ImageError {
+    /// What is wrong, without host paths, sizes, digests or file contents:
+    /// for API callers, who may name a directory but must learn nothing
+    /// about files they could not read themselves. The full error goes to
+    /// the daemon's log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            ImageError::Read { .. } => "the image's manifest or files cannot be read",
+            ImageError::Parse { .. } | ImageError::Invalid { .. } => {
+                "the image's manifest is not valid"
+            }
+            ImageError::MissingFile { .. } => "a file the image's manifest names is missing",
+            ImageError::SizeMismatch { .. } | ImageError::DigestMismatch { .. } => {
+                "the image's files do not match its manifest (changed, truncated or corrupt)"
+            }
+            ImageError::NotRegular { .. } => {
+                "the image holds a symlink or special file where a regular file belongs"
+            }
+            ImageError::MissingKernel { .. } => "the image's kernel is not in the image store",
+        }
+    }
 }
 
 /// What an image directory holds.
@@ -226,15 +257,50 @@ pub enum Verify {
 
 fn read_manifest<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<(PathBuf, T), ImageError> {
     let path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|source| ImageError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let mut text = String::new();
+    open_regular(&path)?
+        .read_to_string(&mut text)
+        .map_err(|source| ImageError::Read {
+            path: path.clone(),
+            source,
+        })?;
     let manifest = serde_json::from_str(&text).map_err(|source| ImageError::Parse {
         path: path.clone(),
         source,
     })?;
     Ok((path, manifest))
+}
+
+/// Opens `path` for reading if it is a regular file, and not a symlink to
+/// one: `O_NOFOLLOW` refuses a link, and the type is checked with `fstat`
+/// on the opened descriptor, so a file swapped after a path check is never
+/// the one read. `O_NONBLOCK` keeps a FIFO from stalling the open; it
+/// changes nothing for a regular file's reads.
+pub fn open_regular(path: &Path) -> Result<std::fs::File, ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => ImageError::NotRegular {
+                file: path.to_path_buf(),
+            },
+            _ => ImageError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    let meta = file.metadata().map_err(|source| ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(ImageError::NotRegular {
+            file: path.to_path_buf(),
+        });
+    }
+    Ok(file)
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> ImageError {
@@ -244,16 +310,18 @@ fn invalid(path: &Path, message: impl Into<String>) -> ImageError {
     }
 }
 
-/// A path named by a manifest must stay inside its directory.
+/// A path named by a manifest must be a file directly in its directory:
+/// one plain component, so no `..`, no absolute path and no subdirectory
+/// that could be a symlink out of the image (the file itself is opened
+/// with [`open_regular`]).
 fn inside(manifest: &Path, dir: &Path, relative: &Path) -> Result<PathBuf, ImageError> {
-    let plain = relative
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)));
-    if !plain || relative.as_os_str().is_empty() {
+    let mut components = relative.components();
+    let plain = matches!(components.next(), Some(Component::Normal(_)));
+    if !plain || components.next().is_some() {
         return Err(invalid(
             manifest,
             format!(
-                "path {} must be relative and inside the image directory",
+                "path {} must be a file name inside the image directory",
                 relative.display()
             ),
         ));
@@ -296,7 +364,11 @@ fn common_fields(
 
 /// Hex SHA-256 of a file's content.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    sha256_reader(&mut std::fs::File::open(path)?)
+}
+
+/// Hex SHA-256 of everything `reader` yields.
+pub fn sha256_reader(file: &mut impl Read) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -320,9 +392,18 @@ fn check_file(
     sha256: &str,
     verify: Verify,
 ) -> Result<(), ImageError> {
-    let meta = std::fs::metadata(file).map_err(|_| ImageError::MissingFile {
-        manifest: manifest.to_path_buf(),
-        file: file.to_path_buf(),
+    let mut opened = open_regular(file).map_err(|e| match e {
+        ImageError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            ImageError::MissingFile {
+                manifest: manifest.to_path_buf(),
+                file: file.to_path_buf(),
+            }
+        }
+        e => e,
+    })?;
+    let meta = opened.metadata().map_err(|source| ImageError::Read {
+        path: file.to_path_buf(),
+        source,
     })?;
     if meta.len() != size {
         return Err(ImageError::SizeMismatch {
@@ -339,7 +420,7 @@ fn check_file(
         ));
     }
     if verify == Verify::Digest {
-        let actual = sha256_file(file).map_err(|source| ImageError::Read {
+        let actual = sha256_reader(&mut opened).map_err(|source| ImageError::Read {
             path: file.to_path_buf(),
             source,
         })?;
@@ -455,11 +536,17 @@ impl MachineImage {
         }
         if let Some(initrd) = &manifest.initrd {
             let file = inside(&path, dir, initrd)?;
-            if !file.is_file() {
-                return Err(ImageError::MissingFile {
-                    manifest: path,
-                    file,
-                });
+            match open_regular(&file) {
+                Ok(_) => {}
+                Err(ImageError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err(ImageError::MissingFile {
+                        manifest: path,
+                        file,
+                    })
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(Self {
@@ -721,6 +808,72 @@ mod tests {
             write_json(&ami, &m);
             let e = err_text(MachineImage::open(&ami));
             assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+    }
+
+    #[test]
+    fn symlinks_and_special_files_are_refused_wherever_the_image_names_a_file() {
+        let d = catalog_dir();
+        let ami = d.path().join("lab-minimal");
+        // A link to a file with the very content the manifest expects:
+        // refused for being a link, not for its content.
+        let elsewhere = d.path().join("elsewhere.ext4");
+        std::fs::write(&elsewhere, ROOT).expect("target");
+        std::fs::remove_file(ami.join("root.ext4")).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, ami.join("root.ext4")).expect("symlink");
+        let e = MachineImage::open_with(&ami, Verify::Digest).expect_err("symlinked root");
+        assert!(matches!(e, ImageError::NotRegular { .. }), "{e}");
+
+        let d = catalog_dir();
+        let ami = d.path().join("lab-minimal");
+        std::fs::remove_file(ami.join("root.ext4")).expect("rm");
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(ami.join("root.ext4"))
+            .status()
+            .expect("mkfifo");
+        assert!(fifo.success());
+        // Returns at once: a FIFO with no writer must not block the open.
+        let e = MachineImage::open(&ami).expect_err("fifo root");
+        assert!(matches!(e, ImageError::NotRegular { .. }), "{e}");
+
+        let d = catalog_dir();
+        let ami = d.path().join("lab-minimal");
+        let manifest = std::fs::read(ami.join(MANIFEST)).expect("manifest");
+        std::fs::write(d.path().join("m.json"), manifest).expect("copy");
+        std::fs::remove_file(ami.join(MANIFEST)).expect("rm");
+        std::os::unix::fs::symlink(d.path().join("m.json"), ami.join(MANIFEST)).expect("link");
+        let e = MachineImage::open(&ami).expect_err("symlinked manifest");
+        assert!(matches!(e, ImageError::NotRegular { .. }), "{e}");
+    }
+
+    #[test]
+    fn files_must_sit_directly_in_the_image_directory() {
+        let d = catalog_dir();
+        let ami = d.path().join("lab-minimal");
+        std::fs::create_dir(ami.join("sub")).expect("mkdir");
+        std::fs::rename(ami.join("root.ext4"), ami.join("sub/root.ext4")).expect("mv");
+        let mut m = machine_json(ROOT.len(), &digest(ROOT));
+        m["block_device_mappings"][0]["path"] = "sub/root.ext4".into();
+        write_json(&ami, &m);
+        let e = err_text(MachineImage::open(&ami));
+        assert!(e.contains("must be a file name"), "{e}");
+    }
+
+    #[test]
+    fn summaries_say_what_is_wrong_without_sizes_digests_or_paths() {
+        let d = catalog_dir();
+        let ami = d.path().join("lab-minimal");
+        let mut bad = ROOT.to_vec();
+        bad[0] ^= 0xff;
+        std::fs::write(ami.join("root.ext4"), &bad).expect("corrupt");
+        let digest_error = MachineImage::open_with(&ami, Verify::Digest).expect_err("digest");
+        std::fs::write(ami.join("root.ext4"), &ROOT[..10]).expect("truncate");
+        let size_error = MachineImage::open(&ami).expect_err("size");
+        for e in [digest_error, size_error] {
+            let summary = e.summary();
+            assert!(summary.contains("do not match"), "{summary}");
+            assert!(!summary.chars().any(|c| c.is_ascii_digit()), "{summary}");
+            assert!(!summary.contains('/'), "{summary}");
         }
     }
 
