@@ -60,8 +60,10 @@ impl From<BootError> for LabError {
 /// the host. Only the log and the instance's state reason see these.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// The machine image's manifest or files.
-    #[error("image {image_id}: {source}")]
+    /// The machine image's manifest or files (the message is the error's
+    /// summary: it becomes the instance's state reason, which API callers
+    /// read; the details are logged where it is made).
+    #[error("image {image_id}: {}", .source.summary())]
     Image {
         /// The `ami-` id.
         image_id: String,
@@ -71,14 +73,18 @@ pub enum BootError {
     /// Neither the instance nor its image names a kernel.
     #[error("image {0} names no kernel")]
     NoKernel(String),
-    /// The kernel image's manifest or files.
-    #[error("kernel {kernel_id}: {source}")]
+    /// The kernel image's manifest or files (summary only, as for images).
+    #[error("kernel {kernel_id}: {}", .source.summary())]
     Kernel {
         /// The `aki-` id.
         kernel_id: String,
         /// What is wrong with it.
         source: ec2lab_images::ImageError,
     },
+    /// The image's manifest on disk names other files than the ones it was
+    /// registered with.
+    #[error("image {0} changed since it was registered")]
+    ImageChanged(String),
     /// The machine image has no root volume to copy.
     #[error("image {0} has no root volume")]
     NoRootVolume(String),
@@ -177,6 +183,8 @@ pub const DEFAULT_STALL_POLL: Duration = Duration::from_secs(15);
 struct BootFiles {
     kernel: PathBuf,
     root: PathBuf,
+    /// The root file's digest as registered: the copy must match it.
+    root_sha256: String,
     cmdline: String,
     initrd: Option<PathBuf>,
 }
@@ -295,13 +303,21 @@ impl Lab {
         });
     }
 
-    /// The kernel, root image, command line and initrd an instance boots.
+    /// The kernel, root image, command line and initrd an instance boots,
+    /// checked again against what was registered: the manifests must name
+    /// the registered digests, and the kernel's content must match (the
+    /// root file is checked as it is copied, see
+    /// [`Supervisor::prepare_root_volume`]).
     fn image_paths(&self, instance: &Instance) -> Result<BootFiles, LabError> {
         let image = self.db.get_image(&instance.image_id)?;
+        let logged = |what: &str, id: &str, source: ec2lab_images::ImageError| {
+            log::error!("{}: {what} {id}: {source}", instance.id);
+            source
+        };
         let ami =
             ec2lab_images::MachineImage::open(&image.dir).map_err(|source| BootError::Image {
                 image_id: image.id.clone(),
-                source,
+                source: logged("image", &image.id, source),
             })?;
         let kernel_id = instance
             .kernel_id
@@ -309,17 +325,29 @@ impl Lab {
             .or(image.kernel_id.clone())
             .ok_or_else(|| BootError::NoKernel(image.id.clone()))?;
         let kernel = self.db.get_image(&kernel_id)?;
-        let aki =
-            ec2lab_images::KernelImage::open(&kernel.dir).map_err(|source| BootError::Kernel {
+        let aki = ec2lab_images::KernelImage::open_with(&kernel.dir, ec2lab_images::Verify::Digest)
+            .map_err(|source| BootError::Kernel {
                 kernel_id: kernel_id.clone(),
-                source,
+                source: logged("kernel", &kernel_id, source),
             })?;
+        if !aki
+            .manifest
+            .kernel
+            .sha256
+            .eq_ignore_ascii_case(&kernel.digest)
+        {
+            return Err(BootError::ImageChanged(kernel_id).into());
+        }
         let root = ami
-            .root_path()
+            .root()
             .ok_or_else(|| BootError::NoRootVolume(image.id.clone()))?;
+        if !root.sha256.eq_ignore_ascii_case(&image.digest) {
+            return Err(BootError::ImageChanged(image.id.clone()).into());
+        }
         Ok(BootFiles {
             kernel: aki.kernel_path(),
-            root,
+            root: ami.dir.join(&root.path),
+            root_sha256: image.digest.clone(),
             cmdline: ami.manifest.cmdline.clone(),
             initrd: ami.manifest.initrd.as_ref().map(|i| ami.dir.join(i)),
         })
@@ -336,7 +364,8 @@ impl Lab {
             let size = root_size_bytes(instance.root_volume.size_gib, &boot_files.root);
             let sup = self.supervisor.clone();
             let (id2, src) = (id.to_string(), boot_files.root.clone());
-            tokio::task::spawn_blocking(move || sup.prepare_root_volume(&id2, &src, size))
+            let digest = boot_files.root_sha256.clone();
+            tokio::task::spawn_blocking(move || sup.prepare_root_volume(&id2, &src, &digest, size))
                 .await
                 .map_err(BootError::from)?
                 .map_err(BootError::from)?;

@@ -48,6 +48,13 @@ pub enum SupervisorError {
         /// Its stderr.
         detail: String,
     },
+    /// The image's root file cannot be opened as a regular file.
+    #[error("the image's root file: {}", .0.summary())]
+    Image(ec2lab_images::ImageError),
+    /// The copied root file is not what was registered: the image changed
+    /// after RegisterImage (or the catalog scan) checked it.
+    #[error("the image's root file changed since the image was registered; no volume was made")]
+    ImageChanged,
     /// The VMM could not be started.
     #[error("cannot start {vmm}: {source}")]
     Spawn {
@@ -78,6 +85,69 @@ pub enum SupervisorError {
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SupervisorError {
     let path = path.to_path_buf();
     move |source| SupervisorError::Io { what, path, source }
+}
+
+/// Copies the regular file `image` to `to` (private) and checks that the
+/// copy's SHA-256 is `sha256`.
+fn copy_verified(image: &Path, sha256: &str, to: &Path) -> Result<(), SupervisorError> {
+    use std::os::fd::AsRawFd;
+    let source = ec2lab_images::open_regular(image).map_err(SupervisorError::Image)?;
+    // cp opens the daemon's descriptor through /proc, so it copies the
+    // file that was checked, not whatever the path names by then.
+    let through_fd = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        source.as_raw_fd()
+    ));
+    run_tool(
+        "cp",
+        std::process::Command::new("cp")
+            .args(["--reflink=auto", "--sparse=always"])
+            .arg(&through_fd)
+            .arg(to),
+        to,
+    )?;
+    drop(source);
+    // The volume holds the instance's data, whatever the image's mode.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error("chmod", to))?;
+    }
+    let copied = ec2lab_images::sha256_file(to).map_err(io_error("hash", to))?;
+    if !copied.eq_ignore_ascii_case(sha256) {
+        log::error!(
+            "{}: copied root file has sha256 {copied}, registered {sha256}",
+            image.display()
+        );
+        return Err(SupervisorError::ImageChanged);
+    }
+    Ok(())
+}
+
+/// Grows `volume` to `size_bytes` (never shrinks), and its ext4 file
+/// system with it.
+fn grow_volume(volume: &Path, size_bytes: u64) -> Result<(), SupervisorError> {
+    let current = std::fs::metadata(volume)
+        .map_err(io_error("stat", volume))?
+        .len();
+    if size_bytes > current {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(volume)
+            .map_err(io_error("open", volume))?;
+        file.set_len(size_bytes).map_err(io_error("grow", volume))?;
+        if is_ext4(volume) {
+            run_tool(
+                "resize2fs",
+                std::process::Command::new("resize2fs")
+                    .arg("-f")
+                    .arg(volume),
+                volume,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// What to boot for an instance.
@@ -247,28 +317,33 @@ impl Supervisor {
     /// file system can, sparse otherwise, so a launch costs no full copy.
     /// A volume larger than the image is grown, and an ext4 file system on
     /// it with it (what cloud-init's growpart does on EC2).
+    ///
+    /// The image is opened without following links and copied through the
+    /// opened descriptor, and the copy is hashed and compared with
+    /// `sha256`, the digest the image was registered with, before it
+    /// becomes the volume: what the guest gets is what was registered, even
+    /// if the file is replaced meanwhile. The price is one read of the
+    /// image per launch. The copy is made under a temporary name and
+    /// renamed, so a failed preparation leaves no volume behind.
     pub fn prepare_root_volume(
         &self,
         instance_id: &str,
         image: &Path,
+        sha256: &str,
         size_bytes: u64,
     ) -> Result<PathBuf, SupervisorError> {
         let files = self.files(instance_id);
         std::fs::create_dir_all(&files.dir).map_err(io_error("create", &files.dir))?;
         let volume = files.root_volume();
-        // Built under another name and renamed when complete: a daemon
-        // killed mid-copy leaves no half-made volume that a later start
-        // would boot.
-        let mut partial = volume.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
-        let built = build_root_volume(image, &partial, size_bytes).and_then(|()| {
+        let partial = files.dir.join("root.img.partial");
+        let result = copy_verified(image, sha256, &partial).and_then(|()| {
+            grow_volume(&partial, size_bytes)?;
             std::fs::rename(&partial, &volume).map_err(io_error("rename", &partial))
         });
-        if built.is_err() {
+        if result.is_err() {
             let _ = std::fs::remove_file(&partial);
         }
-        built.map(|()| volume)
+        result.map(|()| volume)
     }
 
     /// Writes the VMM config and starts the VMM in its own session.
@@ -654,46 +729,6 @@ pub async fn vmm_api(
     }
 }
 
-/// Copies `image` to `volume` (a reflink where the file system can, sparse
-/// otherwise), private to the lab, grown to `size_bytes` with its ext4 file
-/// system.
-fn build_root_volume(image: &Path, volume: &Path, size_bytes: u64) -> Result<(), SupervisorError> {
-    run_tool(
-        "cp",
-        std::process::Command::new("cp")
-            .args(["--reflink=auto", "--sparse=always"])
-            .arg(image)
-            .arg(volume),
-        volume,
-    )?;
-    // The volume holds the instance's data, whatever the image's mode.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(volume, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_error("chmod", volume))?;
-    }
-    let current = std::fs::metadata(volume)
-        .map_err(io_error("stat", volume))?
-        .len();
-    if size_bytes > current {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(volume)
-            .map_err(io_error("open", volume))?;
-        file.set_len(size_bytes).map_err(io_error("grow", volume))?;
-        if is_ext4(volume) {
-            run_tool(
-                "resize2fs",
-                std::process::Command::new("resize2fs")
-                    .arg("-f")
-                    .arg(volume),
-                volume,
-            )?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,8 +819,9 @@ mod tests {
         std::fs::write(&image, vec![0u8; 4096]).expect("image");
         std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let supervisor = Supervisor::new("true".into(), dir.path().join("instances"));
+        let digest = ec2lab_images::sha256_file(&image).expect("digest");
         let volume = supervisor
-            .prepare_root_volume("i-1", &image, 8192)
+            .prepare_root_volume("i-1", &image, &digest, 8192)
             .expect("prepared");
         let meta = std::fs::metadata(&volume).expect("stat");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -799,7 +835,8 @@ mod tests {
         assert_eq!(dir_of(&volume), ["root.img"], "nothing partial is left");
 
         // A copy that fails leaves neither a volume nor a partial one.
-        let failed = supervisor.prepare_root_volume("i-2", &dir.path().join("missing.raw"), 8192);
+        let failed =
+            supervisor.prepare_root_volume("i-2", &dir.path().join("missing.raw"), &digest, 8192);
         assert!(failed.is_err());
         let files = supervisor.files("i-2");
         assert!(
@@ -819,6 +856,33 @@ mod tests {
         let again = later.free_disk_bytes().expect("statvfs of the parent");
         // Same file system; other tests may write meanwhile.
         assert!(again.abs_diff(free) < 1 << 30, "{free} vs {again}");
+    }
+
+    #[test]
+    fn a_root_file_that_is_not_what_was_registered_makes_no_volume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("image.raw");
+        std::fs::write(&image, vec![1u8; 4096]).expect("image");
+        let registered = ec2lab_images::sha256_file(&image).expect("digest");
+        std::fs::write(&image, vec![2u8; 4096]).expect("changed");
+        let supervisor = Supervisor::new("true".into(), dir.path().join("instances"));
+        let e = supervisor
+            .prepare_root_volume("i-1", &image, &registered, 8192)
+            .expect_err("changed image");
+        assert!(matches!(e, SupervisorError::ImageChanged), "{e}");
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&image, &link).expect("symlink");
+        let e = supervisor
+            .prepare_root_volume("i-1", &link, &registered, 8192)
+            .expect_err("symlink");
+        assert!(matches!(e, SupervisorError::Image(_)), "{e}");
+        let files = supervisor.files("i-1");
+        let left: Vec<_> = std::fs::read_dir(&files.dir)
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "no volume, no partial copy: {left:?}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 
 use super::xml;
 use crate::db::DbError;
+use crate::images::RegisterError;
 use crate::instances::InstanceError;
 use crate::lifecycle::LabError;
 use crate::model::filter::FilterError;
@@ -345,6 +346,18 @@ impl From<DbError> for Ec2Error {
 impl From<FilterError> for Ec2Error {
     fn from(e: FilterError) -> Self {
         Self::bad_request(e.code(), e.to_string())
+    }
+}
+
+/// RegisterImage's refusals: the caller named a wrong directory.
+impl From<RegisterError> for Ec2Error {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::Db(e) => e.into(),
+            RegisterError::NotInStore | RegisterError::Image(_) => {
+                Self::invalid_parameter_value(e.to_string())
+            }
+        }
     }
 }
 

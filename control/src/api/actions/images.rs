@@ -1,7 +1,7 @@
 //! Images: DescribeImages over the registered AMIs and AKIs, and
 //! RegisterImage / DeregisterImage over image directories on this host.
 
-use std::path::PathBuf;
+use crate::images::RegisterRequest;
 
 use super::common::{check_ids, filters, page, system_time_secs, tag_set};
 use super::Ctx;
@@ -10,7 +10,7 @@ use crate::api::query::Params;
 use crate::api::xml::XmlNode;
 use crate::db::ImageQuery;
 use crate::model::filter::Filter;
-use crate::model::ids::{self, IdKind};
+use crate::model::ids::IdKind;
 use crate::model::{Image, ImageKind, ImageState, DEFAULT_OWNER_ID, ROOT_DEVICE_NAME};
 
 fn image_node(i: &Image) -> Vec<XmlNode> {
@@ -133,9 +133,9 @@ pub fn describe_images(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
     Ok(out)
 }
 
-/// `RegisterImage`: `ImageLocation` is an image directory on this host
-/// (what scripts/build-images or scripts/import-image wrote); its manifest
-/// is checked against its files before anything is registered.
+/// `RegisterImage`: `ImageLocation` is an image directory in the lab's
+/// image store (what scripts/build-images or scripts/import-image wrote);
+/// `crate::images` checks it.
 pub fn register_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&[
         "ImageLocation",
@@ -150,54 +150,17 @@ pub fn register_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
         "BootMode",
         "DryRun",
     ])?;
-    let location = params.required("ImageLocation")?;
-    let dir = PathBuf::from(location);
-    let ami = ec2lab_images::MachineImage::open_with(&dir, ec2lab_images::Verify::Digest)
-        .map_err(|e| Ec2Error::invalid_parameter_value(e.to_string()))?;
-    let lab = ctx.lab();
-    let name = params
-        .optional("Name")
-        .unwrap_or(&ami.manifest.name)
-        .to_string();
-    let kernel_id = match params.optional("KernelId") {
-        Some(k) => Some(check_ids(IdKind::Kernel, &[k])?.remove(0)),
-        None => {
-            let kernels = ec2lab_images::Catalog::scan(&lab.images_dir)
-                .map_err(|e| Ec2Error::invalid_parameter_value(e.to_string()))?;
-            kernels.kernel(&ami.manifest.kernel).map(|k| {
-                ids::content_id(IdKind::Kernel, &k.manifest.name, &k.manifest.kernel.sha256)
-            })
-        }
+    let request = RegisterRequest {
+        location: params.required("ImageLocation")?.to_string(),
+        name: params.optional("Name").map(str::to_string),
+        description: params.optional("Description").map(str::to_string),
+        kernel_id: match params.optional("KernelId") {
+            Some(k) => Some(check_ids(IdKind::Kernel, &[k])?.remove(0)),
+            None => None,
+        },
     };
-    if let Some(k) = &kernel_id {
-        lab.db.get_image(k)?;
-    }
-    let digest = ami.root().map(|r| r.sha256.clone()).unwrap_or_default();
-    let image = Image {
-        id: ids::content_id(IdKind::Image, &name, &digest),
-        name,
-        kind: ImageKind::Machine,
-        dir,
-        description: params
-            .optional("Description")
-            .map(str::to_string)
-            .or(Some(ami.manifest.description.clone())),
-        architecture: ami.manifest.architecture.clone(),
-        kernel_id,
-        boot_mode: None,
-        default_user: Some(ami.manifest.default_user.clone()),
-        root_size_gib: ami
-            .root()
-            .map(|r| r.size_bytes.div_ceil(1 << 30).max(1) as u32),
-        digest,
-        owner_id: DEFAULT_OWNER_ID.to_string(),
-        state: ImageState::Available,
-        created: time::OffsetDateTime::now_utc(),
-        deregistered: None,
-        tags: Default::default(),
-    };
-    lab.db.register_image(&image)?;
-    Ok(vec![XmlNode::text("imageId", image.id)])
+    let image_id = ctx.lab().register_image(&request)?;
+    Ok(vec![XmlNode::text("imageId", image_id)])
 }
 
 /// `DeregisterImage`: running instances keep their volumes.
