@@ -316,6 +316,9 @@ impl From<DbError> for Ec2Error {
                     IdKind::NetworkInterface => {
                         format!("The networkInterface ID '{ids}' does not exist")
                     }
+                    IdKind::SecurityGroupRule => {
+                        format!("The security group rule ID '{ids}' does not exist")
+                    }
                     _ => e.to_string(),
                 };
                 bad(kind.not_found_code(), message)
@@ -336,6 +339,7 @@ impl From<DbError> for Ec2Error {
             DbError::TagLimitExceeded { .. } => Self::tag_limit_exceeded(e.to_string()),
             DbError::InvalidQuery(f) => bad(f.code(), f.to_string()),
             DbError::Ipam(i) => bad(i.code(), i.to_string()),
+            DbError::SecurityGroup(g) => bad(g.code(), g.to_string()),
             _ => Self::internal(e),
         }
     }

@@ -58,15 +58,18 @@ mod instance_status;
 mod instances;
 mod key_pairs;
 mod network;
+mod security_groups;
 mod tags;
 
 pub use images::ImageQuery;
 pub use instances::{InsertOutcome, InstanceQuery, TERMINATED_RETENTION};
 pub use network::NetworkQuery;
+pub use security_groups::{NewSecurityGroup, RevokeRequest};
 pub use tags::TagSelector;
 
 use crate::model::filter::FilterError;
 use crate::model::ids::IdKind;
+use crate::model::security_group::SecurityGroupError;
 use crate::model::state::InstanceState;
 use crate::model::vpc::IpamError;
 use crate::model::MAX_TAGS_PER_RESOURCE;
@@ -185,6 +188,8 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 4: security group rules, with each existing group's standard rules.
     Migration::Code(network::migrate_rules),
+    // 5: security group rule ids (`sgr-…`), given to existing rules too.
+    Migration::Code(network::migrate_rule_ids),
 ];
 
 /// What went wrong in the repository. The API maps each variant to an EC2
@@ -234,6 +239,10 @@ pub enum DbError {
     /// reserved, or none left).
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    /// A security group or rule change EC2 refuses (duplicate, limit,
+    /// dependency, bad protocol or ports).
+    #[error(transparent)]
+    SecurityGroup(#[from] SecurityGroupError),
     /// Filters or pagination parameters the model refused.
     #[error(transparent)]
     InvalidQuery(#[from] FilterError),

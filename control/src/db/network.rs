@@ -18,7 +18,7 @@ use crate::model::filter::{self, Filter, Page, PageRequest};
 use crate::model::ids::{self, IdKind};
 use crate::model::vpc::{
     self, Cidr, GroupIdentifier, InterfaceRequest, NetworkInterface, NetworkInterfaceAttachment,
-    RuleDirection, RulePeer, SecurityGroup, SecurityGroupRule, Subnet, Vpc,
+    RuleDirection, RulePeer, RuleRecord, SecurityGroup, SecurityGroupRule, Subnet, Vpc,
 };
 use crate::model::DEFAULT_OWNER_ID;
 
@@ -125,7 +125,7 @@ fn backfill_standard_rules(tx: &Transaction<'_>) -> Result<(), DbError> {
         rows.collect::<Result<_, _>>()?
     };
     for (id, name) in &groups {
-        insert_rules(tx, id, &vpc::standard_rules(id, name))?;
+        insert_rules_schema_4(tx, id, &vpc::standard_rules(id, name))?;
     }
     if !groups.is_empty() {
         log::info!(
@@ -134,6 +134,66 @@ fn backfill_standard_rules(tx: &Transaction<'_>) -> Result<(), DbError> {
         );
     }
     Ok(())
+}
+
+/// Migration 4's own insert: the columns of schema 4, no rule id (the file
+/// may be at schema 4 when it runs; migration 5 gives these rows ids).
+fn insert_rules_schema_4(
+    tx: &Transaction<'_>,
+    group_id: &str,
+    rules: &[SecurityGroupRule],
+) -> Result<(), DbError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO security_group_rules (group_id, direction, ip_protocol, from_port,
+            to_port, cidr_ipv4, referenced_group_id, description)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for rule in rules {
+        let (cidr, group) = peer_columns(&rule.peer);
+        stmt.execute(params![
+            group_id,
+            rule.direction.name(),
+            rule.ip_protocol,
+            rule.from_port,
+            rule.to_port,
+            cidr,
+            group,
+            rule.description
+        ])?;
+    }
+    Ok(())
+}
+
+/// Migration 5: every rule gets EC2's `sgr-…` id (random, so this is code:
+/// existing rows get fresh ones), unique across the lab. Rules that
+/// reference a group are indexed, for DeleteSecurityGroup's dependency
+/// check.
+pub(super) fn migrate_rule_ids(tx: &Transaction<'_>) -> Result<(), DbError> {
+    tx.execute_batch("ALTER TABLE security_group_rules ADD COLUMN rule_id TEXT;")?;
+    let rows: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT id FROM security_group_rules ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for row in &rows {
+        tx.execute(
+            "UPDATE security_group_rules SET rule_id = ?1 WHERE id = ?2",
+            params![ids::generate(IdKind::SecurityGroupRule), row],
+        )?;
+    }
+    tx.execute_batch(
+        "CREATE UNIQUE INDEX security_group_rules_rule_id ON security_group_rules(rule_id);
+         CREATE INDEX security_group_rules_referenced
+             ON security_group_rules(referenced_group_id);",
+    )?;
+    Ok(())
+}
+
+fn peer_columns(peer: &RulePeer) -> (Option<String>, Option<&str>) {
+    match peer {
+        RulePeer::Cidr(cidr) => (Some(cidr.to_string()), None),
+        RulePeer::Group(id) => (None, Some(id.as_str())),
+    }
 }
 
 /// Creates AWS's default VPC for `region` unless there is one: the /16,
@@ -185,7 +245,7 @@ pub(super) fn ensure_default_vpc(tx: &Transaction<'_>, region: &str) -> Result<(
 /// Creates a security group in `vpc_id` with the rules EC2 gives a new
 /// group (`vpc::standard_rules`) and returns its id. The one way groups are
 /// made, so that no group is ever without its standard rules.
-fn insert_group(
+pub(super) fn insert_group(
     tx: &Transaction<'_>,
     vpc_id: &str,
     name: &str,
@@ -200,23 +260,24 @@ fn insert_group(
     Ok(id)
 }
 
-/// Appends `rules` to the group `group_id`.
-fn insert_rules(
+/// Appends `rules` to the group `group_id`, each with a fresh `sgr-…` id,
+/// and returns them as stored.
+pub(super) fn insert_rules(
     tx: &Transaction<'_>,
     group_id: &str,
     rules: &[SecurityGroupRule],
-) -> Result<(), DbError> {
+) -> Result<Vec<RuleRecord>, DbError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO security_group_rules (group_id, direction, ip_protocol, from_port,
-            to_port, cidr_ipv4, referenced_group_id, description)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO security_group_rules (rule_id, group_id, direction, ip_protocol,
+            from_port, to_port, cidr_ipv4, referenced_group_id, description)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
+    let mut stored = Vec::with_capacity(rules.len());
     for rule in rules {
-        let (cidr, group) = match &rule.peer {
-            RulePeer::Cidr(cidr) => (Some(cidr.to_string()), None),
-            RulePeer::Group(id) => (None, Some(id.as_str())),
-        };
+        let id = ids::generate(IdKind::SecurityGroupRule);
+        let (cidr, group) = peer_columns(&rule.peer);
         stmt.execute(params![
+            id,
             group_id,
             rule.direction.name(),
             rule.ip_protocol,
@@ -226,42 +287,59 @@ fn insert_rules(
             group,
             rule.description
         ])?;
+        stored.push(RuleRecord {
+            id,
+            group_id: group_id.to_string(),
+            rule: rule.clone(),
+        });
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// The rules of `group_id`, in the order they were added.
-fn rules_of(conn: &Connection, group_id: &str) -> Result<Vec<SecurityGroupRule>, DbError> {
+pub(super) fn rules_of(conn: &Connection, group_id: &str) -> Result<Vec<RuleRecord>, DbError> {
     let mut stmt =
         conn.prepare_cached("SELECT * FROM security_group_rules WHERE group_id = ?1 ORDER BY id")?;
     let mut rows = stmt.query([group_id])?;
     let mut rules = Vec::new();
     while let Some(row) = rows.next()? {
-        let cidr: Option<String> = row.get("cidr_ipv4")?;
-        let group: Option<String> = row.get("referenced_group_id")?;
-        let peer = match (cidr, group) {
-            (Some(text), None) => RulePeer::Cidr(Cidr::parse(&text).ok_or(DbError::Corrupt {
-                column: "security_group_rules.cidr_ipv4",
-                value: text,
-            })?),
-            (None, Some(id)) => RulePeer::Group(id),
-            (cidr, group) => {
-                return Err(DbError::Corrupt {
-                    column: "security_group_rules peer",
-                    value: format!("cidr {cidr:?}, group {group:?}"),
-                })
-            }
-        };
-        rules.push(SecurityGroupRule {
+        rules.push(rule_from_row(row)?);
+    }
+    Ok(rules)
+}
+
+pub(super) fn rule_from_row(row: &Row<'_>) -> Result<RuleRecord, DbError> {
+    let cidr: Option<String> = row.get("cidr_ipv4")?;
+    let group: Option<String> = row.get("referenced_group_id")?;
+    let peer = match (cidr, group) {
+        (Some(text), None) => RulePeer::Cidr(Cidr::parse(&text).ok_or(DbError::Corrupt {
+            column: "security_group_rules.cidr_ipv4",
+            value: text,
+        })?),
+        (None, Some(id)) => RulePeer::Group(id),
+        (cidr, group) => {
+            return Err(DbError::Corrupt {
+                column: "security_group_rules peer",
+                value: format!("cidr {cidr:?}, group {group:?}"),
+            })
+        }
+    };
+    let id: Option<String> = row.get("rule_id")?;
+    Ok(RuleRecord {
+        id: id.ok_or(DbError::Corrupt {
+            column: "security_group_rules.rule_id",
+            value: "NULL".to_string(),
+        })?,
+        group_id: row.get("group_id")?,
+        rule: SecurityGroupRule {
             direction: parse_column(row, "direction", RuleDirection::from_name)?,
             ip_protocol: row.get("ip_protocol")?,
             from_port: row.get("from_port")?,
             to_port: row.get("to_port")?,
             peer,
             description: row.get("description")?,
-        });
-    }
-    Ok(rules)
+        },
+    })
 }
 
 impl Db {
@@ -383,7 +461,7 @@ fn select_all<T>(
     Ok(out)
 }
 
-fn describe<T: filter::Filterable>(
+pub(super) fn describe<T: filter::Filterable>(
     items: Vec<T>,
     query: &NetworkQuery,
     sort_key: impl Fn(&T) -> String,
@@ -442,7 +520,7 @@ fn get_subnet(conn: &Connection, id: &str) -> Result<Subnet, DbError> {
     .ok_or_else(|| not_found(IdKind::Subnet, id))
 }
 
-fn group_from_row(conn: &Connection, row: &Row<'_>) -> Result<SecurityGroup, DbError> {
+pub(super) fn group_from_row(conn: &Connection, row: &Row<'_>) -> Result<SecurityGroup, DbError> {
     let id: String = row.get("id")?;
     Ok(SecurityGroup {
         name: row.get("name")?,
@@ -670,6 +748,11 @@ mod tests {
         NetworkQuery::default()
     }
 
+    /// What `rules` admit, without their ids.
+    fn specs(rules: &[RuleRecord]) -> Vec<SecurityGroupRule> {
+        rules.iter().map(|r| r.rule.clone()).collect()
+    }
+
     fn all_groups(db: &Db) -> Vec<SecurityGroup> {
         db.list_security_groups(&everything(), &[])
             .expect("groups")
@@ -682,8 +765,12 @@ mod tests {
         let groups = all_groups(&db);
         assert_eq!(groups.len(), 1);
         let g = &groups[0];
+        assert!(g
+            .rules
+            .iter()
+            .all(|r| r.id.starts_with("sgr-") && r.group_id == g.id));
         assert_eq!(
-            g.rules,
+            specs(&g.rules),
             [
                 SecurityGroupRule {
                     direction: RuleDirection::Ingress,
@@ -718,10 +805,11 @@ mod tests {
             .into_iter()
             .find(|g| g.id == id)
             .expect("stored");
-        assert_eq!(web.rules, vpc::standard_rules(&id, "web"));
-        assert_eq!(web.rules.len(), 1);
-        assert_eq!(web.rules[0].direction, RuleDirection::Egress);
-        assert_eq!(web.rules[0].peer, RulePeer::Cidr(ANYWHERE));
+        let rules = specs(&web.rules);
+        assert_eq!(rules, vpc::standard_rules(&id, "web"));
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].direction, RuleDirection::Egress);
+        assert_eq!(rules[0].peer, RulePeer::Cidr(ANYWHERE));
     }
 
     /// A file from before rules were stored (schema 3) with its default
@@ -759,9 +847,10 @@ mod tests {
         assert_eq!(groups.len(), 1, "the default VPC was not created again");
         assert_eq!(groups[0].id, group_id);
         assert_eq!(
-            groups[0].rules,
+            specs(&groups[0].rules),
             vpc::standard_rules(&group_id, vpc::DEFAULT_SECURITY_GROUP_NAME)
         );
+        assert!(groups[0].rules.iter().all(|r| r.id.starts_with("sgr-")));
     }
 
     #[test]
@@ -777,7 +866,7 @@ mod tests {
             peer: RulePeer::Cidr(ANYWHERE),
             description: Some("ssh".into()),
         };
-        insert_rules(&tx, &default_id, std::slice::from_ref(&only_ssh)).expect("rule");
+        insert_rules_schema_4(&tx, &default_id, std::slice::from_ref(&only_ssh)).expect("rule");
         tx.execute(
             "INSERT INTO security_groups (id, vpc_id, name, description)
              VALUES ('sg-0000000000000000f', 'vpc-0123456789abcdef0', 'web', 'web')",
@@ -785,9 +874,13 @@ mod tests {
         )
         .expect("second group");
         backfill_standard_rules(&tx).expect("backfill");
-        assert_eq!(rules_of(&tx, &default_id).expect("rules"), [only_ssh]);
+        migrate_rule_ids(&tx).expect("rule ids");
         assert_eq!(
-            rules_of(&tx, "sg-0000000000000000f").expect("rules"),
+            specs(&rules_of(&tx, &default_id).expect("rules")),
+            [only_ssh]
+        );
+        assert_eq!(
+            specs(&rules_of(&tx, "sg-0000000000000000f").expect("rules")),
             vpc::standard_rules("sg-0000000000000000f", "web")
         );
     }

@@ -1,5 +1,5 @@
 //! EC2 resource ids: `i-0123456789abcdef0`, `r-…`, `ami-…`, `aki-…`, `key-…`,
-//! `vol-…`, `eni-…`, `vpc-…`, `subnet-…`, `sg-…`.
+//! `vol-…`, `eni-…`, `vpc-…`, `subnet-…`, `sg-…`, `sgr-…`.
 //!
 //! EC2 ids are a type prefix, a dash and 17 lowercase hex digits (older
 //! resources have 8). Clients parse nothing but the prefix, yet the API must
@@ -31,11 +31,13 @@ pub enum IdKind {
     Vpc,
     Subnet,
     SecurityGroup,
+    /// One rule of a security group (EC2's `SecurityGroupRuleId`).
+    SecurityGroupRule,
 }
 
 impl IdKind {
     /// Every kind, for tables and exhaustive tests.
-    pub const ALL: [IdKind; 11] = [
+    pub const ALL: [IdKind; 12] = [
         IdKind::Instance,
         IdKind::Reservation,
         IdKind::Image,
@@ -47,6 +49,7 @@ impl IdKind {
         IdKind::Vpc,
         IdKind::Subnet,
         IdKind::SecurityGroup,
+        IdKind::SecurityGroupRule,
     ];
 
     /// The prefix before the dash.
@@ -63,6 +66,7 @@ impl IdKind {
             IdKind::Vpc => "vpc",
             IdKind::Subnet => "subnet",
             IdKind::SecurityGroup => "sg",
+            IdKind::SecurityGroupRule => "sgr",
         }
     }
 
@@ -80,6 +84,7 @@ impl IdKind {
             IdKind::Vpc => "vpc",
             IdKind::Subnet => "subnet",
             IdKind::SecurityGroup => "security-group",
+            IdKind::SecurityGroupRule => "security-group-rule",
         }
     }
 
@@ -98,6 +103,7 @@ impl IdKind {
             IdKind::Vpc => "InvalidVpcID.Malformed",
             IdKind::Subnet => "InvalidSubnetID.Malformed",
             IdKind::SecurityGroup => "InvalidGroupId.Malformed",
+            IdKind::SecurityGroupRule => "InvalidSecurityGroupRuleId.Malformed",
         }
     }
 
@@ -114,6 +120,7 @@ impl IdKind {
             IdKind::Vpc => "InvalidVpcID.NotFound",
             IdKind::Subnet => "InvalidSubnetID.NotFound",
             IdKind::SecurityGroup => "InvalidGroup.NotFound",
+            IdKind::SecurityGroupRule => "InvalidSecurityGroupRuleId.NotFound",
         }
     }
 

@@ -41,6 +41,7 @@ macro_rules! ec2_names {
 pub mod filter;
 pub mod ids;
 pub mod instance_types;
+pub mod security_group;
 pub mod state;
 pub mod status;
 pub mod vpc;

@@ -259,9 +259,9 @@ impl Subnet {
     }
 }
 
-/// A security group (`securityGroupInfo/item`). Only each VPC's default
-/// group exists today; its rules are stored like any group's, so that the
-/// networking layer enforces and DescribeSecurityGroups shows the same data.
+/// A security group (`securityGroupInfo/item`). Its rules are stored one
+/// per EC2 `SecurityGroupRule`, so that the networking layer enforces and
+/// DescribeSecurityGroups shows the same data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecurityGroup {
     pub id: String,
@@ -270,14 +270,45 @@ pub struct SecurityGroup {
     pub vpc_id: String,
     pub owner_id: String,
     /// Ingress and egress rules, in the order they were added.
-    pub rules: Vec<SecurityGroupRule>,
+    pub rules: Vec<RuleRecord>,
     pub tags: Tags,
 }
 
 impl SecurityGroup {
     /// The rules of one direction folded into EC2's `IpPermission`s.
     pub fn ip_permissions(&self, direction: RuleDirection) -> Vec<IpPermission> {
-        ip_permissions(&self.rules, direction)
+        ip_permissions(self.rules.iter().map(|r| &r.rule), direction)
+    }
+
+    /// Whether this is its VPC's default group, which EC2 never deletes.
+    pub fn is_default(&self) -> bool {
+        self.name == DEFAULT_SECURITY_GROUP_NAME
+    }
+}
+
+/// A stored rule with its identity, as DescribeSecurityGroupRules shows
+/// it: `sgr-…`, the group it belongs to, and what it admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    pub id: String,
+    pub group_id: String,
+    pub rule: SecurityGroupRule,
+}
+
+/// Filter names DescribeSecurityGroupRules accepts.
+pub const SECURITY_GROUP_RULE_FILTERS: &[&str] = &["group-id", "security-group-rule-id"];
+
+impl Filterable for RuleRecord {
+    fn filter_values(&self, name: &str) -> Option<Vec<String>> {
+        match name {
+            "group-id" => one(&self.group_id),
+            "security-group-rule-id" => one(&self.id),
+            _ => None,
+        }
+    }
+
+    fn knows_filter(name: &str) -> bool {
+        SECURITY_GROUP_RULE_FILTERS.contains(&name)
     }
 }
 
@@ -367,9 +398,12 @@ pub struct IpPermission {
 
 /// Folds `rules` of `direction` into permissions the way EC2 shows them:
 /// one per protocol and port range, in the order each first appears.
-pub fn ip_permissions(rules: &[SecurityGroupRule], direction: RuleDirection) -> Vec<IpPermission> {
+pub fn ip_permissions<'a>(
+    rules: impl IntoIterator<Item = &'a SecurityGroupRule>,
+    direction: RuleDirection,
+) -> Vec<IpPermission> {
     let mut out: Vec<IpPermission> = Vec::new();
-    for rule in rules.iter().filter(|r| r.direction == direction) {
+    for rule in rules.into_iter().filter(|r| r.direction == direction) {
         let existing = out.iter().position(|p| {
             p.ip_protocol == rule.ip_protocol
                 && p.from_port == rule.from_port
@@ -886,9 +920,20 @@ mod tests {
             description: DEFAULT_SECURITY_GROUP_DESCRIPTION.into(),
             vpc_id: vpc.id.clone(),
             owner_id: DEFAULT_OWNER_ID.into(),
-            rules: standard_rules("sg-0123456789abcdef0", DEFAULT_SECURITY_GROUP_NAME),
+            rules: standard_rules("sg-0123456789abcdef0", DEFAULT_SECURITY_GROUP_NAME)
+                .into_iter()
+                .map(|rule| RuleRecord {
+                    id: "sgr-0123456789abcdef0".into(),
+                    group_id: "sg-0123456789abcdef0".into(),
+                    rule,
+                })
+                .collect(),
             tags: tags.clone(),
         };
+        for name in SECURITY_GROUP_RULE_FILTERS {
+            assert!(RuleRecord::knows_filter(name), "{name}");
+            assert!(group.rules[0].filter_values(name).is_some(), "{name}");
+        }
         answers_every_listed_filter(&group, SECURITY_GROUP_FILTERS);
         let mut eni = NetworkInterface {
             id: "eni-0123456789abcdef0".into(),

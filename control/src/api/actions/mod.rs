@@ -17,6 +17,7 @@ mod instances;
 mod keypairs;
 mod operations;
 mod regions;
+mod security_groups;
 mod tags;
 mod vpcs;
 
@@ -84,9 +85,25 @@ pub type Handler = fn(&Ctx<'_>, &Params) -> Result<Vec<XmlNode>, Ec2Error>;
 /// Every implemented action, sorted by name (a test checks), so lookups are
 /// a binary search and the list reads like an index.
 pub const ACTIONS: &[(&str, Handler)] = &[
+    (
+        "AuthorizeSecurityGroupEgress",
+        security_groups::authorize_security_group_egress,
+    ),
+    (
+        "AuthorizeSecurityGroupIngress",
+        security_groups::authorize_security_group_ingress,
+    ),
     ("CreateKeyPair", keypairs::create_key_pair),
+    (
+        "CreateSecurityGroup",
+        security_groups::create_security_group,
+    ),
     ("CreateTags", tags::create_tags),
     ("DeleteKeyPair", keypairs::delete_key_pair),
+    (
+        "DeleteSecurityGroup",
+        security_groups::delete_security_group,
+    ),
     ("DeleteTags", tags::delete_tags),
     ("DeregisterImage", images::deregister_image),
     (
@@ -110,6 +127,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
         vpcs::describe_network_interfaces,
     ),
     ("DescribeRegions", regions::describe_regions),
+    (
+        "DescribeSecurityGroupRules",
+        security_groups::describe_security_group_rules,
+    ),
     ("DescribeSecurityGroups", vpcs::describe_security_groups),
     ("DescribeSubnets", vpcs::describe_subnets),
     ("DescribeTags", tags::describe_tags),
@@ -123,6 +144,14 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ),
     ("RebootInstances", instances::reboot_instances),
     ("RegisterImage", images::register_image),
+    (
+        "RevokeSecurityGroupEgress",
+        security_groups::revoke_security_group_egress,
+    ),
+    (
+        "RevokeSecurityGroupIngress",
+        security_groups::revoke_security_group_ingress,
+    ),
     ("RunInstances", instances::run_instances),
     ("StartInstances", instances::start_instances),
     ("StopInstances", instances::stop_instances),
