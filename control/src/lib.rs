@@ -18,6 +18,7 @@ pub mod instances;
 pub mod keypairs;
 pub mod lifecycle;
 pub mod model;
+pub mod network;
 pub mod supervisor;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it:
