@@ -29,7 +29,8 @@ fn every_action_in_the_table_has_a_case() {
     for (name, _) in ACTIONS {
         assert!(
             common::CASES.iter().any(|(action, _)| action == name)
-                || common::SCENARIO_ACTIONS.contains(name),
+                || common::SCENARIO_ACTIONS.contains(name)
+                || common::SECURITY_GROUP_SCENARIO_ACTIONS.contains(name),
             "{name} is in the action table but has no case in tests/common/mod.rs \
              and is not in the resource scenario"
         );
@@ -569,4 +570,140 @@ fn checker_accepts_a_timestamp_and_ec2lab_instance_types() {
         model.validate_output("DescribeSpotInstanceRequests", &spot),
         Ok(())
     );
+}
+
+#[test]
+fn security_group_actions_pass_the_botocore_shape_check() {
+    let Some(model) = common::model("security_group_actions_pass_the_botocore_shape_check") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut s = Scenario {
+        _dir: tempfile::tempdir().expect("tempdir"),
+        state: AppState::new("us-east-1", common::guestless_lab(runtime.handle())),
+        _runtime: runtime,
+        model,
+        ran: Default::default(),
+    };
+    let created = s.call(
+        "CreateSecurityGroup",
+        &[
+            ("GroupName", "WebSSHAccess"),
+            ("GroupDescription", "WebSSHAccess"),
+            ("TagSpecification.1.ResourceType", "security-group"),
+            ("TagSpecification.1.Tag.1.Key", "Name"),
+            ("TagSpecification.1.Tag.1.Value", "web"),
+        ],
+    );
+    let web = format!("sg-{}", between(&created, "<groupId>sg-", "</groupId>"));
+    s.refused(
+        "CreateSecurityGroup",
+        &[("GroupName", "WebSSHAccess"), ("GroupDescription", "again")],
+        "InvalidGroup.Duplicate",
+    );
+    // The CLI's --protocol tcp --port 22 --cidr 0.0.0.0/0.
+    let ssh = s.call(
+        "AuthorizeSecurityGroupIngress",
+        &[
+            ("GroupName", "WebSSHAccess"),
+            ("IpProtocol", "tcp"),
+            ("FromPort", "22"),
+            ("ToPort", "22"),
+            ("CidrIp", "0.0.0.0/0"),
+        ],
+    );
+    assert!(ssh.contains("<isEgress>false</isEgress>"), "{ssh}");
+    s.refused(
+        "AuthorizeSecurityGroupIngress",
+        &[
+            ("GroupId", web.as_str()),
+            ("IpPermissions.1.IpProtocol", "6"),
+            ("IpPermissions.1.FromPort", "22"),
+            ("IpPermissions.1.ToPort", "22"),
+            ("IpPermissions.1.IpRanges.1.CidrIp", "0.0.0.0/0"),
+        ],
+        "InvalidPermission.Duplicate",
+    );
+    s.call(
+        "AuthorizeSecurityGroupIngress",
+        &[
+            ("GroupId", web.as_str()),
+            ("IpPermissions.1.IpProtocol", "icmp"),
+            ("IpPermissions.1.FromPort", "8"),
+            ("IpPermissions.1.ToPort", "-1"),
+            ("IpPermissions.1.IpRanges.1.CidrIp", "10.0.0.0/8"),
+            ("IpPermissions.1.IpRanges.1.Description", "pings"),
+            ("IpPermissions.2.IpProtocol", "-1"),
+            ("IpPermissions.2.Groups.1.GroupName", "default"),
+        ],
+    );
+    s.call(
+        "AuthorizeSecurityGroupEgress",
+        &[
+            ("GroupId", web.as_str()),
+            ("IpPermissions.1.IpProtocol", "udp"),
+            ("IpPermissions.1.FromPort", "53"),
+            ("IpPermissions.1.ToPort", "53"),
+            ("IpPermissions.1.IpRanges.1.CidrIp", "172.31.0.2/32"),
+        ],
+    );
+    let rules = s.call(
+        "DescribeSecurityGroupRules",
+        &[
+            ("Filter.1.Name", "group-id"),
+            ("Filter.1.Value.1", web.as_str()),
+        ],
+    );
+    assert_eq!(rules.matches("<securityGroupRuleId>").count(), 5, "{rules}");
+    let groups = s.call("DescribeSecurityGroups", &[("GroupId.1", web.as_str())]);
+    assert!(
+        groups.contains("<description>pings</description>"),
+        "{groups}"
+    );
+    s.call(
+        "RevokeSecurityGroupEgress",
+        &[
+            ("GroupId", web.as_str()),
+            ("IpPermissions.1.IpProtocol", "-1"),
+            ("IpPermissions.1.IpRanges.1.CidrIp", "0.0.0.0/0"),
+        ],
+    );
+    s.refused(
+        "RevokeSecurityGroupIngress",
+        &[
+            ("GroupId", web.as_str()),
+            ("IpProtocol", "tcp"),
+            ("FromPort", "23"),
+            ("ToPort", "23"),
+            ("CidrIp", "0.0.0.0/0"),
+        ],
+        "InvalidPermission.NotFound",
+    );
+    let rule_id = format!("sgr-{}", between(&ssh, "<securityGroupRuleId>sgr-", "<"));
+    s.call(
+        "RevokeSecurityGroupIngress",
+        &[
+            ("GroupId", web.as_str()),
+            ("SecurityGroupRuleId.1", rule_id.as_str()),
+        ],
+    );
+    let default = s.call("DescribeSecurityGroups", &[("GroupName.1", "default")]);
+    let default = format!("sg-{}", between(&default, "<groupId>sg-", "</groupId>"));
+    s.refused(
+        "DeleteSecurityGroup",
+        &[("GroupId", default.as_str())],
+        "CannotDelete",
+    );
+    s.call("DeleteSecurityGroup", &[("GroupName", "WebSSHAccess")]);
+    s.refused(
+        "DeleteSecurityGroup",
+        &[("GroupId", web.as_str())],
+        "InvalidGroup.NotFound",
+    );
+    let missing: Vec<&str> = common::SECURITY_GROUP_SCENARIO_ACTIONS
+        .iter()
+        .copied()
+        .filter(|a| !s.ran.contains(*a))
+        .collect();
+    assert!(missing.is_empty(), "scenario did not run {missing:?}");
 }

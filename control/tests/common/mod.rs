@@ -367,6 +367,18 @@ pub const SCENARIO_ACTIONS: &[&str] = &[
     "TerminateInstances",
 ];
 
+/// Security group actions: the scenario in tests/shapes.rs
+/// (`security_group_actions_pass_the_botocore_shape_check`) runs each.
+pub const SECURITY_GROUP_SCENARIO_ACTIONS: &[&str] = &[
+    "AuthorizeSecurityGroupEgress",
+    "AuthorizeSecurityGroupIngress",
+    "CreateSecurityGroup",
+    "DeleteSecurityGroup",
+    "DescribeSecurityGroupRules",
+    "RevokeSecurityGroupEgress",
+    "RevokeSecurityGroupIngress",
+];
+
 pub const CASES: &[(&str, &[(&str, &str)])] = &[
     ("DescribeRegions", &[]),
     ("DescribeRegions", &[("RegionName.1", "us-east-1")]),
