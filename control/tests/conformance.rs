@@ -25,3 +25,34 @@ fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
         .expect("run pytest");
     daemon.assert_client_run_and_no_leftovers("conformance suite", &out);
 }
+
+/// The guestless part of the suite (security groups) against a daemon that
+/// cannot boot anything: needs only the Python clients, so it runs where
+/// KVM or the images are missing.
+#[test]
+fn aws_cli_and_boto3_drive_security_groups_without_a_guest() {
+    let venv = common::venv_python().and_then(|p| Some(p.parent()?.parent()?.to_path_buf()));
+    let Some(venv) = venv.filter(|v| v.join("bin/aws").exists()) else {
+        common::skip(
+            "aws_cli_and_boto3_drive_security_groups_without_a_guest",
+            "no Python clients",
+        );
+        return;
+    };
+    let nowhere = tempfile::tempdir().expect("empty image directory");
+    let prereqs = Prereqs {
+        images: nowhere.path().to_path_buf(),
+        venv,
+        vmm: nowhere.path().join("no-such-vmm"),
+        ec2lab: common::target_bin("ec2lab"),
+    };
+    let daemon = Daemon::start(&prereqs);
+    let out = prereqs
+        .python()
+        .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
+        .arg(common::repo_root().join("control/tests/conformance/test_security_groups.py"))
+        .envs(daemon.client_env())
+        .output()
+        .expect("run pytest");
+    daemon.assert_client_run_and_no_leftovers("security group conformance", &out);
+}
