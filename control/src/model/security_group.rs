@@ -428,7 +428,10 @@ mod tests {
     fn revoke_needs_every_named_rule_to_exist() {
         let ssh = ingress("tcp", Some(22), Some(22));
         let web = ingress("tcp", Some(80), Some(80));
-        assert_eq!(match_revoke(&[&ssh, &web], &[web.clone()]), Ok(vec![1]));
+        assert_eq!(
+            match_revoke(&[&ssh, &web], std::slice::from_ref(&web)),
+            Ok(vec![1])
+        );
         let err = match_revoke(&[&ssh], &[ssh.clone(), web]).expect_err("missing");
         assert_eq!(err.code(), "InvalidPermission.NotFound");
     }
