@@ -562,11 +562,20 @@ mod tests {
     use super::*;
     use crate::api::xml::render_response;
     use crate::model::vpc::{
-        standard_rules, Cidr, RulePeer, SecurityGroupRule, DEFAULT_SECURITY_GROUP_DESCRIPTION,
-        DEFAULT_SECURITY_GROUP_NAME,
+        standard_rules, Cidr, RulePeer, RuleRecord, SecurityGroupRule,
+        DEFAULT_SECURITY_GROUP_DESCRIPTION, DEFAULT_SECURITY_GROUP_NAME,
     };
 
     fn group(name: &str, rules: Vec<SecurityGroupRule>) -> SecurityGroup {
+        let rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, rule)| RuleRecord {
+                id: format!("sgr-{i:017x}"),
+                group_id: "sg-0123456789abcdef0".into(),
+                rule,
+            })
+            .collect();
         SecurityGroup {
             id: "sg-0123456789abcdef0".into(),
             name: name.into(),
