@@ -17,8 +17,8 @@ use crate::model::ids::{self, IdKind};
 use crate::model::state::{self, Event, InstanceState, ShutdownBehavior};
 use crate::model::vpc::{InterfaceRequest, IpamError};
 use crate::model::{
-    Image, ImageKind, ImageState, Instance, MetadataOptions, Placement, Reservation, RootVolume,
-    DEFAULT_AVAILABILITY_ZONE, DEFAULT_OWNER_ID,
+    CpuCredits, Image, ImageKind, ImageState, Instance, MetadataOptions, Placement, Reservation,
+    RootVolume, DEFAULT_AVAILABILITY_ZONE, DEFAULT_OWNER_ID,
 };
 
 /// Why an instance operation was refused or failed. Each variant is one
@@ -53,6 +53,17 @@ pub enum InstanceError {
     /// One private address asked for more than one instance.
     #[error("A private IP address can only be given to one instance: MaxCount must be 1")]
     AddressForMany,
+    /// Credits asked of (or about) an instance whose type does not burst.
+    #[error("The instance '{id}' is of type {instance_type}, which does not support CPU credits (only burstable performance types do)")]
+    CreditsNotSupported {
+        /// The instance.
+        id: String,
+        /// Its type.
+        instance_type: String,
+    },
+    /// `CreditSpecification` on a launch of a type that does not burst.
+    #[error("The parameter CreditSpecification is not supported for instance type {0}")]
+    CreditsForSteadyType(String),
     /// Not even MinCount instances of the type fit on the host.
     #[error("insufficient {0} capacity")]
     InsufficientCapacity(String),
@@ -93,6 +104,8 @@ pub struct LaunchRequest {
     pub tags: Vec<(String, String)>,
     pub shutdown_behavior: ShutdownBehavior,
     pub disable_api_termination: bool,
+    /// `CreditSpecification.CpuCredits` (else the type's default).
+    pub cpu_credits: Option<CpuCredits>,
     pub metadata: MetadataOptions,
     pub hibernation: bool,
     /// The root volume's size (else the image's).
@@ -136,6 +149,12 @@ impl Lab {
             if let Some(existing) = self.db.find_reservation_by_client_token(token)? {
                 return Ok(existing);
             }
+        }
+        if launch.cpu_credits.is_some() && CpuCredits::default_for(&launch.instance_type).is_none()
+        {
+            return Err(InstanceError::CreditsForSteadyType(
+                launch.instance_type.clone(),
+            ));
         }
         let image = self.db.get_image(&launch.image_id)?;
         if image.kind != ImageKind::Machine || image.state != ImageState::Available {
@@ -283,6 +302,7 @@ impl Lab {
                     tags: launch.tags.iter().cloned().collect(),
                     shutdown_behavior: launch.shutdown_behavior,
                     disable_api_termination: launch.disable_api_termination,
+                    cpu_credits: launch.cpu_credits,
                     metadata_options: launch.metadata,
                     hibernation_configured: launch.hibernation,
                     client_token: launch.client_token.clone(),
@@ -384,5 +404,63 @@ impl Lab {
             changes.push(StateChange::of(&before, &after));
         }
         Ok(changes)
+    }
+}
+
+impl Lab {
+    /// DescribeInstanceCreditSpecifications: the credit option of each
+    /// instance named (all must exist and burst), or of every burstable
+    /// instance not yet terminated when none is named.
+    pub fn credit_specifications(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, CpuCredits)>, InstanceError> {
+        let instances = self.db.list_instances(&InstanceQuery {
+            instance_ids: ids.to_vec(),
+            ..Default::default()
+        })?;
+        let mut out = Vec::new();
+        for i in instances.items {
+            match i.effective_cpu_credits() {
+                None if !ids.is_empty() => {
+                    return Err(InstanceError::CreditsNotSupported {
+                        id: i.id,
+                        instance_type: i.instance_type,
+                    })
+                }
+                // Unnamed, only the instances EC2 would still bill.
+                Some(_) if ids.is_empty() && i.state == InstanceState::Terminated => {}
+                Some(credits) => out.push((i.id, credits)),
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// ModifyInstanceCreditSpecification: each change succeeds or fails on
+    /// its own, as EC2 reports them (successful and unsuccessful sets).
+    pub fn modify_credit_specifications(
+        &self,
+        changes: &[(String, CpuCredits)],
+    ) -> Vec<(String, Result<(), InstanceError>)> {
+        changes
+            .iter()
+            .map(|(id, credits)| {
+                let outcome = self
+                    .db
+                    .get_instance(id)
+                    .map_err(InstanceError::from)
+                    .and_then(|i| {
+                        if i.effective_cpu_credits().is_none() {
+                            return Err(InstanceError::CreditsNotSupported {
+                                id: i.id,
+                                instance_type: i.instance_type,
+                            });
+                        }
+                        Ok(self.db.set_cpu_credits(id, *credits)?)
+                    });
+                (id.clone(), outcome)
+            })
+            .collect()
     }
 }

@@ -324,6 +324,61 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         assert!(std::time::Instant::now() < deadline, "never stopped: {d}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Credit specifications: stored per burstable instance, refused for
+    // a type that does not burst.
+    let burst = s.call(
+        "RunInstances",
+        &[
+            ("ImageId", ami.as_str()),
+            ("InstanceType", "t3.micro"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("CreditSpecification.CpuCredits", "standard"),
+        ],
+    );
+    let burst = format!("i-{}", between(&burst, "<instanceId>i-", "</instanceId>"));
+    let credits = s.call(
+        "DescribeInstanceCreditSpecifications",
+        &[("InstanceId.1", burst.as_str())],
+    );
+    assert!(
+        credits.contains("<cpuCredits>standard</cpuCredits>"),
+        "{credits}"
+    );
+    let modified = s.call(
+        "ModifyInstanceCreditSpecification",
+        &[
+            ("InstanceCreditSpecification.1.InstanceId", burst.as_str()),
+            ("InstanceCreditSpecification.1.CpuCredits", "unlimited"),
+            ("InstanceCreditSpecification.2.InstanceId", id.as_str()),
+            ("InstanceCreditSpecification.2.CpuCredits", "unlimited"),
+        ],
+    );
+    assert!(
+        modified.contains("InstanceCreditSpecification.NotSupported"),
+        "{modified}"
+    );
+    let credits = s.call("DescribeInstanceCreditSpecifications", &[]);
+    assert!(
+        credits.contains("<cpuCredits>unlimited</cpuCredits>") && !credits.contains(&id),
+        "{credits}"
+    );
+    s.refused(
+        "DescribeInstanceCreditSpecifications",
+        &[("InstanceId.1", id.as_str())],
+        "InstanceCreditSpecification.NotSupported",
+    );
+    s.refused(
+        "RunInstances",
+        &[
+            ("ImageId", ami.as_str()),
+            ("InstanceType", "lab.nano"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("CreditSpecification.CpuCredits", "standard"),
+        ],
+        "InvalidParameterCombination",
+    );
     s.call("DescribeInstanceStatus", &[("IncludeAllInstances", "true")]);
     s.call(
         "DescribeInstanceAttribute",

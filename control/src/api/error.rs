@@ -389,7 +389,12 @@ impl From<InstanceError> for Ec2Error {
             | InstanceError::SubnetInAnotherZone { .. } => {
                 Self::invalid_parameter_value(e.to_string())
             }
-            InstanceError::AddressForMany => Self::invalid_parameter_combination(e.to_string()),
+            InstanceError::AddressForMany | InstanceError::CreditsForSteadyType(_) => {
+                Self::invalid_parameter_combination(e.to_string())
+            }
+            InstanceError::CreditsNotSupported { .. } => {
+                Self::bad_request("InstanceCreditSpecification.NotSupported", e.to_string())
+            }
             InstanceError::InsufficientCapacity(instance_type) => {
                 Self::insufficient_instance_capacity(&instance_type)
             }

@@ -69,6 +69,7 @@ impl Db {
                         ]),
                         shutdown_behavior: ShutdownBehavior::Stop,
                         disable_api_termination: false,
+                        cpu_credits: None,
                         metadata_options: MetadataOptions::default(),
                         hibernation_configured: false,
                         root_volume: RootVolume {

@@ -20,8 +20,8 @@ use crate::model::ids::IdKind;
 use crate::model::state::{Transition, Update};
 use crate::model::vpc::InterfaceRequest;
 use crate::model::{
-    HttpTokens, Instance, InstanceState, MetadataOptions, Placement, Reservation, RootVolume,
-    ShutdownBehavior, StateReason, Toggle, VmmHandle,
+    CpuCredits, HttpTokens, Instance, InstanceState, MetadataOptions, Placement, Reservation,
+    RootVolume, ShutdownBehavior, StateReason, Toggle, VmmHandle,
 };
 
 /// How long terminated instances stay visible before [`Db::collect_terminated`]
@@ -355,6 +355,16 @@ impl Db {
         )
     }
 
+    /// ModifyInstanceCreditSpecification. The caller checks that the
+    /// instance's type bursts.
+    pub fn set_cpu_credits(&self, id: &str, credits: CpuCredits) -> Result<(), DbError> {
+        self.update_instance_column(
+            id,
+            "UPDATE instances SET cpu_credits = ?2 WHERE id = ?1",
+            params![id, credits.name()],
+        )
+    }
+
     /// ModifyInstanceMetadataOptions.
     pub fn set_metadata_options(&self, id: &str, options: &MetadataOptions) -> Result<(), DbError> {
         self.update_instance_column(
@@ -442,9 +452,9 @@ pub(super) fn insert_instance(tx: &Transaction<'_>, i: &Instance) -> Result<(), 
             disable_api_termination, http_tokens, http_endpoint, http_put_response_hop_limit,
             instance_metadata_tags, hibernation_configured, root_volume_id, root_size_gib,
             root_delete_on_termination, root_path, availability_zone, vmm_pid, vmm_api_sock,
-            vmm_serial_log, console_output_path, terminated_at_ms)
+            vmm_serial_log, console_output_path, terminated_at_ms, cpu_credits)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
         params![
             i.id,
             i.reservation_id,
@@ -482,6 +492,7 @@ pub(super) fn insert_instance(tx: &Transaction<'_>, i: &Instance) -> Result<(), 
                 .map(path_text)
                 .transpose()?,
             i.terminated_at.map(to_ms),
+            i.cpu_credits.map(CpuCredits::name),
         ],
     )
     .map_err(|e| unique_violation(e, IdKind::Instance, &i.id))?;
@@ -515,6 +526,15 @@ fn instance_from_row(conn: &Connection, row: &Row<'_>) -> Result<Instance, DbErr
         tags,
         shutdown_behavior: parse_column(row, "shutdown_behavior", ShutdownBehavior::from_name)?,
         disable_api_termination: row.get("disable_api_termination")?,
+        cpu_credits: row
+            .get::<_, Option<String>>("cpu_credits")?
+            .map(|name| {
+                CpuCredits::from_name(&name).ok_or(DbError::Corrupt {
+                    column: "cpu_credits",
+                    value: name,
+                })
+            })
+            .transpose()?,
         metadata_options: MetadataOptions {
             http_tokens: parse_column(row, "http_tokens", HttpTokens::from_name)?,
             http_endpoint: parse_column(row, "http_endpoint", Toggle::from_name)?,

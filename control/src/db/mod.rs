@@ -190,6 +190,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Code(network::migrate_rules),
     // 5: security group rule ids (`sgr-…`), given to existing rules too.
     Migration::Code(network::migrate_rule_ids),
+    // 6: the CPU credit option of burstable instances (NULL: the type's
+    // default, model::CpuCredits::default_for).
+    Migration::Sql("ALTER TABLE instances ADD COLUMN cpu_credits TEXT;"),
 ];
 
 /// What went wrong in the repository. The API maps each variant to an EC2

@@ -166,6 +166,35 @@ impl Default for MetadataOptions {
     }
 }
 
+/// `CpuCredits` of a burstable (T-family) instance: whether it may burst
+/// beyond its earned credits. ec2lab stores and reports the choice but
+/// meters no credits: a guest gets its vCPUs whatever it chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuCredits {
+    Standard,
+    Unlimited,
+}
+
+ec2_names! {
+    CpuCredits {
+        Standard => "standard",
+        Unlimited => "unlimited",
+    }
+}
+
+impl CpuCredits {
+    /// EC2's default for a type: `standard` for T2, `unlimited` for the
+    /// later T families; `None` for a type that does not burst.
+    pub fn default_for(instance_type: &str) -> Option<CpuCredits> {
+        let burstable = instance_types::lookup(instance_type).is_some_and(|t| t.burstable);
+        match instance_type {
+            _ if !burstable => None,
+            t if t.starts_with("t2.") => Some(CpuCredits::Standard),
+            _ => Some(CpuCredits::Unlimited),
+        }
+    }
+}
+
 /// The instance's root EBS volume, a sparse or reflinked copy of the AMI's
 /// root image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +251,10 @@ pub struct Instance {
     pub tags: Tags,
     pub shutdown_behavior: ShutdownBehavior,
     pub disable_api_termination: bool,
+    /// The credit option chosen at launch or since, if any; a burstable
+    /// type without one uses [`CpuCredits::default_for`]. Kept when the
+    /// type changes, as EC2 keeps it.
+    pub cpu_credits: Option<CpuCredits>,
     pub metadata_options: MetadataOptions,
     pub hibernation_configured: bool,
     pub root_volume: RootVolume,
@@ -248,6 +281,13 @@ impl Instance {
         self.network_interfaces
             .iter()
             .find(|n| n.attachment.as_ref().is_some_and(|a| a.device_index == 0))
+    }
+
+    /// The credit option in force, or `None` when the instance's type does
+    /// not burst (EC2 then refuses to talk about credits).
+    pub fn effective_cpu_credits(&self) -> Option<CpuCredits> {
+        let default = CpuCredits::default_for(&self.instance_type)?;
+        Some(self.cpu_credits.unwrap_or(default))
     }
 }
 
@@ -699,6 +739,20 @@ impl Filterable for Tag {
 mod tests {
     use super::*;
 
+    #[test]
+    fn t2_defaults_to_standard_credits_later_t_families_to_unlimited_others_to_none() {
+        assert_eq!(
+            CpuCredits::default_for("t2.micro"),
+            Some(CpuCredits::Standard)
+        );
+        assert_eq!(
+            CpuCredits::default_for("t3.micro"),
+            Some(CpuCredits::Unlimited)
+        );
+        assert_eq!(CpuCredits::default_for("lab.nano"), None);
+        assert_eq!(CpuCredits::default_for("no.such"), None);
+    }
+
     fn instance() -> Instance {
         Instance {
             id: "i-0123456789abcdef0".into(),
@@ -715,6 +769,7 @@ mod tests {
             tags: Tags::from([("Name".to_string(), "web".to_string())]),
             shutdown_behavior: ShutdownBehavior::Stop,
             disable_api_termination: false,
+            cpu_credits: None,
             metadata_options: MetadataOptions::default(),
             hibernation_configured: false,
             root_volume: RootVolume {

@@ -41,6 +41,7 @@ pub fn instance(reservation_id: &str, index: u32, launched: OffsetDateTime) -> I
         tags: Tags::new(),
         shutdown_behavior: ShutdownBehavior::Stop,
         disable_api_termination: false,
+        cpu_credits: None,
         metadata_options: MetadataOptions::default(),
         hibernation_configured: false,
         root_volume: RootVolume {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use base64::Engine;
 
 use super::common::{check_ids, filters, page, system_time_ms, tag_set, tag_specifications};
-use super::{vpcs, Ctx};
+use super::{credit_specifications, vpcs, Ctx};
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
@@ -316,6 +316,10 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
         tags: tag_specifications(params, "instance")?,
         shutdown_behavior,
         disable_api_termination: params.bool("DisableApiTermination")?.unwrap_or(false),
+        cpu_credits: params
+            .optional("CreditSpecification.CpuCredits")
+            .map(credit_specifications::cpu_credits)
+            .transpose()?,
         metadata,
         hibernation: params
             .bool("HibernationOptions.Configured")?

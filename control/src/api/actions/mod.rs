@@ -10,6 +10,7 @@
 //! an empty success: a client must not believe something happened.
 
 mod common;
+mod credit_specifications;
 mod filter;
 mod images;
 mod instance_status;
@@ -116,6 +117,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
         instances::describe_instance_attribute,
     ),
     (
+        "DescribeInstanceCreditSpecifications",
+        credit_specifications::describe_instance_credit_specifications,
+    ),
+    (
         "DescribeInstanceStatus",
         instance_status::describe_instance_status,
     ),
@@ -141,6 +146,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     (
         "ModifyInstanceAttribute",
         instances::modify_instance_attribute,
+    ),
+    (
+        "ModifyInstanceCreditSpecification",
+        credit_specifications::modify_instance_credit_specification,
     ),
     ("RebootInstances", instances::reboot_instances),
     ("RegisterImage", images::register_image),
