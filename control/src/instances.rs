@@ -37,6 +37,9 @@ pub enum InstanceError {
     /// The launch names no available machine image.
     #[error("The image id '[{0}]' does not exist")]
     ImageNotFound(String),
+    /// DisableApiStop is set.
+    #[error("The instance '{0}' may not be stopped. Modify its 'disableApiStop' instance attribute and try again.")]
+    StopProtected(String),
     /// A zone that is not one of the lab's region.
     #[error("Invalid availability zone: [{0}]")]
     InvalidAvailabilityZone(String),
@@ -104,6 +107,7 @@ pub struct LaunchRequest {
     pub tags: Vec<(String, String)>,
     pub shutdown_behavior: ShutdownBehavior,
     pub disable_api_termination: bool,
+    pub disable_api_stop: bool,
     /// `CreditSpecification.CpuCredits` (else the type's default).
     pub cpu_credits: Option<CpuCredits>,
     pub metadata: MetadataOptions,
@@ -302,6 +306,7 @@ impl Lab {
                     tags: launch.tags.iter().cloned().collect(),
                     shutdown_behavior: launch.shutdown_behavior,
                     disable_api_termination: launch.disable_api_termination,
+                    disable_api_stop: launch.disable_api_stop,
                     cpu_credits: launch.cpu_credits,
                     metadata_options: launch.metadata,
                     hibernation_configured: launch.hibernation,
@@ -357,13 +362,22 @@ impl Lab {
 
     /// StopInstances: the guest gets the stop timeout to power off, or
     /// none with `force` (which also applies to an instance already
-    /// stopping).
+    /// stopping). Refused for all if one that would stop is protected, as
+    /// termination protection refuses a termination.
     pub fn stop(
         self: &Arc<Self>,
         ids: &[String],
         force: bool,
     ) -> Result<Vec<StateChange>, InstanceError> {
         self.require_instances(ids)?;
+        for id in ids {
+            let i = self.db.get_instance(id)?;
+            if i.disable_api_stop
+                && matches!(i.state, InstanceState::Pending | InstanceState::Running)
+            {
+                return Err(InstanceError::StopProtected(id.clone()));
+            }
+        }
         let mut changes = Vec::new();
         for id in ids {
             let (before, after) = self.apply(id, &Event::StopRequested { force })?;

@@ -383,7 +383,9 @@ impl From<InstanceError> for Ec2Error {
         match e {
             InstanceError::Lab(e) => e.into(),
             InstanceError::Db(e) => e.into(),
-            InstanceError::TerminationProtected(_) => Self::operation_not_permitted(e.to_string()),
+            InstanceError::TerminationProtected(_) | InstanceError::StopProtected(_) => {
+                Self::operation_not_permitted(e.to_string())
+            }
             InstanceError::ImageNotFound(id) => Self::image_not_found(&id),
             InstanceError::InvalidAvailabilityZone(_)
             | InstanceError::SubnetInAnotherZone { .. } => {

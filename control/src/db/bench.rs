@@ -70,6 +70,7 @@ impl Db {
                         shutdown_behavior: ShutdownBehavior::Stop,
                         disable_api_termination: false,
                         cpu_credits: None,
+                        disable_api_stop: false,
                         metadata_options: MetadataOptions::default(),
                         hibernation_configured: false,
                         root_volume: RootVolume {

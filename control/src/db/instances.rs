@@ -342,6 +342,15 @@ impl Db {
         )
     }
 
+    /// ModifyInstanceAttribute DisableApiStop.
+    pub fn set_disable_api_stop(&self, id: &str, disable: bool) -> Result<(), DbError> {
+        self.update_instance_column(
+            id,
+            "UPDATE instances SET disable_api_stop = ?2 WHERE id = ?1",
+            params![id, disable],
+        )
+    }
+
     /// ModifyInstanceAttribute InstanceInitiatedShutdownBehavior.
     pub fn set_shutdown_behavior(
         &self,
@@ -452,9 +461,10 @@ pub(super) fn insert_instance(tx: &Transaction<'_>, i: &Instance) -> Result<(), 
             disable_api_termination, http_tokens, http_endpoint, http_put_response_hop_limit,
             instance_metadata_tags, hibernation_configured, root_volume_id, root_size_gib,
             root_delete_on_termination, root_path, availability_zone, vmm_pid, vmm_api_sock,
-            vmm_serial_log, console_output_path, terminated_at_ms, cpu_credits)
+            vmm_serial_log, console_output_path, terminated_at_ms, cpu_credits,
+            disable_api_stop)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
         params![
             i.id,
             i.reservation_id,
@@ -493,6 +503,7 @@ pub(super) fn insert_instance(tx: &Transaction<'_>, i: &Instance) -> Result<(), 
                 .transpose()?,
             i.terminated_at.map(to_ms),
             i.cpu_credits.map(CpuCredits::name),
+            i.disable_api_stop,
         ],
     )
     .map_err(|e| unique_violation(e, IdKind::Instance, &i.id))?;
@@ -526,6 +537,7 @@ fn instance_from_row(conn: &Connection, row: &Row<'_>) -> Result<Instance, DbErr
         tags,
         shutdown_behavior: parse_column(row, "shutdown_behavior", ShutdownBehavior::from_name)?,
         disable_api_termination: row.get("disable_api_termination")?,
+        disable_api_stop: row.get("disable_api_stop")?,
         cpu_credits: row
             .get::<_, Option<String>>("cpu_credits")?
             .map(|name| {

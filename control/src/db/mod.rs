@@ -193,6 +193,8 @@ const MIGRATIONS: &[Migration] = &[
     // 6: the CPU credit option of burstable instances (NULL: the type's
     // default, model::CpuCredits::default_for).
     Migration::Sql("ALTER TABLE instances ADD COLUMN cpu_credits TEXT;"),
+    // 6: stop protection (DisableApiStop), off for the instances before it.
+    Migration::Sql("ALTER TABLE instances ADD COLUMN disable_api_stop INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 /// What went wrong in the repository. The API maps each variant to an EC2

@@ -251,6 +251,8 @@ pub struct Instance {
     pub tags: Tags,
     pub shutdown_behavior: ShutdownBehavior,
     pub disable_api_termination: bool,
+    /// Stop protection: StopInstances refuses the instance while set.
+    pub disable_api_stop: bool,
     /// The credit option chosen at launch or since, if any; a burstable
     /// type without one uses [`CpuCredits::default_for`]. Kept when the
     /// type changes, as EC2 keeps it.
@@ -770,6 +772,7 @@ mod tests {
             shutdown_behavior: ShutdownBehavior::Stop,
             disable_api_termination: false,
             cpu_credits: None,
+            disable_api_stop: false,
             metadata_options: MetadataOptions::default(),
             hibernation_configured: false,
             root_volume: RootVolume {

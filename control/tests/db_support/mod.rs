@@ -42,6 +42,7 @@ pub fn instance(reservation_id: &str, index: u32, launched: OffsetDateTime) -> I
         shutdown_behavior: ShutdownBehavior::Stop,
         disable_api_termination: false,
         cpu_credits: None,
+        disable_api_stop: false,
         metadata_options: MetadataOptions::default(),
         hibernation_configured: false,
         root_volume: RootVolume {

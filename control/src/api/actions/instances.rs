@@ -200,6 +200,7 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
         "TagSpecification",
         "InstanceInitiatedShutdownBehavior",
         "DisableApiTermination",
+        "DisableApiStop",
         "MetadataOptions",
         "HibernationOptions",
         "BlockDeviceMapping",
@@ -316,6 +317,7 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
         tags: tag_specifications(params, "instance")?,
         shutdown_behavior,
         disable_api_termination: params.bool("DisableApiTermination")?.unwrap_or(false),
+        disable_api_stop: params.bool("DisableApiStop")?.unwrap_or(false),
         cpu_credits: params
             .optional("CreditSpecification.CpuCredits")
             .map(credit_specifications::cpu_credits)
@@ -485,6 +487,10 @@ pub fn describe_instance_attribute(
             "disableApiTermination",
             vec![XmlNode::bool("value", i.disable_api_termination)],
         ),
+        "disableApiStop" => XmlNode::element(
+            "disableApiStop",
+            vec![XmlNode::bool("value", i.disable_api_stop)],
+        ),
         "instanceInitiatedShutdownBehavior" => value(
             "instanceInitiatedShutdownBehavior",
             i.shutdown_behavior.name().to_string(),
@@ -510,6 +516,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
         "InstanceType",
         "UserData",
         "DisableApiTermination",
+        "DisableApiStop",
         "InstanceInitiatedShutdownBehavior",
         "DryRun",
     ])?;
@@ -551,17 +558,21 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
         lab.db.set_user_data(id, Some(&raw))?;
         changed = true;
     }
+    let boolean = |name: &str, v: &str| match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Ec2Error::invalid_parameter_value(format!(
+            "Invalid boolean '{v}' for {name}"
+        ))),
+    };
     if let Some(v) = get("DisableApiTermination") {
-        let value = match v {
-            "true" => true,
-            "false" => false,
-            _ => {
-                return Err(Ec2Error::invalid_parameter_value(format!(
-                    "Invalid boolean '{v}' for DisableApiTermination"
-                )))
-            }
-        };
+        let value = boolean("DisableApiTermination", v)?;
         lab.db.set_disable_api_termination(id, value)?;
+        changed = true;
+    }
+    if let Some(v) = get("DisableApiStop") {
+        lab.db
+            .set_disable_api_stop(id, boolean("DisableApiStop", v)?)?;
         changed = true;
     }
     if let Some(v) = get("InstanceInitiatedShutdownBehavior") {
