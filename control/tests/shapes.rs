@@ -384,16 +384,52 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         "DescribeInstanceAttribute",
         &[("InstanceId", id.as_str()), ("Attribute", "userData")],
     );
+    // Every name of botocore's InstanceAttributeName enum.
     s.call(
-        "DescribeInstanceAttribute",
-        &[("InstanceId", id.as_str()), ("Attribute", "instanceType")],
+        "ModifyInstanceAttribute",
+        &[("InstanceId", id.as_str()), ("DisableApiStop.Value", "true")],
     );
-    s.call(
+    for attribute in [
+        "instanceType",
+        "kernel",
+        "ramdisk",
+        "userData",
+        "disableApiTermination",
+        "instanceInitiatedShutdownBehavior",
+        "rootDeviceName",
+        "blockDeviceMapping",
+        "productCodes",
+        "sourceDestCheck",
+        "groupSet",
+        "ebsOptimized",
+        "sriovNetSupport",
+        "enaSupport",
+        "enclaveOptions",
+        "disableApiStop",
+    ] {
+        let xml = s.call(
+            "DescribeInstanceAttribute",
+            &[("InstanceId", id.as_str()), ("Attribute", attribute)],
+        );
+        assert!(xml.contains(&format!("<{attribute}")), "{xml}");
+    }
+    let stop = s.call(
         "DescribeInstanceAttribute",
+        &[("InstanceId", id.as_str()), ("Attribute", "disableApiStop")],
+    );
+    assert!(stop.contains("<value>true</value>"), "{stop}");
+    s.call(
+        "ModifyInstanceAttribute",
         &[
             ("InstanceId", id.as_str()),
-            ("Attribute", "disableApiTermination"),
+            ("Attribute", "disableApiStop"),
+            ("Value", "false"),
         ],
+    );
+    s.refused(
+        "DescribeInstanceAttribute",
+        &[("InstanceId", id.as_str()), ("Attribute", "colour")],
+        "InvalidParameterValue",
     );
     s.call(
         "ModifyInstanceAttribute",

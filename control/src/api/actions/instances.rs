@@ -82,28 +82,7 @@ fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
         XmlNode::text("architecture", "x86_64"),
         XmlNode::text("rootDeviceType", "ebs"),
         XmlNode::text("rootDeviceName", ROOT_DEVICE_NAME),
-        XmlNode::list(
-            "blockDeviceMapping",
-            [vec![
-                XmlNode::text("deviceName", ROOT_DEVICE_NAME),
-                XmlNode::element(
-                    "ebs",
-                    vec![
-                        XmlNode::text("volumeId", i.root_volume.volume_id.as_str()),
-                        XmlNode::text(
-                            "status",
-                            if i.state == InstanceState::Terminated {
-                                "detached"
-                            } else {
-                                "attached"
-                            },
-                        ),
-                        XmlNode::timestamp("attachTime", system_time_ms(i.launch_time)),
-                        XmlNode::bool("deleteOnTermination", i.root_volume.delete_on_termination),
-                    ],
-                ),
-            ]],
-        ),
+        block_device_mapping(i),
         XmlNode::text("virtualizationType", "hvm"),
     ]);
     if let Some(token) = &i.client_token {
@@ -165,6 +144,33 @@ fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
         XmlNode::text("currentInstanceBootMode", "legacy-bios"),
     ]);
     n
+}
+
+/// `blockDeviceMapping`: the root volume, as DescribeInstances and the
+/// instance attribute of that name show it.
+fn block_device_mapping(i: &Instance) -> XmlNode {
+    XmlNode::list(
+        "blockDeviceMapping",
+        [vec![
+            XmlNode::text("deviceName", ROOT_DEVICE_NAME),
+            XmlNode::element(
+                "ebs",
+                vec![
+                    XmlNode::text("volumeId", i.root_volume.volume_id.as_str()),
+                    XmlNode::text(
+                        "status",
+                        if i.state == InstanceState::Terminated {
+                            "detached"
+                        } else {
+                            "attached"
+                        },
+                    ),
+                    XmlNode::timestamp("attachTime", system_time_ms(i.launch_time)),
+                    XmlNode::bool("deleteOnTermination", i.root_volume.delete_on_termination),
+                ],
+            ),
+        ]],
+    )
 }
 
 fn reservation_node(r: &Reservation, region: &str) -> Vec<XmlNode> {
@@ -461,7 +467,10 @@ fn read_tail(path: &std::path::Path, max: u64) -> (Vec<u8>, Option<SystemTime>) 
     (buf, meta.and_then(|m| m.modified().ok()))
 }
 
-/// `DescribeInstanceAttribute`.
+/// `DescribeInstanceAttribute`: every attribute name of EC2's enum, each
+/// in the shape EC2 gives it. Those that do not apply to a lab instance
+/// (`ramdisk`, `sriovNetSupport`, `kernel` without one) are present and
+/// empty, as EC2 shows them for an HVM instance without them.
 pub fn describe_instance_attribute(
     ctx: &Ctx<'_>,
     params: &Params,
@@ -470,36 +479,52 @@ pub fn describe_instance_attribute(
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
     let attribute = params.required("Attribute")?;
-    let lab = ctx.lab();
-    let i = lab.db.get_instance(id)?;
-    let value =
-        |name: &'static str, v: String| XmlNode::element(name, vec![XmlNode::text("value", v)]);
+    let i = ctx.lab().db.get_instance(id)?;
+    let value = |name: &'static str, v: Option<String>| {
+        XmlNode::element(
+            name,
+            v.map(|v| XmlNode::text("value", v)).into_iter().collect(),
+        )
+    };
+    let boolean =
+        |name: &'static str, v: bool| XmlNode::element(name, vec![XmlNode::bool("value", v)]);
+    let primary = i.primary_interface();
     let node = match attribute {
-        "instanceType" => value("instanceType", i.instance_type.clone()),
-        "userData" => match &i.user_data {
-            Some(data) => value(
-                "userData",
-                base64::engine::general_purpose::STANDARD.encode(data),
-            ),
-            None => XmlNode::element("userData", vec![]),
-        },
-        "disableApiTermination" => XmlNode::element(
-            "disableApiTermination",
-            vec![XmlNode::bool("value", i.disable_api_termination)],
+        "instanceType" => value("instanceType", Some(i.instance_type.clone())),
+        "kernel" => value("kernel", i.kernel_id.clone()),
+        "ramdisk" => value("ramdisk", None),
+        "userData" => value(
+            "userData",
+            i.user_data
+                .as_ref()
+                .map(|data| base64::engine::general_purpose::STANDARD.encode(data)),
         ),
-        "disableApiStop" => XmlNode::element(
-            "disableApiStop",
-            vec![XmlNode::bool("value", i.disable_api_stop)],
-        ),
+        "disableApiTermination" => boolean("disableApiTermination", i.disable_api_termination),
+        "disableApiStop" => boolean("disableApiStop", i.disable_api_stop),
         "instanceInitiatedShutdownBehavior" => value(
             "instanceInitiatedShutdownBehavior",
-            i.shutdown_behavior.name().to_string(),
+            Some(i.shutdown_behavior.name().to_string()),
         ),
-        "kernel" => value("kernel", i.kernel_id.clone().unwrap_or_default()),
-        "rootDeviceName" => value("rootDeviceName", ROOT_DEVICE_NAME.to_string()),
+        "rootDeviceName" => value("rootDeviceName", Some(ROOT_DEVICE_NAME.to_string())),
+        "blockDeviceMapping" => block_device_mapping(&i),
+        "productCodes" => XmlNode::list("productCodes", Vec::<Vec<XmlNode>>::new()),
+        "sourceDestCheck" => XmlNode::element(
+            "sourceDestCheck",
+            primary
+                .map(|n| XmlNode::bool("value", n.source_dest_check))
+                .into_iter()
+                .collect(),
+        ),
+        "groupSet" => vpcs::group_set(primary.map_or(&[][..], |n| &n.groups)),
+        "ebsOptimized" => boolean("ebsOptimized", false),
+        "sriovNetSupport" => value("sriovNetSupport", None),
+        "enaSupport" => boolean("enaSupport", true),
+        "enclaveOptions" => {
+            XmlNode::element("enclaveOptions", vec![XmlNode::bool("enabled", false)])
+        }
         other => {
             return Err(Ec2Error::invalid_parameter_value(format!(
-                "Value ({other}) for parameter attribute is invalid or not supported by ec2lab"
+                "Value ({other}) for parameter attribute is invalid. Unknown attribute."
             )))
         }
     };

@@ -281,7 +281,7 @@ pub fn describe_network_interfaces(
     ))
 }
 
-fn group_set(groups: &[GroupIdentifier]) -> XmlNode {
+pub(super) fn group_set(groups: &[GroupIdentifier]) -> XmlNode {
     XmlNode::list(
         "groupSet",
         groups.iter().map(|g| {
