@@ -67,6 +67,10 @@ pub enum InstanceError {
     /// `CreditSpecification` on a launch of a type that does not burst.
     #[error("The parameter CreditSpecification is not supported for instance type {0}")]
     CreditsForSteadyType(String),
+    /// A ClientToken already used by a launch that asked for something
+    /// else.
+    #[error("Arguments on this idempotent request are inconsistent with arguments used in previous request(s) with client token '{0}'.")]
+    IdempotentParameterMismatch(String),
     /// Not even MinCount instances of the type fit on the host.
     #[error("insufficient {0} capacity")]
     InsufficientCapacity(String),
@@ -122,6 +126,33 @@ pub struct LaunchRequest {
     pub network: LaunchNetwork,
 }
 
+impl LaunchRequest {
+    /// What the launch asks for, token aside, as a hex SHA-256 of its
+    /// fields: equal for a faithful retry, different for any other ask.
+    /// It hashes the Debug rendering, so a retry across an ec2lab upgrade
+    /// that changes these fields reads as a mismatch (EC2 forgets tokens
+    /// after some hours anyway).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let asked = LaunchRequest {
+            client_token: None,
+            ..self.clone()
+        };
+        let hash = Sha256::digest(format!("{asked:?}").as_bytes());
+        hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The reservation a token made, if `digest` asks for the same launch.
+fn same_launch(existing: Reservation, digest: &str) -> Result<Reservation, InstanceError> {
+    match &existing.launch_digest {
+        Some(earlier) if earlier != digest => Err(InstanceError::IdempotentParameterMismatch(
+            existing.client_token.clone().unwrap_or_default(),
+        )),
+        _ => Ok(existing),
+    }
+}
+
 /// One instance's move, as Start/Stop/TerminateInstances report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateChange {
@@ -143,15 +174,17 @@ impl StateChange {
 impl Lab {
     /// RunInstances in `region`: records the reservation (pending) and
     /// boots its instances in the background. A repeated client token
-    /// returns the reservation it made the first time.
+    /// returns the reservation it made the first time, if it asks for the
+    /// same launch.
     pub fn launch(
         self: &Arc<Self>,
         region: &str,
         launch: &LaunchRequest,
     ) -> Result<Reservation, InstanceError> {
+        let digest = launch.digest();
         if let Some(token) = &launch.client_token {
             if let Some(existing) = self.db.find_reservation_by_client_token(token)? {
-                return Ok(existing);
+                return same_launch(existing, &digest);
             }
         }
         if launch.cpu_credits.is_some() && CpuCredits::default_for(&launch.instance_type).is_none()
@@ -182,11 +215,12 @@ impl Lab {
         }
         let count = self.launch_count(launch, &interface.subnet_id)?;
         let mut reservation = self.new_reservation(launch, count, kernel_id, &zone, image);
+        reservation.launch_digest = Some(digest.clone());
         match self
             .db
             .insert_reservation(&mut reservation, Some(&interface))?
         {
-            InsertOutcome::Existing(existing) => Ok(existing),
+            InsertOutcome::Existing(existing) => same_launch(existing, &digest),
             InsertOutcome::Created => {
                 for i in &reservation.instances {
                     log::info!("{}: launching {} ({})", i.id, i.image_id, i.instance_type);
@@ -326,6 +360,7 @@ impl Lab {
             id: reservation_id,
             owner_id: DEFAULT_OWNER_ID.to_string(),
             client_token: launch.client_token.clone(),
+            launch_digest: None,
             instances,
         }
     }

@@ -152,6 +152,27 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         ],
     );
     let id = format!("i-{}", between(&run, "<instanceId>i-", "</instanceId>"));
+    // The same token: the same launch answers the first reservation, any
+    // other launch is refused.
+    let mut first_launch = vec![
+        ("ImageId", ami.as_str()),
+        ("InstanceType", "lab.nano"),
+        ("MinCount", "1"),
+        ("MaxCount", "2"),
+        ("KeyName", "k1"),
+        ("UserData", "IyEvYmluL3NoCmVjaG8gaGkK"),
+        ("ClientToken", "t1"),
+        ("TagSpecification.1.ResourceType", "instance"),
+        ("TagSpecification.1.Tag.1.Key", "Name"),
+        ("TagSpecification.1.Tag.1.Value", "web"),
+    ];
+    let again = s.call("RunInstances", &first_launch);
+    assert_eq!(
+        between(&again, "<reservationId>", "<"),
+        between(&run, "<reservationId>", "<")
+    );
+    first_launch[3] = ("MaxCount", "3");
+    s.refused("RunInstances", &first_launch, "IdempotentParameterMismatch");
     assert!(run.contains("<privateIpAddress>172.31."), "{run}");
     let vpcs = s.call(
         "DescribeVpcs",
@@ -387,7 +408,10 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
     // Every name of botocore's InstanceAttributeName enum.
     s.call(
         "ModifyInstanceAttribute",
-        &[("InstanceId", id.as_str()), ("DisableApiStop.Value", "true")],
+        &[
+            ("InstanceId", id.as_str()),
+            ("DisableApiStop.Value", "true"),
+        ],
     );
     for attribute in [
         "instanceType",

@@ -397,6 +397,9 @@ impl From<InstanceError> for Ec2Error {
             InstanceError::CreditsNotSupported { .. } => {
                 Self::bad_request("InstanceCreditSpecification.NotSupported", e.to_string())
             }
+            InstanceError::IdempotentParameterMismatch(_) => {
+                Self::bad_request("IdempotentParameterMismatch", e.to_string())
+            }
             InstanceError::InsufficientCapacity(instance_type) => {
                 Self::insufficient_instance_capacity(&instance_type)
             }

@@ -83,13 +83,14 @@ impl Db {
                     reason: "a reservation needs at least one instance",
                 })?;
             tx.execute(
-                "INSERT INTO reservations (id, owner_id, client_token, created_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO reservations (id, owner_id, client_token, created_ms, launch_digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     reservation.id,
                     reservation.owner_id,
                     reservation.client_token,
-                    to_ms(created)
+                    to_ms(created),
+                    reservation.launch_digest,
                 ],
             )
             .map_err(|e| unique_violation(e, IdKind::Reservation, &reservation.id))?;
@@ -644,14 +645,14 @@ fn delete_instance(tx: &Transaction<'_>, id: &str) -> Result<(), DbError> {
 }
 
 fn reservation_by_token(conn: &Connection, token: &str) -> Result<Option<Reservation>, DbError> {
-    let found: Option<(String, String)> = conn
+    let found: Option<(String, String, Option<String>)> = conn
         .query_row(
-            "SELECT id, owner_id FROM reservations WHERE client_token = ?1",
+            "SELECT id, owner_id, launch_digest FROM reservations WHERE client_token = ?1",
             [token],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let Some((id, owner_id)) = found else {
+    let Some((id, owner_id, launch_digest)) = found else {
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(&format!(
@@ -666,6 +667,7 @@ fn reservation_by_token(conn: &Connection, token: &str) -> Result<Option<Reserva
         id,
         owner_id,
         client_token: Some(token.to_string()),
+        launch_digest,
         instances,
     }))
 }

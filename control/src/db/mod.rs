@@ -195,6 +195,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql("ALTER TABLE instances ADD COLUMN cpu_credits TEXT;"),
     // 6: stop protection (DisableApiStop), off for the instances before it.
     Migration::Sql("ALTER TABLE instances ADD COLUMN disable_api_stop INTEGER NOT NULL DEFAULT 0;"),
+    // 7: what each token's RunInstances asked for (model::Reservation).
+    Migration::Sql("ALTER TABLE reservations ADD COLUMN launch_digest TEXT;"),
 ];
 
 /// What went wrong in the repository. The API maps each variant to an EC2

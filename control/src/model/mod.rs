@@ -499,6 +499,11 @@ pub struct Reservation {
     pub owner_id: String,
     /// The RunInstances `ClientToken`, for idempotent retries.
     pub client_token: Option<String>,
+    /// A digest of what the RunInstances with that token asked for, so a
+    /// retry that asks for something else is told so
+    /// (`IdempotentParameterMismatch`). `None` when unknown (reservations
+    /// older than the digest, or listed by DescribeInstances).
+    pub launch_digest: Option<String>,
     /// In `ami_launch_index` order.
     pub instances: Vec<Instance>,
 }
@@ -515,6 +520,7 @@ pub fn group_into_reservations(instances: Vec<Instance>, owner_id: &str) -> Vec<
                 id: instance.reservation_id.clone(),
                 owner_id: owner_id.to_string(),
                 client_token: instance.client_token.clone(),
+                launch_digest: None,
                 instances: vec![instance],
             }),
         }

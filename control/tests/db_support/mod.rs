@@ -75,6 +75,7 @@ pub fn reservation(count: u32, token: Option<&str>, launched: OffsetDateTime) ->
         id,
         owner_id: DEFAULT_OWNER_ID.to_string(),
         client_token: token.map(str::to_string),
+        launch_digest: None,
         instances,
     }
 }
