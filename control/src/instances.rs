@@ -109,6 +109,10 @@ pub struct LaunchRequest {
     /// Decoded, at most 16 KiB.
     pub user_data: Option<Vec<u8>>,
     pub tags: Vec<(String, String)>,
+    /// Tags for the root volume (`TagSpecification` of type `volume`).
+    pub volume_tags: Vec<(String, String)>,
+    /// Tags for the primary interface (type `network-interface`).
+    pub interface_tags: Vec<(String, String)>,
     pub shutdown_behavior: ShutdownBehavior,
     pub disable_api_termination: bool,
     pub disable_api_stop: bool,
@@ -209,7 +213,9 @@ impl Lab {
                 return Err(InstanceError::InvalidAvailabilityZone(zone.clone()));
             }
         }
-        let (interface, zone) = self.launch_interface(&launch.network, launch.zone.as_deref())?;
+        let (mut interface, zone) =
+            self.launch_interface(&launch.network, launch.zone.as_deref())?;
+        interface.tags = launch.interface_tags.clone();
         if launch.network.private_ip.is_some() && launch.max > 1 {
             return Err(InstanceError::AddressForMany);
         }
@@ -295,6 +301,7 @@ impl Lab {
                 group_names: net.group_names.clone(),
                 delete_on_termination: net.delete_on_termination,
                 description: net.description.clone(),
+                tags: Vec::new(),
             },
             zone,
         ))
@@ -322,6 +329,7 @@ impl Lab {
                         size_gib: root_gib,
                         delete_on_termination: launch.delete_on_termination,
                         path: self.supervisor.files(&id).root_volume(),
+                        tags: launch.volume_tags.iter().cloned().collect(),
                     },
                     id,
                     reservation_id: reservation_id.clone(),
@@ -511,5 +519,37 @@ impl Lab {
                 (id.clone(), outcome)
             })
             .collect()
+    }
+}
+
+impl Lab {
+    /// DescribeVolumes: the instances whose root volumes exist, for the
+    /// volumes named (all must exist) or all of them. ec2lab has no volume
+    /// of its own yet: every volume is an instance's root, and it is gone
+    /// once its instance terminates with DeleteOnTermination.
+    pub fn root_volumes(&self, volume_ids: &[String]) -> Result<Vec<Instance>, InstanceError> {
+        let exists = |i: &Instance| {
+            i.state != InstanceState::Terminated || !i.root_volume.delete_on_termination
+        };
+        let found: Vec<Instance> = self
+            .db
+            .all_instances()?
+            .into_iter()
+            .filter(|i| exists(i))
+            .filter(|i| volume_ids.is_empty() || volume_ids.contains(&i.root_volume.volume_id))
+            .collect();
+        let missing: Vec<String> = volume_ids
+            .iter()
+            .filter(|v| !found.iter().any(|i| &i.root_volume.volume_id == *v))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(DbError::NotFound {
+                kind: IdKind::Volume,
+                ids: missing,
+            }
+            .into());
+        }
+        Ok(found)
     }
 }

@@ -30,6 +30,7 @@ fn subnet_in(db: &Db, zone: &str) -> Subnet {
 
 fn request(subnet: &Subnet, ip: Option<&str>) -> InterfaceRequest {
     InterfaceRequest {
+        tags: Vec::new(),
         subnet_id: subnet.id.clone(),
         private_ip: ip.map(|ip| ip.parse().expect("ip")),
         group_ids: Vec::new(),

@@ -355,9 +355,36 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
             ("MinCount", "1"),
             ("MaxCount", "1"),
             ("CreditSpecification.CpuCredits", "standard"),
+            ("TagSpecification.1.ResourceType", "volume"),
+            ("TagSpecification.1.Tag.1.Key", "disk"),
+            ("TagSpecification.1.Tag.1.Value", "root"),
+            ("TagSpecification.2.ResourceType", "network-interface"),
+            ("TagSpecification.2.Tag.1.Key", "nic"),
+            ("TagSpecification.2.Tag.1.Value", "primary"),
         ],
     );
+    let volume = format!("vol-{}", between(&burst, "<volumeId>vol-", "</volumeId>"));
+    let eni = format!(
+        "eni-{}",
+        between(&burst, "<networkInterfaceId>eni-", "</networkInterfaceId>")
+    );
     let burst = format!("i-{}", between(&burst, "<instanceId>i-", "</instanceId>"));
+    let volumes = s.call("DescribeVolumes", &[("VolumeId.1", volume.as_str())]);
+    assert!(
+        volumes.contains("<value>root</value>") && volumes.contains(&burst),
+        "{volumes}"
+    );
+    s.call("DescribeVolumes", &[]);
+    s.refused(
+        "DescribeVolumes",
+        &[("VolumeId.1", "vol-0123456789abcdef0")],
+        "InvalidVolume.NotFound",
+    );
+    let nic = s.call(
+        "DescribeNetworkInterfaces",
+        &[("NetworkInterfaceId.1", eni.as_str())],
+    );
+    assert!(nic.contains("<value>primary</value>"), "{nic}");
     let credits = s.call(
         "DescribeInstanceCreditSpecifications",
         &[("InstanceId.1", burst.as_str())],

@@ -78,6 +78,7 @@ impl Db {
                             size_gib: 1,
                             delete_on_termination: true,
                             path: PathBuf::from("/nonexistent/bench"),
+                            tags: Tags::new(),
                         },
                         client_token: None,
                         ami_launch_index: index as u32,

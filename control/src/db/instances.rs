@@ -97,12 +97,16 @@ impl Db {
             for instance in &mut reservation.instances {
                 insert_instance(tx, instance)?;
                 if let Some(request) = interface {
-                    instance.network_interfaces = vec![network::create_primary_interface(
+                    let mut eni = network::create_primary_interface(
                         tx,
                         &instance.id,
                         request,
                         instance.launch_time,
-                    )?];
+                    )?;
+                    let tags = request.tags.iter().cloned().collect();
+                    insert_tags(tx, &eni.id, &tags)?;
+                    eni.tags = tags;
+                    instance.network_interfaces = vec![eni];
                 }
             }
             Ok(InsertOutcome::Created)
@@ -508,7 +512,8 @@ pub(super) fn insert_instance(tx: &Transaction<'_>, i: &Instance) -> Result<(), 
         ],
     )
     .map_err(|e| unique_violation(e, IdKind::Instance, &i.id))?;
-    insert_tags(tx, &i.id, &i.tags)
+    insert_tags(tx, &i.id, &i.tags)?;
+    insert_tags(tx, &i.root_volume.volume_id, &i.root_volume.tags)
 }
 
 fn instance_from_row(conn: &Connection, row: &Row<'_>) -> Result<Instance, DbError> {
@@ -560,6 +565,7 @@ fn instance_from_row(conn: &Connection, row: &Row<'_>) -> Result<Instance, DbErr
             size_gib: row.get("root_size_gib")?,
             delete_on_termination: row.get("root_delete_on_termination")?,
             path: PathBuf::from(row.get::<_, String>("root_path")?),
+            tags: tags_of(conn, &row.get::<_, String>("root_volume_id")?)?,
         },
         client_token: row.get("client_token")?,
         ami_launch_index: row.get("ami_launch_index")?,
@@ -634,6 +640,10 @@ fn delete_instance(tx: &Transaction<'_>, id: &str) -> Result<(), DbError> {
         |r| r.get(0),
     )?;
     network::release_interfaces(tx, id)?;
+    tx.execute(
+        "DELETE FROM tags WHERE resource_id = (SELECT root_volume_id FROM instances WHERE id = ?1)",
+        [id],
+    )?;
     tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     tx.execute("DELETE FROM tags WHERE resource_id = ?1", [id])?;
     tx.execute(

@@ -204,6 +204,8 @@ pub struct RootVolume {
     pub delete_on_termination: bool,
     /// The file on the host backing the volume.
     pub path: PathBuf,
+    /// Its own tags (RunInstances' `volume` tag specifications).
+    pub tags: Tags,
 }
 
 /// The running VMM process of an instance, for supervision and the
@@ -786,6 +788,7 @@ mod tests {
                 size_gib: 8,
                 delete_on_termination: true,
                 path: "/tmp/root".into(),
+                tags: Tags::new(),
             },
             client_token: None,
             ami_launch_index: 0,

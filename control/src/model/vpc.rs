@@ -490,6 +490,8 @@ pub struct InterfaceRequest {
     pub group_names: Vec<String>,
     pub delete_on_termination: bool,
     pub description: String,
+    /// RunInstances' `network-interface` tag specifications.
+    pub tags: Vec<(String, String)>,
 }
 
 /// The 17 (or 8) hex digits after an id's prefix.

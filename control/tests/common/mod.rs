@@ -355,6 +355,7 @@ pub const SCENARIO_ACTIONS: &[&str] = &[
     "DescribeSecurityGroups",
     "DescribeSubnets",
     "DescribeTags",
+    "DescribeVolumes",
     "DescribeVpcAttribute",
     "DescribeVpcs",
     "GetConsoleOutput",

@@ -50,6 +50,7 @@ pub fn instance(reservation_id: &str, index: u32, launched: OffsetDateTime) -> I
             size_gib: 2,
             delete_on_termination: true,
             path: PathBuf::from("/var/lib/ec2lab/volumes/root.ext4"),
+            tags: Tags::new(),
         },
         client_token: None,
         ami_launch_index: index,

@@ -94,21 +94,26 @@ pub fn tag_specifications(
     params: &Params,
     resource_type: &str,
 ) -> Result<Vec<(String, String)>, Ec2Error> {
-    let mut tags = Vec::new();
+    Ok(tag_specifications_for(params, &[resource_type])?.remove(0))
+}
+
+/// `TagSpecification.N` of an action that creates resources of several
+/// types (RunInstances: instance, volume, network-interface): the tags for
+/// each of `resource_types`, in that order; any other type is refused.
+pub fn tag_specifications_for(
+    params: &Params,
+    resource_types: &[&str],
+) -> Result<Vec<Vec<(String, String)>>, Ec2Error> {
+    let mut tags = vec![Vec::new(); resource_types.len()];
     for spec in params.structs("TagSpecification")? {
         spec.reject_unknown(&["ResourceType", "Tag"])?;
         let rtype = spec.required("ResourceType")?;
-        if rtype != resource_type {
-            // Volumes and network interfaces get tags once they are
-            // resources of their own; until then say so.
-            if ["volume", "network-interface"].contains(&rtype) {
-                continue;
-            }
+        let Some(slot) = resource_types.iter().position(|t| *t == rtype) else {
             return Err(Ec2Error::invalid_parameter_value(format!(
                 "'{rtype}' is not a valid taggable resource type for this operation."
             )));
-        }
-        tags.extend(tag_pairs(&spec)?);
+        };
+        tags[slot].extend(tag_pairs(&spec)?);
     }
     check_tag_count(tags.len())?;
     Ok(tags)

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use base64::Engine;
 
-use super::common::{check_ids, filters, page, system_time_ms, tag_set, tag_specifications};
+use super::common::{check_ids, filters, page, system_time_ms, tag_set, tag_specifications_for};
 use super::{credit_specifications, vpcs, Ctx};
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -312,6 +312,10 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
             delete_on_termination = d;
         }
     }
+    let [tags, volume_tags, interface_tags]: [Vec<(String, String)>; 3] =
+        tag_specifications_for(params, &["instance", "volume", "network-interface"])?
+            .try_into()
+            .map_err(|_| Ec2Error::internal("one tag list per resource type"))?;
     Ok(LaunchRequest {
         image_id: image_id.to_string(),
         kernel_id,
@@ -320,7 +324,9 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
         max: max as u32,
         key_name: params.optional("KeyName").map(str::to_string),
         user_data,
-        tags: tag_specifications(params, "instance")?,
+        tags,
+        volume_tags,
+        interface_tags,
         shutdown_behavior,
         disable_api_termination: params.bool("DisableApiTermination")?.unwrap_or(false),
         disable_api_stop: params.bool("DisableApiStop")?.unwrap_or(false),

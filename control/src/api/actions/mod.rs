@@ -20,6 +20,7 @@ mod operations;
 mod regions;
 mod security_groups;
 mod tags;
+mod volumes;
 mod vpcs;
 
 pub use filter::{wildcard_match, Filter};
@@ -139,6 +140,7 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeSecurityGroups", vpcs::describe_security_groups),
     ("DescribeSubnets", vpcs::describe_subnets),
     ("DescribeTags", tags::describe_tags),
+    ("DescribeVolumes", volumes::describe_volumes),
     ("DescribeVpcAttribute", vpcs::describe_vpc_attribute),
     ("DescribeVpcs", vpcs::describe_vpcs),
     ("GetConsoleOutput", instances::get_console_output),
