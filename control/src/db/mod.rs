@@ -193,9 +193,9 @@ const MIGRATIONS: &[Migration] = &[
     // 6: the CPU credit option of burstable instances (NULL: the type's
     // default, model::CpuCredits::default_for).
     Migration::Sql("ALTER TABLE instances ADD COLUMN cpu_credits TEXT;"),
-    // 6: stop protection (DisableApiStop), off for the instances before it.
+    // 7: stop protection (DisableApiStop), off for the instances before it.
     Migration::Sql("ALTER TABLE instances ADD COLUMN disable_api_stop INTEGER NOT NULL DEFAULT 0;"),
-    // 7: what each token's RunInstances asked for (model::Reservation).
+    // 8: what each token's RunInstances asked for (model::Reservation).
     Migration::Sql("ALTER TABLE reservations ADD COLUMN launch_digest TEXT;"),
 ];
 
