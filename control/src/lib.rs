@@ -4,7 +4,8 @@
 //! XML, errors, the action table) calls the domain (`model`: ids, instance
 //! types, states and their transitions, filters), which persists through
 //! `db` (SQLite, migrations, typed queries) and acts on the host through
-//! `supervisor` (one ec2lab-vmm process per running instance).
+//! `supervisor` (one ec2lab-vmm process per running instance) and
+//! `network` (each VPC a namespace, each subnet a bridge, each ENI a tap).
 
 pub mod api;
 pub mod backoff;
