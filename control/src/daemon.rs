@@ -83,6 +83,8 @@ pub struct ServeOptions {
     /// How long a VMM waits, with its guest stuck in kernel code, before
     /// it reports a stall (None: the VMM's default, 5 minutes).
     pub stall_timeout: Option<Duration>,
+    /// The dnsmasq binary serving each VPC's DHCP and DNS.
+    pub dnsmasq: PathBuf,
 }
 
 /// SigV4 against the data directory's one set of credentials.
@@ -169,6 +171,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             stall_timeout: options.stall_timeout,
         },
     );
+    lab.set_network(crate::network::Network::new(
+        options.data_dir.join("network"),
+        options.dnsmasq.clone(),
+    ));
     match lab.register_catalog() {
         Ok(n) => log::info!(
             "{n} images registered from {}",

@@ -13,11 +13,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ec2lab_vmm_api::api::Stall;
-use ec2lab_vmm_api::config::NetConfig;
 use time::OffsetDateTime;
 
 use crate::checkin::{self, CheckIn, CheckinListeners};
@@ -26,6 +25,7 @@ use crate::model::instance_types::{self, CapacityPolicy, HostResources};
 use crate::model::state::{self, Event, InstanceState, VmmExit};
 use crate::model::status::{CheckinRecord, InstanceHealth};
 use crate::model::{Instance, VmmHandle};
+use crate::network::{Attachment, Network, NetworkError};
 use crate::supervisor::{ExitInfo, Supervisor, SupervisorError, VmProcess, VmSpec};
 
 /// Free disk below which no instance launches or starts
@@ -97,6 +97,9 @@ pub enum BootError {
     /// The task preparing the root volume panicked or was cancelled.
     #[error(transparent)]
     Task(#[from] tokio::task::JoinError),
+    /// The instance's network (its VPC's namespace, bridge, tap, DHCP).
+    #[error("network: {0}")]
+    Network(#[from] Box<NetworkError>),
 }
 
 /// The instance types' needs against the host.
@@ -154,6 +157,9 @@ pub struct Lab {
     pub stall_timeout: Option<Duration>,
     /// How often a running VMM's stall report is read.
     pub stall_poll: Duration,
+    /// The VPC fabric; unset (instances get no network card) in labs
+    /// built without one, such as the API's unit tests.
+    network: OnceLock<Arc<Network>>,
 }
 
 /// How the lab judges a guest's health.
@@ -224,7 +230,43 @@ impl Lab {
             stall_poll: health.stall_timeout.map_or(DEFAULT_STALL_POLL, |t| {
                 (t / 2).clamp(Duration::from_millis(200), DEFAULT_STALL_POLL)
             }),
+            network: OnceLock::new(),
         })
+    }
+
+    /// Gives the lab its VPC fabric: from then on instances boot with a
+    /// card per ENI. Set once, before [`Lab::reconcile`]; a second call
+    /// is ignored.
+    pub fn set_network(&self, network: Network) {
+        let _ = self.network.set(Arc::new(network));
+    }
+
+    /// Where `instance`'s VMM runs and which cards it opens: its ENIs'
+    /// taps, made now in its VPC's namespace (nothing without a fabric).
+    fn network_attachments(&self, instance: &Instance) -> Result<Attachment, BootError> {
+        match self.network.get() {
+            Some(network) => Ok(network.attach(&self.db, instance).map_err(Box::new)?),
+            None => Ok(Attachment::default()),
+        }
+    }
+
+    /// Removes `id`'s taps (and its VPC's namespace when it was the last
+    /// instance there) once its state says it has no VMM.
+    fn release_network(&self, id: &str) {
+        let Some(network) = self.network.get() else {
+            return;
+        };
+        let Ok(instance) = self.db.get_instance(id) else {
+            return;
+        };
+        if matches!(
+            instance.state,
+            InstanceState::Stopped | InstanceState::Terminated
+        ) {
+            if let Err(e) = network.detach(&self.db, &instance) {
+                log::error!("{id}: releasing its network: {e}");
+            }
+        }
     }
 
     pub(crate) fn now() -> OffsetDateTime {
@@ -299,6 +341,7 @@ impl Lab {
                 if let Err(e) = lab.apply(&id, &failed) {
                     log::error!("{id}: cannot record the failed boot: {e}");
                 }
+                lab.release_network(&id);
             }
         });
     }
@@ -404,6 +447,7 @@ impl Lab {
     fn abandon_boot(&self, id: &str) -> Result<(), LabError> {
         let instance = self.db.get_instance(id)?;
         self.close_checkins(id);
+        self.release_network(id);
         if instance.state == InstanceState::Terminated {
             self.cleanup_terminated(&instance);
         }
@@ -420,6 +464,7 @@ impl Lab {
         let id = instance.id.as_str();
         let itype = instance_types::lookup(&instance.instance_type)
             .ok_or_else(|| BootError::UnknownInstanceType(instance.instance_type.clone()))?;
+        let attachment = self.network_attachments(instance)?;
         let spec = VmSpec {
             instance_id: id.to_string(),
             kernel: boot_files.kernel,
@@ -428,7 +473,8 @@ impl Lab {
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
             root_volume: self.supervisor.files(id).root_volume(),
-            nets: network_attachments(instance),
+            nets: attachment.nets,
+            netns: attachment.netns,
             vsock_cid: Some(checkin::GUEST_CID),
             stall_timeout: self.stall_timeout,
         };
@@ -665,6 +711,7 @@ impl Lab {
         self.db.set_vmm(id, None)?;
         if !matches!(after.state, InstanceState::Pending | InstanceState::Running) {
             self.close_checkins(id);
+            self.release_network(id);
         }
         if after.state == InstanceState::Terminated {
             self.cleanup_terminated(&after);
@@ -833,6 +880,13 @@ impl Lab {
                 }
             }
         }
+        // The namespaces and taps outlived the daemon like the VMMs did;
+        // dnsmasq may not have, and an interrupted stop left taps behind.
+        if let Some(network) = self.network.get() {
+            if let Err(e) = network.reconcile(&self.db) {
+                log::error!("reconciling the VPC fabric: {e}");
+            }
+        }
         Ok(())
     }
 
@@ -846,28 +900,6 @@ impl Lab {
             Err(e) => log::error!("collecting terminated instances: {e}"),
         }
     }
-}
-
-/// The seam between VPC state and the VMM: where an instance's ENIs (MAC,
-/// private address, subnet) become `VmSpec::nets`, the cards (tap, MAC)
-/// the VMM attaches as virtio-net devices.
-///
-/// Empty on purpose until host networking exists: the subnet bridge and
-/// the instance's tap are made by the coming networking layer (network
-/// namespaces, bridges, DHCP from the ENI's address; see DESIGN.md
-/// "Networking"), and a tap that no bridge carries would only give the
-/// guest a dead link. The ENIs are taken here so the wiring is one change.
-fn network_attachments(instance: &Instance) -> Vec<NetConfig> {
-    for eni in &instance.network_interfaces {
-        log::debug!(
-            "{}: {} ({}, {}) is not plumbed to the host yet",
-            instance.id,
-            eni.id,
-            eni.mac_address,
-            eni.private_ip_address
-        );
-    }
-    Vec::new()
 }
 
 /// The stall a VMM reports on `GET /vm`, read at `now`: since when the

@@ -68,6 +68,10 @@ enum Command {
         /// kernel); default: the VMM's, 5 minutes.
         #[arg(long)]
         stall_timeout: Option<humantime::Duration>,
+        /// The dnsmasq binary that serves each VPC's DHCP and DNS inside
+        /// its namespace (Debian: dnsmasq-base).
+        #[arg(long, default_value = "dnsmasq")]
+        dnsmasq: PathBuf,
     },
     /// Launch instances and wait until they run.
     Run {
@@ -110,6 +114,20 @@ enum Command {
     Reboot { instance_ids: Vec<String> },
     /// Terminate instances (and wait).
     Terminate { instance_ids: Vec<String> },
+    /// SSH to an instance's private address from inside its VPC (the VPC's
+    /// router namespace; needs root). No public addresses exist yet.
+    Ssh {
+        instance_id: String,
+        /// The private key (e.g. the .pem CreateKeyPair gave).
+        #[arg(short = 'i', long)]
+        identity: Option<PathBuf>,
+        /// The guest user.
+        #[arg(short = 'l', long, default_value = "ec2-user")]
+        user: String,
+        /// More arguments for ssh (after --): options, or a command.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Test-only: store COUNT running instance records without VMMs in the
     /// data directory's database (for `scripts/bench api`). Run it after
     /// `ec2lab serve` has started, which would otherwise reconcile them.
@@ -141,6 +159,7 @@ fn main() -> ExitCode {
             vmm,
             checkin_timeout,
             stall_timeout,
+            dnsmasq,
         } => serve(ServeOptions {
             data_dir,
             images_dir: images.unwrap_or_else(config::default_images_dir),
@@ -148,6 +167,7 @@ fn main() -> ExitCode {
             listen,
             checkin_timeout: checkin_timeout.into(),
             stall_timeout: stall_timeout.map(Into::into),
+            dnsmasq,
         }),
         Command::BenchSeed { count } => bench_seed(&data_dir, count),
         ref command => client(&cli, &data_dir, command),
@@ -300,6 +320,25 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
             print_instances(cli.output, &call, &launched)
         }
         Command::Ls => print_instances(cli.output, &call, &[]),
+        Command::Ssh {
+            instance_id,
+            identity,
+            user,
+            args,
+        } => {
+            let out = call(
+                "DescribeInstances",
+                vec![("InstanceId.1".into(), instance_id.clone())],
+            )?;
+            let instance = &out["Reservations"][0]["Instances"][0];
+            let (Some(ip), Some(vpc_id)) = (
+                instance["PrivateIpAddress"].as_str(),
+                instance["VpcId"].as_str(),
+            ) else {
+                return Err(format!("{instance_id} has no private address in a VPC"));
+            };
+            ssh_in_vpc(vpc_id, ip, identity.as_deref(), user, args)
+        }
         Command::Console { instance_id } => {
             let out = call(
                 "GetConsoleOutput",
@@ -449,4 +488,51 @@ fn print_instances(output: Output, call: &Call<'_>, only: &[String]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Replaces this process with `ssh user@ip` running inside VPC `vpc_id`'s
+/// namespace, where the instance's private address is routed: the host's
+/// own namespace has no route to any VPC, on purpose.
+///
+/// The guest's host key is not checked (a fresh instance reuses addresses
+/// and has a new key each launch, and nothing yet carries its fingerprint
+/// to the host); the connection stays inside the lab's namespaces.
+fn ssh_in_vpc(
+    vpc_id: &str,
+    ip: &str,
+    identity: Option<&std::path::Path>,
+    user: &str,
+    args: &[String],
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = ec2lab_control::network::namespace_name(vpc_id);
+    let netns = ec2lab_control::network::netns::open(&ns)
+        .map_err(|e| format!("{e} (is the instance running, and is this run as root?)"))?;
+    let fd = netns.as_raw_fd();
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ]);
+    if let Some(key) = identity {
+        ssh.arg("-i").arg(key);
+    }
+    ssh.arg(format!("{user}@{ip}")).args(args);
+    // SAFETY: setns is async-signal-safe and changes only the process
+    // about to exec ssh; `netns` stays open until exec.
+    unsafe {
+        ssh.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let err = ssh.exec();
+    Err(format!("cannot run ssh in {ns}: {err}"))
 }

@@ -12,7 +12,7 @@
 //! its exit statuses) is spelled by the `ec2lab-vmm-api` crate the VMM
 //! itself is built on, so the two cannot drift apart.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,6 +170,10 @@ pub struct VmSpec {
     /// Network cards (tap and MAC), eth0 first. Filled by the networking
     /// layer.
     pub nets: Vec<NetConfig>,
+    /// The network namespace (a `/run/netns` file) the VMM runs in: its
+    /// taps live in the VPC's namespace, and TUNSETIFF finds a tap by name
+    /// only in the caller's own. None: the daemon's namespace.
+    pub netns: Option<PathBuf>,
     /// vsock context id, if the instance gets a vsock device.
     pub vsock_cid: Option<u32>,
     /// The VMM's stall watchdog period (None: the VMM's default).
@@ -368,6 +372,12 @@ impl Supervisor {
             .open(&log_path)
             .map_err(io_error("open", &log_path))?;
         let log_err = log.try_clone().map_err(io_error("open", &log_path))?;
+        let netns = spec
+            .netns
+            .as_ref()
+            .map(|p| std::fs::File::open(p).map_err(io_error("open", p)))
+            .transpose()?;
+        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
         let mut command = std::process::Command::new(&self.vmm_bin);
         command
             .arg(format!("--{}", flags::CONFIG))
@@ -377,9 +387,16 @@ impl Supervisor {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        // SAFETY: setsid is async-signal-safe and touches only the child.
+        // SAFETY: setns and setsid are async-signal-safe and touch only the
+        // child; the namespace fd stays open in the parent until spawn
+        // returns.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -747,6 +764,7 @@ mod tests {
                 tap: "tap0".to_string(),
                 mac: Some(MacAddr([6, 0, 0x0a, 0, 0, 5])),
             }],
+            netns: None,
             vsock_cid: Some(3),
             stall_timeout: Some(Duration::from_secs(120)),
         }

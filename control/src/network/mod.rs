@@ -86,9 +86,12 @@ pub fn bridge_name(subnet_id: &str) -> String {
     link_name("br", subnet_id)
 }
 
+/// What every tap's name starts with (and no other link's in a VPC).
+const TAP_PREFIX: &str = "tap";
+
 /// The tap of interface `eni_id`.
 pub fn tap_name(eni_id: &str) -> String {
-    link_name("tap", eni_id)
+    link_name(TAP_PREFIX, eni_id)
 }
 
 /// One subnet as the fabric builds it.
@@ -370,36 +373,56 @@ impl Network {
 
     /// Undoes [`Network::attach`] once `instance`'s VMM is gone: its taps
     /// go, and its VPC too when no other instance holds a tap in it.
+    ///
+    /// A terminated instance's ENIs may already be deleted from the
+    /// database (DeleteOnTermination), so every VPC is settled from what
+    /// the database still holds rather than from the instance's record.
     pub fn detach(&self, db: &Db, instance: &Instance) -> Result<(), NetworkError> {
         let _guard = crate::lock(&self.changes);
-        let mut vpcs: Vec<String> = Vec::new();
         for eni in &instance.network_interfaces {
             let ns = namespace_name(&eni.vpc_id);
             if netns::exists(&ns) {
                 fabric::remove_link(&ns, &tap_name(&eni.id))?;
             }
-            if !vpcs.contains(&eni.vpc_id) {
-                vpcs.push(eni.vpc_id.clone());
-            }
         }
-        for vpc_id in vpcs {
-            self.settle_vpc(db, &vpc_id)?;
+        for vpc in db.list_vpcs(&NetworkQuery::default())?.items {
+            self.settle_vpc(db, &vpc.id)?;
         }
         Ok(())
     }
 
-    /// Tears VPC `vpc_id` down when none of its instances holds a tap,
-    /// and refreshes its leases otherwise.
+    /// Makes VPC `vpc_id` match the database: torn down when none of its
+    /// instances holds a tap; otherwise rebuilt, with those instances'
+    /// taps and no others (a tap whose instance stopped, or whose ENI was
+    /// deleted, while the daemon was down is removed).
     fn settle_vpc(&self, db: &Db, vpc_id: &str) -> Result<(), NetworkError> {
-        let busy = db.all_instances()?.into_iter().any(|i| {
-            holds_taps(i.state) && i.network_interfaces.iter().any(|e| e.vpc_id == vpc_id)
-        });
-        if busy {
-            let plan = self.plan(db, vpc_id)?;
-            self.ensure_vpc(&plan)
-        } else {
-            self.teardown_vpc(vpc_id)
+        let holders: Vec<Instance> = db
+            .all_instances()?
+            .into_iter()
+            .filter(|i| {
+                holds_taps(i.state) && i.network_interfaces.iter().any(|e| e.vpc_id == vpc_id)
+            })
+            .collect();
+        if holders.is_empty() {
+            return self.teardown_vpc(vpc_id);
         }
+        let plan = self.plan(db, vpc_id)?;
+        self.ensure_vpc(&plan)?;
+        let mut wanted = Vec::new();
+        for eni in holders.iter().flat_map(|i| &i.network_interfaces) {
+            if let Some(subnet) = plan.subnet(&eni.subnet_id) {
+                let tap = tap_name(&eni.id);
+                fabric::ensure_tap(&plan.namespace, &tap, &subnet.bridge)?;
+                wanted.push(tap);
+            }
+        }
+        for link in fabric::link_names(&plan.namespace)? {
+            if link.starts_with(TAP_PREFIX) && !wanted.contains(&link) {
+                log::info!("{vpc_id}: removing stale tap {link}");
+                fabric::remove_link(&plan.namespace, &link)?;
+            }
+        }
+        Ok(())
     }
 
     /// After a daemon (re)start: every VPC with instances that hold taps
@@ -407,25 +430,8 @@ impl Network {
     /// its instances' taps; every other VPC is torn down.
     pub fn reconcile(&self, db: &Db) -> Result<(), NetworkError> {
         let _guard = crate::lock(&self.changes);
-        let instances = db.all_instances()?;
         for vpc in db.list_vpcs(&NetworkQuery::default())?.items {
-            let holders: Vec<&Instance> = instances
-                .iter()
-                .filter(|i| {
-                    holds_taps(i.state) && i.network_interfaces.iter().any(|e| e.vpc_id == vpc.id)
-                })
-                .collect();
-            if holders.is_empty() {
-                self.teardown_vpc(&vpc.id)?;
-                continue;
-            }
-            let plan = self.plan(db, &vpc.id)?;
-            self.ensure_vpc(&plan)?;
-            for eni in holders.iter().flat_map(|i| &i.network_interfaces) {
-                if let Some(subnet) = plan.subnet(&eni.subnet_id) {
-                    fabric::ensure_tap(&plan.namespace, &tap_name(&eni.id), &subnet.bridge)?;
-                }
-            }
+            self.settle_vpc(db, &vpc.id)?;
         }
         Ok(())
     }

@@ -242,6 +242,44 @@ impl Daemon {
         pids
     }
 
+    /// The VPCs of this daemon's database.
+    pub fn vpc_ids(&self) -> Vec<String> {
+        ec2lab_control::db::Db::open(&self.dir.path().join("ec2lab.db"))
+            .and_then(|db| db.list_vpcs(&Default::default()))
+            .map(|page| page.items.into_iter().map(|v| v.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// dnsmasq processes serving this daemon's VPCs that are still alive.
+    pub fn live_dnsmasqs(&self) -> Vec<i32> {
+        let needle = self.dir.path().display().to_string();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+            let is_dnsmasq = args.next().is_some_and(|argv0| argv0.ends_with("dnsmasq"));
+            if is_dnsmasq && args.any(|a| a.contains(&needle)) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Removes this daemon's VPC fabric (dnsmasq by its pid file, the
+    /// namespaces), whatever the test's outcome.
+    fn remove_fabric(&self) {
+        let network = ec2lab_control::network::Network::new(
+            self.dir.path().join("network"),
+            "dnsmasq".into(),
+        );
+        for vpc_id in self.vpc_ids() {
+            let _ = network.teardown_vpc(&vpc_id);
+        }
+    }
+
     /// Judges a client suite (`what`: pytest, a playbook) that ran against
     /// this daemon: prints its output, fails with it and the daemon's log
     /// unless it succeeded, then stops the daemon and fails if anything was
@@ -276,6 +314,16 @@ impl Daemon {
             // SAFETY: kill(2) on a VMM this test's daemon started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        for vpc_id in self.vpc_ids() {
+            let ns = ec2lab_control::network::namespace_name(&vpc_id);
+            if ec2lab_control::network::netns::path(&ns).exists() {
+                left.push(format!("VPC namespace {ns}"));
+            }
+        }
+        for pid in self.live_dnsmasqs() {
+            left.push(format!("dnsmasq pid {pid}"));
+        }
+        self.remove_fabric();
         for entry in std::fs::read_dir(self.dir.path().join("instances"))
             .into_iter()
             .flatten()
@@ -294,6 +342,7 @@ impl Drop for Daemon {
             // SAFETY: kill(2) on a VMM this test's daemon started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        self.remove_fabric();
     }
 }
 

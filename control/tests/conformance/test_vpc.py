@@ -1,11 +1,14 @@
 """The default VPC as the aws CLI and boto3 see it: the lookups tools do
 before a launch (isDefault, default-for-az), a launch into a chosen subnet
 with a chosen private address, and the errors EC2 gives for bad subnets
-and taken addresses."""
+and taken addresses; the guest launched there gets its address by DHCP
+from the VPC fabric and answers on it."""
+import subprocess
+
 import botocore
 import pytest
 
-from conftest import aws, aws_error
+from conftest import aws, aws_error, wait_for
 
 MISSING_SUBNET = "subnet-0123456789abcdef0"
 
@@ -24,6 +27,10 @@ def default_subnets(vpc_id):
 
 def subnet(ec2, subnet_id):
     return ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
+
+
+def console(instance_id):
+    return aws("get-console-output", "--instance-id", instance_id).get("Output") or ""
 
 
 def test_the_default_vpc_subnets_and_group_are_awss(ec2, default_vpc):
@@ -88,6 +95,18 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         by_ip = ec2.describe_instances(Filters=[{"Name": "private-ip-address", "Values": ["172.31.16.77"]}])
         assert [i["InstanceId"] for r in by_ip["Reservations"] for i in r["Instances"]] == [iid]
         assert subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"] == free_before - 1
+
+        # The guest's eth0 got that address by DHCP from its VPC (lab-minimal
+        # prints what udhcpc configured), and its SSH server answers at it
+        # from the VPC's router namespace. No security groups are enforced
+        # yet: nothing filters this connection.
+        wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot")
+        assert "lab-minimal: eth0: inet 172.31.16.77/20" in console(iid), console(iid)
+        banner = subprocess.run(
+            ["ip", "netns", "exec", f"ec2lab-{default_vpc['VpcId']}", "bash", "-c",
+             "exec 3<>/dev/tcp/172.31.16.77/22 && head -c 8 <&3"],
+            capture_output=True, text=True, timeout=60)
+        assert banner.stdout.startswith("SSH-2.0"), banner
 
         with pytest.raises(botocore.exceptions.ClientError) as taken:
             ec2.run_instances(ImageId=lab_minimal_ami, InstanceType="lab.nano", MinCount=1, MaxCount=1,
