@@ -50,17 +50,9 @@ pub enum DaemonError {
     /// after RunInstances had answered.
     #[error("the VMM {0} is not an executable file (build it, or pass --vmm)")]
     NoVmm(PathBuf),
-    /// Another daemon serves this data directory.
-    #[error("{0} is in use by another ec2lab daemon (it holds ec2lab.lock there)")]
-    InUse(PathBuf),
-    /// The lock file could not be opened.
-    #[error("cannot lock {path}: {source}")]
-    Lock {
-        /// The lock file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The data directory's lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// Reconciling with the running VMMs.
     #[error("reconciling instances: {0}")]
     Reconcile(#[from] crate::lifecycle::LabError),
@@ -219,24 +211,40 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Why the data directory could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another daemon serves this data directory.
+    #[error("{0} is in use by another ec2lab daemon (it holds ec2lab.lock there)")]
+    InUse(PathBuf),
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {path}: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Takes `<data_dir>/ec2lab.lock` for as long as the returned file is open
 /// (an advisory `flock`, released by the kernel when the daemon dies, even
 /// by `kill -9`).
-pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, LockError> {
     let path = data_dir.join("ec2lab.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| DaemonError::Lock {
+        .map_err(|source| LockError::Io {
             path: path.clone(),
             source,
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::InUse(data_dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::InUse(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io { path, source }),
     }
 }
 
@@ -284,7 +292,7 @@ mod tests {
         let first = lock_data_dir(dir.path()).expect("first");
         assert!(matches!(
             lock_data_dir(dir.path()),
-            Err(DaemonError::InUse(_))
+            Err(LockError::InUse(_))
         ));
         drop(first);
         lock_data_dir(dir.path()).expect("free again");
