@@ -40,10 +40,16 @@ fn aws_cli_and_boto3_drive_security_groups_without_a_guest() {
         return;
     };
     let nowhere = tempfile::tempdir().expect("empty image directory");
+    // An executable that is no VMM (the daemon refuses to start without an
+    // executable one): nothing here may launch.
+    let no_vmm = nowhere.path().join("no-vmm");
+    std::fs::write(&no_vmm, "#!/bin/sh\nexit 1\n").expect("write");
+    std::fs::set_permissions(&no_vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let prereqs = Prereqs {
         images: nowhere.path().to_path_buf(),
         venv,
-        vmm: nowhere.path().join("no-such-vmm"),
+        vmm: no_vmm,
         ec2lab: common::target_bin("ec2lab"),
     };
     let daemon = Daemon::start(&prereqs);
