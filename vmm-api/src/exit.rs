@@ -22,6 +22,9 @@ pub const EXIT_TRIPLE_FAULT: i32 = 4;
 pub const EXIT_UNHANDLED: i32 = 5;
 /// Exit status for a shutdown requested through the control API.
 pub const EXIT_API_SHUTDOWN: i32 = 6;
+/// Exit status for a system call outside a VMM thread's seccomp allowlist:
+/// the VMM ended itself before the call ran.
+pub const EXIT_SECCOMP: i32 = 7;
 /// Signals end the VMM with 128 + the signal number, the shell's convention.
 pub const EXIT_SIGNAL_BASE: i32 = 128;
 
@@ -42,6 +45,8 @@ pub enum ExitStatus {
     Unhandled,
     /// Stopped through the control API's `Shutdown` action.
     ApiShutdown,
+    /// A VMM thread made a system call its seccomp allowlist forbids.
+    Seccomp,
     /// Stopped by this signal.
     Signal(i32),
 }
@@ -57,6 +62,7 @@ impl ExitStatus {
             Self::TripleFault => EXIT_TRIPLE_FAULT,
             Self::Unhandled => EXIT_UNHANDLED,
             Self::ApiShutdown => EXIT_API_SHUTDOWN,
+            Self::Seccomp => EXIT_SECCOMP,
             Self::Signal(signo) => EXIT_SIGNAL_BASE + signo,
         }
     }
@@ -71,6 +77,7 @@ impl ExitStatus {
             EXIT_TRIPLE_FAULT => Self::TripleFault,
             EXIT_UNHANDLED => Self::Unhandled,
             EXIT_API_SHUTDOWN => Self::ApiShutdown,
+            EXIT_SECCOMP => Self::Seccomp,
             // Exit statuses are one byte, and signal numbers start at 1.
             129..=255 => Self::Signal(code - EXIT_SIGNAL_BASE),
             _ => return None,
@@ -108,6 +115,7 @@ mod tests {
             (ExitStatus::TripleFault, 4),
             (ExitStatus::Unhandled, 5),
             (ExitStatus::ApiShutdown, 6),
+            (ExitStatus::Seccomp, 7),
             (ExitStatus::Signal(2), 130),
             (ExitStatus::Signal(15), 143),
         ];
@@ -119,7 +127,7 @@ mod tests {
 
     #[test]
     fn statuses_the_vmm_never_uses_have_no_meaning() {
-        for code in [-1, 7, 127, 128, 256] {
+        for code in [-1, 8, 127, 128, 256] {
             assert_eq!(ExitStatus::from_code(code), None, "{code}");
         }
     }
