@@ -11,7 +11,10 @@
 //! crate's ([`ec2lab_vmm_api::api`]), the same types the control plane sends.
 
 use std::io::Read;
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 
@@ -22,6 +25,7 @@ pub use ec2lab_vmm_api::api::{
 use serde_json::json;
 
 use crate::devices::bus::lock;
+use crate::seccomp::ThreadFilter;
 use crate::vmm::Vmm;
 use crate::VmmEvent;
 
@@ -129,18 +133,42 @@ fn describe(vmm: &Vmm) -> serde_json::Value {
 const MAX_BODY: u64 = 64 * 1024;
 
 /// The running server; removes its socket when dropped.
+///
+/// The socket is removed through a descriptor of its directory opened at
+/// start, because the main thread's seccomp filter allows `unlinkat` only
+/// there: a confined VMM can remove its own socket and nothing else.
 pub struct ApiServer {
-    path: PathBuf,
+    dir: std::fs::File,
+    name: std::ffi::CString,
+}
+
+impl ApiServer {
+    /// The descriptor the socket is removed through.
+    pub fn dir_fd(&self) -> i32 {
+        self.dir.as_raw_fd()
+    }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // SAFETY: `dir` is an open directory and `name` a NUL-terminated
+        // file name; unlinkat reads both and keeps neither.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
     }
 }
 
-/// Starts the server thread on `path`.
-pub fn start(path: &Path, events: Sender<VmmEvent>) -> Result<ApiServer, ApiError> {
+/// Binds `path` and starts the server thread, which installs `filter`
+/// before it accepts anything (the HTTP server's own threads are created
+/// from it afterwards and inherit the filter).
+pub fn start(
+    path: &Path,
+    events: Sender<VmmEvent>,
+    filter: ThreadFilter,
+) -> Result<ApiServer, ApiError> {
+    let bind_error = |reason: String| ApiError::Bind {
+        path: path.to_path_buf(),
+        reason,
+    };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(ApiError::InUse(path.to_path_buf()));
@@ -148,20 +176,32 @@ pub fn start(path: &Path, events: Sender<VmmEvent>) -> Result<ApiServer, ApiErro
         // A stale socket from a VMM that did not clean up.
         let _ = std::fs::remove_file(path);
     }
-    let server = tiny_http::Server::http_unix(path).map_err(|e| ApiError::Bind {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let name = path
+        .file_name()
+        .and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
+        .ok_or_else(|| bind_error("not a file name".to_string()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| bind_error(format!("cannot open its directory: {e}")))?;
+    let listener = UnixListener::bind(path).map_err(|e| bind_error(e.to_string()))?;
+    let server = ApiServer { dir, name };
     std::thread::Builder::new()
         .name("api".to_string())
-        .spawn(move || serve(server, events))
-        .map_err(|e| ApiError::Bind {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    Ok(ApiServer {
-        path: path.to_path_buf(),
-    })
+        .spawn(move || {
+            filter.apply_or_exit();
+            match tiny_http::Server::from_listener(listener, None) {
+                Ok(server) => serve(server, events),
+                Err(e) => log::error!("api: cannot serve: {e}"),
+            }
+        })
+        .map_err(|e| bind_error(e.to_string()))?;
+    Ok(server)
 }
 
 fn serve(server: tiny_http::Server, events: Sender<VmmEvent>) {

@@ -33,6 +33,7 @@ use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
+use crate::seccomp::{Policy, SeccompError, ThreadFilters, ThreadKind};
 use crate::vmm::{BuiltVm, Vmm};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext};
 use crate::vstate::vm::{Vm, VmError};
@@ -84,6 +85,9 @@ pub enum BuildError {
     /// The vsock device's socket.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// The seccomp filters.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 impl BuildError {
@@ -176,9 +180,11 @@ fn cmdline_disables_acpi(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|p| p == "acpi=off")
 }
 
-/// Builds the VM described by `config`.
-pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
+/// Builds the VM described by `config`; its threads will be confined as
+/// `seccomp` says.
+pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
     config.validate(crate::config::host_memory_mib())?;
+    let filters = ThreadFilters::new(seccomp)?;
     let host = HostKind::detect();
     let vendor = CpuVendor::detect();
     let workarounds = Workarounds::new(config.cpu_template, host);
@@ -304,7 +310,11 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     )?;
 
     let api = match &config.api_sock {
-        Some(path) => Some(api::start(path, events_tx.clone())?),
+        Some(path) => Some(api::start(
+            path,
+            events_tx.clone(),
+            filters.for_thread(ThreadKind::Api),
+        )?),
         None => None,
     };
 
@@ -328,5 +338,6 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         events_tx,
         events_rx,
         api,
+        filters,
     }))
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
 use crate::exit::VmExit;
+use crate::seccomp::ThreadFilter;
 use crate::VmmEvent;
 
 const CTRL_A: u8 = 0x01;
@@ -160,10 +161,12 @@ impl EscapeParser {
 pub fn spawn_input(
     serial: Arc<Mutex<SerialDevice>>,
     events: Sender<VmmEvent>,
+    filter: ThreadFilter,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("console-in".to_string())
         .spawn(move || {
+            filter.apply_or_exit();
             let mut stdin = std::io::stdin();
             let mut parser = EscapeParser::default();
             let mut buf = [0u8; 64];

@@ -1,13 +1,15 @@
 //! `ec2lab-vmm`: boot a kernel in a KVM VM from flags or a JSON config.
 
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Parser;
-use ec2lab_vmm::builder;
 use ec2lab_vmm::config::{self, CpuTemplate, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm::exit::{ExitRecord, EXIT_BAD_INPUT, EXIT_VMM_ERROR};
+use ec2lab_vmm::{builder, seccomp};
 use ec2lab_vmm_api::flags;
 
 /// Boots a Linux kernel (ELF vmlinux with or without a PVH note, or bzImage)
@@ -15,7 +17,8 @@ use ec2lab_vmm_api::flags;
 ///
 /// Exit status: 0 guest powered off, 1 VMM error, 2 bad input, 3 guest
 /// rebooted, 4 triple fault, 5 unhandled KVM exit or internal error,
-/// 6 stopped through the API, 128+N stopped by signal N (143 for SIGTERM).
+/// 6 stopped through the API, 7 a thread made a system call its seccomp
+/// allowlist forbids, 128+N stopped by signal N (143 for SIGTERM).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
@@ -73,6 +76,10 @@ struct Args {
     /// learns why an instance stopped.
     #[arg(long = flags::EXIT_FILE)]
     exit_file: Option<PathBuf>,
+    /// Run without the seccomp filters (for debugging only: the VMM's
+    /// threads may then make any system call).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// `--cpu-template`: the contract crate's names, each explained in
@@ -160,13 +167,24 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
-    let exit_file = args.exit_file.clone();
+    // Opened now, before any seccomp filter: no thread may open a file
+    // once the guest runs, and the SIGSYS handler records its reason here.
+    let mut exit_file = args.exit_file.as_ref().and_then(|path| {
+        std::fs::File::create(path)
+            .map_err(|e| log::error!("cannot open exit file {}: {e}", path.display()))
+            .ok()
+    });
+    let exit_fd = exit_file.as_ref().map(AsRawFd::as_raw_fd);
+    if let Err(e) = seccomp::prepare_process(exit_fd) {
+        eprintln!("ec2lab-vmm: error: {e}");
+        return ExitCode::from(EXIT_VMM_ERROR as u8);
+    }
     let (code, reason) = run(args);
-    if let Some(path) = exit_file {
+    if let Some(file) = &mut exit_file {
         let record = ExitRecord { code, reason };
         let text = serde_json::to_string(&record).unwrap_or_default();
-        if let Err(e) = std::fs::write(&path, format!("{text}\n")) {
-            log::error!("cannot write exit file {}: {e}", path.display());
+        if let Err(e) = file.write_all(format!("{text}\n").as_bytes()) {
+            log::error!("cannot write exit file: {e}");
         }
     }
     ExitCode::from(code as u8)
@@ -174,10 +192,11 @@ fn main() -> ExitCode {
 
 /// Builds and runs the VM; returns the exit status and why.
 fn run(args: Args) -> (i32, String) {
+    let policy = seccomp::Policy::from_env(!args.no_seccomp);
     let vmm = match args
         .into_config()
         .map_err(builder::BuildError::from)
-        .and_then(|c| builder::build(&c))
+        .and_then(|c| builder::build(&c, policy))
     {
         Ok(v) => v,
         Err(e) => {

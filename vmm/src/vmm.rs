@@ -25,6 +25,7 @@ use crate::devices::serial::SerialDevice;
 use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
 use crate::pause::{self, Pausable, PauseError};
+use crate::seccomp::{ThreadFilter, ThreadFilters, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuHandle};
 use crate::vstate::vm::Vm;
 use crate::vstate::watchdog::{Next, Stall, StallWatchdog};
@@ -68,6 +69,8 @@ pub(crate) struct BuiltVm {
     pub(crate) events_tx: Sender<VmmEvent>,
     pub(crate) events_rx: Receiver<VmmEvent>,
     pub(crate) api: Option<ApiServer>,
+    /// Each thread's seccomp filter, installed as the threads start.
+    pub(crate) filters: ThreadFilters,
 }
 
 /// A VM: built by [`crate::builder::build`], run by [`Vmm::run`].
@@ -93,6 +96,7 @@ pub struct Vmm {
     events_tx: Sender<VmmEvent>,
     events_rx: Receiver<VmmEvent>,
     api: Option<ApiServer>,
+    filters: ThreadFilters,
     state: VmState,
     started: Instant,
     watchdog: StallWatchdog,
@@ -124,6 +128,7 @@ impl Vmm {
             events_tx: built.events_tx,
             events_rx: built.events_rx,
             api: built.api,
+            filters: built.filters,
             state: VmState::Running,
             started: now,
             watchdog: StallWatchdog::new(stall_timeout, now),
@@ -210,15 +215,18 @@ impl Vmm {
         } else {
             None
         };
+        let helper = self.filters.for_thread(ThreadKind::Helper);
         if _terminal.is_some() {
-            if let Err(e) = console::spawn_input(self.serial.clone(), self.events_tx.clone()) {
+            if let Err(e) =
+                console::spawn_input(self.serial.clone(), self.events_tx.clone(), helper.clone())
+            {
                 log::warn!("no console input: {e}");
             }
         }
-        if let Err(e) = spawn_signal_thread(self.events_tx.clone()) {
+        if let Err(e) = spawn_signal_thread(self.events_tx.clone(), helper) {
             return VmExit::VmmError(format!("cannot watch signals: {e}"));
         }
-        let exit = match self.start() {
+        let exit = match self.start().and_then(|()| self.confine_main_thread()) {
             Ok(()) => self.main_loop(),
             Err(exit) => exit,
         };
@@ -255,18 +263,40 @@ impl Vmm {
         );
     }
 
+    /// Installs the main thread's seccomp filter: last, once every other
+    /// thread has started (a filter is inherited by the threads created
+    /// after it, and theirs are narrower).
+    fn confine_main_thread(&mut self) -> Result<(), VmExit> {
+        let api_dir = self.api.as_ref().map(ApiServer::dir_fd);
+        let filter = self
+            .filters
+            .main(api_dir)
+            .map_err(|e| VmExit::VmmError(e.to_string()))?;
+        filter
+            .apply()
+            .map_err(|e| VmExit::VmmError(e.to_string()))?;
+        if filter.is_enabled() {
+            log::info!("seccomp filters installed in every VMM thread");
+        } else {
+            log::warn!("seccomp is off (--no-seccomp): the VMM's threads are not confined");
+        }
+        Ok(())
+    }
+
     /// Starts the device event thread, then the vCPU threads (so the first
     /// queue notification finds the devices served).
     fn start(&mut self) -> Result<(), VmExit> {
         self.devices
-            .start()
+            .start(self.filters.for_thread(ThreadKind::Devices))
             .map_err(|e| VmExit::VmmError(format!("cannot start the device event thread: {e}")))?;
         let now = Instant::now();
         self.started = now;
         self.watchdog = StallWatchdog::new(self.watchdog.timeout(), now);
         self.last_watch = now;
         for vcpu in std::mem::take(&mut self.pending_vcpus) {
-            let handle = vcpu.start().map_err(|e| VmExit::VmmError(e.to_string()))?;
+            let handle = vcpu
+                .start(self.filters.for_thread(ThreadKind::Vcpu))
+                .map_err(|e| VmExit::VmmError(e.to_string()))?;
             self.vcpus.push(handle);
         }
         Ok(())
@@ -349,12 +379,13 @@ impl Vmm {
     }
 }
 
-fn spawn_signal_thread(events: Sender<VmmEvent>) -> std::io::Result<()> {
+fn spawn_signal_thread(events: Sender<VmmEvent>, filter: ThreadFilter) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
+            filter.apply_or_exit();
             if let Some(signo) = signals.forever().next() {
                 let _ = events.send(VmmEvent::Exit(VmExit::Signal(signo)));
             }

@@ -132,7 +132,11 @@ impl Rig {
             )
             .expect("queue events");
         let before = device_threads();
-        event_loop.spawn().expect("event thread");
+        event_loop
+            .spawn(ec2lab_vmm::seccomp::ThreadFilter::none(
+                ec2lab_vmm::seccomp::ThreadKind::Devices,
+            ))
+            .expect("event thread");
         // The new thread names itself as it starts; give it a moment.
         let mut device_tid = None;
         for _ in 0..100 {

@@ -13,6 +13,7 @@ use super::virtio::event::{EventLoop, EventThread};
 use super::virtio::mmio::MmioTransport;
 use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::pause::Pausable;
+use crate::seccomp::ThreadFilter;
 
 /// One virtio device: its transport and where the guest finds it.
 pub struct VirtioSlot {
@@ -59,10 +60,11 @@ impl DeviceManager {
         &self.slots
     }
 
-    /// Starts the event thread (none without devices); once only.
-    pub fn start(&mut self) -> std::io::Result<()> {
+    /// Starts the event thread (none without devices), confined by
+    /// `filter`; once only.
+    pub fn start(&mut self, filter: ThreadFilter) -> std::io::Result<()> {
         if let Some(event_loop) = self.event_loop.take() {
-            self.thread = event_loop.spawn()?;
+            self.thread = event_loop.spawn(filter)?;
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ use crate::diag;
 use crate::exit::VmExit;
 use crate::host::Workarounds;
 use crate::pause::{self, ParkControl, Pausable};
+use crate::seccomp::ThreadFilter;
 use crate::VmmEvent;
 
 /// Errors creating or configuring vCPUs.
@@ -361,13 +362,23 @@ impl Vcpu {
         self.control.clone()
     }
 
-    /// Starts the vCPU thread.
-    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+    /// Starts the vCPU thread, which installs `filter` before it first
+    /// enters the guest.
+    pub fn start(self, filter: ThreadFilter) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let control = self.control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run())
+            .spawn(move || {
+                if let Err(e) = filter.apply() {
+                    let _ = self
+                        .events
+                        .send(VmmEvent::Exit(VmExit::VmmError(e.to_string())));
+                    self.control.park.set_activity(Activity::Exited);
+                    return;
+                }
+                self.run()
+            })
             .map_err(|e| VcpuError::Spawn(id, e))?;
         Ok(VcpuHandle {
             id,

@@ -492,6 +492,17 @@ impl Vmm {
         Self::spawn_command(Command::new(VMM_BIN), args)
     }
 
+    /// Starts the VMM with `args` and these environment variables set.
+    pub fn spawn_with_env<I, S>(env: &[(&str, &str)], args: I) -> Vmm
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(VMM_BIN);
+        command.envs(env.iter().copied());
+        Self::spawn_command(command, args)
+    }
+
     /// Starts the VMM inside network namespace `ns` (`ip netns exec` execs
     /// it, so the child's PID is the VMM's).
     pub fn spawn_in<I, S>(ns: &NetNs, args: I) -> Vmm

@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::mmio::MmioTransport;
 use crate::devices::bus::lock;
 use crate::pause::{self, Activity, ParkControl, Pausable, Request};
+use crate::seccomp::ThreadFilter;
 
 /// Epoll data tag of backend events; queue events have it clear.
 const BACKEND: u64 = 1 << 63;
@@ -117,8 +118,9 @@ impl EventLoop {
         lock(transport).register_backend(events)
     }
 
-    /// Starts the thread; `None` when there is no device to serve.
-    pub fn spawn(self) -> std::io::Result<Option<EventThread>> {
+    /// Starts the thread, which installs `filter` before serving anything;
+    /// `None` when there is no device to serve.
+    pub fn spawn(self, filter: ThreadFilter) -> std::io::Result<Option<EventThread>> {
         if self.transports.is_empty() {
             return Ok(None);
         }
@@ -134,7 +136,10 @@ impl EventLoop {
             let wake = wake.try_clone()?;
             std::thread::Builder::new()
                 .name("devices".to_string())
-                .spawn(move || self.run(&control, &wake))?
+                .spawn(move || {
+                    filter.apply_or_exit();
+                    self.run(&control, &wake)
+                })?
         };
         Ok(Some(EventThread {
             control,
@@ -250,6 +255,7 @@ mod tests {
     use crate::devices::virtio::test_utils::{mem, writable};
     use crate::devices::virtio::{DeviceCounters, UsedQueues, VirtioDevice, VirtioInterrupt};
     use crate::pause::pause_all;
+    use crate::seccomp::ThreadKind;
 
     const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -313,7 +319,10 @@ mod tests {
         event_loop
             .add_device(&transport, vec![notify.try_clone().expect("clone")])
             .expect("add device");
-        let thread = event_loop.spawn().expect("spawn").expect("a thread");
+        let thread = event_loop
+            .spawn(ThreadFilter::none(ThreadKind::Devices))
+            .expect("spawn")
+            .expect("a thread");
         (thread, notify, irq)
     }
 

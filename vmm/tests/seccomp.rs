@@ -1,0 +1,132 @@
+//! The VMM's seccomp filters: every thread runs under one once the guest
+//! runs, a forbidden system call stops the VMM with its own exit status and
+//! a reason naming the thread and the call, and `--no-seccomp` turns them
+//! off.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::api::{self, request};
+use common::{build_guest, Vmm};
+use ec2lab_vmm::seccomp::{EXIT_SECCOMP, SELF_TEST_ENV};
+use ec2lab_vmm_api::exit::{ExitRecord, EXIT_API_SHUTDOWN};
+
+/// The `Seccomp:` mode of every thread of `pid` (2 = filtered).
+fn seccomp_modes(pid: i32) -> Vec<(String, u32)> {
+    let mut modes = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read tasks");
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let mode = field("Seccomp:").parse().unwrap_or(u32::MAX);
+        modes.push((field("Name:"), mode));
+    }
+    modes
+}
+
+fn shut_down(socket: &Path, vmm: Vmm) {
+    let reply = request(socket, "PUT", "/actions", Some(r#"{"action":"Shutdown"}"#));
+    assert_eq!(reply.status, 204, "{reply:?}");
+    let outcome = vmm.wait(Duration::from_secs(10));
+    assert_eq!(
+        outcome.status.code(),
+        Some(EXIT_API_SHUTDOWN),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn every_vmm_thread_runs_under_a_seccomp_filter_once_the_guest_runs() {
+    require_kvm!("every_vmm_thread_runs_under_a_seccomp_filter_once_the_guest_runs");
+    let guest = build_guest("ring3_spin");
+    let (socket, vmm) = api::spawn_with_api(
+        &guest,
+        &["--memory-mib", "128", "--vcpus", "2"],
+        "spinning in ring 3\n",
+    );
+    // The main thread installs its filter right after starting the vCPUs;
+    // the API has answered, so give it a moment at most.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let modes = loop {
+        let modes = seccomp_modes(vmm.pid());
+        if modes.iter().all(|(_, mode)| *mode == 2) || Instant::now() > deadline {
+            break modes;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        modes.iter().all(|(_, mode)| *mode == 2),
+        "threads without a filter: {modes:?}"
+    );
+    for name in ["vcpu0", "vcpu1", "api", "signals"] {
+        assert!(
+            modes.iter().any(|(n, _)| n == name),
+            "no {name} thread: {modes:?}"
+        );
+    }
+    shut_down(&socket, vmm);
+}
+
+#[test]
+fn a_forbidden_system_call_stops_the_vmm_with_the_seccomp_status_and_says_which() {
+    require_kvm!("a_forbidden_system_call_stops_the_vmm_with_the_seccomp_status_and_says_which");
+    let guest = build_guest("ring3_spin");
+    let socket = guest.scratch("api.sock");
+    let exit_file = guest.scratch("exit.json");
+    let kernel = guest.elf.display().to_string();
+    let vmm = Vmm::spawn_with_env(
+        &[(SELF_TEST_ENV, "api")],
+        [
+            "--kernel",
+            &kernel,
+            "--api-sock",
+            &socket.display().to_string(),
+            "--exit-file",
+            &exit_file.display().to_string(),
+        ],
+    );
+    let outcome = vmm.wait(Duration::from_secs(20));
+    assert_eq!(outcome.status.code(), Some(EXIT_SECCOMP), "{outcome:?}");
+    let record: ExitRecord =
+        serde_json::from_str(&std::fs::read_to_string(&exit_file).expect("exit file"))
+            .expect("an exit record");
+    assert_eq!(record.code, EXIT_SECCOMP);
+    let socket_call = format!("system call {}", libc::SYS_socket);
+    assert!(
+        record.reason.contains("api thread") && record.reason.contains(&socket_call),
+        "{record:?}"
+    );
+    assert!(outcome.stderr.contains(&record.reason), "{outcome:?}");
+}
+
+#[test]
+fn no_seccomp_runs_the_vmm_unfiltered_for_debugging() {
+    require_kvm!("no_seccomp_runs_the_vmm_unfiltered_for_debugging");
+    let guest = build_guest("ring3_spin");
+    let socket = guest.scratch("api.sock");
+    let kernel = guest.elf.display().to_string();
+    // The self-test would stop a filtered VMM at once.
+    let mut vmm = Vmm::spawn_with_env(
+        &[(SELF_TEST_ENV, "api")],
+        [
+            "--kernel",
+            &kernel,
+            "--api-sock",
+            &socket.display().to_string(),
+            "--no-seccomp",
+        ],
+    );
+    vmm.wait_for_stdout("spinning in ring 3\n", Duration::from_secs(30));
+    api::wait_ready(&mut vmm, &socket);
+    let modes = seccomp_modes(vmm.pid());
+    assert!(modes.iter().all(|(_, mode)| *mode == 0), "{modes:?}");
+    shut_down(&socket, vmm);
+}
