@@ -15,6 +15,7 @@ pub mod diag;
 pub mod exit;
 pub mod host;
 pub mod pause;
+pub mod rlimit;
 pub mod seccomp;
 pub mod vmm;
 pub mod vstate;

@@ -9,7 +9,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 use ec2lab_vmm::config::{self, CpuTemplate, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm::exit::{ExitRecord, EXIT_BAD_INPUT, EXIT_VMM_ERROR};
-use ec2lab_vmm::{builder, seccomp};
+use ec2lab_vmm::{builder, rlimit, seccomp};
 use ec2lab_vmm_api::flags;
 
 /// Boots a Linux kernel (ELF vmlinux with or without a PVH note, or bzImage)
@@ -175,6 +175,10 @@ fn main() -> ExitCode {
             .ok()
     });
     let exit_fd = exit_file.as_ref().map(AsRawFd::as_raw_fd);
+    if let Err(e) = rlimit::apply() {
+        eprintln!("ec2lab-vmm: error: {e}");
+        return ExitCode::from(EXIT_VMM_ERROR as u8);
+    }
     if let Err(e) = seccomp::prepare_process(exit_fd) {
         eprintln!("ec2lab-vmm: error: {e}");
         return ExitCode::from(EXIT_VMM_ERROR as u8);
