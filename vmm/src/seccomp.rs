@@ -470,6 +470,9 @@ fn rules(kind: ThreadKind, api_dir_fd: Option<i32>) -> Rules {
             // thread (virtio-net reads the frames that queued on the tap
             // while the driver set up), so a vCPU needs the devices' I/O.
             device_io(&mut rules);
+            // The serial console's log is cut in place when it reaches its
+            // cap (console::CappedLog), from the vCPU writing the port.
+            allow_all(&mut rules, &[SYS_ftruncate]);
         }
         ThreadKind::Devices => device_io(&mut rules),
         ThreadKind::Api => {

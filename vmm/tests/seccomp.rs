@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::api::{self, request};
 use common::{build_guest, Vmm};
+use ec2lab_vmm::console::LOG_LIMIT;
 use ec2lab_vmm::seccomp::{EXIT_SECCOMP, SELF_TEST_ENV};
 use ec2lab_vmm_api::exit::{ExitRecord, EXIT_API_SHUTDOWN};
 
@@ -128,5 +129,48 @@ fn no_seccomp_runs_the_vmm_unfiltered_for_debugging() {
     api::wait_ready(&mut vmm, &socket);
     let modes = seccomp_modes(vmm.pid());
     assert!(modes.iter().all(|(_, mode)| *mode == 0), "{modes:?}");
+    shut_down(&socket, vmm);
+}
+
+/// A guest that floods its console makes the VMM cut the console log in
+/// place (console::CappedLog) from the vCPU thread, under its filter: the
+/// VMM runs on, and the log never passes its cap.
+#[test]
+fn a_flooded_console_log_is_cut_under_the_filter_and_the_vmm_runs_on() {
+    require_kvm!("a_flooded_console_log_is_cut_under_the_filter_and_the_vmm_runs_on");
+    let guest = build_guest("serial_flood");
+    let socket = guest.scratch("api.sock");
+    let log = guest.scratch("console.log");
+    let kernel = guest.elf.display().to_string();
+    let mut vmm = Vmm::spawn([
+        "--kernel",
+        &kernel,
+        "--api-sock",
+        &socket.display().to_string(),
+        "--serial-out",
+        &log.display().to_string(),
+    ]);
+    api::wait_ready(&mut vmm, &socket);
+    // Cut once: the file shrank from near its cap.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut largest = 0;
+    loop {
+        let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        assert!(len <= LOG_LIMIT, "the console log passed its cap: {len}");
+        if len < largest {
+            break;
+        }
+        largest = len;
+        assert!(
+            vmm.try_status().is_none(),
+            "the VMM stopped while its console was flooded: {:?}",
+            vmm.try_status()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the console log reached {largest} bytes and was never cut"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     shut_down(&socket, vmm);
 }
