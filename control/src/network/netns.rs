@@ -66,17 +66,19 @@ fn prepare_dir(name: &str) -> Result<(), NetnsError> {
     std::fs::create_dir_all(NETNS_DIR).map_err(sys(name, "create /run/netns"))?;
     let dir = c"/run/netns";
     let none = c"none";
-    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
-    let shared = unsafe {
-        libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            std::ptr::null(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        )
+    let make_shared = || {
+        // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+        unsafe {
+            libc::mount(
+                none.as_ptr(),
+                dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        }
     };
-    if shared == 0 {
+    if make_shared() == 0 {
         return Ok(());
     }
     // Not a mount point yet: bind it on itself, then share it.
@@ -93,16 +95,7 @@ fn prepare_dir(name: &str) -> Result<(), NetnsError> {
     if bound != 0 {
         return Err(sys(name, "bind /run/netns")(last_error()));
     }
-    // SAFETY: as above.
-    let shared = unsafe {
-        libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            std::ptr::null(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        )
-    };
+    let shared = make_shared();
     if shared != 0 {
         return Err(sys(name, "share /run/netns")(last_error()));
     }
