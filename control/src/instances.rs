@@ -74,6 +74,36 @@ pub enum InstanceError {
     /// Not even MinCount instances of the type fit on the host.
     #[error("insufficient {0} capacity")]
     InsufficientCapacity(String),
+    /// ModifyInstanceAttribute to a type the lab does not have.
+    #[error("Invalid value '{0}' for InstanceType.")]
+    UnknownInstanceType(String),
+}
+
+/// One change ModifyInstanceAttribute asks for, parsed and shaped by the
+/// handler; the rules (which types exist, the instance existing) are
+/// [`Lab::modify_attributes`]'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeChange {
+    /// `instanceType`.
+    InstanceType(String),
+    /// `userData`, decoded.
+    UserData(Vec<u8>),
+    /// `disableApiTermination`.
+    DisableApiTermination(bool),
+    /// `disableApiStop`.
+    DisableApiStop(bool),
+    /// `instanceInitiatedShutdownBehavior`.
+    ShutdownBehavior(ShutdownBehavior),
+}
+
+/// The newest part of an instance's serial console, as GetConsoleOutput
+/// returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleOutput {
+    /// At most the bytes asked for, the newest.
+    pub text: Vec<u8>,
+    /// When the console was last written (None: never).
+    pub written_at: Option<std::time::SystemTime>,
 }
 
 /// RunInstances' networking, checked for shape but not yet against the
@@ -551,5 +581,62 @@ impl Lab {
             .into());
         }
         Ok(found)
+    }
+}
+
+impl Lab {
+    /// ModifyInstanceAttribute: applies `changes` to `id` in order, after
+    /// checking the instance exists and every change is valid.
+    pub fn modify_attributes(
+        &self,
+        id: &str,
+        changes: &[AttributeChange],
+    ) -> Result<(), InstanceError> {
+        self.db.get_instance(id)?;
+        for change in changes {
+            if let AttributeChange::InstanceType(t) = change {
+                if crate::model::instance_types::lookup(t).is_none() {
+                    return Err(InstanceError::UnknownInstanceType(t.clone()));
+                }
+            }
+        }
+        for change in changes {
+            match change {
+                AttributeChange::InstanceType(t) => self.db.set_instance_type(id, t)?,
+                AttributeChange::UserData(raw) => self.db.set_user_data(id, Some(raw))?,
+                AttributeChange::DisableApiTermination(on) => {
+                    self.db.set_disable_api_termination(id, *on)?
+                }
+                AttributeChange::DisableApiStop(on) => self.db.set_disable_api_stop(id, *on)?,
+                AttributeChange::ShutdownBehavior(b) => self.db.set_shutdown_behavior(id, *b)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// GetConsoleOutput: the newest `max` bytes of `id`'s serial console
+    /// (the VMM keeps the log capped and cut to its tail).
+    pub fn console_output(&self, id: &str, max: u64) -> Result<ConsoleOutput, InstanceError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let instance = self.db.get_instance(id)?;
+        let path = instance
+            .console_output_path
+            .clone()
+            .unwrap_or_else(|| self.supervisor.files(id).serial_log());
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            return Ok(ConsoleOutput {
+                text: Vec::new(),
+                written_at: None,
+            });
+        };
+        let meta = file.metadata().ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
+        let mut text = Vec::new();
+        let _ = file.take(max).read_to_end(&mut text);
+        Ok(ConsoleOutput {
+            text,
+            written_at: meta.and_then(|m| m.modified().ok()),
+        })
     }
 }

@@ -388,9 +388,8 @@ impl From<InstanceError> for Ec2Error {
             }
             InstanceError::ImageNotFound(id) => Self::image_not_found(&id),
             InstanceError::InvalidAvailabilityZone(_)
-            | InstanceError::SubnetInAnotherZone { .. } => {
-                Self::invalid_parameter_value(e.to_string())
-            }
+            | InstanceError::SubnetInAnotherZone { .. }
+            | InstanceError::UnknownInstanceType(_) => Self::invalid_parameter_value(e.to_string()),
             InstanceError::AddressForMany | InstanceError::CreditsForSteadyType(_) => {
                 Self::invalid_parameter_combination(e.to_string())
             }

@@ -14,7 +14,7 @@ use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
 use crate::db::InstanceQuery;
-use crate::instances::{LaunchRequest, StateChange};
+use crate::instances::{AttributeChange, LaunchRequest, StateChange};
 use crate::model::ids::IdKind;
 use crate::model::instance_types;
 use crate::model::state::{InstanceState, ShutdownBehavior};
@@ -440,37 +440,21 @@ pub fn get_console_output(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
     params.reject_unknown(&["InstanceId", "Latest", "DryRun"])?;
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
-    let lab = ctx.lab();
-    let instance = lab.db.get_instance(id)?;
-    let path = instance
-        .console_output_path
-        .clone()
-        .unwrap_or_else(|| lab.supervisor.files(id).serial_log());
-    let (text, modified) = read_tail(&path, CONSOLE_TAIL);
+    let console = ctx.lab().console_output(id, CONSOLE_TAIL)?;
     let mut out = vec![
         XmlNode::text("instanceId", id),
-        XmlNode::timestamp("timestamp", modified.unwrap_or_else(SystemTime::now)),
+        XmlNode::timestamp(
+            "timestamp",
+            console.written_at.unwrap_or_else(SystemTime::now),
+        ),
     ];
-    if !text.is_empty() {
+    if !console.text.is_empty() {
         out.push(XmlNode::text(
             "output",
-            base64::engine::general_purpose::STANDARD.encode(&text),
+            base64::engine::general_purpose::STANDARD.encode(&console.text),
         ));
     }
     Ok(out)
-}
-
-fn read_tail(path: &std::path::Path, max: u64) -> (Vec<u8>, Option<SystemTime>) {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return (Vec::new(), None);
-    };
-    let meta = f.metadata().ok();
-    let len = meta.as_ref().map_or(0, |m| m.len());
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    (buf, meta.and_then(|m| m.modified().ok()))
 }
 
 /// `DescribeInstanceAttribute`: every attribute name of EC2's enum, each
@@ -553,8 +537,6 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
     ])?;
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
-    let lab = ctx.lab();
-    lab.db.get_instance(id)?;
     // The flat form (Attribute=x&Value=y) and the structured one.
     let get = |name: &str| -> Option<&str> {
         params.optional(&format!("{name}.Value")).or_else(|| {
@@ -565,15 +547,9 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
                 .flatten()
         })
     };
-    let mut changed = false;
+    let mut changes = Vec::new();
     if let Some(t) = get("InstanceType") {
-        if instance_types::lookup(t).is_none() {
-            return Err(Ec2Error::invalid_parameter_value(format!(
-                "Invalid value '{t}' for InstanceType."
-            )));
-        }
-        lab.db.set_instance_type(id, t)?;
-        changed = true;
+        changes.push(AttributeChange::InstanceType(t.to_string()));
     }
     if let Some(u) = get("UserData") {
         let raw = base64::engine::general_purpose::STANDARD
@@ -586,8 +562,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
                 "User data is limited to {MAX_USER_DATA} bytes"
             )));
         }
-        lab.db.set_user_data(id, Some(&raw))?;
-        changed = true;
+        changes.push(AttributeChange::UserData(raw));
     }
     let boolean = |name: &str, v: &str| match v {
         "true" => Ok(true),
@@ -597,14 +572,16 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
         ))),
     };
     if let Some(v) = get("DisableApiTermination") {
-        let value = boolean("DisableApiTermination", v)?;
-        lab.db.set_disable_api_termination(id, value)?;
-        changed = true;
+        changes.push(AttributeChange::DisableApiTermination(boolean(
+            "DisableApiTermination",
+            v,
+        )?));
     }
     if let Some(v) = get("DisableApiStop") {
-        lab.db
-            .set_disable_api_stop(id, boolean("DisableApiStop", v)?)?;
-        changed = true;
+        changes.push(AttributeChange::DisableApiStop(boolean(
+            "DisableApiStop",
+            v,
+        )?));
     }
     if let Some(v) = get("InstanceInitiatedShutdownBehavior") {
         let behavior = ShutdownBehavior::from_name(v).ok_or_else(|| {
@@ -612,12 +589,12 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
                 "Value ({v}) for instanceInitiatedShutdownBehavior is invalid"
             ))
         })?;
-        lab.db.set_shutdown_behavior(id, behavior)?;
-        changed = true;
+        changes.push(AttributeChange::ShutdownBehavior(behavior));
     }
-    if !changed {
+    if changes.is_empty() {
         return Err(Ec2Error::missing_parameter("Attribute"));
     }
+    ctx.lab().modify_attributes(id, &changes)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }
