@@ -61,6 +61,7 @@ fn call(state: &AppState, action: &str, pairs: &[(&str, &str)]) -> String {
         region: &state.region,
         request_id: "00000000-0000-4000-8000-000000000000",
         state,
+        dry_run: false,
     };
     let params = Params::from_pairs(pairs.iter().copied());
     let members = actions::dispatch(&ctx, action, &params)

@@ -38,6 +38,7 @@ fn call(state: &AppState, action: &str, pairs: &[(&str, &str)]) -> Result<String
         region: &state.region,
         request_id: "r",
         state,
+        dry_run: false,
     };
     let members = dispatch(&ctx, action, &Params::from_pairs(pairs.iter().copied()))?;
     Ok(xml::render_response(action, ctx.request_id, &members))

@@ -31,6 +31,7 @@ fn code(state: &AppState, action: &str, pairs: Vec<(String, String)>) -> String 
         region: &state.region,
         request_id: "r",
         state,
+        dry_run: false,
     };
     match dispatch(&ctx, action, &Params::from_pairs(pairs)) {
         Ok(_) => "ok".to_string(),

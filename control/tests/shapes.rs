@@ -17,6 +17,7 @@ fn run(action: &str, pairs: &[(&str, &str)]) -> String {
         region: &state.region,
         request_id: "00000000-0000-4000-8000-000000000000",
         state: &state,
+        dry_run: false,
     };
     let params = Params::from_pairs(pairs.iter().copied());
     let members = actions::dispatch(&ctx, action, &params)
@@ -56,6 +57,7 @@ impl Scenario {
             region: &self.state.region,
             request_id: "00000000-0000-4000-8000-000000000000",
             state: &self.state,
+            dry_run: false,
         };
         let params = Params::from_pairs(pairs.iter().copied());
         let members = actions::dispatch(&ctx, action, &params)
@@ -74,6 +76,7 @@ impl Scenario {
             region: &self.state.region,
             request_id: "00000000-0000-4000-8000-000000000000",
             state: &self.state,
+            dry_run: false,
         };
         let params = Params::from_pairs(pairs.iter().copied());
         match actions::dispatch(&ctx, action, &params) {

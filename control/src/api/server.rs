@@ -175,6 +175,7 @@ async fn process(
             region: &app.region,
             request_id: &request_id,
             state: &app,
+            dry_run: false,
         };
         actions::dispatch(&ctx, &name, &params)
     })

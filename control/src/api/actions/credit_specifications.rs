@@ -49,7 +49,7 @@ pub fn describe_instance_credit_specifications(
         }
         wanted.get_or_insert_with(Vec::new).extend(filter.values);
     }
-    let found = ctx.lab().credit_specifications(&ids)?;
+    let found = ctx.lab()?.credit_specifications(&ids)?;
     let items = found
         .iter()
         .filter(|(id, _)| wanted.as_ref().is_none_or(|w| w.contains(id)))
@@ -81,7 +81,7 @@ pub fn modify_instance_credit_specification(
     }
     let mut successful = Vec::new();
     let mut unsuccessful = Vec::new();
-    for (id, outcome) in ctx.lab().modify_credit_specifications(&changes) {
+    for (id, outcome) in ctx.lab()?.modify_credit_specifications(&changes) {
         match outcome {
             Ok(()) => successful.push(vec![XmlNode::text("instanceId", id)]),
             Err(e) => {

@@ -115,7 +115,7 @@ pub fn describe_images(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
             values,
         });
     }
-    let lab = ctx.lab();
+    let lab = ctx.lab()?;
     let found = lab.db.list_images(&ImageQuery {
         image_ids,
         filters,
@@ -159,7 +159,7 @@ pub fn register_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
             None => None,
         },
     };
-    let image_id = ctx.lab().register_image(&request)?;
+    let image_id = ctx.lab()?.register_image(&request)?;
     Ok(vec![XmlNode::text("imageId", image_id)])
 }
 
@@ -168,7 +168,7 @@ pub fn deregister_image(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, 
     params.reject_unknown(&["ImageId", "DryRun", "DeleteAssociatedSnapshots"])?;
     let id = params.required("ImageId")?;
     check_ids(IdKind::Image, &[id])?;
-    let lab = ctx.lab();
+    let lab = ctx.lab()?;
     lab.db
         .deregister_image(id, time::OffsetDateTime::now_utc())?;
     // The model gives this action no output members.

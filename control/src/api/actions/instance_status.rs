@@ -104,7 +104,7 @@ pub fn describe_instance_status(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
     let ids = params.list("InstanceId")?;
     let all = params.bool("IncludeAllInstances")?.unwrap_or(false);
     let filters = Filter::parse_all(params, FILTERS)?;
-    let lab = ctx.lab();
+    let lab = ctx.lab()?;
     let query = InstanceQuery {
         instance_ids: check_ids(IdKind::Instance, &ids)?,
         filters: Vec::new(),

@@ -352,7 +352,7 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
 /// boots in the background.
 pub fn run_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     let launch = parse_launch(params)?;
-    let reservation = ctx.lab().launch(ctx.region, &launch)?;
+    let reservation = ctx.lab()?.launch(ctx.region, &launch)?;
     Ok(reservation_node(&reservation, ctx.region))
 }
 
@@ -371,7 +371,7 @@ pub fn describe_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
         filters: filters(params)?,
         page: page(params)?,
     };
-    let found = ctx.lab().db.list_instances(&query)?;
+    let found = ctx.lab()?.db.list_instances(&query)?;
     let reservations = group_into_reservations(found.items, DEFAULT_OWNER_ID);
     let mut out = vec![XmlNode::list(
         "reservationSet",
@@ -406,21 +406,21 @@ pub fn stop_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
             "Hibernation is not supported by ec2lab yet",
         ));
     }
-    Ok(state_changes(&ctx.lab().stop(&ids, force)?))
+    Ok(state_changes(&ctx.lab()?.stop(&ids, force)?))
 }
 
 /// `StartInstances`.
 pub fn start_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["InstanceId", "AdditionalInfo", "DryRun"])?;
     let ids = instance_ids(params)?;
-    Ok(state_changes(&ctx.lab().start(&ids)?))
+    Ok(state_changes(&ctx.lab()?.start(&ids)?))
 }
 
 /// `RebootInstances`.
 pub fn reboot_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["InstanceId", "DryRun"])?;
     let ids = instance_ids(params)?;
-    ctx.lab().reboot(&ids)?;
+    ctx.lab()?.reboot(&ids)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }
@@ -429,7 +429,7 @@ pub fn reboot_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, 
 pub fn terminate_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["InstanceId", "DryRun", "Force", "SkipOsShutdown"])?;
     let ids = instance_ids(params)?;
-    Ok(state_changes(&ctx.lab().terminate(&ids)?))
+    Ok(state_changes(&ctx.lab()?.terminate(&ids)?))
 }
 
 /// The most recent console output EC2 returns: the last 64 KiB.
@@ -440,7 +440,7 @@ pub fn get_console_output(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
     params.reject_unknown(&["InstanceId", "Latest", "DryRun"])?;
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
-    let console = ctx.lab().console_output(id, CONSOLE_TAIL)?;
+    let console = ctx.lab()?.console_output(id, CONSOLE_TAIL)?;
     let mut out = vec![
         XmlNode::text("instanceId", id),
         XmlNode::timestamp(
@@ -469,7 +469,7 @@ pub fn describe_instance_attribute(
     let id = params.required("InstanceId")?;
     check_ids(IdKind::Instance, &[id])?;
     let attribute = params.required("Attribute")?;
-    let i = ctx.lab().db.get_instance(id)?;
+    let i = ctx.lab()?.db.get_instance(id)?;
     let value = |name: &'static str, v: Option<String>| {
         XmlNode::element(
             name,
@@ -594,7 +594,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
     if changes.is_empty() {
         return Err(Ec2Error::missing_parameter("Attribute"));
     }
-    ctx.lab().modify_attributes(id, &changes)?;
+    ctx.lab()?.modify_attributes(id, &changes)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }

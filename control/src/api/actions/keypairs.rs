@@ -37,7 +37,7 @@ fn store(
     public_key: &str,
     tags: Vec<(String, String)>,
 ) -> Result<KeyPair, Ec2Error> {
-    let lab = ctx.lab();
+    let lab = ctx.lab()?;
     let key = KeyPair {
         id: ids::generate(IdKind::KeyPair),
         name: name.to_string(),
@@ -77,7 +77,7 @@ pub fn create_key_pair(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
         })?,
         None => KeyFormat::Pem,
     };
-    let lab = ctx.lab();
+    let lab = ctx.lab()?;
     if lab.db.get_key_pair_by_name(name).is_ok() {
         return Err(Ec2Error::key_pair_duplicate(name));
     }
@@ -149,7 +149,7 @@ pub fn describe_key_pairs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
         .collect();
     let ids = check_ids(IdKind::KeyPair, &params.list("KeyPairId")?)?;
     let include_public = params.bool("IncludePublicKey")?.unwrap_or(false);
-    let lab = ctx.lab();
+    let lab = ctx.lab()?;
     let keys = lab
         .db
         .list_key_pairs(&names, &ids, &filters(params)?)
@@ -182,7 +182,7 @@ pub fn describe_key_pairs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
 /// `DeleteKeyPair`: succeeds for a name that does not exist, as on EC2.
 pub fn delete_key_pair(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["KeyName", "KeyPairId", "DryRun"])?;
-    let lab = ctx.lab();
+    let lab = ctx.lab()?;
     let deleted = match (params.optional("KeyName"), params.optional("KeyPairId")) {
         (Some(name), _) => lab.db.delete_key_pair_by_name(name),
         (None, Some(id)) => {

@@ -71,12 +71,21 @@ pub struct Ctx<'a> {
     /// The id sent back in `<requestId>`; handlers log with it.
     pub request_id: &'a str,
     pub state: &'a AppState,
+    /// `DryRun=true`: the request is parsed and checked but must not act.
+    pub dry_run: bool,
 }
 
 impl Ctx<'_> {
-    /// The lab the request acts on.
-    pub fn lab(&self) -> &Arc<Lab> {
-        &self.state.lab
+    /// The lab the request acts on. A dry run stops here with
+    /// `DryRunOperation`: handlers parse and check every parameter first
+    /// and then make their one call into the lab, so a dry run answers
+    /// exactly when the real request would have reached the lab (ec2lab
+    /// has no IAM to check beyond that).
+    pub fn lab(&self) -> Result<&Arc<Lab>, Ec2Error> {
+        if self.dry_run {
+            return Err(Ec2Error::dry_run_operation());
+        }
+        Ok(&self.state.lab)
     }
 }
 
@@ -181,15 +190,19 @@ pub fn lookup(action: &str) -> Result<Handler, Ec2Error> {
     }
 }
 
-/// Runs `action`. `DryRun=true` is answered here for every action: ec2lab
-/// has no IAM, so a dry run succeeds whenever the action exists and the
-/// parameter parses, which is exactly `DryRunOperation`.
+/// Runs `action`. A dry run (`DryRun=true`) runs the handler's parsing
+/// and checks and stops at its call into the lab ([`Ctx::lab`]); an action
+/// that never reaches the lab has nothing to act on, and its dry run
+/// answers `DryRunOperation` once its parameters passed.
 pub fn dispatch(ctx: &Ctx<'_>, action: &str, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     let handler = lookup(action)?;
-    if params.dry_run()? {
+    let dry_run = params.dry_run()?;
+    let ctx = Ctx { dry_run, ..*ctx };
+    let answer = handler(&ctx, params)?;
+    if dry_run {
         return Err(Ec2Error::dry_run_operation());
     }
-    handler(ctx, params)
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -245,6 +258,7 @@ mod tests {
             region: &state.region,
             request_id: "r",
             state: &state,
+            dry_run: false,
         };
         let params = Params::from_pairs([("DryRun", "true")]);
         let err = dispatch(&ctx, "DescribeRegions", &params).expect_err("dry run");
@@ -252,5 +266,35 @@ mod tests {
         let params = Params::from_pairs([("DryRun", "maybe")]);
         let err = dispatch(&ctx, "DescribeRegions", &params).expect_err("bad bool");
         assert_eq!(err.code(), "InvalidParameterValue");
+
+        // Parameters are checked before a dry run answers, and a dry run
+        // that passes acts on nothing.
+        for bad in ["0", "-1"] {
+            let params = Params::from_pairs([
+                ("DryRun", "true"),
+                ("ImageId", "ami-0123456789abcdef0"),
+                ("MinCount", "1"),
+                ("MaxCount", bad),
+            ]);
+            let err = dispatch(&ctx, "RunInstances", &params).expect_err("bad count");
+            assert_ne!(err.code(), "DryRunOperation", "MaxCount {bad}");
+        }
+        let params = Params::from_pairs([
+            ("DryRun", "true"),
+            ("Tag.1.Key", "k"),
+            ("ResourceId.1", "i-0123456789abcdef0"),
+        ]);
+        let err = dispatch(&ctx, "CreateTags", &params).expect_err("dry run");
+        assert_eq!(err.code(), "DryRunOperation");
+        let tags = dispatch(
+            &ctx,
+            "DescribeTags",
+            &Params::from_pairs(std::iter::empty::<(&str, &str)>()),
+        )
+        .expect("describe");
+        assert!(
+            format!("{tags:?}").contains("tagSet") && !format!("{tags:?}").contains("i-0123"),
+            "a dry run tagged: {tags:?}"
+        );
     }
 }

@@ -53,7 +53,7 @@ pub fn create_security_group(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNo
             .into_iter()
             .collect(),
     };
-    let group = ctx.lab().db.create_security_group(&new)?;
+    let group = ctx.lab()?.db.create_security_group(&new)?;
     let mut out = vec![XmlNode::text("groupId", group.id.as_str())];
     if !group.tags.is_empty() {
         out.push(tag_set(&group.tags));
@@ -69,7 +69,7 @@ pub fn create_security_group(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNo
 pub fn delete_security_group(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["GroupId", "GroupName", "DryRun"])?;
     let group = group_ref(params)?;
-    let id = ctx.lab().db.delete_security_group(&group)?;
+    let id = ctx.lab()?.db.delete_security_group(&group)?;
     Ok(vec![
         XmlNode::bool("return", true),
         XmlNode::text("groupId", id),
@@ -129,7 +129,7 @@ pub fn describe_security_group_rules(
         filters: filters(params)?,
         page: page(params)?,
     };
-    let found = ctx.lab().db.list_security_group_rules(&query)?;
+    let found = ctx.lab()?.db.list_security_group_rules(&query)?;
     let mut out = vec![XmlNode::list(
         "securityGroupRuleSet",
         found.items.iter().map(|r| rule_node(r, ctx.region)),
@@ -160,7 +160,7 @@ fn authorize(
         ));
     }
     let added = ctx
-        .lab()
+        .lab()?
         .db
         .authorize_security_group_rules(&group, direction, &requests)?;
     Ok(vec![
@@ -192,7 +192,7 @@ fn revoke(
         )?,
     };
     let revoked = ctx
-        .lab()
+        .lab()?
         .db
         .revoke_security_group_rules(&group, direction, &request)?;
     Ok(vec![

@@ -23,7 +23,7 @@ pub fn create_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
     if tags.is_empty() {
         return Err(Ec2Error::missing_parameter("Tag"));
     }
-    ctx.lab().db.create_tags(&ids, &tags)?;
+    ctx.lab()?.db.create_tags(&ids, &tags)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }
@@ -43,7 +43,7 @@ pub fn delete_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
             })
         })
         .collect::<Result<Vec<_>, Ec2Error>>()?;
-    ctx.lab().db.delete_tags(&ids, &selectors)?;
+    ctx.lab()?.db.delete_tags(&ids, &selectors)?;
     // The model gives this action no output members.
     Ok(Vec::new())
 }
@@ -52,7 +52,7 @@ pub fn delete_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
 pub fn describe_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["Filter", "MaxResults", "NextToken", "DryRun"])?;
     let found = ctx
-        .lab()
+        .lab()?
         .db
         .describe_tags(&filters(params)?, &page(params)?)?;
     let items = found.items.iter().map(|t| {

@@ -59,7 +59,7 @@ fn volume_node(i: &Instance) -> Vec<XmlNode> {
 pub fn describe_volumes(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["VolumeId", "MaxResults", "NextToken", "DryRun"])?;
     let ids = check_ids(IdKind::Volume, &params.list("VolumeId")?)?;
-    let found = ctx.lab().root_volumes(&ids)?;
+    let found = ctx.lab()?.root_volumes(&ids)?;
     Ok(vec![XmlNode::list(
         "volumeSet",
         found.iter().map(volume_node),

@@ -43,7 +43,7 @@ fn with_token(mut out: Vec<XmlNode>, token: Option<String>) -> Vec<XmlNode> {
 pub fn describe_vpcs(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["VpcId", "Filter", "MaxResults", "NextToken", "DryRun"])?;
     let query = query(params, "VpcId", IdKind::Vpc)?;
-    let found = ctx.lab().db.list_vpcs(&query)?;
+    let found = ctx.lab()?.db.list_vpcs(&query)?;
     Ok(with_token(
         vec![XmlNode::list("vpcSet", found.items.iter().map(vpc_node))],
         found.next_token,
@@ -59,7 +59,7 @@ pub fn describe_vpc_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlN
     let ids = check_ids(IdKind::Vpc, &[id])?;
     let attribute = params.required("Attribute")?;
     let vpc = ctx
-        .lab()
+        .lab()?
         .db
         .list_vpcs(&NetworkQuery {
             ids,
@@ -113,7 +113,7 @@ fn vpc_node(v: &Vpc) -> Vec<XmlNode> {
 pub fn describe_subnets(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
     params.reject_unknown(&["SubnetId", "Filter", "MaxResults", "NextToken", "DryRun"])?;
     let query = query(params, "SubnetId", IdKind::Subnet)?;
-    let found = ctx.lab().db.list_subnets(&query)?;
+    let found = ctx.lab()?.db.list_subnets(&query)?;
     Ok(with_token(
         vec![XmlNode::list(
             "subnetSet",
@@ -172,7 +172,7 @@ pub fn describe_security_groups(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<Xm
         .into_iter()
         .map(str::to_string)
         .collect();
-    let found = ctx.lab().db.list_security_groups(&query, &names)?;
+    let found = ctx.lab()?.db.list_security_groups(&query, &names)?;
     Ok(with_token(
         vec![XmlNode::list(
             "securityGroupInfo",
@@ -268,7 +268,7 @@ pub fn describe_network_interfaces(
         "DryRun",
     ])?;
     let query = query(params, "NetworkInterfaceId", IdKind::NetworkInterface)?;
-    let found = ctx.lab().db.list_network_interfaces(&query)?;
+    let found = ctx.lab()?.db.list_network_interfaces(&query)?;
     Ok(with_token(
         vec![XmlNode::list(
             "networkInterfaceSet",
