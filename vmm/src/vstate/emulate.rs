@@ -15,6 +15,14 @@ const INT3: u8 = 0xcc;
 const FWAIT: u8 = 0x9b;
 const BP_VECTOR: u8 = 3;
 const GP_VECTOR: u8 = 13;
+const PF_VECTOR: u8 = 14;
+/// #PF error code bits: the page was present, the access a write, the
+/// access from user mode.
+const PF_PRESENT: u32 = 1;
+const PF_WRITE: u32 = 1 << 1;
+const PF_USER: u32 = 1 << 2;
+/// CR0.WP: supervisor writes honour read-only pages.
+const CR0_WP: u64 = 1 << 16;
 const MF_VECTOR: u8 = 16;
 /// MXCSR bits a write may set (with DAZ); others raise #GP.
 const MXCSR_WRITABLE: u32 = 0xffff;
@@ -126,15 +134,87 @@ fn register_value(reg: Register, regs: &kvm_regs, sregs: &kvm_sregs) -> Option<u
     })
 }
 
+/// An access the guest's page tables forbid: the CPU would have raised
+/// #PF at `address` with `error_code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PageFault {
+    address: u64,
+    error_code: u32,
+}
+
+/// What the page tables say of one byte (KVM_TRANSLATE's answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapping {
+    present: bool,
+    writable: bool,
+    user: bool,
+    physical: u64,
+}
+
+/// Checks one byte's access as the CPU would: present, reachable from user
+/// mode when the instruction runs at CPL 3, and writable for a write (from
+/// user mode always, from the kernel when CR0.WP is set). Emulating the
+/// instruction must not let guest user code reach memory its page tables
+/// forbid it.
+fn check_access(
+    address: u64,
+    m: Mapping,
+    write: bool,
+    user: bool,
+    cr0: u64,
+) -> Result<GuestAddress, PageFault> {
+    let code = (u32::from(write) * PF_WRITE) | (u32::from(user) * PF_USER);
+    if !m.present {
+        return Err(PageFault {
+            address,
+            error_code: code,
+        });
+    }
+    let denied = (user && !m.user) || (write && !m.writable && (user || cr0 & CR0_WP != 0));
+    if denied {
+        return Err(PageFault {
+            address,
+            error_code: code | PF_PRESENT,
+        });
+    }
+    Ok(GuestAddress(m.physical))
+}
+
 /// Guest-physical address of each byte of a `len`-byte access at `gva`
-/// (the access may straddle a page boundary).
-fn translate(vcpu: &VcpuFd, gva: u64, len: u64) -> Option<Vec<GuestAddress>> {
-    (0..len)
-        .map(|i| {
-            let t = vcpu.translate_gva(gva.wrapping_add(i)).ok()?;
-            (t.valid != 0).then_some(GuestAddress(t.physical_address))
-        })
-        .collect()
+/// (the access may straddle a page boundary), or the #PF the access
+/// raises; `None` when KVM cannot translate at all.
+fn translate(
+    vcpu: &VcpuFd,
+    gva: u64,
+    len: u64,
+    write: bool,
+    sregs: &kvm_sregs,
+) -> Option<Result<Vec<GuestAddress>, PageFault>> {
+    let user = sregs.cs.dpl == 3;
+    let mut addrs = Vec::new();
+    for i in 0..len {
+        let address = gva.wrapping_add(i);
+        let t = vcpu.translate_gva(address).ok()?;
+        let mapping = Mapping {
+            present: t.valid != 0,
+            writable: t.writeable != 0,
+            user: t.usermode != 0,
+            physical: t.physical_address,
+        };
+        match check_access(address, mapping, write, user, sregs.cr0) {
+            Ok(a) => addrs.push(a),
+            Err(fault) => return Some(Err(fault)),
+        }
+    }
+    Some(Ok(addrs))
+}
+
+/// Raises #PF in the guest as the CPU would have: CR2 is the address.
+fn inject_page_fault(vcpu: &VcpuFd, fault: PageFault) -> Option<()> {
+    let mut sregs = vcpu.get_sregs().ok()?;
+    sregs.cr2 = fault.address;
+    vcpu.set_sregs(&sregs).ok()?;
+    inject(vcpu, PF_VECTOR, Some(fault.error_code))
 }
 
 fn mxcsr(
@@ -145,7 +225,14 @@ fn mxcsr(
     sregs: &kvm_sregs,
 ) -> Option<Emulated> {
     let gva = insn.virtual_address(0, 0, |r, _, _| register_value(r, &regs, sregs))?;
-    let addrs = translate(vcpu, gva, 4)?;
+    let write = insn.mnemonic() == Mnemonic::Stmxcsr;
+    let addrs = match translate(vcpu, gva, 4, write, sregs)? {
+        Ok(addrs) => addrs,
+        Err(fault) => {
+            inject_page_fault(vcpu, fault)?;
+            return Some(Emulated::Mxcsr);
+        }
+    };
     let mut fpu = vcpu.get_fpu().ok()?;
     if insn.mnemonic() == Mnemonic::Ldmxcsr {
         let mut bytes = [0u8; 4];
@@ -194,6 +281,59 @@ mod tests {
         assert_eq!(insn.mnemonic(), Mnemonic::Stmxcsr);
         let va = insn.virtual_address(0, 0, |r, _, _| register_value(r, &regs, &sregs));
         assert_eq!(va, Some(0xffff_8880_0000_0010));
+    }
+
+    #[test]
+    fn emulated_accesses_obey_the_guest_page_tables() {
+        let page = |present, writable, user| Mapping {
+            present,
+            writable,
+            user,
+            physical: 0x1000,
+        };
+        let ok = Ok(GuestAddress(0x1000));
+        // The kernel reads and writes its own pages; a read-only page
+        // refuses its write only with CR0.WP.
+        assert_eq!(
+            check_access(8, page(true, true, false), true, false, CR0_WP),
+            ok
+        );
+        assert_eq!(
+            check_access(8, page(true, false, false), true, false, 0),
+            ok
+        );
+        assert_eq!(
+            check_access(8, page(true, false, false), true, false, CR0_WP),
+            Err(PageFault {
+                address: 8,
+                error_code: PF_PRESENT | PF_WRITE
+            })
+        );
+        // User mode never reaches a supervisor page, nor writes a
+        // read-only one (whatever CR0.WP).
+        assert_eq!(
+            check_access(8, page(true, true, false), false, true, 0),
+            Err(PageFault {
+                address: 8,
+                error_code: PF_PRESENT | PF_USER
+            })
+        );
+        assert_eq!(
+            check_access(8, page(true, false, true), true, true, 0),
+            Err(PageFault {
+                address: 8,
+                error_code: PF_PRESENT | PF_WRITE | PF_USER
+            })
+        );
+        assert_eq!(check_access(8, page(true, false, true), false, true, 0), ok);
+        // Not present: P clear.
+        assert_eq!(
+            check_access(9, page(false, true, true), true, true, 0),
+            Err(PageFault {
+                address: 9,
+                error_code: PF_WRITE | PF_USER
+            })
+        );
     }
 
     #[test]
