@@ -34,6 +34,13 @@ use crate::supervisor::{ExitInfo, Supervisor, SupervisorError, VmProcess, VmSpec
 /// when the disk fills.
 pub const DISK_RESERVE_BYTES: u64 = 1 << 30;
 
+/// The waits before handling a VMM's exit again after a store error.
+const EXIT_RETRY_DELAYS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(5),
+];
+
 /// Errors of lifecycle operations, beyond the repository's.
 #[derive(Debug, thiserror::Error)]
 
@@ -630,12 +637,46 @@ impl Lab {
     }
 
     /// What a VMM's end means for its instance.
+    ///
+    /// A store error (the database busy or briefly unwritable) is retried
+    /// after 0.2 s, 1 s and 5 s: each step below converges when run again,
+    /// and an exit left unhandled would leave the instance `running` with
+    /// no VMM until the daemon's next start.
     pub fn on_exit(self: &Arc<Self>, id: &str, info: &ExitInfo) {
-        let Ok(instance) = self.db.get_instance(id) else {
+        let rebooting = crate::lock(&self.rebooting).remove(id);
+        let Err(e) = self.handle_exit(id, info, rebooting) else {
             return;
         };
-        let rebooting = crate::lock(&self.rebooting).remove(id);
-        let result = match instance.state {
+        log::warn!("{id}: handling the VMM's exit: {e}; trying again");
+        let lab = self.clone();
+        let (id, info) = (id.to_string(), info.clone());
+        self.runtime.spawn(async move {
+            for delay in EXIT_RETRY_DELAYS {
+                tokio::time::sleep(delay).await;
+                match lab.handle_exit(&id, &info, rebooting) {
+                    Ok(()) => return,
+                    Err(e) => log::warn!("{id}: handling the VMM's exit: {e}"),
+                }
+            }
+            log::error!(
+                "{id}: the VMM's exit is still unhandled; the daemon's next start reconciles it"
+            );
+        });
+    }
+
+    fn handle_exit(
+        self: &Arc<Self>,
+        id: &str,
+        info: &ExitInfo,
+        rebooting: bool,
+    ) -> Result<(), LabError> {
+        let instance = match self.db.get_instance(id) {
+            Ok(instance) => instance,
+            // Gone from the store: nothing to update.
+            Err(DbError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match instance.state {
             InstanceState::Pending | InstanceState::Running
                 if rebooting || info.is_reboot() || info.is_api_shutdown() =>
             {
@@ -658,9 +699,6 @@ impl Lab {
                 self.finish_exit(id, &VmmExit::Clean)
             }
             InstanceState::Stopped | InstanceState::Terminated => Ok(()),
-        };
-        if let Err(e) = result {
-            log::error!("{id}: handling the VMM's exit: {e}");
         }
     }
 
