@@ -32,6 +32,7 @@ use super::error::Ec2Error;
 use super::query::Params;
 use super::xml::XmlNode;
 use crate::lifecycle::Lab;
+use crate::model::vpc::RuleDirection;
 
 /// What the whole daemon shares with handlers: the region it answers for
 /// and the lab. There is no lab-less mode: a server that must not start
@@ -96,14 +97,12 @@ pub type Handler = fn(&Ctx<'_>, &Params) -> Result<Vec<XmlNode>, Ec2Error>;
 /// Every implemented action, sorted by name (a test checks), so lookups are
 /// a binary search and the list reads like an index.
 pub const ACTIONS: &[(&str, Handler)] = &[
-    (
-        "AuthorizeSecurityGroupEgress",
-        security_groups::authorize_security_group_egress,
-    ),
-    (
-        "AuthorizeSecurityGroupIngress",
-        security_groups::authorize_security_group_ingress,
-    ),
+    ("AuthorizeSecurityGroupEgress", |ctx, params| {
+        security_groups::authorize(ctx, params, RuleDirection::Egress)
+    }),
+    ("AuthorizeSecurityGroupIngress", |ctx, params| {
+        security_groups::authorize(ctx, params, RuleDirection::Ingress)
+    }),
     ("CreateKeyPair", keypairs::create_key_pair),
     (
         "CreateSecurityGroup",
@@ -164,14 +163,12 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ),
     ("RebootInstances", instances::reboot_instances),
     ("RegisterImage", images::register_image),
-    (
-        "RevokeSecurityGroupEgress",
-        security_groups::revoke_security_group_egress,
-    ),
-    (
-        "RevokeSecurityGroupIngress",
-        security_groups::revoke_security_group_ingress,
-    ),
+    ("RevokeSecurityGroupEgress", |ctx, params| {
+        security_groups::revoke(ctx, params, RuleDirection::Egress)
+    }),
+    ("RevokeSecurityGroupIngress", |ctx, params| {
+        security_groups::revoke(ctx, params, RuleDirection::Ingress)
+    }),
     ("RunInstances", instances::run_instances),
     ("StartInstances", instances::start_instances),
     ("StopInstances", instances::stop_instances),

@@ -76,38 +76,6 @@ pub fn delete_security_group(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNo
     ])
 }
 
-/// `AuthorizeSecurityGroupIngress`.
-pub fn authorize_security_group_ingress(
-    ctx: &Ctx<'_>,
-    params: &Params,
-) -> Result<Vec<XmlNode>, Ec2Error> {
-    authorize(ctx, params, RuleDirection::Ingress)
-}
-
-/// `AuthorizeSecurityGroupEgress`.
-pub fn authorize_security_group_egress(
-    ctx: &Ctx<'_>,
-    params: &Params,
-) -> Result<Vec<XmlNode>, Ec2Error> {
-    authorize(ctx, params, RuleDirection::Egress)
-}
-
-/// `RevokeSecurityGroupIngress`.
-pub fn revoke_security_group_ingress(
-    ctx: &Ctx<'_>,
-    params: &Params,
-) -> Result<Vec<XmlNode>, Ec2Error> {
-    revoke(ctx, params, RuleDirection::Ingress)
-}
-
-/// `RevokeSecurityGroupEgress`.
-pub fn revoke_security_group_egress(
-    ctx: &Ctx<'_>,
-    params: &Params,
-) -> Result<Vec<XmlNode>, Ec2Error> {
-    revoke(ctx, params, RuleDirection::Egress)
-}
-
 /// `DescribeSecurityGroupRules`: by `SecurityGroupRuleId.N` and filters
 /// (`group-id`, `security-group-rule-id`).
 pub fn describe_security_group_rules(
@@ -140,7 +108,8 @@ pub fn describe_security_group_rules(
     Ok(out)
 }
 
-fn authorize(
+/// `AuthorizeSecurityGroupIngress` and `AuthorizeSecurityGroupEgress`.
+pub(super) fn authorize(
     ctx: &Ctx<'_>,
     params: &Params,
     direction: RuleDirection,
@@ -172,7 +141,8 @@ fn authorize(
     ])
 }
 
-fn revoke(
+/// `RevokeSecurityGroupIngress` and `RevokeSecurityGroupEgress`.
+pub(super) fn revoke(
     ctx: &Ctx<'_>,
     params: &Params,
     direction: RuleDirection,
