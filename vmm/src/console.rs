@@ -24,11 +24,17 @@ pub const LOG_LIMIT: u64 = 1 << 20;
 /// returns (64 KiB).
 pub const LOG_KEEP: u64 = 256 << 10;
 
-/// Opens the console sink: `path` (capped at [`LOG_LIMIT`] bytes), or a
+/// Opens the console sink: `path` (a regular file is capped at
+/// [`LOG_LIMIT`] bytes; a FIFO or device is written as a stream), or a
 /// duplicate of stdout written unbuffered so partial lines (prompts) appear
 /// at once.
 pub fn open_output(path: Option<&Path>) -> std::io::Result<Box<dyn Write + Send>> {
     match path {
+        // A FIFO, a terminal or another device is written as a stream (it
+        // holds nothing to cap, and cannot be cut in place).
+        Some(p) if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) => {
+            Ok(Box::new(File::create(p)?))
+        }
         Some(p) => Ok(Box::new(CappedLog::create(p, LOG_LIMIT, LOG_KEEP)?)),
         None => Ok(Box::new(File::from(
             std::io::stdout().as_fd().try_clone_to_owned()?,
