@@ -108,18 +108,30 @@ pub fn describe_security_group_rules(
     Ok(out)
 }
 
+/// `UnknownParameter` for anything an Authorize or Revoke of `direction`
+/// does not take: the group (by id; by name for ingress only, as on EC2),
+/// the permissions, `DryRun`, and the action's own `extra` parameters.
+fn reject_unknown_rule_parameters(
+    params: &Params,
+    direction: RuleDirection,
+    extra: &[&'static str],
+) -> Result<(), Ec2Error> {
+    let mut known = vec!["GroupId", "DryRun"];
+    if direction == RuleDirection::Ingress {
+        known.push("GroupName");
+    }
+    known.extend(extra);
+    known.extend(PERMISSION_PARAMETERS);
+    params.reject_unknown(&known)
+}
+
 /// `AuthorizeSecurityGroupIngress` and `AuthorizeSecurityGroupEgress`.
 pub(super) fn authorize(
     ctx: &Ctx<'_>,
     params: &Params,
     direction: RuleDirection,
 ) -> Result<Vec<XmlNode>, Ec2Error> {
-    let mut known = vec!["GroupId", "TagSpecification", "DryRun"];
-    if direction == RuleDirection::Ingress {
-        known.push("GroupName");
-    }
-    known.extend(PERMISSION_PARAMETERS);
-    params.reject_unknown(&known)?;
+    reject_unknown_rule_parameters(params, direction, &["TagSpecification"])?;
     let group = group_ref(params)?;
     let requests = permissions(params)?;
     // Rule tags need tags on `sgr-` ids; refuse them rather than drop them.
@@ -147,12 +159,7 @@ pub(super) fn revoke(
     params: &Params,
     direction: RuleDirection,
 ) -> Result<Vec<XmlNode>, Ec2Error> {
-    let mut known = vec!["GroupId", "SecurityGroupRuleId", "DryRun"];
-    if direction == RuleDirection::Ingress {
-        known.push("GroupName");
-    }
-    known.extend(PERMISSION_PARAMETERS);
-    params.reject_unknown(&known)?;
+    reject_unknown_rule_parameters(params, direction, &["SecurityGroupRuleId"])?;
     let group = group_ref(params)?;
     let request = RevokeRequest {
         permissions: permissions(params)?,
