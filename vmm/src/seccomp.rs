@@ -319,9 +319,10 @@ const IOC_READ: u64 = 2;
 
 /// The vCPU ioctls used once the guest runs: KVM_RUN; the registers, FPU
 /// and event state the instruction emulation for kernel-emulating hosts
-/// reads and writes; KVM_TRANSLATE and the MP state for the stall
-/// watchdog's samples and the crash dumps.
-const KVM_VCPU_RUN_IOCTLS: [u64; 10] = {
+/// reads and writes (KVM_SET_SREGS sets CR2 for a #PF it raises);
+/// KVM_TRANSLATE and the MP state for the stall watchdog's samples and the
+/// crash dumps.
+const KVM_VCPU_RUN_IOCTLS: [u64; 11] = {
     use kvm_bindings::kvm_vcpu_events;
     use kvm_bindings::{kvm_fpu, kvm_mp_state, kvm_regs, kvm_sregs, kvm_translation};
     use std::mem::size_of;
@@ -336,6 +337,7 @@ const KVM_VCPU_RUN_IOCTLS: [u64; 10] = {
         ioc(IOC_READ, 0x98, size_of::<kvm_mp_state>()),                // KVM_GET_MP_STATE
         ioc(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>()),             // KVM_GET_VCPU_EVENTS
         ioc(IOC_WRITE, 0xa0, size_of::<kvm_vcpu_events>()),            // KVM_SET_VCPU_EVENTS
+        ioc(IOC_WRITE, 0x84, size_of::<kvm_sregs>()),                  // KVM_SET_SREGS
     ]
 };
 
@@ -703,6 +705,7 @@ mod tests {
         assert_eq!(KVM_VCPU_RUN_IOCTLS[5], 0x81a0_ae8c, "KVM_GET_FPU");
         assert_eq!(KVM_VCPU_RUN_IOCTLS[7], 0x8004_ae98, "KVM_GET_MP_STATE");
         assert_eq!(KVM_VCPU_RUN_IOCTLS[8], 0x8040_ae9f, "KVM_GET_VCPU_EVENTS");
+        assert_eq!(KVM_VCPU_RUN_IOCTLS[10], 0x4138_ae84, "KVM_SET_SREGS");
     }
 
     #[test]

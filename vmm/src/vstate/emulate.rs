@@ -210,9 +210,12 @@ fn translate(
 }
 
 /// Raises #PF in the guest as the CPU would have: CR2 is the address.
-fn inject_page_fault(vcpu: &VcpuFd, fault: PageFault) -> Option<()> {
-    let mut sregs = vcpu.get_sregs().ok()?;
-    sregs.cr2 = fault.address;
+/// `sregs` are the vCPU's, as read for the faulting instruction.
+fn inject_page_fault(vcpu: &VcpuFd, sregs: &kvm_sregs, fault: PageFault) -> Option<()> {
+    let sregs = kvm_sregs {
+        cr2: fault.address,
+        ..*sregs
+    };
     vcpu.set_sregs(&sregs).ok()?;
     inject(vcpu, PF_VECTOR, Some(fault.error_code))
 }
@@ -229,7 +232,7 @@ fn mxcsr(
     let addrs = match translate(vcpu, gva, 4, write, sregs)? {
         Ok(addrs) => addrs,
         Err(fault) => {
-            inject_page_fault(vcpu, fault)?;
+            inject_page_fault(vcpu, sregs, fault)?;
             return Some(Emulated::Mxcsr);
         }
     };
