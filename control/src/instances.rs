@@ -172,8 +172,7 @@ impl LaunchRequest {
             client_token: None,
             ..self.clone()
         };
-        let hash = Sha256::digest(format!("{asked:?}").as_bytes());
-        hash.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(Sha256::digest(format!("{asked:?}").as_bytes()))
     }
 }
 

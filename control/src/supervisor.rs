@@ -291,7 +291,6 @@ impl Supervisor {
         }
     }
 
-    /// The files of `instance_id`.
     /// Bytes free for instance files (root volumes grow as guests write),
     /// on the file system that holds them, or None when it cannot be read
     /// (the directory does not exist yet: its parent is asked).
@@ -311,6 +310,7 @@ impl Supervisor {
         Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
+    /// The files of `instance_id`.
     pub fn files(&self, instance_id: &str) -> InstanceFiles {
         InstanceFiles {
             dir: self.instances_dir.join(instance_id),

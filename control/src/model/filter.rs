@@ -162,11 +162,14 @@ impl Matcher {
             let have = item
                 .filter_values(&f.name)
                 .ok_or_else(|| FilterError::UnknownFilter(f.name.clone()))?;
+            // Exact values (the common case) need no wildcard matching,
+            // and so no per-value char buffer.
             let any = have.iter().any(|v| {
-                f.literals.contains(v) || {
-                    let chars: Vec<char> = v.chars().collect();
-                    f.patterns.iter().any(|p| p.matches_chars(&chars))
-                }
+                f.literals.contains(v)
+                    || (!f.patterns.is_empty() && {
+                        let chars: Vec<char> = v.chars().collect();
+                        f.patterns.iter().any(|p| p.matches_chars(&chars))
+                    })
             });
             if !any {
                 return Ok(false);

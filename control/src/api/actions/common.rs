@@ -115,7 +115,6 @@ pub fn tag_specifications_for(
         };
         tags[slot].extend(tag_pairs(&spec)?);
     }
-    check_tag_count(tags.len())?;
     Ok(tags)
 }
 
