@@ -504,12 +504,10 @@ fn ssh_in_vpc(
     user: &str,
     args: &[String],
 ) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let ns = ec2lab_control::network::namespace_name(vpc_id);
     let netns = ec2lab_control::network::netns::open(&ns)
         .map_err(|e| format!("{e} (is the instance running, and is this run as root?)"))?;
-    let fd = netns.as_raw_fd();
     let mut ssh = std::process::Command::new("ssh");
     ssh.args([
         "-o",
@@ -523,16 +521,7 @@ fn ssh_in_vpc(
         ssh.arg("-i").arg(key);
     }
     ssh.arg(format!("{user}@{ip}")).args(args);
-    // SAFETY: setns is async-signal-safe and changes only the process
-    // about to exec ssh; `netns` stays open until exec.
-    unsafe {
-        ssh.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    ec2lab_control::network::netns::exec_in(&mut ssh, Some(&netns), false);
     let err = ssh.exec();
     Err(format!("cannot run ssh in {ns}: {err}"))
 }

@@ -12,8 +12,7 @@
 //! its exit statuses) is spelled by the `ec2lab-vmm-api` crate the VMM
 //! itself is built on, so the two cannot drift apart.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -377,7 +376,6 @@ impl Supervisor {
             .as_ref()
             .map(|p| std::fs::File::open(p).map_err(io_error("open", p)))
             .transpose()?;
-        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
         let mut command = std::process::Command::new(&self.vmm_bin);
         command
             .arg(format!("--{}", flags::CONFIG))
@@ -387,22 +385,7 @@ impl Supervisor {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        // SAFETY: setns and setsid are async-signal-safe and touch only the
-        // child; the namespace fd stays open in the parent until spawn
-        // returns.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some(fd) = netns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::network::netns::exec_in(&mut command, netns.as_ref(), true);
         let child = command.spawn().map_err(|source| SupervisorError::Spawn {
             vmm: self.vmm_bin.clone(),
             source,

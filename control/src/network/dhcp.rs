@@ -13,8 +13,6 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -266,17 +264,7 @@ impl Dnsmasq {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        let fd = namespace.as_raw_fd();
-        // SAFETY: setns and setsid are async-signal-safe and touch only the
-        // child; `fd` stays open in the parent until spawn returns.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 || libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        super::netns::exec_in(&mut command, Some(&namespace), true);
         // dnsmasq forks its daemon once it has bound its sockets; the
         // parent's exit status says whether the configuration was taken.
         let out = command.output().map_err(|e| fail(e.to_string()))?;

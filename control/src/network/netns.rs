@@ -190,6 +190,31 @@ pub fn enter(name: &str, ns: &File) -> Result<(), NetnsError> {
     Ok(())
 }
 
+/// Makes the child of `command` join the network namespace `ns` is open on
+/// (when given) and, with `new_session`, start a session of its own (so
+/// signals to the daemon's process group do not reach it), before it execs.
+/// `ns` must stay open until the child is spawned (or, for
+/// `CommandExt::exec`, until the exec).
+pub fn exec_in(command: &mut std::process::Command, ns: Option<&File>, new_session: bool) {
+    use std::os::unix::process::CommandExt;
+    let fd = ns.map(|f| f.as_raw_fd());
+    // SAFETY: setns and setsid are async-signal-safe and change only the
+    // child about to exec; the fd is the caller's, open until then.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(fd) = fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if new_session && libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs `f` on a fresh thread inside namespace `name` and returns what it
 /// returned; the thread (and its namespace membership) ends with `f`.
 pub fn run_in<T, F>(name: &str, f: F) -> Result<T, NetnsError>
