@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod groups;
 pub mod images;
 pub mod instances;
 pub mod keypairs;

@@ -248,6 +248,11 @@ impl Lab {
         let _ = self.network.set(Arc::new(network));
     }
 
+    /// The VPC fabric, when the lab has one.
+    pub fn network(&self) -> Option<&Arc<Network>> {
+        self.network.get()
+    }
+
     /// Where `instance`'s VMM runs and which cards it opens: its ENIs'
     /// taps, made now in its VPC's namespace (nothing without a fabric).
     fn network_attachments(&self, instance: &Instance) -> Result<Attachment, BootError> {

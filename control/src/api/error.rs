@@ -377,6 +377,17 @@ impl From<LabError> for Ec2Error {
     }
 }
 
+/// A group change: the store's refusals as EC2 codes; a change stored but
+/// not enforced is the host's failure.
+impl From<crate::groups::GroupError> for Ec2Error {
+    fn from(e: crate::groups::GroupError) -> Self {
+        match e {
+            crate::groups::GroupError::Db(e) => e.into(),
+            crate::groups::GroupError::NotApplied(_) => Self::internal(e),
+        }
+    }
+}
+
 /// The instance operations' rules, each with the code EC2 gives it.
 impl From<InstanceError> for Ec2Error {
     fn from(e: InstanceError) -> Self {

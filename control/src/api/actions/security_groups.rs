@@ -142,7 +142,6 @@ pub(super) fn authorize(
     }
     let added = ctx
         .lab()?
-        .db
         .authorize_security_group_rules(&group, direction, &requests)?;
     Ok(vec![
         XmlNode::bool("return", true),
@@ -170,7 +169,6 @@ pub(super) fn revoke(
     };
     let revoked = ctx
         .lab()?
-        .db
         .revoke_security_group_rules(&group, direction, &request)?;
     Ok(vec![
         XmlNode::bool("return", true),
