@@ -3,10 +3,10 @@
 //! and applied ([`crate::network::Network::refresh_rules`]), so an
 //! authorize or revoke is live before its answer leaves the API.
 
-use crate::db::{DbError, RevokeRequest};
+use crate::db::{DbError, InterfaceChange, RevokeRequest};
 use crate::lifecycle::Lab;
 use crate::model::security_group::{GroupRef, RuleRequest};
-use crate::model::vpc::{RuleDirection, RuleRecord};
+use crate::model::vpc::{NetworkInterface, RuleDirection, RuleRecord};
 use crate::network::NetworkError;
 
 /// Why a group change failed.
@@ -49,6 +49,21 @@ impl Lab {
             .revoke_security_group_rules(group, direction, request)?;
         self.enforce_security_groups()?;
         Ok(revoked)
+    }
+
+    /// ModifyNetworkInterfaceAttribute: a new set of groups, the source/
+    /// destination check or the description of interface `id`; groups
+    /// and the check are live on return.
+    pub fn modify_network_interface(
+        &self,
+        id: &str,
+        change: &InterfaceChange,
+    ) -> Result<NetworkInterface, GroupError> {
+        let eni = self.db.modify_network_interface(id, change)?;
+        if !matches!(change, InterfaceChange::Description(_)) {
+            self.enforce_security_groups()?;
+        }
+        Ok(eni)
     }
 
     /// Makes every VPC's live rules match the store (nothing without a

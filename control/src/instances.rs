@@ -11,7 +11,8 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::db::{DbError, InsertOutcome, InstanceQuery};
+use crate::db::{DbError, InsertOutcome, InstanceQuery, InterfaceChange};
+use crate::groups::GroupError;
 use crate::lifecycle::{Lab, LabError};
 use crate::model::ids::{self, IdKind};
 use crate::model::state::{self, Event, InstanceState, ShutdownBehavior};
@@ -31,6 +32,12 @@ pub enum InstanceError {
     /// The repository (unknown ids, a full subnet, a broken database).
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A security group or interface change.
+    #[error(transparent)]
+    Groups(#[from] GroupError),
+    /// The instance has no primary network interface to change.
+    #[error("The instance '{0}' has no network interface")]
+    NoNetworkInterface(String),
     /// DisableApiTermination is set.
     #[error("The instance '{0}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.")]
     TerminationProtected(String),
@@ -94,6 +101,10 @@ pub enum AttributeChange {
     DisableApiStop(bool),
     /// `instanceInitiatedShutdownBehavior`.
     ShutdownBehavior(ShutdownBehavior),
+    /// `groupSet`: the primary interface's security groups (ids).
+    Groups(Vec<String>),
+    /// `sourceDestCheck` of the primary interface.
+    SourceDestCheck(bool),
 }
 
 /// The newest part of an instance's serial console, as GetConsoleOutput
@@ -608,8 +619,31 @@ impl Lab {
                 }
                 AttributeChange::DisableApiStop(on) => self.db.set_disable_api_stop(id, *on)?,
                 AttributeChange::ShutdownBehavior(b) => self.db.set_shutdown_behavior(id, *b)?,
+                AttributeChange::Groups(groups) => {
+                    self.modify_primary_interface(id, &InterfaceChange::Groups(groups.clone()))?
+                }
+                AttributeChange::SourceDestCheck(on) => {
+                    self.modify_primary_interface(id, &InterfaceChange::SourceDestCheck(*on))?
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Applies `change` to `id`'s primary interface (the instance forms of
+    /// ModifyNetworkInterfaceAttribute, as EC2 offers them).
+    fn modify_primary_interface(
+        &self,
+        id: &str,
+        change: &InterfaceChange,
+    ) -> Result<(), InstanceError> {
+        let instance = self.db.get_instance(id)?;
+        let primary = instance
+            .network_interfaces
+            .iter()
+            .find(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == 0))
+            .ok_or_else(|| InstanceError::NoNetworkInterface(id.to_string()))?;
+        self.modify_network_interface(&primary.id, change)?;
         Ok(())
     }
 

@@ -297,7 +297,9 @@ impl Guest {
     /// is answered within a second.
     fn pings(&self, to: Ipv4Addr, source: Option<Ipv4Addr>) -> bool {
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.ns, "busybox", "ping", "-c", "1", "-W", "1"]);
+        command.args([
+            "netns", "exec", &self.ns, "busybox", "ping", "-c", "1", "-W", "1",
+        ]);
         if let Some(source) = source {
             command.args(["-I", &source.to_string()]);
         }
@@ -362,12 +364,6 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
         cidr: Cidr::parse("10.78.16.0/20").expect("cidr"),
         bridge: bridge_name(&format!("subnet-0f{pid:015x}")),
     };
-    let plan = VpcPlan {
-        subnets: vec![subnet.clone()],
-        ..VpcPlan::new(&plan_vpc)
-    };
-    network.ensure_vpc(&plan).expect("VPC fabric");
-
     let web = db
         .create_security_group(&NewSecurityGroup {
             name: "web".into(),
@@ -400,6 +396,21 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
         tags: Default::default(),
     };
     let nics = [nic(10, &web), nic(11, &web), nic(12, &default)];
+    let plan = VpcPlan {
+        subnets: vec![subnet.clone()],
+        interfaces: nics
+            .iter()
+            .map(|n| InterfacePlan {
+                eni_id: n.id.clone(),
+                subnet_id: n.subnet_id.clone(),
+                mac: n.mac_address.clone(),
+                ip: n.private_ip_address,
+                tap: network::tap_name(&n.id),
+            })
+            .collect(),
+        ..VpcPlan::new(&plan_vpc)
+    };
+    network.ensure_vpc(&plan).expect("VPC fabric");
     let apply = || {
         let groups = db
             .list_security_groups(&NetworkQuery::default(), &[])
@@ -416,9 +427,29 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
     b.listen(22);
     b.listen(8080);
 
-    // EC2's new group: all outbound, nothing inbound.
-    assert!(!a.connects(b.ip, 22), "inbound allowed with no ingress rule");
+    // EC2's new group: all outbound, nothing inbound; from the router
+    // (where `ec2lab ssh` connects from) as from a neighbour.
+    let router = Guest {
+        ns: plan.namespace.clone(),
+        ip: subnet.router(),
+    };
+    assert!(
+        !a.connects(b.ip, 22),
+        "inbound allowed with no ingress rule"
+    );
+    assert!(!router.connects(b.ip, 22), "the router got in with no rule");
     assert!(!a.pings(b.ip, None), "ping allowed with no ingress rule");
+
+    // The VPC's DHCP server answers whatever the groups say.
+    let hook = write_dhcp_hook(dir.path());
+    run_in(
+        &c.ns,
+        &[
+            "busybox", "udhcpc", "-i", "eth0", "-q", "-n", "-f", "-t", "10", "-T", "1", "-s", &hook,
+        ],
+    );
+    let lease = std::fs::read_to_string(dir.path().join("lease")).expect("a lease");
+    assert!(lease.lines().any(|l| l == "ip=10.78.16.12"), "{lease}");
 
     // tcp/22 from members of the group itself: live at once, and the
     // return traffic of the allowed flow comes back.
@@ -429,7 +460,7 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
         peer: RulePeer::Group(web.id.clone()),
         description: Some("ssh from web; flush ruleset".into()),
     };
-    db.authorize_security_group_rules(&web_ref, RuleDirection::Ingress, &[ssh.clone()])
+    db.authorize_security_group_rules(&web_ref, RuleDirection::Ingress, &[ssh])
         .expect("authorize");
     let started = Instant::now();
     apply();
@@ -439,8 +470,25 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
         started.elapsed()
     );
     assert!(!a.connects(b.ip, 8080), "a port no rule names is open");
-    // Only members of the group the rule names: C is in another group.
+    // Only members of the group the rule names: C is in another group,
+    // and the router is in none.
     assert!(!c.connects(b.ip, 22), "a non-member got in");
+    assert!(!router.connects(b.ip, 22), "the router got in");
+    let web_port = RuleRequest {
+        ip_protocol: "tcp".into(),
+        from_port: Some(8080),
+        to_port: Some(8080),
+        peer: RulePeer::Cidr(ANYWHERE),
+        description: None,
+    };
+    db.authorize_security_group_rules(&web_ref, RuleDirection::Ingress, &[web_port])
+        .expect("authorize 8080");
+    apply();
+    assert!(
+        router.connects(b.ip, 8080),
+        "tcp/8080 from anywhere refused"
+    );
+    assert!(c.connects(b.ip, 8080), "tcp/8080 from anywhere refused");
 
     // ICMP echo by type.
     let echo = RuleRequest {
@@ -458,8 +506,14 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
 
     // Anti-spoofing: A sending from an address that is not its ENI's.
     let spoofed = Ipv4Addr::new(10, 78, 16, 99);
-    run_in(&a.ns, &["ip", "addr", "add", "10.78.16.99/20", "dev", "eth0"]);
-    assert!(!a.pings(b.ip, Some(spoofed)), "a spoofed source got through");
+    run_in(
+        &a.ns,
+        &["ip", "addr", "add", "10.78.16.99/20", "dev", "eth0"],
+    );
+    assert!(
+        !a.pings(b.ip, Some(spoofed)),
+        "a spoofed source got through"
+    );
     assert!(a.pings(b.ip, None), "the real source is still allowed");
 
     // Revoking the group's outbound rule cuts A's new connections.
@@ -479,7 +533,10 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
     )
     .expect("revoke egress");
     apply();
-    assert!(!a.connects(b.ip, 22), "outbound allowed after revoking egress");
+    assert!(
+        !a.connects(b.ip, 22),
+        "outbound allowed after revoking egress"
+    );
 
     // The live ruleset is the rendered one, and names no description.
     let live = Command::new("ip")

@@ -394,6 +394,8 @@ impl From<InstanceError> for Ec2Error {
         match e {
             InstanceError::Lab(e) => e.into(),
             InstanceError::Db(e) => e.into(),
+            InstanceError::Groups(e) => e.into(),
+            InstanceError::NoNetworkInterface(_) => Self::invalid_parameter_value(e.to_string()),
             InstanceError::TerminationProtected(_) | InstanceError::StopProtected(_) => {
                 Self::operation_not_permitted(e.to_string())
             }

@@ -63,7 +63,7 @@ mod tags;
 
 pub use images::ImageQuery;
 pub use instances::{InsertOutcome, InstanceQuery, TERMINATED_RETENTION};
-pub use network::NetworkQuery;
+pub use network::{InterfaceChange, NetworkQuery};
 pub use security_groups::{NewSecurityGroup, RevokeRequest};
 pub use tags::TagSelector;
 

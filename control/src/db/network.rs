@@ -31,6 +31,17 @@ pub struct NetworkQuery {
     pub page: PageRequest,
 }
 
+/// One change to a network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceChange {
+    /// Its security groups (ids, at least one), replacing the old set.
+    Groups(Vec<String>),
+    /// Its source/destination check.
+    SourceDestCheck(bool),
+    /// Its description.
+    Description(String),
+}
+
 /// Schema version 2: the VPC resources. The default VPC's rows are not
 /// here: their ids are random, so [`ensure_default_vpc`] creates them.
 pub(super) const MIGRATION: &str = r#"
@@ -413,6 +424,66 @@ impl Db {
             .filter(|g| names.is_empty() || names.contains(&g.name))
             .collect();
         describe(named, query, |g| g.id.clone())
+    }
+
+    /// ModifyNetworkInterfaceAttribute (and ModifyInstanceAttribute's
+    /// groups and source/destination check, on the primary interface):
+    /// applies `change` to interface `id` and returns it as it is now.
+    pub fn modify_network_interface(
+        &self,
+        id: &str,
+        change: &InterfaceChange,
+    ) -> Result<NetworkInterface, DbError> {
+        self.write(|tx| {
+            let select = format!("{INTERFACE_SELECT} WHERE n.id = ?1");
+            let eni = query_first(tx, &select, id, interface_from_row)?
+                .ok_or_else(|| not_found(IdKind::NetworkInterface, id))?;
+            match change {
+                InterfaceChange::Groups(groups) => {
+                    // Each named group must exist in the interface's VPC.
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT 1 FROM security_groups WHERE id = ?1 AND vpc_id = ?2",
+                    )?;
+                    let mut missing = Vec::new();
+                    for g in groups {
+                        if !stmt.exists([g, &eni.vpc_id])? {
+                            missing.push(g.clone());
+                        }
+                    }
+                    if !missing.is_empty() {
+                        return Err(DbError::NotFound {
+                            kind: IdKind::SecurityGroup,
+                            ids: missing,
+                        });
+                    }
+                    tx.execute(
+                        "DELETE FROM network_interface_groups WHERE network_interface_id = ?1",
+                        [id],
+                    )?;
+                    let mut add = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO network_interface_groups
+                            (network_interface_id, group_id) VALUES (?1, ?2)",
+                    )?;
+                    for g in groups {
+                        add.execute([id, g])?;
+                    }
+                }
+                InterfaceChange::SourceDestCheck(on) => {
+                    tx.execute(
+                        "UPDATE network_interfaces SET source_dest_check = ?2 WHERE id = ?1",
+                        params![id, on],
+                    )?;
+                }
+                InterfaceChange::Description(text) => {
+                    tx.execute(
+                        "UPDATE network_interfaces SET description = ?2 WHERE id = ?1",
+                        params![id, text],
+                    )?;
+                }
+            }
+            query_first(tx, &select, id, interface_from_row)?
+                .ok_or_else(|| not_found(IdKind::NetworkInterface, id))
+        })
     }
 
     /// DescribeNetworkInterfaces, ordered by id.

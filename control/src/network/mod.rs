@@ -231,9 +231,7 @@ fn holders(db: &Db, vpc_id: &str) -> Result<Vec<Instance>, NetworkError> {
     Ok(db
         .all_instances()?
         .into_iter()
-        .filter(|i| {
-            holds_taps(i.state) && i.network_interfaces.iter().any(|e| e.vpc_id == vpc_id)
-        })
+        .filter(|i| holds_taps(i.state) && i.network_interfaces.iter().any(|e| e.vpc_id == vpc_id))
         .collect())
 }
 
@@ -539,7 +537,11 @@ impl Network {
 
     /// VPC `vpc_id`'s ruleset as the database renders it, and as the
     /// kernel holds it now (None when the VPC has no namespace).
-    pub fn rules_of(&self, db: &Db, vpc_id: &str) -> Result<(String, Option<String>), NetworkError> {
+    pub fn rules_of(
+        &self,
+        db: &Db,
+        vpc_id: &str,
+    ) -> Result<(String, Option<String>), NetworkError> {
         let holders = holders(db, vpc_id)?;
         let interfaces = ports_in(vpc_id, &holders);
         let rendered = render_rules(&groups_in(db, vpc_id)?, &interfaces)?;

@@ -149,6 +149,23 @@ pub fn render(groups: &[SecurityGroup], ports: &[Port<'_>]) -> Result<String, Ru
         }
         let _ = writeln!(out, "\t}}");
     }
+    // The receiver's chain by its address; the sender's by its port mark.
+    let ingress = ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{} : jump ingress_{}",
+                p.interface.private_ip_address, p.tap
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let egress = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{} : jump egress_{}", mark(i), p.tap))
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = write!(
         out,
         "\tchain forward {{\n\
@@ -157,26 +174,25 @@ pub fn render(groups: &[SecurityGroup], ports: &[Port<'_>]) -> Result<String, Ru
          \t\tct state invalid drop\n"
     );
     if !ports.is_empty() {
-        let egress: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{} : jump egress_{}", mark(i), p.tap))
-            .collect();
-        let ingress: Vec<String> = ports
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} : jump ingress_{}",
-                    p.interface.private_ip_address, p.tap
-                )
-            })
-            .collect();
         let _ = writeln!(
             out,
-            "\t\tmeta mark and {PORT_MARK_MASK:#010x} vmap {{ {} }}",
-            egress.join(", ")
+            "\t\tmeta mark and {PORT_MARK_MASK:#010x} vmap {{ {egress} }}"
         );
-        let _ = writeln!(out, "\t\tip daddr vmap {{ {} }}", ingress.join(", "));
+        let _ = writeln!(out, "\t\tip daddr vmap {{ {ingress} }}");
+    }
+    let _ = writeln!(out, "\t}}");
+    // What the router itself sends (`ec2lab ssh`, the loopback forwards)
+    // meets the same ingress rules; only its DHCP answers pass regardless,
+    // as the Amazon-provided DHCP and DNS do in EC2.
+    let _ = write!(
+        out,
+        "\tchain output {{\n\
+         \t\ttype filter hook output priority filter; policy accept;\n\
+         \t\tct state established,related accept\n\
+         \t\tudp sport 67 udp dport 68 accept\n"
+    );
+    if !ports.is_empty() {
+        let _ = writeln!(out, "\t\tip daddr vmap {{ {ingress} }}");
     }
     let _ = writeln!(out, "\t}}");
     out.push_str(&chains);

@@ -62,12 +62,20 @@ def test_the_default_vpc_subnets_and_group_are_awss(ec2, default_vpc):
     assert group["IpPermissionsEgress"][0]["IpRanges"] == [{"CidrIp": "0.0.0.0/0"}]
 
 
+def eni_groups(eni_id):
+    return aws("describe-network-interfaces", "--network-interface-ids",
+               eni_id)["NetworkInterfaces"][0]["Groups"]
+
+
 def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, default_vpc):
     subnet_b = next(s for s in default_subnets(default_vpc["VpcId"])
                     if s["AvailabilityZone"] == "us-east-1b")
     free_before = subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"]
+    group = aws("create-security-group", "--group-name", "WebSSHAccess",
+                "--description", "WebSSHAccess", "--vpc-id", default_vpc["VpcId"])["GroupId"]
     run = aws("run-instances", "--image-id", lab_minimal_ami, "--instance-type", "lab.nano",
-              "--subnet-id", subnet_b["SubnetId"], "--private-ip-address", "172.31.16.77")
+              "--subnet-id", subnet_b["SubnetId"], "--private-ip-address", "172.31.16.77",
+              "--security-group-ids", group)
     iid = run["Instances"][0]["InstanceId"]
     try:
         described = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
@@ -76,7 +84,7 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         assert described["SubnetId"] == subnet_b["SubnetId"]
         assert described["VpcId"] == default_vpc["VpcId"]
         assert described["Placement"]["AvailabilityZone"] == "us-east-1b"
-        assert described["SecurityGroups"][0]["GroupName"] == "default"
+        assert described["SecurityGroups"] == [{"GroupName": "WebSSHAccess", "GroupId": group}]
         nic = described["NetworkInterfaces"][0]
         assert nic["Attachment"]["DeviceIndex"] == 0
         assert nic["Attachment"]["DeleteOnTermination"] is True
@@ -97,16 +105,57 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         assert subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"] == free_before - 1
 
         # The guest's eth0 got that address by DHCP from its VPC (lab-minimal
-        # prints what udhcpc configured), and its SSH server answers at it
-        # from the VPC's router namespace. No security groups are enforced
-        # yet: nothing filters this connection.
+        # prints what udhcpc configured). Its SSH server is behind its
+        # security group: from the VPC's router namespace (where `ec2lab ssh`
+        # connects from) the connection times out until port 22 is
+        # authorized, answers at once after, and is cut again on revoke,
+        # with the guest running throughout.
         wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot")
         assert "lab-minimal: eth0: inet 172.31.16.77/20" in console(iid), console(iid)
-        banner = subprocess.run(
-            ["ip", "netns", "exec", f"ec2lab-{default_vpc['VpcId']}", "bash", "-c",
-             "exec 3<>/dev/tcp/172.31.16.77/22 && head -c 8 <&3"],
-            capture_output=True, text=True, timeout=60)
-        assert banner.stdout.startswith("SSH-2.0"), banner
+
+        def banner():
+            return subprocess.run(
+                ["ip", "netns", "exec", f"ec2lab-{default_vpc['VpcId']}", "timeout", "5",
+                 "bash", "-c", "exec 3<>/dev/tcp/172.31.16.77/22 && head -c 8 <&3"],
+                capture_output=True, text=True, timeout=60)
+        closed = banner()
+        assert closed.returncode != 0 and not closed.stdout, closed
+        ssh = ["--group-id", group, "--protocol", "tcp", "--port", "22", "--cidr", "0.0.0.0/0"]
+        aws("authorize-security-group-ingress", *ssh)
+        opened = banner()
+        assert opened.stdout.startswith("SSH-2.0"), opened
+        aws("revoke-security-group-ingress", *ssh)
+        closed = banner()
+        assert closed.returncode != 0 and not closed.stdout, closed
+
+        # Moving the running instance between groups is live too; the
+        # interface form and the instance form change the same thing.
+        web = aws("create-security-group", "--group-name", "web-22",
+                  "--description", "ssh", "--vpc-id", default_vpc["VpcId"])["GroupId"]
+        try:
+            aws("authorize-security-group-ingress", "--group-id", web, "--protocol", "tcp",
+                "--port", "22", "--cidr", "172.31.0.0/16")
+            aws("modify-instance-attribute", "--instance-id", iid, "--groups", web)
+            eni_id = nic["NetworkInterfaceId"]
+            assert [g["GroupId"] for g in eni_groups(eni_id)] == [web]
+            assert banner().stdout.startswith("SSH-2.0")
+            aws("modify-network-interface-attribute", "--network-interface-id", eni_id,
+                "--groups", group)
+            assert [g["GroupId"] for g in eni_groups(eni_id)] == [group]
+            closed = banner()
+            assert closed.returncode != 0 and not closed.stdout, closed
+            err = aws_error("modify-network-interface-attribute", "--network-interface-id",
+                            eni_id, "--groups", "sg-0123456789abcdef0")
+            assert "InvalidGroup.NotFound" in err, err
+            aws("modify-network-interface-attribute", "--network-interface-id", eni_id,
+                "--no-source-dest-check")
+            eni = aws("describe-network-interfaces", "--network-interface-ids",
+                      eni_id)["NetworkInterfaces"][0]
+            assert eni["SourceDestCheck"] is False
+        finally:
+            aws("modify-network-interface-attribute", "--network-interface-id",
+                nic["NetworkInterfaceId"], "--groups", group, check=False)
+            aws("delete-security-group", "--group-id", web, check=False)
 
         with pytest.raises(botocore.exceptions.ClientError) as taken:
             ec2.run_instances(ImageId=lab_minimal_ami, InstanceType="lab.nano", MinCount=1, MaxCount=1,
@@ -117,6 +166,7 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         ec2.terminate_instances(InstanceIds=[iid])
         ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid],
                                                    WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    ec2.delete_security_group(GroupId=group)
     # Termination deleted the interface and gave the address back.
     assert aws("describe-network-interfaces", "--filters",
                f"Name=attachment.instance-id,Values={iid}")["NetworkInterfaces"] == []

@@ -533,6 +533,8 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
         "DisableApiTermination",
         "DisableApiStop",
         "InstanceInitiatedShutdownBehavior",
+        "GroupId",
+        "SourceDestCheck",
         "DryRun",
     ])?;
     let id = params.required("InstanceId")?;
@@ -590,6 +592,19 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
             ))
         })?;
         changes.push(AttributeChange::ShutdownBehavior(behavior));
+    }
+    if let Some(v) = get("SourceDestCheck") {
+        changes.push(AttributeChange::SourceDestCheck(boolean(
+            "SourceDestCheck",
+            v,
+        )?));
+    }
+    let groups = params.list("GroupId")?;
+    if !groups.is_empty() {
+        changes.push(AttributeChange::Groups(check_ids(
+            IdKind::SecurityGroup,
+            &groups,
+        )?));
     }
     if changes.is_empty() {
         return Err(Ec2Error::missing_parameter("Attribute"));

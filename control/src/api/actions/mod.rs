@@ -161,6 +161,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
         "ModifyInstanceCreditSpecification",
         credit_specifications::modify_instance_credit_specification,
     ),
+    (
+        "ModifyNetworkInterfaceAttribute",
+        vpcs::modify_network_interface_attribute,
+    ),
     ("RebootInstances", instances::reboot_instances),
     ("RegisterImage", images::register_image),
     ("RevokeSecurityGroupEgress", |ctx, params| {

@@ -13,7 +13,7 @@ use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
-use crate::db::NetworkQuery;
+use crate::db::{InterfaceChange, NetworkQuery};
 use crate::instances::LaunchNetwork;
 use crate::model::ids::IdKind;
 use crate::model::vpc::{
@@ -279,6 +279,56 @@ pub fn describe_network_interfaces(
         )],
         found.next_token,
     ))
+}
+
+/// `ModifyNetworkInterfaceAttribute`: one attribute per call, as in EC2.
+pub fn modify_network_interface_attribute(
+    ctx: &Ctx<'_>,
+    params: &Params,
+) -> Result<Vec<XmlNode>, Ec2Error> {
+    params.reject_unknown(&[
+        "NetworkInterfaceId",
+        "SecurityGroupId",
+        "SourceDestCheck",
+        "Description",
+        "DryRun",
+    ])?;
+    let id = params.required("NetworkInterfaceId")?;
+    check_ids(IdKind::NetworkInterface, &[id])?;
+    let groups = params.list("SecurityGroupId")?;
+    let mut changes = Vec::new();
+    if !groups.is_empty() {
+        changes.push(InterfaceChange::Groups(check_ids(
+            IdKind::SecurityGroup,
+            &groups,
+        )?));
+    }
+    if let Some(v) = params.optional("SourceDestCheck.Value") {
+        let on = match v {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(Ec2Error::invalid_parameter_value(format!(
+                    "Invalid boolean '{v}' for SourceDestCheck"
+                )))
+            }
+        };
+        changes.push(InterfaceChange::SourceDestCheck(on));
+    }
+    if let Some(text) = params.optional("Description.Value") {
+        changes.push(InterfaceChange::Description(text.to_string()));
+    }
+    let change = match changes.len() {
+        0 => return Err(Ec2Error::missing_parameter("Attribute")),
+        1 => changes.remove(0),
+        _ => {
+            return Err(Ec2Error::invalid_parameter_combination(
+                "Only one attribute can be modified at a time",
+            ))
+        }
+    };
+    ctx.lab()?.modify_network_interface(id, &change)?;
+    Ok(vec![XmlNode::bool("return", true)])
 }
 
 pub(super) fn group_set(groups: &[GroupIdentifier]) -> XmlNode {
