@@ -77,6 +77,8 @@ pub struct ServeOptions {
     pub stall_timeout: Option<Duration>,
     /// The dnsmasq binary serving each VPC's DHCP and DNS.
     pub dnsmasq: PathBuf,
+    /// Where internet gateways lead, and the public pool.
+    pub uplink: crate::network::uplink::Uplink,
 }
 
 /// SigV4 against the data directory's one set of credentials.
@@ -163,10 +165,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             stall_timeout: options.stall_timeout,
         },
     );
-    lab.set_network(crate::network::Network::new(
-        options.data_dir.join("network"),
-        options.dnsmasq.clone(),
-    ));
+    lab.set_network(
+        crate::network::Network::new(options.data_dir.join("network"), options.dnsmasq.clone())
+            .with_uplink(options.uplink.clone()),
+    );
     match lab.register_catalog() {
         Ok(n) => log::info!(
             "{n} images registered from {}",

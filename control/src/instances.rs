@@ -133,6 +133,8 @@ pub struct LaunchNetwork {
     pub delete_on_termination: bool,
     /// The interface's description.
     pub description: String,
+    /// `AssociatePublicIpAddress` (None: the subnet decides).
+    pub associate_public_ip: Option<bool>,
 }
 
 /// What RunInstances asks for, parsed and checked for shape.
@@ -270,6 +272,15 @@ impl Lab {
             InsertOutcome::Created => {
                 for i in &reservation.instances {
                     log::info!("{}: launching {} ({})", i.id, i.image_id, i.instance_type);
+                    // Public addresses show in DescribeInstances while
+                    // the instance is pending, as in EC2 (not in this
+                    // answer). A failure here fails the boot, which
+                    // assigns again before it builds the network.
+                    if let Some(uplink) = self.network().and_then(|n| n.uplink()) {
+                        if let Err(e) = self.db.assign_public_ips(&i.id, uplink.pool) {
+                            log::warn!("{}: no public address yet: {e}", i.id);
+                        }
+                    }
                     self.spawn_boot(i.id.clone());
                 }
                 Ok(reservation)
@@ -341,6 +352,7 @@ impl Lab {
                 group_names: net.group_names.clone(),
                 delete_on_termination: net.delete_on_termination,
                 description: net.description.clone(),
+                associate_public_ip: net.associate_public_ip,
                 tags: Vec::new(),
             },
             zone,

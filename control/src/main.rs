@@ -72,6 +72,15 @@ enum Command {
         /// its namespace (Debian: dnsmasq-base).
         #[arg(long, default_value = "dnsmasq")]
         dnsmasq: PathBuf,
+        /// The network namespace every VPC's internet gateway leads to
+        /// ("the internet" of the lab). Default: one ec2lab makes and
+        /// owns, `ec2lab-uplink`; a name given here must exist.
+        #[arg(long)]
+        uplink_netns: Option<String>,
+        /// The block public IPv4 addresses come from; its first address is
+        /// the internet gateways' far side.
+        #[arg(long, default_value = "198.51.100.0/24", value_parser = parse_pool)]
+        public_pool: ec2lab_control::model::vpc::Cidr,
     },
     /// Launch instances and wait until they run.
     Run {
@@ -128,6 +137,10 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Print the security group rules of an instance's VPC as ec2lab
+    /// renders them from the database, then as the kernel holds them now
+    /// (nft, in the VPC's namespace; needs root).
+    Rules { instance_id: String },
     /// Test-only: store COUNT running instance records without VMMs in the
     /// data directory's database (for `scripts/bench api`). Run it after
     /// `ec2lab serve` has started, which would otherwise reconcile them.
@@ -160,6 +173,8 @@ fn main() -> ExitCode {
             checkin_timeout,
             stall_timeout,
             dnsmasq,
+            uplink_netns,
+            public_pool,
         } => serve(ServeOptions {
             data_dir,
             images_dir: images.unwrap_or_else(config::default_images_dir),
@@ -168,8 +183,16 @@ fn main() -> ExitCode {
             checkin_timeout: checkin_timeout.into(),
             stall_timeout: stall_timeout.map(Into::into),
             dnsmasq,
+            uplink: ec2lab_control::network::uplink::Uplink {
+                owned: uplink_netns.is_none(),
+                namespace: uplink_netns.unwrap_or_else(|| {
+                    ec2lab_control::network::uplink::DEFAULT_NAMESPACE.to_string()
+                }),
+                pool: public_pool,
+            },
         }),
         Command::BenchSeed { count } => bench_seed(&data_dir, count),
+        Command::Rules { ref instance_id } => print_rules(&data_dir, instance_id),
         ref command => client(&cli, &data_dir, command),
     };
     match result {
@@ -219,6 +242,51 @@ fn serve(options: ServeOptions) -> Result<(), String> {
 }
 
 /// Credentials from the environment (as the aws CLI) or the data directory.
+/// `ec2lab rules`: reads the lab's database directly (the daemon keeps
+/// serving; SQLite lets a reader in) and asks nft in the VPC's namespace.
+fn print_rules(data_dir: &std::path::Path, instance_id: &str) -> Result<(), String> {
+    use ec2lab_control::network::{tap_name, Network};
+    let db =
+        ec2lab_control::db::Db::open(&data_dir.join("ec2lab.db")).map_err(|e| e.to_string())?;
+    let instance = db.get_instance(instance_id).map_err(|e| e.to_string())?;
+    let Some(primary) = instance.network_interfaces.first() else {
+        return Err(format!("{instance_id} has no network interface"));
+    };
+    let network = Network::new(data_dir.join("network"), "dnsmasq".into());
+    let (rendered, live) = network
+        .rules_of(&db, &primary.vpc_id)
+        .map_err(|e| e.to_string())?;
+    for eni in &instance.network_interfaces {
+        let groups: Vec<&str> = eni.groups.iter().map(|g| g.group_id.as_str()).collect();
+        println!(
+            "# {instance_id} {} {} tap {} groups {}",
+            eni.id,
+            eni.private_ip_address,
+            tap_name(&eni.id),
+            groups.join(",")
+        );
+    }
+    println!("# rendered from the database:\n{rendered}");
+    match live {
+        Some(live) => println!(
+            "# live in {}:\n{live}",
+            ec2lab_control::network::namespace_name(&primary.vpc_id)
+        ),
+        None => println!("# not live: no instance of {} holds a tap", primary.vpc_id),
+    }
+    Ok(())
+}
+
+/// `--public-pool`: a block with room for a gateway and some addresses.
+fn parse_pool(text: &str) -> Result<ec2lab_control::model::vpc::Cidr, String> {
+    let cidr = ec2lab_control::model::vpc::Cidr::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a block like 198.51.100.0/24"))?;
+    if !(8..=29).contains(&cidr.prefix) {
+        return Err(format!("{text}: the pool must be between /8 and /29"));
+    }
+    Ok(cidr)
+}
+
 fn credentials(data_dir: &std::path::Path) -> Result<(sigv4::Credentials, String), String> {
     if let (Ok(id), Ok(secret)) = (
         std::env::var("AWS_ACCESS_KEY_ID"),
@@ -377,7 +445,10 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
             wait_for(&call, instance_ids, "terminated")?;
             print_instances(cli.output, &call, instance_ids)
         }
-        Command::Init | Command::Serve { .. } | Command::BenchSeed { .. } => Ok(()),
+        Command::Init
+        | Command::Serve { .. }
+        | Command::BenchSeed { .. }
+        | Command::Rules { .. } => Ok(()),
     }
 }
 

@@ -37,6 +37,7 @@ fn request(subnet: &Subnet, ip: Option<&str>) -> InterfaceRequest {
         group_names: Vec::new(),
         delete_on_termination: true,
         description: String::new(),
+        associate_public_ip: None,
     }
 }
 
@@ -489,4 +490,69 @@ fn tags_reach_the_vpc_resources() {
             ..
         })
     ));
+}
+
+fn public_of(db: &Db, i: &Instance) -> Option<Ipv4Addr> {
+    db.get_instance(&i.id)
+        .expect("instance")
+        .primary_interface()
+        .expect("a primary interface")
+        .public_ip
+}
+
+#[test]
+fn public_addresses_come_from_the_pool_change_across_stop_and_run_out_cleanly() {
+    use ec2lab_control::model::vpc::{Cidr, IpamError};
+    let (_dir, db) = temp_db();
+    let subnet = subnet_in(&db, "us-east-1a");
+    let pool = Cidr::parse("198.51.100.0/29").expect("pool");
+    // The default subnet maps public addresses; an explicit `false` wins.
+    let mapped = launch(&db, 2, &request(&subnet, None)).expect("launch");
+    let opted_out = launch(
+        &db,
+        1,
+        &InterfaceRequest {
+            associate_public_ip: Some(false),
+            ..request(&subnet, None)
+        },
+    )
+    .expect("launch")
+    .remove(0);
+    for i in &mapped {
+        db.assign_public_ips(&i.id, pool).expect("assign");
+        // Assigning again keeps what it has.
+        db.assign_public_ips(&i.id, pool).expect("assign again");
+    }
+    db.assign_public_ips(&opted_out.id, pool).expect("assign");
+    let first = public_of(&db, &mapped[0]).expect("a public address");
+    let second = public_of(&db, &mapped[1]).expect("a public address");
+    // Not the network address, nor the gateway (.1).
+    assert_eq!(
+        (first, second),
+        (
+            "198.51.100.2".parse().expect("ip"),
+            "198.51.100.3".parse().expect("ip")
+        )
+    );
+    assert_eq!(public_of(&db, &opted_out), None);
+
+    // Stop and start: released, then a different one.
+    db.release_public_ips(&mapped[0].id).expect("release");
+    assert_eq!(public_of(&db, &mapped[0]), None);
+    db.assign_public_ips(&mapped[0].id, pool)
+        .expect("assign after start");
+    let after = public_of(&db, &mapped[0]).expect("a public address");
+    assert_ne!(after, first, "the same address came back after stop/start");
+
+    // A /29 gives .2 to .6 (two held): fill it, then the next one is
+    // refused whole.
+    let more = launch(&db, 4, &request(&subnet, None)).expect("launch");
+    for i in &more[..3] {
+        db.assign_public_ips(&i.id, pool).expect("assign");
+    }
+    match db.assign_public_ips(&more[3].id, pool) {
+        Err(DbError::Ipam(IpamError::PublicPoolExhausted { .. })) => {}
+        other => panic!("expected an exhausted pool, got {other:?}"),
+    }
+    assert_eq!(public_of(&db, &more[3]), None, "half an assignment");
 }

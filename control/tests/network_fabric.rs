@@ -19,6 +19,7 @@ use ec2lab_control::model::security_group::{GroupRef, RuleRequest};
 use ec2lab_control::model::vpc::{
     Cidr, GroupIdentifier, NetworkInterface, RuleDirection, RulePeer, ANYWHERE,
 };
+use ec2lab_control::network::uplink::Uplink;
 use ec2lab_control::network::{
     self, bridge_name, fabric, netns, InterfacePlan, Network, SubnetPlan, VpcPlan,
 };
@@ -387,6 +388,7 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
         mac_address: format!("02:00:0a:4e:10:{n:02x}"),
         private_ip_address: Ipv4Addr::new(10, 78, 16, n),
         source_dest_check: true,
+        public_ip: None,
         groups: vec![GroupIdentifier {
             group_id: group.id.clone(),
             group_name: group.name.clone(),
@@ -546,4 +548,170 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
     let live = String::from_utf8_lossy(&live.stdout);
     assert!(live.contains("table inet ec2lab_sg"), "{live}");
     assert!(!live.contains("flush"), "{live}");
+}
+
+#[test]
+fn public_addresses_map_one_to_one_through_the_internet_gateway() {
+    let test = "network_fabric internet gateway";
+    if !prerequisites(test) {
+        return;
+    }
+    if !have("nft") {
+        assert!(
+            std::env::var("EC2LAB_REQUIRE_NFT").as_deref() != Ok("1"),
+            "{test}: nft missing and EC2LAB_REQUIRE_NFT=1"
+        );
+        println!("SKIPPED {test}: nft missing");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid = std::process::id();
+    // The test's own "internet": a namespace it makes and removes.
+    let internet = format!("ec2lab-test-up-{pid}");
+    let _spaces = Namespaces(vec![internet.clone(), format!("ec2lab-test-igw-b-{pid}")]);
+    netns::ensure(&internet).expect("uplink namespace");
+    let uplink = Uplink {
+        namespace: internet.clone(),
+        owned: false,
+        pool: Cidr::parse("203.0.113.0/24").expect("pool"),
+    };
+    let network =
+        Network::new(dir.path().join("network"), "dnsmasq".into()).with_uplink(uplink.clone());
+    let vpc_id = format!("vpc-0d{pid:015x}");
+    let _vpc = Cleanup {
+        network: &network,
+        vpc_id: vpc_id.clone(),
+        guest_ns: format!("ec2lab-test-igw-a-{pid}"),
+    };
+    let db = Db::open_in_memory().expect("db");
+    let default = db
+        .list_security_groups(&NetworkQuery::default(), &["default".to_string()])
+        .expect("default group")
+        .items
+        .remove(0);
+    let anywhere = |port: u16| RuleRequest {
+        ip_protocol: "tcp".into(),
+        from_port: Some(i64::from(port)),
+        to_port: Some(i64::from(port)),
+        peer: RulePeer::Cidr(ANYWHERE),
+        description: None,
+    };
+    db.authorize_security_group_rules(
+        &GroupRef::Id(default.id.clone()),
+        RuleDirection::Ingress,
+        &[anywhere(22)],
+    )
+    .expect("authorize");
+    let groups = db
+        .list_security_groups(&NetworkQuery::default(), &[])
+        .expect("groups")
+        .items;
+    let subnet = SubnetPlan {
+        subnet_id: format!("subnet-0d{pid:015x}"),
+        cidr: Cidr::parse("10.79.0.0/20").expect("cidr"),
+        bridge: bridge_name(&format!("subnet-0d{pid:015x}")),
+    };
+    let nic = |n: u8, public: Option<Ipv4Addr>| NetworkInterface {
+        id: format!("eni-0d{pid:013x}{n:02x}"),
+        subnet_id: subnet.subnet_id.clone(),
+        vpc_id: default.vpc_id.clone(),
+        availability_zone: "us-east-1a".into(),
+        description: String::new(),
+        mac_address: format!("02:00:0a:4f:00:{n:02x}"),
+        private_ip_address: Ipv4Addr::new(10, 79, 0, n),
+        source_dest_check: true,
+        public_ip: public,
+        groups: vec![GroupIdentifier {
+            group_id: default.id.clone(),
+            group_name: default.name.clone(),
+        }],
+        attachment: None,
+        owner_id: default.owner_id.clone(),
+        tags: Default::default(),
+    };
+    let a_public = Ipv4Addr::new(203, 0, 113, 10);
+    let b_public = Ipv4Addr::new(203, 0, 113, 11);
+    let mut nics = vec![nic(10, Some(a_public)), nic(11, None)];
+    let plan = VpcPlan {
+        subnets: vec![subnet.clone()],
+        ..VpcPlan::new(&vpc_id)
+    };
+    network
+        .ensure_vpc(&plan)
+        .expect("VPC fabric with its gateway");
+    network
+        .apply_rules(&plan.namespace, &groups, &nics)
+        .expect("apply");
+    let a = Guest::plug(&plan.namespace, &subnet.bridge, &nics[0], &_vpc.guest_ns);
+    let b = Guest::plug(&plan.namespace, &subnet.bridge, &nics[1], &_spaces.0[1]);
+    for g in [&a, &b] {
+        run_in(
+            &g.ns,
+            &["ip", "route", "add", "default", "via", "10.79.0.1"],
+        );
+    }
+    a.listen(22);
+    b.listen(22);
+    let outside = Guest {
+        ns: internet.clone(),
+        ip: uplink.gateway(),
+    };
+
+    // From the internet, A's public address reaches A's port 22 (its
+    // group allows it from anywhere); B has no public address.
+    assert!(outside.connects(a_public, 22), "A's public address is dead");
+    assert!(
+        !outside.connects(b_public, 22),
+        "an unassigned address answers"
+    );
+    // The private addresses are not reachable from outside at all.
+    assert!(!outside.connects(a.ip, 22), "a private address leaked out");
+
+    // Outbound, A appears as its public address; B (none) gets nowhere.
+    let seen = {
+        let address = std::net::SocketAddr::from((uplink.gateway(), 9000));
+        let listener = netns::run_in(&internet, move || std::net::TcpListener::bind(address))
+            .expect("enter")
+            .expect("bind");
+        assert!(a.connects(uplink.gateway(), 9000), "A cannot get out");
+        let (_, peer) = listener.accept().expect("accept");
+        assert!(
+            !b.connects(uplink.gateway(), 9000),
+            "B got out without a public address"
+        );
+        peer.ip()
+    };
+    assert_eq!(
+        seen,
+        std::net::IpAddr::V4(a_public),
+        "A's source was not mapped"
+    );
+
+    // The address moves to B with no restart (as an EIP reassociation
+    // does): A loses it, B answers at it.
+    nics[0].public_ip = None;
+    nics[1].public_ip = Some(a_public);
+    network
+        .apply_rules(&plan.namespace, &groups, &nics)
+        .expect("apply after the move");
+    assert!(outside.connects(a_public, 22), "the moved address is dead");
+    let peer = {
+        let address = std::net::SocketAddr::from((uplink.gateway(), 9001));
+        let listener = netns::run_in(&internet, move || std::net::TcpListener::bind(address))
+            .expect("enter")
+            .expect("bind");
+        assert!(b.connects(uplink.gateway(), 9001), "B cannot get out");
+        assert!(!a.connects(uplink.gateway(), 9001), "A still gets out");
+        listener.accept().expect("accept").1.ip()
+    };
+    assert_eq!(
+        peer,
+        std::net::IpAddr::V4(a_public),
+        "B's source was not mapped"
+    );
+    let igw = run_in(
+        &plan.namespace,
+        &["ip", "-4", "-o", "addr", "show", "dev", "igw"],
+    );
+    assert!(igw.contains("203.0.113.10/32"), "{igw}");
 }

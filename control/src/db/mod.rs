@@ -197,6 +197,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql("ALTER TABLE instances ADD COLUMN disable_api_stop INTEGER NOT NULL DEFAULT 0;"),
     // 8: what each token's RunInstances asked for (model::Reservation).
     Migration::Sql("ALTER TABLE reservations ADD COLUMN launch_digest TEXT;"),
+    // 9: public IPv4 addresses of interfaces (network::PUBLIC_IP_MIGRATION).
+    Migration::Sql(network::PUBLIC_IP_MIGRATION),
 ];
 
 /// What went wrong in the repository. The API maps each variant to an EC2

@@ -96,6 +96,19 @@ pub(super) const MIGRATION: &str = r#"
     ) STRICT;
 "#;
 
+/// Schema version 9: whether an interface gets a public address from the
+/// lab's pool while its instance runs (AssociatePublicIpAddress, else the
+/// subnet's MapPublicIpOnLaunch), the one it holds now, and the one it
+/// held last (a stopped and started instance gets a different one, as in
+/// EC2). An address is held by one interface at a time.
+pub(super) const PUBLIC_IP_MIGRATION: &str = r#"
+    ALTER TABLE network_interfaces ADD COLUMN associate_public_ip INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE network_interfaces ADD COLUMN public_ip INTEGER;
+    ALTER TABLE network_interfaces ADD COLUMN last_public_ip INTEGER;
+    CREATE UNIQUE INDEX network_interfaces_public_ip ON network_interfaces(public_ip)
+        WHERE public_ip IS NOT NULL;
+"#;
+
 /// Schema version 4: security group rules, one row per EC2
 /// `SecurityGroupRule`. The peer is a block or a group, never both; a
 /// group's rules go with it.
@@ -486,6 +499,66 @@ impl Db {
         })
     }
 
+    /// Gives each interface of `instance_id` that asks for a public
+    /// address (and holds none) the lowest free one of `pool`; all or none.
+    pub fn assign_public_ips(&self, instance_id: &str, pool: Cidr) -> Result<(), DbError> {
+        self.write(|tx| {
+            let wanting: Vec<(String, Option<u32>)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id, last_public_ip FROM network_interfaces WHERE instance_id = ?1
+                     AND associate_public_ip = 1 AND public_ip IS NULL ORDER BY device_index",
+                )?;
+                let rows = stmt.query_map([instance_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            if wanting.is_empty() {
+                return Ok(());
+            }
+            let held: BTreeSet<Ipv4Addr> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT public_ip FROM network_interfaces WHERE public_ip IS NOT NULL",
+                )?;
+                let rows = stmt.query_map([], |r| r.get::<_, u32>(0))?;
+                rows.map(|r| r.map(Ipv4Addr::from))
+                    .collect::<Result<_, _>>()?
+            };
+            let mut held = held;
+            for (id, last) in wanting {
+                let last = last.map(Ipv4Addr::from);
+                let free = |skip_last: bool| {
+                    vpc::public_pool_addresses(pool)
+                        .find(|a| !(held.contains(a) || skip_last && Some(*a) == last))
+                };
+                // The lowest free address other than the last one held,
+                // unless that is the only one left.
+                let ip = free(true).or_else(|| free(false)).ok_or_else(|| {
+                    vpc::IpamError::PublicPoolExhausted {
+                        pool: pool.to_string(),
+                    }
+                })?;
+                held.insert(ip);
+                tx.execute(
+                    "UPDATE network_interfaces SET public_ip = ?2 WHERE id = ?1",
+                    params![id, u32::from(ip)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Takes back the public addresses `instance_id`'s interfaces hold
+    /// (on stop and terminate, as in EC2).
+    pub fn release_public_ips(&self, instance_id: &str) -> Result<(), DbError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE network_interfaces SET last_public_ip = public_ip, public_ip = NULL
+                 WHERE instance_id = ?1 AND public_ip IS NOT NULL",
+                [instance_id],
+            )?;
+            Ok(())
+        })
+    }
+
     /// DescribeNetworkInterfaces, ordered by id.
     pub fn list_network_interfaces(
         &self,
@@ -645,6 +718,7 @@ fn interface_from_row(conn: &Connection, row: &Row<'_>) -> Result<NetworkInterfa
         mac_address: row.get("mac_address")?,
         private_ip_address: Ipv4Addr::from(ip),
         source_dest_check: row.get("source_dest_check")?,
+        public_ip: row.get::<_, Option<u32>>("public_ip")?.map(Ipv4Addr::from),
         groups,
         attachment,
         owner_id: DEFAULT_OWNER_ID.to_string(),
@@ -741,8 +815,9 @@ pub(super) fn create_primary_interface(
     let mac = fresh_mac(tx)?;
     tx.execute(
         "INSERT INTO network_interfaces (id, subnet_id, private_ip, mac_address, description,
-            source_dest_check, instance_id, device_index, attach_time_ms, delete_on_termination)
-         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, 0, ?7, ?8)",
+            source_dest_check, instance_id, device_index, attach_time_ms, delete_on_termination,
+            associate_public_ip)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, 0, ?7, ?8, ?9)",
         params![
             id,
             subnet.id,
@@ -751,7 +826,10 @@ pub(super) fn create_primary_interface(
             request.description,
             instance_id,
             to_ms(now),
-            request.delete_on_termination
+            request.delete_on_termination,
+            request
+                .associate_public_ip
+                .unwrap_or(subnet.map_public_ip_on_launch)
         ],
     )?;
     let mut add_group = tx.prepare_cached(

@@ -125,6 +125,10 @@ pub enum IpamError {
     /// EC2: InsufficientFreeAddressesInSubnet.
     #[error("There are not enough free addresses in subnet '{subnet_id}' to satisfy the requested number of instances.")]
     SubnetFull { subnet_id: String },
+    /// Every public address of the lab's pool is held. EC2:
+    /// InsufficientAddressCapacity.
+    #[error("There are no free public IPv4 addresses in the lab's pool {pool}; release an Elastic IP, stop an instance, or give `ec2lab serve --public-pool` a larger block")]
+    PublicPoolExhausted { pool: String },
 }
 
 impl IpamError {
@@ -134,8 +138,18 @@ impl IpamError {
             IpamError::InUse { .. } => "InvalidIPAddress.InUse",
             IpamError::OutsideSubnet { .. } | IpamError::Reserved { .. } => "InvalidParameterValue",
             IpamError::SubnetFull { .. } => "InsufficientFreeAddressesInSubnet",
+            IpamError::PublicPoolExhausted { .. } => "InsufficientAddressCapacity",
         }
     }
+}
+
+/// The public addresses a pool gives out: all but its network address,
+/// its first (the uplink's gateway) and its broadcast address.
+pub fn public_pool_addresses(pool: Cidr) -> impl Iterator<Item = Ipv4Addr> {
+    let base = u32::from(pool.base);
+    let size = 1u64 << (32 - u32::from(pool.prefix.min(32)));
+    let last = (u64::from(base) + size).saturating_sub(2);
+    (u64::from(base) + 2..=last).filter_map(|a| u32::try_from(a).ok().map(Ipv4Addr::from))
 }
 
 /// The address for a new interface in `cidr`: `requested` if it is
@@ -163,6 +177,18 @@ pub fn pick_address(
             .ok_or_else(|| IpamError::SubnetFull {
                 subnet_id: subnet_id.to_string(),
             }),
+    }
+}
+
+/// `ec2-198-51-100-7.compute-1.amazonaws.com`: the public DNS name
+/// us-east-1 gives a public address (other regions use
+/// `{region}.compute.amazonaws.com`).
+pub fn public_dns_name(ip: Ipv4Addr, region: &str) -> String {
+    let dashed = ip.to_string().replace('.', "-");
+    if region == "us-east-1" {
+        format!("ec2-{dashed}.compute-1.amazonaws.com")
+    } else {
+        format!("ec2-{dashed}.{region}.compute.amazonaws.com")
     }
 }
 
@@ -449,6 +475,8 @@ pub struct NetworkInterface {
     pub mac_address: String,
     pub private_ip_address: Ipv4Addr,
     pub source_dest_check: bool,
+    /// The public IPv4 address it holds while its instance runs.
+    pub public_ip: Option<Ipv4Addr>,
     pub groups: Vec<GroupIdentifier>,
     pub attachment: Option<NetworkInterfaceAttachment>,
     pub owner_id: String,
@@ -490,6 +518,9 @@ pub struct InterfaceRequest {
     pub group_names: Vec<String>,
     pub delete_on_termination: bool,
     pub description: String,
+    /// `AssociatePublicIpAddress`; None: the subnet's
+    /// MapPublicIpOnLaunch decides.
+    pub associate_public_ip: Option<bool>,
     /// RunInstances' `network-interface` tag specifications.
     pub tags: Vec<(String, String)>,
 }
@@ -946,6 +977,7 @@ mod tests {
             mac_address: "02:00:00:00:00:01".into(),
             private_ip_address: Ipv4Addr::new(172, 31, 0, 4),
             source_dest_check: true,
+            public_ip: None,
             groups: vec![GroupIdentifier {
                 group_id: group.id.clone(),
                 group_name: group.name.clone(),

@@ -334,3 +334,147 @@ fn make_tap(ns: &str, tap: &str) -> Result<(), FabricError> {
         Ok(())
     })?
 }
+
+/// Makes veth `name` in namespace `ns` whose peer `peer` is a port of
+/// `peer_bridge` in namespace `peer_ns`, both ends up. A `name` that
+/// exists is kept (its peer went with it if it ever went: a veth pair
+/// lives and dies together).
+pub fn ensure_veth_to(
+    ns: &str,
+    name: &str,
+    peer_ns: &str,
+    peer: &str,
+    peer_bridge: &str,
+) -> Result<(), FabricError> {
+    let target = netns::open(peer_ns)?;
+    let (name, peer) = (name.to_string(), peer.to_string());
+    let made = {
+        let (name, peer) = (name.clone(), peer.clone());
+        with_netlink(ns, move |handle, ns| async move {
+            if link_index(&handle, &ns, &name).await?.is_some() {
+                return Ok(false);
+            }
+            let fail = |what, source| FabricError::Netlink {
+                ns: ns.clone(),
+                what,
+                link: name.clone(),
+                source: Box::new(source),
+            };
+            // A peer left by an interrupted earlier attempt goes first.
+            if let Some(stale) = link_index(&handle, &ns, &peer).await? {
+                let _ = handle.link().del(stale).execute().await;
+            }
+            handle
+                .link()
+                .add(rtnetlink::LinkVeth::new(&name, &peer).build())
+                .execute()
+                .await
+                .map_err(|e| fail("create veth", e))?;
+            let far = require_index(&handle, &ns, &peer).await?;
+            set_link(
+                &handle,
+                &ns,
+                &peer,
+                "move to its namespace",
+                LinkUnspec::new_with_index(far)
+                    .setns_by_fd(target.as_raw_fd())
+                    .build(),
+            )
+            .await?;
+            let near = require_index(&handle, &ns, &name).await?;
+            set_link(
+                &handle,
+                &ns,
+                &name,
+                "bring up",
+                LinkUnspec::new_with_index(near).up().build(),
+            )
+            .await?;
+            Ok(true)
+        })?
+    };
+    if made {
+        attach_to_bridge(peer_ns, &peer, peer_bridge)?;
+    }
+    Ok(())
+}
+
+/// Makes the IPv4 addresses of `link` exactly `wanted` (each a /32).
+pub fn set_host_addresses(ns: &str, link: &str, wanted: &[Ipv4Addr]) -> Result<(), FabricError> {
+    let (link, wanted) = (link.to_string(), wanted.to_vec());
+    with_netlink(ns, move |handle, ns| async move {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let index = require_index(&handle, &ns, &link).await?;
+        let fail = |what, source| FabricError::Netlink {
+            ns: ns.clone(),
+            what,
+            link: link.clone(),
+            source: Box::new(source),
+        };
+        let mut have = Vec::new();
+        let mut stream = handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(message) = stream
+            .try_next()
+            .await
+            .map_err(|e| fail("list addresses of", e))?
+        {
+            let ip = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                have.push((ip, message));
+            }
+        }
+        for (ip, message) in have.iter() {
+            if !wanted.contains(ip) {
+                handle
+                    .address()
+                    .del(message.clone())
+                    .execute()
+                    .await
+                    .map_err(|e| fail("remove an address from", e))?;
+            }
+        }
+        for ip in wanted {
+            if have.iter().any(|(h, _)| *h == ip) {
+                continue;
+            }
+            if let Err(e) = handle.address().add(index, ip.into(), 32).execute().await {
+                if !is_errno(&e, libc::EEXIST) {
+                    return Err(fail("add an address to", e));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Makes the namespace's default route go through `gateway` on `link`
+/// (on-link: the gateway need not be in a block `link` has an address in).
+pub fn ensure_default_route(ns: &str, link: &str, gateway: Ipv4Addr) -> Result<(), FabricError> {
+    let link = link.to_string();
+    with_netlink(ns, move |handle, ns| async move {
+        let index = require_index(&handle, &ns, &link).await?;
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .output_interface(index)
+            .onlink()
+            .build();
+        match handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(source) => Err(FabricError::Netlink {
+                ns,
+                what: "add the default route via",
+                link,
+                source: Box::new(source),
+            }),
+        }
+    })
+}

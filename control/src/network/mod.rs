@@ -18,14 +18,19 @@
 //! in one `nft` transaction ([`firewall`]). A VPC whose rules cannot be
 //! applied gets no new tap: an instance never runs unfiltered.
 //!
-//! Not yet: there is no internet gateway, uplink or public address, and
-//! names outside the VPC are not forwarded anywhere.
+//! With an [`uplink::Uplink`], every VPC namespace has an internet
+//! gateway to it, and an interface that asks for a public address gets
+//! one from the uplink's pool while its instance runs (released on stop
+//! and terminate, kept across reboot), mapped 1:1 to its private address.
+//!
+//! Not yet: Elastic IPs, and names outside the VPC are not forwarded.
 
 pub mod dhcp;
 pub mod fabric;
 pub mod firewall;
 pub mod netns;
 pub mod rules;
+pub mod uplink;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -41,6 +46,7 @@ use dhcp::{DhcpHost, DhcpSubnet, Dnsmasq, DnsmasqFiles};
 use fabric::FabricError;
 use firewall::{FirewallError, Nft};
 use netns::NetnsError;
+use uplink::{Uplink, UplinkError};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,9 @@ pub enum NetworkError {
     /// Rendering security group rules from what is stored.
     #[error("security groups: {0}")]
     Rules(#[from] rules::RulesError),
+    /// The internet gateway.
+    #[error("internet gateway: {0}")]
+    Uplink(#[from] UplinkError),
     /// A stored value the fabric cannot use.
     #[error("{what} {value:?} of {owner} is not usable")]
     Stored {
@@ -245,18 +254,17 @@ fn ports_in(vpc_id: &str, holders: &[Instance]) -> Vec<NetworkInterface> {
         .collect()
 }
 
-/// The ruleset of `groups` for `interfaces`, each on its tap.
-fn render_rules(
-    groups: &[SecurityGroup],
-    interfaces: &[NetworkInterface],
-) -> Result<String, rules::RulesError> {
-    let taps: Vec<String> = interfaces.iter().map(|i| tap_name(&i.id)).collect();
-    let ports: Vec<rules::Port<'_>> = taps
+/// The `(private, public)` address pairs of `interfaces`.
+fn nat_pairs(interfaces: &[NetworkInterface]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    interfaces
         .iter()
-        .zip(interfaces)
-        .map(|(tap, interface)| rules::Port { tap, interface })
-        .collect();
-    rules::render(groups, &ports)
+        .filter_map(|i| Some((i.private_ip_address, i.public_ip?)))
+        .collect()
+}
+
+/// The public addresses `interfaces` hold.
+fn public_addresses(interfaces: &[NetworkInterface]) -> Vec<Ipv4Addr> {
+    nat_pairs(interfaces).into_iter().map(|(_, q)| q).collect()
 }
 
 /// The security groups of VPC `vpc_id`, with their rules.
@@ -276,6 +284,9 @@ pub struct Network {
     state_dir: PathBuf,
     dnsmasq: Dnsmasq,
     nft: Nft,
+    /// Where internet gateways lead (None: VPCs have none, and no
+    /// interface gets a public address).
+    uplink: Option<Uplink>,
     /// One fabric change at a time: a launch and a teardown of the same
     /// VPC must not interleave.
     changes: Mutex<()>,
@@ -291,8 +302,21 @@ impl Network {
             nft: Nft {
                 binary: "nft".into(),
             },
+            uplink: None,
             changes: Mutex::new(()),
         }
+    }
+
+    /// Gives every VPC an internet gateway to `uplink`, and interfaces
+    /// public addresses from its pool.
+    pub fn with_uplink(mut self, uplink: Uplink) -> Self {
+        self.uplink = Some(uplink);
+        self
+    }
+
+    /// The uplink, when there is one.
+    pub fn uplink(&self) -> Option<&Uplink> {
+        self.uplink.as_ref()
     }
 
     /// Runs `nft` from `binary` (a path, or a name found on PATH) instead
@@ -366,6 +390,9 @@ impl Network {
                 &[(s.router(), s.cidr.prefix), (s.dns(), s.cidr.prefix)],
             )?;
         }
+        if let Some(uplink) = &self.uplink {
+            uplink.connect(&plan.vpc_id, &plan.namespace)?;
+        }
         let (subnets, hosts) = plan.dhcp();
         let files = self.files(&plan.vpc_id);
         let config = dhcp::render(&files, &private_domain(), &subnets, &hosts)?;
@@ -405,6 +432,9 @@ impl Network {
         }
         enis.sort_by_key(|e| e.attachment.as_ref().map_or(0, |a| a.device_index));
         let _guard = crate::lock(&self.changes);
+        if let Some(uplink) = &self.uplink {
+            db.assign_public_ips(&instance.id, uplink.pool)?;
+        }
         let vpc_id = enis[0].vpc_id.clone();
         let plan = self.plan(db, &vpc_id)?;
         self.ensure_vpc(&plan)?;
@@ -449,6 +479,7 @@ impl Network {
     /// the database still holds rather than from the instance's record.
     pub fn detach(&self, db: &Db, instance: &Instance) -> Result<(), NetworkError> {
         let _guard = crate::lock(&self.changes);
+        db.release_public_ips(&instance.id)?;
         for eni in &instance.network_interfaces {
             let ns = namespace_name(&eni.vpc_id);
             if netns::exists(&ns) {
@@ -457,6 +488,19 @@ impl Network {
         }
         for vpc in db.list_vpcs(&NetworkQuery::default())?.items {
             self.settle_vpc(db, &vpc.id)?;
+        }
+        self.settle_uplink(db)
+    }
+
+    /// Removes the uplink when no VPC has a namespace left (it is made
+    /// again with the next VPC's).
+    fn settle_uplink(&self, db: &Db) -> Result<(), NetworkError> {
+        let Some(uplink) = &self.uplink else {
+            return Ok(());
+        };
+        let vpcs = db.list_vpcs(&NetworkQuery::default())?.items;
+        if vpcs.iter().all(|v| !netns::exists(&namespace_name(&v.id))) {
+            uplink.teardown()?;
         }
         Ok(())
     }
@@ -490,15 +534,40 @@ impl Network {
     }
 
     /// Renders the ruleset of `groups` for `interfaces` (each with its
-    /// tap) and makes it the live one in namespace `ns`; returns the text.
+    /// tap; with the gateway's NAT for their public addresses) and makes it
+    /// the live one in namespace `ns`, then has the namespace answer for
+    /// those public addresses on the uplink; returns the ruleset.
     pub fn apply_rules(
         &self,
         ns: &str,
         groups: &[SecurityGroup],
         interfaces: &[NetworkInterface],
     ) -> Result<String, NetworkError> {
-        let text = render_rules(groups, interfaces)?;
+        let text = self.render_rules(groups, interfaces)?;
         self.nft.apply(ns, &text)?;
+        if let Some(uplink) = &self.uplink {
+            uplink.publish(ns, &public_addresses(interfaces))?;
+        }
+        Ok(text)
+    }
+
+    /// The ruleset of `groups` for `interfaces`, each on its tap, with the
+    /// internet gateway's NAT when there is an uplink.
+    fn render_rules(
+        &self,
+        groups: &[SecurityGroup],
+        interfaces: &[NetworkInterface],
+    ) -> Result<String, rules::RulesError> {
+        let taps: Vec<String> = interfaces.iter().map(|i| tap_name(&i.id)).collect();
+        let ports: Vec<rules::Port<'_>> = taps
+            .iter()
+            .zip(interfaces)
+            .map(|(tap, interface)| rules::Port { tap, interface })
+            .collect();
+        let mut text = rules::render(groups, &ports)?;
+        if self.uplink.is_some() {
+            text.push_str(&rules::render_nat(uplink::IGW_LINK, &nat_pairs(interfaces)));
+        }
         Ok(text)
     }
 
@@ -544,7 +613,7 @@ impl Network {
     ) -> Result<(String, Option<String>), NetworkError> {
         let holders = holders(db, vpc_id)?;
         let interfaces = ports_in(vpc_id, &holders);
-        let rendered = render_rules(&groups_in(db, vpc_id)?, &interfaces)?;
+        let rendered = self.render_rules(&groups_in(db, vpc_id)?, &interfaces)?;
         let ns = namespace_name(vpc_id);
         let live = if netns::exists(&ns) {
             Some(self.nft.list(&ns)?)
@@ -562,7 +631,7 @@ impl Network {
         for vpc in db.list_vpcs(&NetworkQuery::default())?.items {
             self.settle_vpc(db, &vpc.id)?;
         }
-        Ok(())
+        self.settle_uplink(db)
     }
 }
 

@@ -201,6 +201,65 @@ pub fn render(groups: &[SecurityGroup], ports: &[Port<'_>]) -> Result<String, Ru
 }
 
 /// The port's number in the mark (1-based).
+/// The NAT table: its name.
+pub const NAT_TABLE: &str = "ec2lab_nat";
+
+/// The internet gateway's half of a VPC's ruleset: 1:1 NAT between each
+/// `(private, public)` pair for traffic through `igw` (the public address
+/// in, the private one inside), and nothing else through `igw`: an
+/// instance without a public address has no route to the internet, as in
+/// EC2, and its private address never leaves the VPC. Replaces the table
+/// atomically like [`render`]; appended to its text, one transaction.
+pub fn render_nat(igw: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}");
+    let _ = writeln!(out, "table ip {NAT_TABLE} {{");
+    let inward: Vec<String> = pairs.iter().map(|(p, q)| format!("{q} : {p}")).collect();
+    let outward: Vec<String> = pairs.iter().map(|(p, q)| format!("{p} : {q}")).collect();
+    let _ = writeln!(
+        out,
+        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;"
+    );
+    if !pairs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\t\tiifname \"{igw}\" dnat to ip daddr map {{ {} }}",
+            inward.join(", ")
+        );
+    }
+    let _ = writeln!(out, "\t}}");
+    let _ = writeln!(
+        out,
+        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
+    if !pairs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\t\toifname \"{igw}\" snat to ip saddr map {{ {} }}",
+            outward.join(", ")
+        );
+    }
+    let _ = writeln!(out, "\t}}");
+    // Forwarded traffic out of the gateway must come from an address that
+    // has a public one (checked before NAT: the source is still private).
+    let _ = writeln!(
+        out,
+        "\tchain forward {{\n\t\ttype filter hook forward priority filter - 10; policy accept;"
+    );
+    if pairs.is_empty() {
+        let _ = writeln!(out, "\t\toifname \"{igw}\" drop");
+    } else {
+        let privates: Vec<String> = pairs.iter().map(|(p, _)| p.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "\t\toifname \"{igw}\" ip saddr != {{ {} }} drop",
+            privates.join(", ")
+        );
+    }
+    let _ = writeln!(out, "\t}}\n}}");
+    out
+}
+
 fn mark(index: usize) -> String {
     format!("{:#010x}", index + 1)
 }
@@ -403,6 +462,7 @@ mod tests {
             mac_address: format!("02:00:00:00:00:{n:02X}"),
             private_ip_address: Ipv4Addr::new(172, 31, 0, n),
             source_dest_check: true,
+            public_ip: None,
             groups: groups
                 .iter()
                 .map(|g| GroupIdentifier {

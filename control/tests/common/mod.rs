@@ -117,6 +117,9 @@ pub struct Daemon {
     images: PathBuf,
     vmm: PathBuf,
     ec2lab: PathBuf,
+    /// The namespace this test made for the lab's internet gateways
+    /// (`--uplink-netns`), when it runs as root; removed on drop.
+    pub uplink: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -147,8 +150,16 @@ impl Daemon {
                 .map(|v| v.trim_matches('\'').to_string())
                 .unwrap_or_else(|| panic!("ec2lab init printed no {var}: {text}"))
         };
-        let listen = format!("127.0.0.1:{}", free_port());
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        // SAFETY: geteuid only reads the process's credentials.
+        let uplink = (unsafe { libc::geteuid() } == 0).then(|| {
+            let ns = format!("ec2lab-test-uplink-{port}");
+            ec2lab_control::network::netns::ensure(&ns).expect("uplink namespace");
+            ns
+        });
         let mut daemon = Daemon {
+            uplink,
             endpoint: format!("http://{listen}"),
             access_key: find("AWS_ACCESS_KEY_ID"),
             secret_key: find("AWS_SECRET_ACCESS_KEY"),
@@ -170,13 +181,18 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .expect("serve log");
-        let child = Command::new(&self.ec2lab)
+        let mut command = Command::new(&self.ec2lab);
+        command
             .args(["serve", "--listen", &self.listen, "--data-dir"])
             .arg(self.dir.path())
             .arg("--images")
             .arg(&self.images)
             .arg("--vmm")
-            .arg(&self.vmm)
+            .arg(&self.vmm);
+        if let Some(ns) = &self.uplink {
+            command.args(["--uplink-netns", ns]);
+        }
+        let child = command
             .env("EC2LAB_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -213,6 +229,10 @@ impl Daemon {
             ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            (
+                "EC2LAB_UPLINK_NETNS".into(),
+                self.uplink.clone().unwrap_or_default(),
+            ),
         ]
     }
 
@@ -278,6 +298,9 @@ impl Daemon {
         for vpc_id in self.vpc_ids() {
             let _ = network.teardown_vpc(&vpc_id);
         }
+        if let Some(ns) = &self.uplink {
+            let _ = ec2lab_control::network::netns::remove(ns);
+        }
     }
 
     /// Judges a client suite (`what`: pytest, a playbook) that ran against
@@ -322,6 +345,13 @@ impl Daemon {
         }
         for pid in self.live_dnsmasqs() {
             left.push(format!("dnsmasq pid {pid}"));
+        }
+        // The gateways' bridge goes with the last VPC namespace.
+        if let Some(ns) = &self.uplink {
+            let links = ec2lab_control::network::fabric::link_names(ns).unwrap_or_default();
+            if links.iter().any(|l| l != "lo") {
+                left.push(format!("links {links:?} in the uplink namespace {ns}"));
+            }
         }
         self.remove_fabric();
         for entry in std::fs::read_dir(self.dir.path().join("instances"))

@@ -3,6 +3,7 @@ before a launch (isDefault, default-for-az), a launch into a chosen subnet
 with a chosen private address, and the errors EC2 gives for bad subnets
 and taken addresses; the guest launched there gets its address by DHCP
 from the VPC fabric and answers on it."""
+import os
 import subprocess
 
 import botocore
@@ -89,7 +90,13 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         assert nic["Attachment"]["DeviceIndex"] == 0
         assert nic["Attachment"]["DeleteOnTermination"] is True
         assert nic["MacAddress"].startswith("02:")
-        assert "PublicIpAddress" not in described
+        # The default subnet maps public addresses on launch: one from the
+        # lab's pool, with EC2's public DNS name, on the primary interface.
+        public = described["PublicIpAddress"]
+        assert public.startswith("198.51.100."), public
+        assert described["PublicDnsName"] == \
+            "ec2-" + public.replace(".", "-") + ".compute-1.amazonaws.com"
+        assert described["NetworkInterfaces"][0]["Association"]["PublicIp"] == public
 
         enis = aws("describe-network-interfaces", "--filters",
                    f"Name=attachment.instance-id,Values={iid}")["NetworkInterfaces"]
@@ -113,19 +120,23 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot")
         assert "lab-minimal: eth0: inet 172.31.16.77/20" in console(iid), console(iid)
 
-        def banner():
+        def banner(ns=f"ec2lab-{default_vpc['VpcId']}", ip="172.31.16.77"):
             return subprocess.run(
-                ["ip", "netns", "exec", f"ec2lab-{default_vpc['VpcId']}", "timeout", "5",
-                 "bash", "-c", "exec 3<>/dev/tcp/172.31.16.77/22 && head -c 8 <&3"],
+                ["ip", "netns", "exec", ns, "timeout", "5",
+                 "bash", "-c", f"exec 3<>/dev/tcp/{ip}/22 && head -c 8 <&3"],
                 capture_output=True, text=True, timeout=60)
-        closed = banner()
-        assert closed.returncode != 0 and not closed.stdout, closed
+        internet = os.environ["EC2LAB_UPLINK_NETNS"]
+        for where in [{}, {"ns": internet, "ip": public}]:
+            closed = banner(**where)
+            assert closed.returncode != 0 and not closed.stdout, (where, closed)
         ssh = ["--group-id", group, "--protocol", "tcp", "--port", "22", "--cidr", "0.0.0.0/0"]
         aws("authorize-security-group-ingress", *ssh)
-        opened = banner()
-        assert opened.stdout.startswith("SSH-2.0"), opened
+        # From inside the VPC, and from the internet at the public address.
+        for where in [{}, {"ns": internet, "ip": public}]:
+            opened = banner(**where)
+            assert opened.stdout.startswith("SSH-2.0"), (where, opened)
         aws("revoke-security-group-ingress", *ssh)
-        closed = banner()
+        closed = banner(ns=internet, ip=public)
         assert closed.returncode != 0 and not closed.stdout, closed
 
         # Moving the running instance between groups is live too; the

@@ -18,6 +18,7 @@ use crate::instances::{AttributeChange, LaunchRequest, StateChange};
 use crate::model::ids::IdKind;
 use crate::model::instance_types;
 use crate::model::state::{InstanceState, ShutdownBehavior};
+use crate::model::vpc::public_dns_name;
 use crate::model::{
     group_into_reservations, HttpTokens, Instance, MetadataOptions, Reservation, Toggle,
     DEFAULT_OWNER_ID, ROOT_DEVICE_NAME,
@@ -46,9 +47,19 @@ fn instance_node(i: &Instance, region: &str) -> Vec<XmlNode> {
         XmlNode::text("instanceId", i.id.as_str()),
         XmlNode::text("imageId", i.image_id.as_str()),
         state_node("instanceState", i.state),
-        XmlNode::text("dnsName", ""),
-        XmlNode::text("reason", i.state_transition_reason.as_str()),
     ];
+    // The primary interface's public address, if it holds one.
+    let public_ip = i
+        .network_interfaces
+        .iter()
+        .find(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == 0))
+        .and_then(|e| e.public_ip);
+    n.push(XmlNode::text(
+        "dnsName",
+        public_ip.map_or_else(String::new, |ip| public_dns_name(ip, region)),
+    ));
+    n.extend(public_ip.map(|ip| XmlNode::text("ipAddress", ip.to_string())));
+    n.push(XmlNode::text("reason", i.state_transition_reason.as_str()));
     if let Some(key) = &i.key_name {
         n.push(XmlNode::text("keyName", key.as_str()));
     }

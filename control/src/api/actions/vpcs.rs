@@ -17,8 +17,8 @@ use crate::db::{InterfaceChange, NetworkQuery};
 use crate::instances::LaunchNetwork;
 use crate::model::ids::IdKind;
 use crate::model::vpc::{
-    private_dns_name, GroupIdentifier, IpPermission, NetworkInterface, RuleDirection,
-    SecurityGroup, Subnet, Vpc, DHCP_OPTIONS_ID,
+    private_dns_name, public_dns_name, GroupIdentifier, IpPermission, NetworkInterface,
+    RuleDirection, SecurityGroup, Subnet, Vpc, DHCP_OPTIONS_ID,
 };
 use crate::model::DEFAULT_OWNER_ID;
 
@@ -343,19 +343,31 @@ pub(super) fn group_set(groups: &[GroupIdentifier]) -> XmlNode {
     )
 }
 
+/// `association`: the public address an interface holds, if any.
+fn association(n: &NetworkInterface, region: &str) -> Option<XmlNode> {
+    let ip = n.public_ip?;
+    Some(XmlNode::element(
+        "association",
+        vec![
+            XmlNode::text("publicIp", ip.to_string()),
+            XmlNode::text("publicDnsName", public_dns_name(ip, region)),
+            XmlNode::text("ipOwnerId", "amazon"),
+        ],
+    ))
+}
+
 /// `privateIpAddressesSet`: the one (primary) address.
 fn private_ip_set(n: &NetworkInterface, region: &str) -> XmlNode {
-    XmlNode::list(
-        "privateIpAddressesSet",
-        [vec![
-            XmlNode::text("privateIpAddress", n.private_ip_address.to_string()),
-            XmlNode::text(
-                "privateDnsName",
-                private_dns_name(n.private_ip_address, region),
-            ),
-            XmlNode::bool("primary", true),
-        ]],
-    )
+    let mut item = vec![
+        XmlNode::text("privateIpAddress", n.private_ip_address.to_string()),
+        XmlNode::text(
+            "privateDnsName",
+            private_dns_name(n.private_ip_address, region),
+        ),
+        XmlNode::bool("primary", true),
+    ];
+    item.extend(association(n, region));
+    XmlNode::list("privateIpAddressesSet", [item])
 }
 
 /// The members DescribeNetworkInterfaces' `NetworkInterface` and
@@ -378,6 +390,9 @@ fn interface_common_nodes(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
         XmlNode::bool("sourceDestCheck", n.source_dest_check),
         group_set(&n.groups),
     ]
+    .into_iter()
+    .chain(association(n, region))
+    .collect()
 }
 
 fn network_interface_node(n: &NetworkInterface, region: &str) -> Vec<XmlNode> {
@@ -504,6 +519,7 @@ pub(super) fn parse_launch_network(params: &Params) -> Result<LaunchNetwork, Ec2
         group_names: strings(params.list("SecurityGroup")?),
         delete_on_termination: true,
         description: String::new(),
+        associate_public_ip: None,
     };
     let interfaces = params.structs("NetworkInterface")?;
     if interfaces.len() > 1 {
@@ -596,9 +612,7 @@ pub(super) fn parse_launch_network(params: &Params) -> Result<LaunchNetwork, Ec2
         net.group_ids = strings(eni.list("SecurityGroupId")?);
         net.delete_on_termination = eni.bool("DeleteOnTermination")?.unwrap_or(true);
         net.description = eni.optional("Description").unwrap_or("").to_string();
-        // AssociatePublicIpAddress is accepted and records nothing: the lab
-        // has no internet gateway, so there is no public address to give.
-        eni.bool("AssociatePublicIpAddress")?;
+        net.associate_public_ip = eni.bool("AssociatePublicIpAddress")?;
     }
     if let Some(subnet) = &net.subnet_id {
         check_ids(IdKind::Subnet, &[subnet.as_str()])?;

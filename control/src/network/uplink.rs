@@ -1,0 +1,127 @@
+//! The internet gateway and "the internet" of the lab (DESIGN.md,
+//! "Networking"). The uplink is a network namespace holding one bridge,
+//! `inet0`, with the public pool's first address (the far side of every
+//! internet gateway); each VPC namespace gets a veth, `igw`, whose peer is
+//! a port of that bridge. The public addresses of a VPC's instances are
+//! /32 addresses on its `igw` (so the segment's ARP finds the right VPC)
+//! and the VPC router maps them 1:1 to private addresses with nftables
+//! ([`super::rules::render_nat`]).
+//!
+//! By default ec2lab makes and owns the uplink namespace (`ec2lab-uplink`),
+//! so the host's own interfaces, routes and firewall are never touched;
+//! tests name a namespace they made instead. Nothing routes between the
+//! uplink and the host unless the user opts in.
+
+use std::net::Ipv4Addr;
+
+use super::fabric::{self, FabricError};
+use super::netns::{self, NetnsError};
+use crate::model::vpc::Cidr;
+
+/// The uplink's bridge.
+pub const BRIDGE: &str = "inet0";
+/// A VPC namespace's end of its internet gateway.
+pub const IGW_LINK: &str = "igw";
+/// The namespace ec2lab makes when none is named.
+pub const DEFAULT_NAMESPACE: &str = "ec2lab-uplink";
+/// The public pool when none is given: TEST-NET-2 (RFC 5737), never
+/// routed on the real internet, so a lab's "public" addresses can never be
+/// mistaken for someone's real ones.
+pub const DEFAULT_POOL: Cidr = Cidr {
+    base: Ipv4Addr::new(198, 51, 100, 0),
+    prefix: 24,
+};
+
+/// Errors building the uplink.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// Namespaces.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// Links and addresses.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// A namespace the user named is not there.
+    #[error("uplink namespace {0} does not exist (create it, or leave --uplink-netns out)")]
+    Missing(String),
+}
+
+/// Where the lab's internet gateways lead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// The namespace.
+    pub namespace: String,
+    /// Whether ec2lab made it (and may remove it).
+    pub owned: bool,
+    /// The block public addresses come from.
+    pub pool: Cidr,
+}
+
+impl Uplink {
+    /// The uplink ec2lab makes and owns, with the default pool.
+    pub fn owned_default() -> Self {
+        Self {
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            owned: true,
+            pool: DEFAULT_POOL,
+        }
+    }
+
+    /// The far side of every internet gateway: the pool's first address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.pool.base) + 1)
+    }
+
+    /// The uplink end of VPC `vpc_id`'s gateway.
+    pub fn port_name(vpc_id: &str) -> String {
+        super::link_name("up", vpc_id)
+    }
+
+    /// Makes the uplink exist: its namespace (when owned) and bridge.
+    pub fn ensure(&self) -> Result<(), UplinkError> {
+        if self.owned {
+            netns::ensure(&self.namespace)?;
+        } else if !netns::exists(&self.namespace) {
+            return Err(UplinkError::Missing(self.namespace.clone()));
+        }
+        fabric::ensure_bridge(
+            &self.namespace,
+            BRIDGE,
+            &[(self.gateway(), self.pool.prefix)],
+        )?;
+        Ok(())
+    }
+
+    /// Connects VPC namespace `vpc_ns` to the uplink: its `igw` veth on the
+    /// uplink's bridge, and its default route through the gateway.
+    pub fn connect(&self, vpc_id: &str, vpc_ns: &str) -> Result<(), UplinkError> {
+        self.ensure()?;
+        fabric::ensure_veth_to(
+            vpc_ns,
+            IGW_LINK,
+            &self.namespace,
+            &Self::port_name(vpc_id),
+            BRIDGE,
+        )?;
+        fabric::ensure_default_route(vpc_ns, IGW_LINK, self.gateway())?;
+        Ok(())
+    }
+
+    /// Makes `public` the addresses VPC namespace `vpc_ns` answers for on
+    /// the uplink.
+    pub fn publish(&self, vpc_ns: &str, public: &[Ipv4Addr]) -> Result<(), UplinkError> {
+        fabric::set_host_addresses(vpc_ns, IGW_LINK, public)?;
+        Ok(())
+    }
+
+    /// Removes what ec2lab made: the namespace when owned, else the
+    /// bridge (each VPC's port went with its namespace).
+    pub fn teardown(&self) -> Result<(), UplinkError> {
+        if self.owned {
+            netns::remove(&self.namespace)?;
+        } else if netns::exists(&self.namespace) {
+            fabric::remove_link(&self.namespace, BRIDGE)?;
+        }
+        Ok(())
+    }
+}
