@@ -7,6 +7,7 @@
 //! `supervisor` (one ec2lab-vmm process per running instance) and
 //! `network` (each VPC a namespace, each subnet a bridge, each ENI a tap).
 
+pub mod addresses;
 pub mod api;
 pub mod backoff;
 pub mod checkin;

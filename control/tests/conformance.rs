@@ -26,15 +26,15 @@ fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
     daemon.assert_client_run_and_no_leftovers("conformance suite", &out);
 }
 
-/// The guestless part of the suite (security groups) against a daemon that
+/// The guestless part of the suite (security groups, Elastic IPs) against a daemon that
 /// cannot boot anything: needs only the Python clients, so it runs where
 /// KVM or the images are missing.
 #[test]
-fn aws_cli_and_boto3_drive_security_groups_without_a_guest() {
+fn aws_cli_and_boto3_drive_security_groups_and_elastic_ips_without_a_guest() {
     let venv = common::venv_python().and_then(|p| Some(p.parent()?.parent()?.to_path_buf()));
     let Some(venv) = venv.filter(|v| v.join("bin/aws").exists()) else {
         common::skip(
-            "aws_cli_and_boto3_drive_security_groups_without_a_guest",
+            "aws_cli_and_boto3_drive_security_groups_and_elastic_ips_without_a_guest",
             "no Python clients",
         );
         return;
@@ -57,6 +57,7 @@ fn aws_cli_and_boto3_drive_security_groups_without_a_guest() {
         .python()
         .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
         .arg(common::repo_root().join("control/tests/conformance/test_security_groups.py"))
+        .arg(common::repo_root().join("control/tests/conformance/test_addresses.py"))
         .envs(daemon.client_env())
         .output()
         .expect("run pytest");

@@ -556,3 +556,77 @@ fn public_addresses_come_from_the_pool_change_across_stop_and_run_out_cleanly() 
     }
     assert_eq!(public_of(&db, &more[3]), None, "half an assignment");
 }
+
+#[test]
+fn an_elastic_ip_moves_only_when_reassociation_is_allowed_and_survives_stop() {
+    use ec2lab_control::db::{AddressRef, AssociationTarget};
+    use ec2lab_control::model::address::AddressError;
+    use ec2lab_control::model::vpc::Cidr;
+    let (_dir, db) = temp_db();
+    let subnet = subnet_in(&db, "us-east-1a");
+    let pool = Cidr::parse("198.51.100.0/24").expect("pool");
+    let both = launch(&db, 2, &request(&subnet, None)).expect("launch");
+    for i in &both {
+        db.assign_public_ips(&i.id, pool).expect("assign");
+    }
+    let eip = db
+        .allocate_address(pool, &Default::default())
+        .expect("allocate");
+    // The pool skips what instances hold.
+    assert_eq!(
+        eip.public_ip,
+        "198.51.100.4".parse::<Ipv4Addr>().expect("ip")
+    );
+    let by_id = AddressRef::Id(eip.allocation_id.clone());
+    let to = |i: &Instance| AssociationTarget::Instance(i.id.clone());
+
+    let first = db
+        .associate_address(&by_id, &to(&both[0]), false)
+        .expect("associate");
+    assert_eq!(first.moved_from, None);
+    assert_eq!(public_of(&db, &both[0]), Some(eip.public_ip));
+    // Again to the same interface: the same association, as in EC2.
+    let again = db
+        .associate_address(&by_id, &to(&both[0]), false)
+        .expect("associate again");
+    assert_eq!(again.association_id, first.association_id);
+
+    match db.associate_address(&by_id, &to(&both[1]), false) {
+        Err(DbError::Address(AddressError::AlreadyAssociated { .. })) => {}
+        other => panic!("expected Resource.AlreadyAssociated, got {other:?}"),
+    }
+    match db.release_address(&by_id) {
+        Err(DbError::Address(AddressError::InUse(_))) => {}
+        other => panic!("expected InvalidIPAddress.InUse, got {other:?}"),
+    }
+    // Stop keeps the Elastic IP.
+    db.release_public_ips(&both[0].id).expect("stop");
+    assert_eq!(public_of(&db, &both[0]), Some(eip.public_ip));
+
+    let moved = db
+        .associate_address(&by_id, &to(&both[1]), true)
+        .expect("reassociate");
+    let a_eni = both[0].primary_interface().expect("eni").id.clone();
+    assert_eq!(moved.moved_from, Some(a_eni));
+    assert_eq!(public_of(&db, &both[0]), None);
+    assert_eq!(public_of(&db, &both[1]), Some(eip.public_ip));
+    let listed = db
+        .list_addresses(&Default::default())
+        .expect("describe")
+        .items;
+    let association = listed[0].association.as_ref().expect("associated");
+    assert_eq!(
+        association.instance_id.as_deref(),
+        Some(both[1].id.as_str())
+    );
+
+    db.disassociate_address(&AddressRef::Id(moved.association_id))
+        .expect("disassociate");
+    assert_eq!(public_of(&db, &both[1]), None);
+    db.release_address(&by_id).expect("release");
+    assert!(db
+        .list_addresses(&Default::default())
+        .expect("describe")
+        .items
+        .is_empty());
+}

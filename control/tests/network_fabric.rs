@@ -389,6 +389,7 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
         private_ip_address: Ipv4Addr::new(10, 78, 16, n),
         source_dest_check: true,
         public_ip: None,
+        elastic_ip: None,
         groups: vec![GroupIdentifier {
             group_id: group.id.clone(),
             group_name: group.name.clone(),
@@ -621,6 +622,7 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
         private_ip_address: Ipv4Addr::new(10, 79, 0, n),
         source_dest_check: true,
         public_ip: public,
+        elastic_ip: None,
         groups: vec![GroupIdentifier {
             group_id: default.id.clone(),
             group_name: default.name.clone(),

@@ -114,6 +114,7 @@ fn a_ruleset_from_groups_made_through_the_store_passes_nft_check() {
         private_ip_address: Ipv4Addr::new(172, 31, 0, n),
         source_dest_check: sdc,
         public_ip: None,
+        elastic_ip: None,
         groups: groups
             .iter()
             .map(|g| GroupIdentifier {

@@ -339,6 +339,7 @@ impl From<DbError> for Ec2Error {
             DbError::TagLimitExceeded { .. } => Self::tag_limit_exceeded(e.to_string()),
             DbError::InvalidQuery(f) => bad(f.code(), f.to_string()),
             DbError::Ipam(i) => bad(i.code(), i.to_string()),
+            DbError::Address(a) => bad(a.code(), a.to_string()),
             DbError::SecurityGroup(g) => bad(g.code(), g.to_string()),
             _ => Self::internal(e),
         }
@@ -384,6 +385,18 @@ impl From<crate::groups::GroupError> for Ec2Error {
         match e {
             crate::groups::GroupError::Db(e) => e.into(),
             crate::groups::GroupError::NotApplied(_) => Self::internal(e),
+        }
+    }
+}
+
+/// Elastic IP operations: the store's refusals as EC2 codes.
+impl From<crate::addresses::AddressOpError> for Ec2Error {
+    fn from(e: crate::addresses::AddressOpError) -> Self {
+        use crate::addresses::AddressOpError;
+        match e {
+            AddressOpError::Db(e) => e.into(),
+            AddressOpError::NoUplink => Self::unsupported_operation(e.to_string()),
+            AddressOpError::NotApplied(_) => Self::internal(e),
         }
     }
 }

@@ -52,6 +52,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Row, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
+mod addresses;
 mod bench;
 mod images;
 mod instance_status;
@@ -61,6 +62,7 @@ mod network;
 mod security_groups;
 mod tags;
 
+pub use addresses::{AddressQuery, AddressRef, Association, AssociationTarget};
 pub use images::ImageQuery;
 pub use instances::{InsertOutcome, InstanceQuery, TERMINATED_RETENTION};
 pub use network::{InterfaceChange, NetworkQuery};
@@ -248,6 +250,9 @@ pub enum DbError {
     /// reserved, or none left).
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    /// An Elastic IP operation EC2 refuses.
+    #[error(transparent)]
+    Address(#[from] crate::model::address::AddressError),
     /// A security group or rule change EC2 refuses (duplicate, limit,
     /// dependency, bad protocol or ports).
     #[error(transparent)]

@@ -17,8 +17,9 @@ use super::{from_ms, missing_ids, not_found, parse_column, query_first, to_ms, D
 use crate::model::filter::{self, Filter, Page, PageRequest};
 use crate::model::ids::{self, IdKind};
 use crate::model::vpc::{
-    self, Cidr, GroupIdentifier, InterfaceRequest, NetworkInterface, NetworkInterfaceAttachment,
-    RuleDirection, RulePeer, RuleRecord, SecurityGroup, SecurityGroupRule, Subnet, Vpc,
+    self, Cidr, ElasticIpRef, GroupIdentifier, InterfaceRequest, NetworkInterface,
+    NetworkInterfaceAttachment, RuleDirection, RulePeer, RuleRecord, SecurityGroup,
+    SecurityGroupRule, Subnet, Vpc,
 };
 use crate::model::DEFAULT_OWNER_ID;
 
@@ -107,6 +108,16 @@ pub(super) const PUBLIC_IP_MIGRATION: &str = r#"
     ALTER TABLE network_interfaces ADD COLUMN last_public_ip INTEGER;
     CREATE UNIQUE INDEX network_interfaces_public_ip ON network_interfaces(public_ip)
         WHERE public_ip IS NOT NULL;
+
+    -- Elastic IPs: an address is associated with at most one interface,
+    -- and the interface's public_ip is then this address.
+    CREATE TABLE addresses (
+        id                    TEXT PRIMARY KEY,
+        public_ip             INTEGER NOT NULL UNIQUE,
+        network_interface_id  TEXT UNIQUE REFERENCES network_interfaces(id) ON DELETE SET NULL,
+        association_id        TEXT UNIQUE,
+        CHECK ((network_interface_id IS NULL) = (association_id IS NULL))
+    ) STRICT;
 "#;
 
 /// Schema version 4: security group rules, one row per EC2
@@ -516,7 +527,8 @@ impl Db {
             }
             let held: BTreeSet<Ipv4Addr> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT public_ip FROM network_interfaces WHERE public_ip IS NOT NULL",
+                    "SELECT public_ip FROM network_interfaces WHERE public_ip IS NOT NULL
+                     UNION SELECT public_ip FROM addresses",
                 )?;
                 let rows = stmt.query_map([], |r| r.get::<_, u32>(0))?;
                 rows.map(|r| r.map(Ipv4Addr::from))
@@ -546,13 +558,14 @@ impl Db {
         })
     }
 
-    /// Takes back the public addresses `instance_id`'s interfaces hold
-    /// (on stop and terminate, as in EC2).
+    /// Takes back the pool addresses `instance_id`'s interfaces hold (on
+    /// stop and terminate, as in EC2); Elastic IPs stay.
     pub fn release_public_ips(&self, instance_id: &str) -> Result<(), DbError> {
         self.write(|tx| {
             tx.execute(
                 "UPDATE network_interfaces SET last_public_ip = public_ip, public_ip = NULL
-                 WHERE instance_id = ?1 AND public_ip IS NOT NULL",
+                 WHERE instance_id = ?1 AND public_ip IS NOT NULL
+                 AND public_ip NOT IN (SELECT public_ip FROM addresses)",
                 [instance_id],
             )?;
             Ok(())
@@ -719,6 +732,17 @@ fn interface_from_row(conn: &Connection, row: &Row<'_>) -> Result<NetworkInterfa
         private_ip_address: Ipv4Addr::from(ip),
         source_dest_check: row.get("source_dest_check")?,
         public_ip: row.get::<_, Option<u32>>("public_ip")?.map(Ipv4Addr::from),
+        elastic_ip: conn
+            .prepare_cached(
+                "SELECT id, association_id FROM addresses WHERE network_interface_id = ?1",
+            )?
+            .query_row([&id], |r| {
+                Ok(ElasticIpRef {
+                    allocation_id: r.get(0)?,
+                    association_id: r.get(1)?,
+                })
+            })
+            .optional()?,
         groups,
         attachment,
         owner_id: DEFAULT_OWNER_ID.to_string(),

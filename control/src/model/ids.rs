@@ -33,11 +33,15 @@ pub enum IdKind {
     SecurityGroup,
     /// One rule of a security group (EC2's `SecurityGroupRuleId`).
     SecurityGroupRule,
+    /// An Elastic IP address (its `AllocationId`).
+    ElasticIp,
+    /// An Elastic IP's association with an interface.
+    ElasticIpAssociation,
 }
 
 impl IdKind {
     /// Every kind, for tables and exhaustive tests.
-    pub const ALL: [IdKind; 12] = [
+    pub const ALL: [IdKind; 14] = [
         IdKind::Instance,
         IdKind::Reservation,
         IdKind::Image,
@@ -50,6 +54,8 @@ impl IdKind {
         IdKind::Subnet,
         IdKind::SecurityGroup,
         IdKind::SecurityGroupRule,
+        IdKind::ElasticIp,
+        IdKind::ElasticIpAssociation,
     ];
 
     /// The prefix before the dash.
@@ -67,6 +73,8 @@ impl IdKind {
             IdKind::Subnet => "subnet",
             IdKind::SecurityGroup => "sg",
             IdKind::SecurityGroupRule => "sgr",
+            IdKind::ElasticIp => "eipalloc",
+            IdKind::ElasticIpAssociation => "eipassoc",
         }
     }
 
@@ -85,6 +93,8 @@ impl IdKind {
             IdKind::Subnet => "subnet",
             IdKind::SecurityGroup => "security-group",
             IdKind::SecurityGroupRule => "security-group-rule",
+            IdKind::ElasticIp => "elastic-ip",
+            IdKind::ElasticIpAssociation => "elastic-ip-association",
         }
     }
 
@@ -104,6 +114,8 @@ impl IdKind {
             IdKind::Subnet => "InvalidSubnetID.Malformed",
             IdKind::SecurityGroup => "InvalidGroupId.Malformed",
             IdKind::SecurityGroupRule => "InvalidSecurityGroupRuleId.Malformed",
+            IdKind::ElasticIp => "InvalidAllocationID.Malformed",
+            IdKind::ElasticIpAssociation => "InvalidAssociationID.Malformed",
         }
     }
 
@@ -121,6 +133,8 @@ impl IdKind {
             IdKind::Subnet => "InvalidSubnetID.NotFound",
             IdKind::SecurityGroup => "InvalidGroup.NotFound",
             IdKind::SecurityGroupRule => "InvalidSecurityGroupRuleId.NotFound",
+            IdKind::ElasticIp => "InvalidAllocationID.NotFound",
+            IdKind::ElasticIpAssociation => "InvalidAssociationID.NotFound",
         }
     }
 

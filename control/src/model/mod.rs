@@ -38,6 +38,7 @@ macro_rules! ec2_names {
     };
 }
 
+pub mod address;
 pub mod filter;
 pub mod ids;
 pub mod instance_types;

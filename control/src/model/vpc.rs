@@ -477,6 +477,8 @@ pub struct NetworkInterface {
     pub source_dest_check: bool,
     /// The public IPv4 address it holds while its instance runs.
     pub public_ip: Option<Ipv4Addr>,
+    /// When that address is an Elastic IP: its allocation and association.
+    pub elastic_ip: Option<ElasticIpRef>,
     pub groups: Vec<GroupIdentifier>,
     pub attachment: Option<NetworkInterfaceAttachment>,
     pub owner_id: String,
@@ -492,6 +494,15 @@ impl NetworkInterface {
             "available"
         }
     }
+}
+
+/// The Elastic IP an interface holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElasticIpRef {
+    /// `eipalloc-…`.
+    pub allocation_id: String,
+    /// `eipassoc-…`.
+    pub association_id: String,
 }
 
 /// Where an interface is attached.
@@ -978,6 +989,7 @@ mod tests {
             private_ip_address: Ipv4Addr::new(172, 31, 0, 4),
             source_dest_check: true,
             public_ip: None,
+            elastic_ip: None,
             groups: vec![GroupIdentifier {
                 group_id: group.id.clone(),
                 group_name: group.name.clone(),

@@ -463,6 +463,7 @@ mod tests {
             private_ip_address: Ipv4Addr::new(172, 31, 0, n),
             source_dest_check: true,
             public_ip: None,
+            elastic_ip: None,
             groups: groups
                 .iter()
                 .map(|g| GroupIdentifier {

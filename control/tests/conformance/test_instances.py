@@ -63,6 +63,10 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     assert status["SystemStatus"]["Status"] == "ok"
     assert status["InstanceState"]["Name"] == "running"
 
+    # A public address from the lab's pool while it runs (the default
+    # subnet maps one on launch).
+    first_public = described["PublicIpAddress"]
+
     # As on EC2, starting a running instance is a no-op that succeeds.
     again = aws("start-instances", "--instance-ids", iid)["StartingInstances"][0]
     assert again["PreviousState"]["Name"] == again["CurrentState"]["Name"] == "running"
@@ -75,6 +79,13 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     assert stopped["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
     assert "lab-minimal: shutting down" in console(iid), "stop was not a clean guest shutdown"
     assert "IncorrectInstanceState" in aws_error("reboot-instances", "--instance-ids", iid)
+    # Stopping gives the pool address back; an Elastic IP associated now
+    # is the instance's public address, stopped and running alike.
+    assert "PublicIpAddress" not in stopped
+    eip = aws("allocate-address", "--domain", "vpc")
+    association = aws("associate-address", "--instance-id", iid,
+                      "--allocation-id", eip["AllocationId"])["AssociationId"]
+    assert state(ec2, iid)["PublicIpAddress"] == eip["PublicIp"]
 
     ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "lab.micro"})
     started = aws("start-instances", "--instance-ids", iid)["StartingInstances"][0]
@@ -83,6 +94,16 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
     assert state(ec2, iid)["InstanceType"] == "lab.micro"
     wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the second boot")
+    assert state(ec2, iid)["PublicIpAddress"] == eip["PublicIp"], "the EIP did not survive stop/start"
+    address = aws("describe-addresses", "--allocation-ids", eip["AllocationId"])["Addresses"][0]
+    assert address["InstanceId"] == iid and address["AssociationId"] == association
+    assert address["PrivateIpAddress"] == state(ec2, iid)["PrivateIpAddress"]
+    # Disassociated from a running instance, it gets a pool address again:
+    # not the one it had before the stop.
+    aws("disassociate-address", "--association-id", association)
+    second_public = state(ec2, iid)["PublicIpAddress"]
+    assert second_public not in (first_public, eip["PublicIp"]), (first_public, second_public)
+    aws("release-address", "--allocation-id", eip["AllocationId"])
 
     before_reboot = console(iid)
     aws("reboot-instances", "--instance-ids", iid)
@@ -90,6 +111,7 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     wait_for(lambda: state(ec2, iid)["State"]["Name"] == "running"
              and "lab-minimal: ready" in (now := console(iid)) and now != before_reboot,
              600, "the reboot")
+    assert state(ec2, iid)["PublicIpAddress"] == second_public, "a reboot changed the public address"
 
     terminating = aws("terminate-instances", "--instance-ids", iid)["TerminatingInstances"][0]
     assert terminating["CurrentState"]["Name"] == "shutting-down"

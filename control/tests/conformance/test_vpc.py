@@ -135,6 +135,24 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         for where in [{}, {"ns": internet, "ip": public}]:
             opened = banner(**where)
             assert opened.stdout.startswith("SSH-2.0"), (where, opened)
+        # An Elastic IP replaces the public address at once, no restart:
+        # the guest answers at it, and no longer at the old one.
+        eip = aws("allocate-address", "--domain", "vpc")
+        try:
+            aws("associate-address", "--instance-id", iid, "--allocation-id", eip["AllocationId"])
+            opened = banner(ns=internet, ip=eip["PublicIp"])
+            assert opened.stdout.startswith("SSH-2.0"), opened
+            assert not banner(ns=internet, ip=public).stdout
+            assert "InvalidIPAddress.InUse" in aws_error(
+                "release-address", "--allocation-id", eip["AllocationId"])
+            aws("disassociate-address", "--public-ip", eip["PublicIp"])
+            public = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0][
+                "PublicIpAddress"]
+            assert public != eip["PublicIp"]
+            opened = banner(ns=internet, ip=public)
+            assert opened.stdout.startswith("SSH-2.0"), opened
+        finally:
+            aws("release-address", "--allocation-id", eip["AllocationId"], check=False)
         aws("revoke-security-group-ingress", *ssh)
         closed = banner(ns=internet, ip=public)
         assert closed.returncode != 0 and not closed.stdout, closed

@@ -9,6 +9,7 @@
 //! `UnsupportedOperation`; a name in neither answers `InvalidAction`. Never
 //! an empty success: a client must not believe something happened.
 
+mod addresses;
 mod common;
 mod credit_specifications;
 mod filter;
@@ -97,6 +98,8 @@ pub type Handler = fn(&Ctx<'_>, &Params) -> Result<Vec<XmlNode>, Ec2Error>;
 /// Every implemented action, sorted by name (a test checks), so lookups are
 /// a binary search and the list reads like an index.
 pub const ACTIONS: &[(&str, Handler)] = &[
+    ("AllocateAddress", addresses::allocate_address),
+    ("AssociateAddress", addresses::associate_address),
     ("AuthorizeSecurityGroupEgress", |ctx, params| {
         security_groups::authorize(ctx, params, RuleDirection::Egress)
     }),
@@ -116,6 +119,7 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ),
     ("DeleteTags", tags::delete_tags),
     ("DeregisterImage", images::deregister_image),
+    ("DescribeAddresses", addresses::describe_addresses),
     (
         "DescribeAvailabilityZones",
         regions::describe_availability_zones,
@@ -151,6 +155,7 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DescribeVolumes", volumes::describe_volumes),
     ("DescribeVpcAttribute", vpcs::describe_vpc_attribute),
     ("DescribeVpcs", vpcs::describe_vpcs),
+    ("DisassociateAddress", addresses::disassociate_address),
     ("GetConsoleOutput", instances::get_console_output),
     ("ImportKeyPair", keypairs::import_key_pair),
     (
@@ -167,6 +172,7 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ),
     ("RebootInstances", instances::reboot_instances),
     ("RegisterImage", images::register_image),
+    ("ReleaseAddress", addresses::release_address),
     ("RevokeSecurityGroupEgress", |ctx, params| {
         security_groups::revoke(ctx, params, RuleDirection::Egress)
     }),
