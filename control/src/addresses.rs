@@ -6,7 +6,9 @@ use crate::db::{AddressRef, AssociationTarget, DbError, NetworkQuery};
 use crate::lifecycle::Lab;
 use crate::model::address::ElasticIp;
 use crate::model::state::InstanceState;
+use crate::model::vpc::Cidr;
 use crate::model::Tags;
+use crate::network::uplink::DEFAULT_POOL;
 use crate::network::NetworkError;
 
 /// Why an Elastic IP operation failed.
@@ -18,19 +20,21 @@ pub enum AddressOpError {
     /// Stored, but the fabric could not follow yet.
     #[error("the change is stored but not yet in effect: {0}")]
     NotApplied(#[from] Box<NetworkError>),
-    /// The lab runs without an uplink, so it has no public addresses.
-    #[error("this lab has no internet gateway uplink, so it has no public addresses to allocate")]
-    NoUplink,
 }
 
 impl Lab {
-    /// AllocateAddress (domain vpc), from the uplink's pool.
-    pub fn allocate_address(&self, tags: &Tags) -> Result<ElasticIp, AddressOpError> {
-        let uplink = self
-            .network()
+    /// The block public addresses come from: the uplink's pool, or in a
+    /// lab without a fabric (the API's tests) the default one, so the
+    /// API's answers are EC2's either way.
+    pub fn public_pool(&self) -> Cidr {
+        self.network()
             .and_then(|n| n.uplink())
-            .ok_or(AddressOpError::NoUplink)?;
-        Ok(self.db.allocate_address(uplink.pool, tags)?)
+            .map_or(DEFAULT_POOL, |u| u.pool)
+    }
+
+    /// AllocateAddress (domain vpc), from the pool.
+    pub fn allocate_address(&self, tags: &Tags) -> Result<ElasticIp, AddressOpError> {
+        Ok(self.db.allocate_address(self.public_pool(), tags)?)
     }
 
     /// AssociateAddress; returns the association id. An interface the
@@ -67,9 +71,6 @@ impl Lab {
     /// A pool address for interface `eni_id` when it asks for one and its
     /// instance may run.
     fn give_back_public_address(&self, eni_id: &str) -> Result<(), AddressOpError> {
-        let Some(uplink) = self.network().and_then(|n| n.uplink()) else {
-            return Ok(());
-        };
         let query = NetworkQuery {
             ids: vec![eni_id.to_string()],
             ..NetworkQuery::default()
@@ -83,7 +84,7 @@ impl Lab {
         let state = self.db.get_instance(&attachment.instance_id)?.state;
         if matches!(state, InstanceState::Pending | InstanceState::Running) {
             self.db
-                .assign_public_ips(&attachment.instance_id, uplink.pool)?;
+                .assign_public_ips(&attachment.instance_id, self.public_pool())?;
         }
         Ok(())
     }

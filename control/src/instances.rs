@@ -276,10 +276,8 @@ impl Lab {
                     // the instance is pending, as in EC2 (not in this
                     // answer). A failure here fails the boot, which
                     // assigns again before it builds the network.
-                    if let Some(uplink) = self.network().and_then(|n| n.uplink()) {
-                        if let Err(e) = self.db.assign_public_ips(&i.id, uplink.pool) {
-                            log::warn!("{}: no public address yet: {e}", i.id);
-                        }
+                    if let Err(e) = self.db.assign_public_ips(&i.id, self.public_pool()) {
+                        log::warn!("{}: no public address yet: {e}", i.id);
                     }
                     self.spawn_boot(i.id.clone());
                 }

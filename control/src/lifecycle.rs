@@ -256,25 +256,36 @@ impl Lab {
     /// Where `instance`'s VMM runs and which cards it opens: its ENIs'
     /// taps, made now in its VPC's namespace (nothing without a fabric).
     fn network_attachments(&self, instance: &Instance) -> Result<Attachment, BootError> {
+        // A public address first (launch gave one already; a start needs
+        // a new one), so the fabric maps it before the guest runs.
+        self.db
+            .assign_public_ips(&instance.id, self.public_pool())
+            .map_err(|e| Box::new(NetworkError::Db(e)))?;
         match self.network.get() {
             Some(network) => Ok(network.attach(&self.db, instance).map_err(Box::new)?),
             None => Ok(Attachment::default()),
         }
     }
 
-    /// Removes `id`'s taps (and its VPC's namespace when it was the last
-    /// instance there) once its state says it has no VMM.
+    /// Once `id`'s state says it has no VMM: gives back its pool public
+    /// addresses, and removes its taps (and its VPC's namespace when it
+    /// was the last instance there).
     fn release_network(&self, id: &str) {
-        let Some(network) = self.network.get() else {
-            return;
-        };
         let Ok(instance) = self.db.get_instance(id) else {
             return;
         };
-        if matches!(
+        let stopped = matches!(
             instance.state,
             InstanceState::Stopped | InstanceState::Terminated
-        ) {
+        );
+        if !stopped {
+            return;
+        }
+        // Pool addresses go back on stop and terminate (Elastic IPs stay).
+        if let Err(e) = self.db.release_public_ips(id) {
+            log::error!("{id}: releasing its public address: {e}");
+        }
+        if let Some(network) = self.network.get() {
             if let Err(e) = network.detach(&self.db, &instance) {
                 log::error!("{id}: releasing its network: {e}");
             }

@@ -246,6 +246,92 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         ],
     );
     s.call("DescribeNetworkInterfaces", &[]);
+    // Elastic IPs: allocated, associated with the instance, shown on it
+    // and on its interface, moved off, released.
+    let allocated = s.call("AllocateAddress", &[("Domain", "vpc")]);
+    let allocation = format!(
+        "eipalloc-{}",
+        between(&allocated, "<allocationId>eipalloc-", "</allocationId>")
+    );
+    let eip = between(&allocated, "<publicIp>", "</publicIp>").to_string();
+    let associated = s.call(
+        "AssociateAddress",
+        &[
+            ("AllocationId", allocation.as_str()),
+            ("InstanceId", id.as_str()),
+        ],
+    );
+    assert!(
+        associated.contains("<associationId>eipassoc-"),
+        "{associated}"
+    );
+    let shown = s.call("DescribeInstances", &[("InstanceId.1", id.as_str())]);
+    assert!(
+        shown.contains(&format!("<ipAddress>{eip}</ipAddress>")),
+        "{shown}"
+    );
+    let listed = s.call(
+        "DescribeAddresses",
+        &[("AllocationId.1", allocation.as_str())],
+    );
+    assert!(
+        listed.contains(&format!("<instanceId>{id}</instanceId>")),
+        "{listed}"
+    );
+    s.refused(
+        "ReleaseAddress",
+        &[("AllocationId", allocation.as_str())],
+        "InvalidIPAddress.InUse",
+    );
+    s.call("DisassociateAddress", &[("PublicIp", eip.as_str())]);
+    s.call("ReleaseAddress", &[("AllocationId", allocation.as_str())]);
+    s.refused(
+        "DescribeAddresses",
+        &[("AllocationId.1", allocation.as_str())],
+        "InvalidAllocationID.NotFound",
+    );
+    // Interface attributes, one at a time.
+    let described = s.call("DescribeInstances", &[("InstanceId.1", id.as_str())]);
+    let eni = format!(
+        "eni-{}",
+        between(
+            &described,
+            "<networkInterfaceId>eni-",
+            "</networkInterfaceId>"
+        )
+    );
+    s.call(
+        "ModifyNetworkInterfaceAttribute",
+        &[
+            ("NetworkInterfaceId", eni.as_str()),
+            ("SourceDestCheck.Value", "false"),
+        ],
+    );
+    s.refused(
+        "ModifyNetworkInterfaceAttribute",
+        &[
+            ("NetworkInterfaceId", eni.as_str()),
+            ("SecurityGroupId.1", "sg-0123456789abcdef0"),
+        ],
+        "InvalidGroup.NotFound",
+    );
+    s.refused(
+        "ModifyNetworkInterfaceAttribute",
+        &[
+            ("NetworkInterfaceId", eni.as_str()),
+            ("SourceDestCheck.Value", "true"),
+            ("Description.Value", "two at once"),
+        ],
+        "InvalidParameterCombination",
+    );
+    let modified = s.call(
+        "DescribeNetworkInterfaces",
+        &[("NetworkInterfaceId.1", eni.as_str())],
+    );
+    assert!(
+        modified.contains("<sourceDestCheck>false</sourceDestCheck>"),
+        "{modified}"
+    );
     // What EC2 refuses about a launch's networking, refused the same way.
     let launch_with = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
         let mut pairs = vec![
@@ -310,6 +396,18 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         (
             launch_with(&[("NetworkInterface.1.SubnetId", subnet.as_str())]),
             "MissingParameter",
+        ),
+        (
+            launch_with(&[("Placement.GroupName", "cluster-1")]),
+            "InvalidPlacementGroup.Unknown",
+        ),
+        (
+            launch_with(&[("Placement.Tenancy", "dedicated")]),
+            "UnsupportedOperation",
+        ),
+        (
+            launch_with(&[("Placement.HostId", "h-0123456789abcdef0")]),
+            "UnsupportedOperation",
         ),
     ];
     for (pairs, code) in refusals {

@@ -136,6 +136,14 @@ impl Ec2Error {
         )
     }
 
+    /// A placement group the account does not have.
+    pub fn placement_group_unknown(group: &str) -> Self {
+        Self::bad_request(
+            "InvalidPlacementGroup.Unknown",
+            format!("The Placement Group '{group}' is unknown."),
+        )
+    }
+
     /// An operation that exists but cannot be done to this resource here.
     pub fn unsupported_operation(message: impl Into<String>) -> Self {
         Self::bad_request("UnsupportedOperation", message)
@@ -395,7 +403,6 @@ impl From<crate::addresses::AddressOpError> for Ec2Error {
         use crate::addresses::AddressOpError;
         match e {
             AddressOpError::Db(e) => e.into(),
-            AddressOpError::NoUplink => Self::unsupported_operation(e.to_string()),
             AddressOpError::NotApplied(_) => Self::internal(e),
         }
     }

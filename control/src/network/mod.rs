@@ -432,9 +432,6 @@ impl Network {
         }
         enis.sort_by_key(|e| e.attachment.as_ref().map_or(0, |a| a.device_index));
         let _guard = crate::lock(&self.changes);
-        if let Some(uplink) = &self.uplink {
-            db.assign_public_ips(&instance.id, uplink.pool)?;
-        }
         let vpc_id = enis[0].vpc_id.clone();
         let plan = self.plan(db, &vpc_id)?;
         self.ensure_vpc(&plan)?;
@@ -479,7 +476,6 @@ impl Network {
     /// the database still holds rather than from the instance's record.
     pub fn detach(&self, db: &Db, instance: &Instance) -> Result<(), NetworkError> {
         let _guard = crate::lock(&self.changes);
-        db.release_public_ips(&instance.id)?;
         for eni in &instance.network_interfaces {
             let ns = namespace_name(&eni.vpc_id);
             if netns::exists(&ns) {

@@ -105,10 +105,7 @@ pub fn associate_address(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>,
     }
     let allow = params.bool("AllowReassociation")?.unwrap_or(false);
     let association_id = ctx.lab()?.associate_address(&address, &target, allow)?;
-    Ok(vec![
-        XmlNode::bool("return", true),
-        XmlNode::text("associationId", association_id),
-    ])
+    Ok(vec![XmlNode::text("associationId", association_id)])
 }
 
 /// `DisassociateAddress`.
@@ -116,7 +113,8 @@ pub fn disassociate_address(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNod
     params.reject_unknown(&["AssociationId", "PublicIp", "DryRun"])?;
     let association = address_ref(params, "AssociationId", IdKind::ElasticIpAssociation)?;
     ctx.lab()?.disassociate_address(&association)?;
-    Ok(vec![XmlNode::bool("return", true)])
+    // botocore models no output (EC2 sends a bare `return`).
+    Ok(Vec::new())
 }
 
 /// `ReleaseAddress`.
@@ -124,7 +122,7 @@ pub fn release_address(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, E
     params.reject_unknown(&["AllocationId", "PublicIp", "NetworkBorderGroup", "DryRun"])?;
     let address = address_ref(params, "AllocationId", IdKind::ElasticIp)?;
     ctx.lab()?.release_address(&address)?;
-    Ok(vec![XmlNode::bool("return", true)])
+    Ok(Vec::new())
 }
 
 fn address_node(a: &ElasticIp) -> Vec<XmlNode> {

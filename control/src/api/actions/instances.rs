@@ -352,11 +352,39 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
         root_size_gib,
         delete_on_termination,
         client_token: params.optional("ClientToken").map(str::to_string),
-        zone: params
-            .optional("Placement.AvailabilityZone")
-            .map(str::to_string),
+        zone: placement_zone(params)?,
         network: vpcs::parse_launch_network(params)?,
     })
+}
+
+/// `Placement`: the zone is honoured; default tenancy is what the lab has;
+/// a placement group cannot exist (there is no CreatePlacementGroup), so a
+/// named one is unknown, as EC2 says of any group it does not have; the
+/// rest (dedicated hosts, partitions) is refused rather than ignored.
+fn placement_zone(params: &Params) -> Result<Option<String>, Ec2Error> {
+    for (key, value) in params.pairs() {
+        let Some(field) = key.strip_prefix("Placement.") else {
+            continue;
+        };
+        match (field, value) {
+            ("AvailabilityZone", _) | ("Tenancy", "default") | ("GroupName", "") => {}
+            ("GroupName", group) => return Err(Ec2Error::placement_group_unknown(group)),
+            ("Tenancy", tenancy) => {
+                return Err(Ec2Error::unsupported_operation(format!(
+                    "Tenancy '{tenancy}' is not supported by ec2lab: every instance shares the \
+                     lab's one host (tenancy 'default')"
+                )))
+            }
+            (other, _) => {
+                return Err(Ec2Error::unsupported_operation(format!(
+                    "Placement.{other} is not supported by ec2lab"
+                )))
+            }
+        }
+    }
+    Ok(params
+        .optional("Placement.AvailabilityZone")
+        .map(str::to_string))
 }
 
 /// `RunInstances`: records the reservation (pending), answers at once, and

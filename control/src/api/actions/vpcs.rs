@@ -328,7 +328,7 @@ pub fn modify_network_interface_attribute(
         }
     };
     ctx.lab()?.modify_network_interface(id, &change)?;
-    Ok(vec![XmlNode::bool("return", true)])
+    Ok(Vec::new())
 }
 
 pub(super) fn group_set(groups: &[GroupIdentifier]) -> XmlNode {
