@@ -129,6 +129,7 @@ fn a_vpc_namespace_serves_each_interface_its_own_address_and_name_then_leaves_no
         subnet_id: subnet.subnet_id.clone(),
         mac: "02:42:ac:1f:10:4d".into(),
         ip: Ipv4Addr::new(10, 77, 16, 77),
+        public_ip: None,
         tap: network::tap_name(&format!("eni-0e{pid:015x}")),
     };
     let plan = VpcPlan {
@@ -408,6 +409,7 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
                 subnet_id: n.subnet_id.clone(),
                 mac: n.mac_address.clone(),
                 ip: n.private_ip_address,
+                public_ip: None,
                 tap: network::tap_name(&n.id),
             })
             .collect(),

@@ -78,6 +78,9 @@ pub struct DhcpHost {
     pub ip: Ipv4Addr,
     /// The private DNS name, `ip-A-B-C-D.ec2.internal`.
     pub fqdn: String,
+    /// The public DNS name while it has a public address: inside the VPC
+    /// it resolves to the private address, as in EC2.
+    pub public_fqdn: Option<String>,
 }
 
 /// The files of one VPC's server, under its state directory.
@@ -195,6 +198,10 @@ pub fn render(
             "dhcp-host={mac},{ip},{short}\nhost-record={fqdn},{short},{ip}\n",
             ip = h.ip
         );
+        if let Some(public) = &h.public_fqdn {
+            let public = checked("public host name", public, is_name)?;
+            let _ = writeln!(out, "host-record={public},{}", h.ip);
+        }
     }
     Ok(out)
 }
@@ -329,6 +336,7 @@ mod tests {
             mac: "02:ab:cd:ef:01:23".into(),
             ip: Ipv4Addr::new(172, 31, 16, 77),
             fqdn: "ip-172-31-16-77.ec2.internal".into(),
+            public_fqdn: Some("ec2-198-51-100-9.compute-1.amazonaws.com".into()),
         }
     }
 
@@ -346,6 +354,7 @@ mod tests {
             "dhcp-option=tag:s0,option:dns-server,172.31.16.2",
             "dhcp-host=02:ab:cd:ef:01:23,172.31.16.77,ip-172-31-16-77",
             "host-record=ip-172-31-16-77.ec2.internal,ip-172-31-16-77,172.31.16.77",
+            "host-record=ec2-198-51-100-9.compute-1.amazonaws.com,172.31.16.77",
             "domain=ec2.internal",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
@@ -367,6 +376,11 @@ mod tests {
             ..host()
         };
         assert!(render(&files(), "ec2.internal", &[], &[evil_name]).is_err());
+        let evil_public = DhcpHost {
+            public_fqdn: Some("x\naddn-hosts=/etc/shadow".into()),
+            ..host()
+        };
+        assert!(render(&files(), "ec2.internal", &[], &[evil_public]).is_err());
         let evil_dir = DnsmasqFiles {
             dir: "/lab\nuser=root".into(),
         };

@@ -148,6 +148,8 @@ pub struct InterfacePlan {
     pub mac: String,
     /// Its primary private address.
     pub ip: Ipv4Addr,
+    /// Its public address, while it has one.
+    pub public_ip: Option<Ipv4Addr>,
     /// Its tap.
     pub tap: String,
 }
@@ -201,6 +203,7 @@ impl VpcPlan {
                 mac: i.mac.clone(),
                 ip: i.ip,
                 fqdn: vpc::private_dns_name(i.ip, DEFAULT_REGION),
+                public_fqdn: i.public_ip.map(|q| vpc::public_dns_name(q, DEFAULT_REGION)),
             })
             .collect();
         (subnets, hosts)
@@ -371,6 +374,7 @@ impl Network {
                 subnet_id: eni.subnet_id,
                 mac: eni.mac_address,
                 ip: eni.private_ip_address,
+                public_ip: eni.public_ip,
             });
         }
         Ok(plan)
@@ -393,6 +397,12 @@ impl Network {
         if let Some(uplink) = &self.uplink {
             uplink.connect(&plan.vpc_id, &plan.namespace)?;
         }
+        self.ensure_dns(plan)
+    }
+
+    /// Makes the VPC's dnsmasq serve `plan`'s leases and names (restarted
+    /// only when they changed).
+    fn ensure_dns(&self, plan: &VpcPlan) -> Result<(), NetworkError> {
         let (subnets, hosts) = plan.dhcp();
         let files = self.files(&plan.vpc_id);
         let config = dhcp::render(&files, &private_domain(), &subnets, &hosts)?;
@@ -582,7 +592,8 @@ impl Network {
         }
         let interfaces = ports_in(vpc_id, holders);
         self.apply_rules(&ns, &groups_in(db, vpc_id)?, &interfaces)?;
-        Ok(())
+        // Public names follow public addresses.
+        self.ensure_dns(&self.plan(db, vpc_id)?)
     }
 
     /// After a change to security groups, their rules or an interface's

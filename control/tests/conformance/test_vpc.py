@@ -125,6 +125,13 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
                 ["ip", "netns", "exec", ns, "timeout", "5",
                  "bash", "-c", f"exec 3<>/dev/tcp/{ip}/22 && head -c 8 <&3"],
                 capture_output=True, text=True, timeout=60)
+        # Inside the VPC, the public and the private DNS names both resolve
+        # to the private address (the Amazon-provided DNS at base+2).
+        for name in [described["PublicDnsName"], described["PrivateDnsName"]]:
+            answer = subprocess.run(
+                ["ip", "netns", "exec", f"ec2lab-{default_vpc['VpcId']}", "busybox",
+                 "nslookup", name, "172.31.16.2"], capture_output=True, text=True, timeout=30)
+            assert "172.31.16.77" in answer.stdout, (name, answer)
         internet = os.environ["EC2LAB_UPLINK_NETNS"]
         for where in [{}, {"ns": internet, "ip": public}]:
             closed = banner(**where)
