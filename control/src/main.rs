@@ -252,7 +252,10 @@ fn print_rules(data_dir: &std::path::Path, instance_id: &str) -> Result<(), Stri
     let Some(primary) = instance.network_interfaces.first() else {
         return Err(format!("{instance_id} has no network interface"));
     };
-    let network = Network::new(data_dir.join("network"), "dnsmasq".into());
+    // Only rendered and read here, never applied: the uplink's name and
+    // pool do not change the text (the NAT pairs come from the database).
+    let network = Network::new(data_dir.join("network"), "dnsmasq".into())
+        .with_uplink(ec2lab_control::network::uplink::Uplink::owned_default());
     let (rendered, live) = network
         .rules_of(&db, &primary.vpc_id)
         .map_err(|e| e.to_string())?;

@@ -630,3 +630,41 @@ fn an_elastic_ip_moves_only_when_reassociation_is_allowed_and_survives_stop() {
         .items
         .is_empty());
 }
+
+#[test]
+fn a_terminated_instance_leaves_its_elastic_ip_allocated_and_free() {
+    use ec2lab_control::db::{AddressRef, AssociationTarget};
+    use ec2lab_control::model::vpc::Cidr;
+    let (_dir, db) = temp_db();
+    let subnet = subnet_in(&db, "us-east-1a");
+    let pool = Cidr::parse("198.51.100.0/24").expect("pool");
+    let i = launch(&db, 1, &request(&subnet, None))
+        .expect("launch")
+        .remove(0);
+    let eip = db
+        .allocate_address(pool, &Default::default())
+        .expect("allocate");
+    db.associate_address(
+        &AddressRef::Id(eip.allocation_id.clone()),
+        &AssociationTarget::Instance(i.id.clone()),
+        false,
+    )
+    .expect("associate");
+    // Terminated: its interface (DeleteOnTermination) goes.
+    apply(&db, &i.id, Event::TerminateRequested);
+    apply(
+        &db,
+        &i.id,
+        Event::VmmExited {
+            reason: VmmExit::Clean,
+        },
+    );
+    let left = db
+        .list_addresses(&Default::default())
+        .expect("describe")
+        .items;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].association, None, "{left:?}");
+    db.release_address(&AddressRef::Id(eip.allocation_id))
+        .expect("release");
+}

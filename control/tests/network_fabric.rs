@@ -718,4 +718,21 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
         &["ip", "-4", "-o", "addr", "show", "dev", "igw"],
     );
     assert!(igw.contains("203.0.113.10/32"), "{igw}");
+
+    // A new address in place of the old (an EIP associated, a stopped
+    // instance's address gone): the gateway keeps its route throughout.
+    let c_public = Ipv4Addr::new(203, 0, 113, 12);
+    for set in [None, Some(c_public)] {
+        nics[1].public_ip = set;
+        network
+            .apply_rules(&plan.namespace, &groups, &nics)
+            .expect("apply a new address");
+    }
+    assert!(outside.connects(c_public, 22), "the new address is dead");
+    assert!(
+        !outside.connects(a_public, 22),
+        "the old address still answers"
+    );
+    let routes = run_in(&plan.namespace, &["ip", "-4", "route", "show", "default"]);
+    assert!(routes.contains("via 203.0.113.1 dev igw"), "{routes}");
 }

@@ -307,16 +307,17 @@ fn get(conn: &Connection, id: &str) -> Result<ElasticIp, DbError> {
 
 fn from_row(conn: &Connection, row: &Row<'_>) -> Result<ElasticIp, DbError> {
     let id: String = row.get("id")?;
-    let association = match row.get::<_, Option<String>>("network_interface_id")? {
-        Some(network_interface_id) => Some(ElasticIpAssociation {
-            association_id: row
-                .get::<_, Option<String>>("association_id")?
-                .unwrap_or_default(),
+    let association = match (
+        row.get::<_, Option<String>>("network_interface_id")?,
+        row.get::<_, Option<String>>("association_id")?,
+    ) {
+        (Some(network_interface_id), Some(association_id)) => Some(ElasticIpAssociation {
+            association_id,
             network_interface_id,
             instance_id: row.get("instance_id")?,
             private_ip: Ipv4Addr::from(row.get::<_, u32>("private_ip")?),
         }),
-        None => None,
+        _ => None,
     };
     Ok(ElasticIp {
         public_ip: Ipv4Addr::from(row.get::<_, u32>("public_ip")?),

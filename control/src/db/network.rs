@@ -110,14 +110,21 @@ pub(super) const PUBLIC_IP_MIGRATION: &str = r#"
         WHERE public_ip IS NOT NULL;
 
     -- Elastic IPs: an address is associated with at most one interface,
-    -- and the interface's public_ip is then this address.
+    -- and the interface's public_ip is then this address. An interface
+    -- deleted (terminated with DeleteOnTermination) leaves its address
+    -- allocated and disassociated, as in EC2.
     CREATE TABLE addresses (
         id                    TEXT PRIMARY KEY,
         public_ip             INTEGER NOT NULL UNIQUE,
         network_interface_id  TEXT UNIQUE REFERENCES network_interfaces(id) ON DELETE SET NULL,
-        association_id        TEXT UNIQUE,
-        CHECK ((network_interface_id IS NULL) = (association_id IS NULL))
+        association_id        TEXT UNIQUE
     ) STRICT;
+    CREATE TRIGGER addresses_disassociate_on_interface_delete
+        AFTER DELETE ON network_interfaces
+    BEGIN
+        UPDATE addresses SET association_id = NULL
+         WHERE network_interface_id IS NULL AND association_id IS NOT NULL;
+    END;
 "#;
 
 /// Schema version 4: security group rules, one row per EC2

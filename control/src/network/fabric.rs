@@ -430,6 +430,19 @@ pub fn set_host_addresses(ns: &str, link: &str, wanted: &[Ipv4Addr]) -> Result<(
                 have.push((ip, message));
             }
         }
+        // Add before removing: a link that is left with no address at all,
+        // even for a moment, loses every route through it (the kernel's
+        // fib_disable_ip).
+        for ip in wanted.iter().copied() {
+            if have.iter().any(|(h, _)| *h == ip) {
+                continue;
+            }
+            if let Err(e) = handle.address().add(index, ip.into(), 32).execute().await {
+                if !is_errno(&e, libc::EEXIST) {
+                    return Err(fail("add an address to", e));
+                }
+            }
+        }
         for (ip, message) in have.iter() {
             if !wanted.contains(ip) {
                 handle
@@ -438,16 +451,6 @@ pub fn set_host_addresses(ns: &str, link: &str, wanted: &[Ipv4Addr]) -> Result<(
                     .execute()
                     .await
                     .map_err(|e| fail("remove an address from", e))?;
-            }
-        }
-        for ip in wanted {
-            if have.iter().any(|(h, _)| *h == ip) {
-                continue;
-            }
-            if let Err(e) = handle.address().add(index, ip.into(), 32).execute().await {
-                if !is_errno(&e, libc::EEXIST) {
-                    return Err(fail("add an address to", e));
-                }
             }
         }
         Ok(())
@@ -472,6 +475,73 @@ pub fn ensure_default_route(ns: &str, link: &str, gateway: Ipv4Addr) -> Result<(
             Err(source) => Err(FabricError::Netlink {
                 ns,
                 what: "add the default route via",
+                link,
+                source: Box::new(source),
+            }),
+        }
+    })
+}
+
+/// Forgets what namespace `ns` has learnt about the link-layer addresses
+/// of `addresses` (its ARP cache), so the next packet asks again. A public
+/// address that moved to another VPC's gateway would otherwise keep going
+/// to the old gateway's MAC until the entry went stale.
+pub fn forget_neighbours(ns: &str, addresses: &[Ipv4Addr]) -> Result<(), FabricError> {
+    let addresses = addresses.to_vec();
+    with_netlink(ns, move |handle, ns| async move {
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let fail = |what, source| FabricError::Netlink {
+            ns: ns.clone(),
+            what,
+            link: String::new(),
+            source: Box::new(source),
+        };
+        let mut doomed = Vec::new();
+        let mut stream = handle
+            .neighbours()
+            .get()
+            .set_address_family(rtnetlink::packet_route::AddressFamily::Inet)
+            .execute();
+        while let Some(message) = stream
+            .try_next()
+            .await
+            .map_err(|e| fail("list neighbours", e))?
+        {
+            let known = message.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip))
+                    if addresses.contains(ip))
+            });
+            if known {
+                doomed.push(message);
+            }
+        }
+        for message in doomed {
+            match handle.neighbours().del(message).execute().await {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::ENOENT) => {}
+                Err(e) => return Err(fail("forget a neighbour", e)),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Adds `address`/32 to `link` (kept if there).
+pub fn add_host_address(ns: &str, link: &str, address: Ipv4Addr) -> Result<(), FabricError> {
+    let link = link.to_string();
+    with_netlink(ns, move |handle, ns| async move {
+        let index = require_index(&handle, &ns, &link).await?;
+        match handle
+            .address()
+            .add(index, address.into(), 32)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(source) => Err(FabricError::Netlink {
+                ns,
+                what: "add an address to",
                 link,
                 source: Box::new(source),
             }),

@@ -22,6 +22,10 @@ use crate::model::vpc::Cidr;
 pub const BRIDGE: &str = "inet0";
 /// A VPC namespace's end of its internet gateway.
 pub const IGW_LINK: &str = "igw";
+/// An address every `igw` keeps whatever public addresses come and go
+/// (link-local, never routed): a link left with no address loses every
+/// route through it, the VPC's default route included.
+pub const IGW_ANCHOR: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
 /// The namespace ec2lab makes when none is named.
 pub const DEFAULT_NAMESPACE: &str = "ec2lab-uplink";
 /// The public pool when none is given: TEST-NET-2 (RFC 5737), never
@@ -103,14 +107,21 @@ impl Uplink {
             &Self::port_name(vpc_id),
             BRIDGE,
         )?;
+        fabric::add_host_address(vpc_ns, IGW_LINK, IGW_ANCHOR)?;
         fabric::ensure_default_route(vpc_ns, IGW_LINK, self.gateway())?;
         Ok(())
     }
 
     /// Makes `public` the addresses VPC namespace `vpc_ns` answers for on
-    /// the uplink.
+    /// the uplink. The uplink forgets where those addresses were: each VPC's gateway
+    /// has a MAC of its own, and addresses move between VPCs (a stopped
+    /// instance's address goes to the next one that starts).
     pub fn publish(&self, vpc_ns: &str, public: &[Ipv4Addr]) -> Result<(), UplinkError> {
-        fabric::set_host_addresses(vpc_ns, IGW_LINK, public)?;
+        let mut addresses = vec![IGW_ANCHOR];
+        addresses.extend_from_slice(public);
+        fabric::set_host_addresses(vpc_ns, IGW_LINK, &addresses)?;
+        fabric::ensure_default_route(vpc_ns, IGW_LINK, self.gateway())?;
+        fabric::forget_neighbours(&self.namespace, public)?;
         Ok(())
     }
 

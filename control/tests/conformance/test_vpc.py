@@ -159,6 +159,7 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
             opened = banner(ns=internet, ip=public)
             assert opened.stdout.startswith("SSH-2.0"), opened
         finally:
+            aws("disassociate-address", "--public-ip", eip["PublicIp"], check=False)
             aws("release-address", "--allocation-id", eip["AllocationId"], check=False)
         aws("revoke-security-group-ingress", *ssh)
         closed = banner(ns=internet, ip=public)
