@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ec2lab_control::db::{Db, NetworkQuery, NewSecurityGroup, RevokeRequest};
+use ec2lab_control::db::{Db, NetworkQuery, NewSecurityGroup};
 use ec2lab_control::model::security_group::{GroupRef, RuleRequest};
 use ec2lab_control::model::vpc::{
     Cidr, GroupIdentifier, NetworkInterface, RuleDirection, RulePeer, SecurityGroup,
@@ -233,37 +233,65 @@ fn main() {
     let b_ip = nics[1].private_ip_address;
     serve(&b_ns, b_ip);
     let web = GroupRef::Id(group.id.clone());
+    db.authorize_security_group_rules(
+        &web,
+        RuleDirection::Ingress,
+        &[rule(PORT, RulePeer::Group(group.id.clone()))],
+    )
+    .expect("authorize");
+    // Filler groups of FILL rules each (EC2 allows 60 per direction), rules
+    // that never match (other ports, another block): B wears up to four of
+    // them (its SYNs meet those rules), and stand-in interfaces without
+    // traffic wear the rest, so the VPC's ruleset has them all.
+    const FILL: u16 = 50;
+    let mut filler_groups: Vec<GroupIdentifier> = Vec::new();
+    let mut nics = nics.to_vec();
     let mut rows = Vec::new();
-    let mut fillers = 0u16;
     for extra in [0u16, 100, 1000] {
-        // `extra` rules that never match (other ports, from another block)
-        // ahead of the one that lets the bench in: the SYN's worst case.
-        let bench_rule = rule(PORT, RulePeer::Group(group.id.clone()));
-        let _ = db.revoke_security_group_rules(
-            &web,
-            RuleDirection::Ingress,
-            &RevokeRequest {
-                permissions: vec![bench_rule.clone()],
-                rule_ids: Vec::new(),
-            },
-        );
-        let adding: Vec<RuleRequest> = (fillers..extra)
-            .map(|i| {
-                rule(
-                    10_000 + i,
-                    RulePeer::Cidr(Cidr::parse("192.0.2.0/24").expect("cidr")),
-                )
-            })
-            .collect();
-        fillers = extra;
-        if !adding.is_empty() {
-            db.authorize_security_group_rules(&web, RuleDirection::Ingress, &adding)
-                .expect("authorize fillers");
+        while (filler_groups.len() as u16) * FILL < extra {
+            let n = filler_groups.len() as u16;
+            let g = db
+                .create_security_group(&NewSecurityGroup {
+                    name: format!("filler-{n}"),
+                    description: "rules that never match".into(),
+                    ..NewSecurityGroup::default()
+                })
+                .expect("filler group");
+            let rules: Vec<RuleRequest> = (0..FILL)
+                .map(|i| {
+                    rule(
+                        10_000 + n * FILL + i,
+                        RulePeer::Cidr(Cidr::parse("192.0.2.0/24").expect("cidr")),
+                    )
+                })
+                .collect();
+            db.authorize_security_group_rules(
+                &GroupRef::Id(g.id.clone()),
+                RuleDirection::Ingress,
+                &rules,
+            )
+            .expect("filler rules");
+            filler_groups.push(GroupIdentifier {
+                group_id: g.id,
+                group_name: g.name,
+            });
         }
-        db.authorize_security_group_rules(&web, RuleDirection::Ingress, &[bench_rule])
-            .expect("authorize");
+        // B: the bench's group after up to four fillers (the worst case for
+        // its SYNs); the rest on stand-ins, five groups each.
+        nics.truncate(2);
+        let on_b = filler_groups.len().min(4);
+        nics[1].groups = filler_groups[..on_b].to_vec();
+        nics[1].groups.push(GroupIdentifier {
+            group_id: group.id.clone(),
+            group_name: group.name.clone(),
+        });
+        for (k, chunk) in filler_groups[on_b..].chunks(5).enumerate() {
+            let mut stand_in = nic(20 + k as u8);
+            stand_in.groups = chunk.to_vec();
+            nics.push(stand_in);
+        }
         let started = Instant::now();
-        network
+        let text = network
             .apply_rules(&plan.namespace, &groups(&db), &nics)
             .expect("apply");
         let apply = started.elapsed();
@@ -275,7 +303,8 @@ fn main() {
             }
         }
         let (mib, cps) = measure(&a_ns, b_ip);
-        rows.push((extra, mib, cps, apply, live));
+        let on_chain = on_b * usize::from(FILL) + 1;
+        rows.push((text.lines().count(), on_chain, mib, cps, apply, live));
     }
 
     println!(
@@ -294,13 +323,13 @@ fn main() {
             .trim()
     );
     println!("VPC namespace with its bridge and dnsmasq (no gateway): built in {build_vpc:.1?}\n");
-    println!("| path | SG rules | MiB/s (1 stream) | × veth | connections/s | × veth | apply ruleset | rule → first accepted SYN |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    println!("| veth pair (baseline) | – | {base_mib:.0} | 1.00 | {base_cps:.0} | 1.00 | – | – |");
-    for (extra, mib, cps, apply, live) in rows {
+    println!("| path | ruleset lines | rules before B's | MiB/s (1 stream) | × veth | connections/s | × veth | apply ruleset | change → first accepted SYN |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| veth pair (baseline) | – | – | {base_mib:.0} | 1.00 | {base_cps:.0} | 1.00 | – | – |");
+    for (lines, on_chain, mib, cps, apply, live) in rows {
         println!(
-            "| VPC bridge + nft | {} | {mib:.0} | {:.2} | {cps:.0} | {:.2} | {apply:.1?} | {} |",
-            extra + 1,
+            "| VPC bridge + nft | {lines} | {} | {mib:.0} | {:.2} | {cps:.0} | {:.2} | {apply:.1?} | {} |",
+            on_chain - 1,
             mib / base_mib,
             cps / base_cps,
             live.map_or("never".to_string(), |d| format!("{d:.1?}")),
