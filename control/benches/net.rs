@@ -325,7 +325,9 @@ fn main() {
     println!("VPC namespace with its bridge and dnsmasq (no gateway): built in {build_vpc:.1?}\n");
     println!("| path | ruleset lines | rules before B's | MiB/s (1 stream) | × veth | connections/s | × veth | apply ruleset | change → first accepted SYN |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!("| veth pair (baseline) | – | – | {base_mib:.0} | 1.00 | {base_cps:.0} | 1.00 | – | – |");
+    println!(
+        "| veth pair (baseline) | – | – | {base_mib:.0} | 1.00 | {base_cps:.0} | 1.00 | – | – |"
+    );
     for (lines, on_chain, mib, cps, apply, live) in rows {
         println!(
             "| VPC bridge + nft | {lines} | {} | {mib:.0} | {:.2} | {cps:.0} | {:.2} | {apply:.1?} | {} |",

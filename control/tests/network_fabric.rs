@@ -735,4 +735,12 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
     );
     let routes = run_in(&plan.namespace, &["ip", "-4", "route", "show", "default"]);
     assert!(routes.contains("via 203.0.113.1 dev igw"), "{routes}");
+
+    // The hairpin: A, with a public address of its own, reaches B at B's
+    // public address from inside the VPC.
+    nics[0].public_ip = Some(Ipv4Addr::new(203, 0, 113, 13));
+    network
+        .apply_rules(&plan.namespace, &groups, &nics)
+        .expect("apply");
+    assert!(a.connects(c_public, 22), "no hairpin to a public address");
 }

@@ -220,10 +220,15 @@ pub fn render_nat(igw: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> String {
         out,
         "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;"
     );
+    let publics: Vec<String> = pairs.iter().map(|(_, q)| q.to_string()).collect();
+    let privates: Vec<String> = pairs.iter().map(|(p, _)| p.to_string()).collect();
     if !pairs.is_empty() {
+        // From the uplink, and from inside the VPC (one instance reaching
+        // another at its public address, as through EC2's gateway).
         let _ = writeln!(
             out,
-            "\t\tiifname \"{igw}\" dnat to ip daddr map {{ {} }}",
+            "\t\tip daddr {{ {} }} dnat to ip daddr map {{ {} }}",
+            publics.join(", "),
             inward.join(", ")
         );
     }
@@ -238,6 +243,14 @@ pub fn render_nat(igw: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> String {
             "\t\toifname \"{igw}\" snat to ip saddr map {{ {} }}",
             outward.join(", ")
         );
+        // The hairpin: the receiver sees the sender's public address, and
+        // its replies come back through the router to be translated.
+        let _ = writeln!(
+            out,
+            "\t\toifname != \"{igw}\" ct status dnat ip saddr {{ {} }} snat to ip saddr map {{ {} }}",
+            privates.join(", "),
+            outward.join(", ")
+        );
     }
     let _ = writeln!(out, "\t}}");
     // Forwarded traffic out of the gateway must come from an address that
@@ -249,7 +262,6 @@ pub fn render_nat(igw: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> String {
     if pairs.is_empty() {
         let _ = writeln!(out, "\t\toifname \"{igw}\" drop");
     } else {
-        let privates: Vec<String> = pairs.iter().map(|(p, _)| p.to_string()).collect();
         let _ = writeln!(
             out,
             "\t\toifname \"{igw}\" ip saddr != {{ {} }} drop",
