@@ -346,18 +346,20 @@ impl Lab {
         let lab = self.clone();
         self.runtime.spawn(async move {
             if let Err(e) = lab.boot(&id).await {
-                log::error!("{id}: boot failed: {e}");
                 if matches!(
                     lab.db.get_instance(&id).map(|i| i.state),
                     Ok(InstanceState::Terminated)
                 ) {
-                    // Terminated mid-boot: the failure is moot, the files
-                    // the boot made are not.
+                    // Terminated mid-boot: the failure is moot (usually the
+                    // termination removing what the boot was making), the
+                    // files the boot made are not.
+                    log::info!("{id}: boot abandoned, the instance was terminated: {e}");
                     if let Err(e) = lab.abandon_boot(&id) {
                         log::error!("{id}: {e}");
                     }
                     return;
                 }
+                log::error!("{id}: boot failed: {e}");
                 let failed = Event::VmmExited {
                     reason: VmmExit::Failed(e.to_string()),
                 };
