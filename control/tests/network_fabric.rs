@@ -54,6 +54,20 @@ fn prerequisites(test: &str) -> bool {
     false
 }
 
+/// Whether `nft` is here; without it a test skips, unless
+/// EC2LAB_REQUIRE_NFT=1 makes that a failure.
+fn nft_available(test: &str) -> bool {
+    if have("nft") {
+        return true;
+    }
+    assert!(
+        std::env::var("EC2LAB_REQUIRE_NFT").as_deref() != Ok("1"),
+        "{test}: nft missing and EC2LAB_REQUIRE_NFT=1"
+    );
+    println!("SKIPPED {test}: nft missing");
+    false
+}
+
 /// Runs `args` inside namespace `ns`; its stdout, or a panic with stderr.
 fn run_in(ns: &str, args: &[&str]) -> String {
     let out = Command::new("ip")
@@ -326,15 +340,7 @@ impl Drop for Namespaces {
 #[test]
 fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
     let test = "network_fabric security groups";
-    if !prerequisites(test) {
-        return;
-    }
-    if !have("nft") {
-        assert!(
-            std::env::var("EC2LAB_REQUIRE_NFT").as_deref() != Ok("1"),
-            "{test}: nft missing and EC2LAB_REQUIRE_NFT=1"
-        );
-        println!("SKIPPED {test}: nft missing");
+    if !prerequisites(test) || !nft_available(test) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -556,15 +562,7 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
 #[test]
 fn public_addresses_map_one_to_one_through_the_internet_gateway() {
     let test = "network_fabric internet gateway";
-    if !prerequisites(test) {
-        return;
-    }
-    if !have("nft") {
-        assert!(
-            std::env::var("EC2LAB_REQUIRE_NFT").as_deref() != Ok("1"),
-            "{test}: nft missing and EC2LAB_REQUIRE_NFT=1"
-        );
-        println!("SKIPPED {test}: nft missing");
+    if !prerequisites(test) || !nft_available(test) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,7 +3,6 @@
 //! interface's `public_ip`, so the fabric and DescribeInstances read one
 //! column; the pool's own addresses and Elastic IPs never overlap.
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -64,15 +63,7 @@ impl Db {
             if usize::try_from(count).unwrap_or(usize::MAX) >= MAX_ELASTIC_IPS {
                 return Err(AddressError::LimitExceeded.into());
             }
-            let held: BTreeSet<Ipv4Addr> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT public_ip FROM network_interfaces WHERE public_ip IS NOT NULL
-                     UNION SELECT public_ip FROM addresses",
-                )?;
-                let rows = stmt.query_map([], |r| r.get::<_, u32>(0))?;
-                rows.map(|r| r.map(Ipv4Addr::from))
-                    .collect::<Result<_, _>>()?
-            };
+            let held = super::network::held_public_addresses(tx)?;
             let ip = vpc::public_pool_addresses(pool)
                 .find(|a| !held.contains(a))
                 .ok_or_else(|| vpc::IpamError::PublicPoolExhausted {

@@ -532,16 +532,7 @@ impl Db {
             if wanting.is_empty() {
                 return Ok(());
             }
-            let held: BTreeSet<Ipv4Addr> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT public_ip FROM network_interfaces WHERE public_ip IS NOT NULL
-                     UNION SELECT public_ip FROM addresses",
-                )?;
-                let rows = stmt.query_map([], |r| r.get::<_, u32>(0))?;
-                rows.map(|r| r.map(Ipv4Addr::from))
-                    .collect::<Result<_, _>>()?
-            };
-            let mut held = held;
+            let mut held = held_public_addresses(tx)?;
             for (id, last) in wanting {
                 let last = last.map(Ipv4Addr::from);
                 let free = |skip_last: bool| {
@@ -779,6 +770,18 @@ pub(super) fn interfaces_of_instance(
         out.push(interface_from_row(conn, row)?);
     }
     Ok(out)
+}
+
+/// Every public address an interface or an Elastic IP holds.
+pub(super) fn held_public_addresses(conn: &Connection) -> Result<BTreeSet<Ipv4Addr>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT public_ip FROM network_interfaces WHERE public_ip IS NOT NULL
+         UNION SELECT public_ip FROM addresses",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, u32>(0))?;
+    Ok(rows
+        .map(|r| r.map(Ipv4Addr::from))
+        .collect::<Result<_, _>>()?)
 }
 
 /// The security groups `request` names, resolved in the subnet's VPC; the
