@@ -75,7 +75,7 @@ enum Command {
         /// The network namespace every VPC's internet gateway leads to
         /// ("the internet" of the lab). Default: one ec2lab makes and
         /// owns, `ec2lab-uplink`; a name given here must exist.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_netns_name)]
         uplink_netns: Option<String>,
         /// The block public IPv4 addresses come from; its first address is
         /// the internet gateways' far side.
@@ -278,6 +278,22 @@ fn print_rules(data_dir: &std::path::Path, instance_id: &str) -> Result<(), Stri
         None => println!("# not live: no instance of {} holds a tap", primary.vpc_id),
     }
     Ok(())
+}
+
+/// `--uplink-netns`: a name `ip netns` would make (it becomes a path under
+/// /run/netns, so no slashes and no dot-names).
+fn parse_netns_name(text: &str) -> Result<String, String> {
+    let plain = !text.is_empty()
+        && text.len() <= 64
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plain {
+        Ok(text.to_string())
+    } else {
+        Err(format!("{text:?} is not a network namespace name"))
+    }
 }
 
 /// `--public-pool`: a block with room for a gateway and some addresses.
