@@ -16,9 +16,14 @@ fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
         return;
     };
     let daemon = Daemon::start(&prereqs);
-    let out = prereqs
-        .python()
-        .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
+    let mut pytest = prereqs.python();
+    pytest.args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]);
+    // A developer's shortcut to one part of the suite, e.g.
+    // EC2LAB_CONFORMANCE_K=test_vpc (pytest's -k expression).
+    if let Ok(only) = std::env::var("EC2LAB_CONFORMANCE_K") {
+        pytest.args(["-k", &only]);
+    }
+    let out = pytest
         .arg(common::repo_root().join("control/tests/conformance"))
         .envs(daemon.client_env())
         .output()

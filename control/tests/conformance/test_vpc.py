@@ -5,6 +5,7 @@ and taken addresses; the guest launched there gets its address by DHCP
 from the VPC fabric and answers on it."""
 import os
 import subprocess
+import time
 
 import botocore
 import pytest
@@ -120,11 +121,30 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot")
         assert "lab-minimal: eth0: inet 172.31.16.77/20" in console(iid), console(iid)
 
-        def banner(ns=f"ec2lab-{default_vpc['VpcId']}", ip="172.31.16.77"):
+        router = f"ec2lab-{default_vpc['VpcId']}"
+
+        def banner(ns=router, ip="172.31.16.77", seconds=10):
+            """One connection to port 22: its first 8 bytes, or a failure."""
             return subprocess.run(
-                ["ip", "netns", "exec", ns, "timeout", "5",
+                ["ip", "netns", "exec", ns, "timeout", str(seconds),
                  "bash", "-c", f"exec 3<>/dev/tcp/{ip}/22 && head -c 8 <&3"],
-                capture_output=True, text=True, timeout=60)
+                capture_output=True, text=True, timeout=seconds + 30)
+
+        def opens(ns=router, ip="172.31.16.77"):
+            """The SSH banner, waited for: the rules are live when the API
+            answers, but on a host that emulates the guest kernel dropbear's
+            accept and fork alone can take seconds (more on AMD). A refusal
+            shows the live ruleset, so a CI log says which side dropped."""
+            tries = []
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                tries.append(banner(ns, ip, seconds=20))
+                if tries[-1].stdout.startswith("SSH-2.0"):
+                    return tries[-1]
+            ruleset = subprocess.run(["ip", "netns", "exec", router, "nft", "list", "ruleset"],
+                                     capture_output=True, text=True, timeout=30)
+            raise AssertionError(f"no banner from {ip} in {ns}: {tries}\n{ruleset.stdout}"
+                                 f"\n{console(iid)[-3000:]}")
         # Inside the VPC, the public and the private DNS names both resolve
         # to the private address (the Amazon-provided DNS at base+2).
         for name in [described["PublicDnsName"], described["PrivateDnsName"]]:
@@ -140,15 +160,13 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         aws("authorize-security-group-ingress", *ssh)
         # From inside the VPC, and from the internet at the public address.
         for where in [{}, {"ns": internet, "ip": public}]:
-            opened = banner(**where)
-            assert opened.stdout.startswith("SSH-2.0"), (where, opened)
+            opens(**where)
         # An Elastic IP replaces the public address at once, no restart:
         # the guest answers at it, and no longer at the old one.
         eip = aws("allocate-address", "--domain", "vpc")
         try:
             aws("associate-address", "--instance-id", iid, "--allocation-id", eip["AllocationId"])
-            opened = banner(ns=internet, ip=eip["PublicIp"])
-            assert opened.stdout.startswith("SSH-2.0"), opened
+            opens(ns=internet, ip=eip["PublicIp"])
             assert not banner(ns=internet, ip=public).stdout
             assert "InvalidIPAddress.InUse" in aws_error(
                 "release-address", "--allocation-id", eip["AllocationId"])
@@ -156,8 +174,7 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
             public = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0][
                 "PublicIpAddress"]
             assert public != eip["PublicIp"]
-            opened = banner(ns=internet, ip=public)
-            assert opened.stdout.startswith("SSH-2.0"), opened
+            opens(ns=internet, ip=public)
         finally:
             aws("disassociate-address", "--public-ip", eip["PublicIp"], check=False)
             aws("release-address", "--allocation-id", eip["AllocationId"], check=False)
@@ -175,7 +192,7 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
             aws("modify-instance-attribute", "--instance-id", iid, "--groups", web)
             eni_id = nic["NetworkInterfaceId"]
             assert [g["GroupId"] for g in eni_groups(eni_id)] == [web]
-            assert banner().stdout.startswith("SSH-2.0")
+            opens()
             aws("modify-network-interface-attribute", "--network-interface-id", eni_id,
                 "--groups", group)
             assert [g["GroupId"] for g in eni_groups(eni_id)] == [group]
