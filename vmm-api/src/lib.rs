@@ -25,3 +25,4 @@ pub mod api;
 pub mod config;
 pub mod exit;
 pub mod flags;
+pub mod metadata;

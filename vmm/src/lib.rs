@@ -14,6 +14,7 @@ pub mod devices;
 pub mod diag;
 pub mod exit;
 pub mod host;
+pub mod imds;
 pub mod pause;
 pub mod rlimit;
 pub mod seccomp;
