@@ -24,6 +24,7 @@
 //! ```
 
 pub mod http;
+pub mod stack;
 pub mod token;
 pub mod tree;
 
@@ -200,5 +201,7 @@ impl Imds {
     }
 }
 
+#[cfg(test)]
+mod stack_tests;
 #[cfg(test)]
 mod tests;

@@ -127,7 +127,7 @@ impl TokenKey {
 
 /// Fills `buf` from getrandom(2), which blocks only before the host's pool
 /// is initialised (long before a VMM runs).
-fn fill_random(buf: &mut [u8]) -> Result<(), TokenError> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), TokenError> {
     let mut filled = 0;
     while filled < buf.len() {
         let rest = &mut buf[filled..];
