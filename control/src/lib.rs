@@ -20,6 +20,7 @@ pub mod images;
 pub mod instances;
 pub mod keypairs;
 pub mod lifecycle;
+pub mod metadata;
 pub mod model;
 pub mod network;
 pub mod supervisor;

@@ -490,6 +490,8 @@ impl Lab {
         let itype = instance_types::lookup(&instance.instance_type)
             .ok_or_else(|| BootError::UnknownInstanceType(instance.instance_type.clone()))?;
         let attachment = self.network_attachments(instance)?;
+        // Read again: attaching gave the interfaces their public addresses.
+        let metadata = crate::metadata::document(&self.db, &self.db.get_instance(id)?)?;
         let spec = VmSpec {
             instance_id: id.to_string(),
             kernel: boot_files.kernel,
@@ -502,6 +504,7 @@ impl Lab {
             netns: attachment.netns,
             vsock_cid: Some(checkin::GUEST_CID),
             stall_timeout: self.stall_timeout,
+            metadata,
         };
         // A new boot: the last one's check-in says nothing about this one.
         self.db.reset_checkin(

@@ -124,7 +124,8 @@ enum Command {
     /// Terminate instances (and wait).
     Terminate { instance_ids: Vec<String> },
     /// SSH to an instance's private address from inside its VPC (the VPC's
-    /// router namespace; needs root). No public addresses exist yet.
+    /// router namespace; needs root). Its security groups must allow port
+    /// 22 from the VPC, as they would for a bastion host.
     Ssh {
         instance_id: String,
         /// The private key (e.g. the .pem CreateKeyPair gave).

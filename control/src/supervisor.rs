@@ -177,6 +177,9 @@ pub struct VmSpec {
     pub vsock_cid: Option<u32>,
     /// The VMM's stall watchdog period (None: the VMM's default).
     pub stall_timeout: Option<Duration>,
+    /// What the VMM serves at 169.254.169.254 on eth0 (None without a
+    /// network card).
+    pub metadata: Option<ec2lab_vmm_api::metadata::InstanceMetadata>,
 }
 
 /// A running VMM process, identified robustly: a pid alone could be reused
@@ -593,6 +596,7 @@ fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> VmConfig {
             cid: u64::from(cid),
             uds: files.vsock(),
         }),
+        metadata: spec.metadata.clone().filter(|_| !spec.nets.is_empty()),
         ..defaults
     }
 }
@@ -750,6 +754,7 @@ mod tests {
             netns: None,
             vsock_cid: Some(3),
             stall_timeout: Some(Duration::from_secs(120)),
+            metadata: None,
         }
     }
 
@@ -778,6 +783,7 @@ mod tests {
     fn without_a_stall_timeout_or_vsock_the_vmm_defaults_apply() {
         let spec = VmSpec {
             stall_timeout: None,
+            metadata: None,
             vsock_cid: None,
             nets: Vec::new(),
             ..spec()
@@ -793,6 +799,7 @@ mod tests {
     fn a_sub_second_stall_timeout_does_not_turn_the_watchdog_off() {
         let spec = VmSpec {
             stall_timeout: Some(Duration::from_millis(10)),
+            metadata: None,
             ..spec()
         };
         assert_eq!(vm_config(&spec, &files()).stall_timeout_secs, 1);

@@ -668,3 +668,70 @@ fn a_terminated_instance_leaves_its_elastic_ip_allocated_and_free() {
     db.release_address(&AddressRef::Id(eip.allocation_id))
         .expect("release");
 }
+
+#[test]
+fn the_metadata_document_says_what_describe_instances_says() {
+    use ec2lab_control::metadata::document;
+    use ec2lab_control::model::vpc::Cidr;
+    use ec2lab_control::model::{KeyPair, KeyType, Tags};
+    use ec2lab_vmm_api::metadata::HttpTokens;
+    let (_dir, db) = temp_db();
+    db.insert_key_pair(&KeyPair {
+        id: ids::generate(IdKind::KeyPair),
+        name: "us-east-kp".into(),
+        key_type: KeyType::Ed25519,
+        fingerprint: "SHA256:abc".into(),
+        public_key: "ssh-ed25519 AAAA us-east-kp".into(),
+        created: at(0),
+        tags: Tags::new(),
+    })
+    .expect("key pair");
+    let subnet = subnet_in(&db, "us-east-1b");
+    let mut r = reservation(1, None, at(0));
+    {
+        let i = &mut r.instances[0];
+        i.user_data = Some(b"#!/bin/sh\necho hi\n".to_vec());
+        i.key_name = Some("us-east-kp".into());
+        i.tags.insert("Name".into(), "web".into());
+        i.placement.availability_zone = "us-east-1b".into();
+    }
+    db.insert_reservation(&mut r, Some(&request(&subnet, Some("172.31.16.77"))))
+        .expect("launch");
+    let id = r.instances[0].id.clone();
+    db.assign_public_ips(&id, Cidr::parse("198.51.100.0/24").expect("pool"))
+        .expect("public address");
+    let instance = db.get_instance(&id).expect("instance");
+    let eni = instance.primary_interface().expect("eni").clone();
+    let doc = document(&db, &instance)
+        .expect("document")
+        .expect("an instance with an interface has metadata");
+    assert_eq!(doc.instance_id, id);
+    assert_eq!(doc.local_ipv4, "172.31.16.77");
+    assert_eq!(doc.local_hostname, "ip-172-31-16-77.ec2.internal");
+    let public = eni.public_ip.expect("a pool address").to_string();
+    assert_eq!(doc.public_ipv4.as_deref(), Some(public.as_str()));
+    assert_eq!(
+        doc.public_hostname,
+        Some(format!("ec2-{}.compute-1.amazonaws.com", public.replace('.', "-")))
+    );
+    assert_eq!(doc.mac, eni.mac_address.to_ascii_lowercase());
+    assert_eq!((doc.availability_zone.as_str(), doc.availability_zone_id.as_str()), ("us-east-1b", "use1-az2"));
+    assert_eq!(doc.security_groups, vec!["default".to_string()]);
+    assert_eq!(doc.public_keys.len(), 1);
+    assert_eq!(doc.public_keys[0].openssh, "ssh-ed25519 AAAA us-east-kp");
+    assert_eq!(doc.user_data.as_deref(), Some(&b"#!/bin/sh\necho hi\n"[..]));
+    assert_eq!(doc.tags.get("Name").map(String::as_str), Some("web"));
+    let nic = &doc.interfaces[0];
+    assert_eq!(nic.interface_id, eni.id);
+    assert_eq!(nic.subnet_ipv4_cidr_block, subnet.cidr_block);
+    assert_eq!(nic.vpc_ipv4_cidr_blocks, vec!["172.31.0.0/16".to_string()]);
+    assert_eq!(nic.security_group_ids, vec![eni.groups[0].group_id.clone()]);
+    assert_eq!(doc.options.http_tokens, HttpTokens::Optional);
+    assert_eq!(doc.options.hop_limit, 1);
+    assert!(doc.options.http_endpoint && !doc.options.instance_metadata_tags);
+    // Without an interface, nothing could reach the service.
+    let mut bare = reservation(1, None, at(0));
+    db.insert_reservation(&mut bare, None).expect("launch");
+    let bare = db.get_instance(&bare.instances[0].id).expect("instance");
+    assert_eq!(document(&db, &bare).expect("document"), None);
+}

@@ -103,6 +103,10 @@ pub struct VmConfig {
     /// The guest's vsock device, if any.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// The instance metadata served at 169.254.169.254 on the first
+    /// network card, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<crate::metadata::InstanceMetadata>,
 }
 
 impl VmConfig {
@@ -125,6 +129,7 @@ impl VmConfig {
             nets: Vec::new(),
             rng: false,
             vsock: None,
+            metadata: None,
         }
     }
 

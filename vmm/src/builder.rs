@@ -145,8 +145,13 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, 
     for disk in &config.disks {
         devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
     }
-    for net in &config.nets {
-        devices.push(Box::new(Net::open(&net.tap, net.mac.map(|m| m.0))?));
+    for (index, net) in config.nets.iter().enumerate() {
+        let mut card = Net::open(&net.tap, net.mac.map(|m| m.0))?;
+        // The metadata service answers on the primary interface, as on EC2.
+        if let (0, Some(metadata)) = (index, &config.metadata) {
+            card.serve_metadata(metadata.clone())?;
+        }
+        devices.push(Box::new(card));
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));

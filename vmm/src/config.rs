@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ec2lab_vmm_api::metadata::MAX_USER_DATA;
+
 pub use ec2lab_vmm_api::config::{
     CpuTemplate, DiskConfig, MacAddr, NetConfig, VmConfig, VsockConfig, DEFAULT_STALL_TIMEOUT_SECS,
 };
@@ -39,6 +41,9 @@ pub enum ConfigError {
         /// What serde said.
         source: serde_json::Error,
     },
+    /// The instance metadata cannot be served as given.
+    #[error("invalid instance metadata: {0}")]
+    Metadata(String),
     /// No kernel was given.
     #[error("no kernel given (use --kernel or \"kernel\" in the config file)")]
     NoKernel,
@@ -152,6 +157,26 @@ impl Validate for VmConfig {
                 max: MAX_VIRTIO_DEVICES,
             });
         }
+        if let Some(metadata) = &self.metadata {
+            if self.nets.is_empty() {
+                return Err(ConfigError::Metadata(
+                    "instance metadata needs a network card to be served on".into(),
+                ));
+            }
+            let user_data = metadata.user_data.as_ref().map_or(0, Vec::len);
+            if user_data > MAX_USER_DATA {
+                return Err(ConfigError::Metadata(format!(
+                    "user data is {user_data} bytes, at most {MAX_USER_DATA}"
+                )));
+            }
+            let options = &metadata.options;
+            if !(1..=64).contains(&options.hop_limit) {
+                return Err(ConfigError::Metadata(format!(
+                    "hop limit must be 1 to 64, got {}",
+                    options.hop_limit
+                )));
+            }
+        }
         if self.cmdline.len() >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
             return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
         }
@@ -195,6 +220,32 @@ mod tests {
     fn unknown_fields_are_rejected() {
         let err = from_json(r#"{"kernel":"/k","vcpu":2}"#).expect_err("misspelt field");
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn metadata_needs_a_card_and_bounded_user_data_and_hop_limit() {
+        let mut c = from_json(
+            r#"{"kernel":"/k","nets":[{"tap":"tap0"}],
+                "metadata":{"instance_id":"i-1","ami_id":"ami-1","instance_type":"t2.micro",
+                "reservation_id":"r-1","account_id":"0","region":"us-east-1",
+                "availability_zone":"us-east-1a","availability_zone_id":"use1-az1",
+                "architecture":"x86_64","pending_time":"","local_hostname":"",
+                "local_ipv4":"","mac":""}}"#,
+        )
+        .expect("config with metadata parses");
+        assert!(c.validate(1024).is_ok());
+        let metadata = c.metadata.as_mut().expect("metadata");
+        metadata.user_data = Some(vec![b'x'; MAX_USER_DATA + 1]);
+        let err = c.validate(1024).expect_err("16 KiB + 1");
+        assert!(err.to_string().contains("user data"), "{err}");
+        let metadata = c.metadata.as_mut().expect("metadata");
+        metadata.user_data = None;
+        metadata.options.hop_limit = 0;
+        assert!(matches!(c.validate(1024), Err(ConfigError::Metadata(_))));
+        c.metadata.as_mut().expect("metadata").options.hop_limit = 64;
+        c.nets.clear();
+        let err = c.validate(1024).expect_err("no card");
+        assert!(err.to_string().contains("network card"), "{err}");
     }
 
     #[test]

@@ -121,6 +121,8 @@ impl Args {
             nets: self.net,
             rng: self.rng,
             vsock: self.vsock,
+            // Instance metadata comes only with a config file.
+            metadata: None,
         })
     }
 }

@@ -534,7 +534,8 @@ fn device_io(rules: &mut Rules) {
     allow_all(
         rules,
         &[
-            // Queue, interrupt and tap events; vsock connections.
+            // Queue, interrupt and tap events; vsock connections; the
+            // metadata service's TCP timer.
             SYS_epoll_ctl,
             SYS_epoll_pwait,
             SYS_epoll_wait,
@@ -542,6 +543,7 @@ fn device_io(rules: &mut Rules) {
             SYS_ppoll,
             SYS_read,
             SYS_readv,
+            SYS_timerfd_settime,
             SYS_writev,
             // Disk images.
             SYS_fallocate,

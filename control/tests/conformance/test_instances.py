@@ -59,6 +59,10 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
 
     # The guest really boots: its serial console comes back through the API.
     wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot on its console")
+    # The agent got the key and the user data from the metadata service.
+    for line in ["ec2lab-guest: ssh-key: ok: installed key 0=lifecycle-kp",
+                 "ec2lab-guest: user-data: ok: user data script exited with status 0"]:
+        assert line in console(iid), (line, console(iid))
     status = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"][0]
     assert status["SystemStatus"]["Status"] == "ok"
     assert status["InstanceState"]["Name"] == "running"

@@ -5,6 +5,7 @@ and taken addresses; the guest launched there gets its address by DHCP
 from the VPC fabric and answers on it."""
 import os
 import subprocess
+import tempfile
 import time
 
 import botocore
@@ -75,9 +76,23 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
     free_before = subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"]
     group = aws("create-security-group", "--group-name", "WebSSHAccess",
                 "--description", "WebSSHAccess", "--vpc-id", default_vpc["VpcId"])["GroupId"]
+    # A key pair and a user-data script that reads the metadata service
+    # both ways: v2 through the agent (token first), v1 with busybox wget.
+    workdir = tempfile.mkdtemp()
+    key = os.path.join(workdir, "kp")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vpc-kp", "-f", key],
+                   check=True, timeout=60)
+    aws("import-key-pair", "--key-name", "vpc-kp", "--public-key-material", f"fileb://{key}.pub")
+    script = os.path.join(workdir, "user-data.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\n"
+                "echo \"ud: v2 az=$(ec2lab-guest metadata placement/availability-zone)"
+                " pub=$(ec2lab-guest metadata public-ipv4)\"\n"
+                "echo \"ud: v1 ip=$(wget -qO- http://169.254.169.254/latest/meta-data/local-ipv4)\"\n")
     run = aws("run-instances", "--image-id", lab_minimal_ami, "--instance-type", "lab.nano",
               "--subnet-id", subnet_b["SubnetId"], "--private-ip-address", "172.31.16.77",
-              "--security-group-ids", group)
+              "--security-group-ids", group, "--key-name", "vpc-kp",
+              "--user-data", f"file://{script}")
     iid = run["Instances"][0]["InstanceId"]
     try:
         described = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
@@ -119,7 +134,16 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         # authorized, answers at once after, and is cut again on revoke,
         # with the guest running throughout.
         wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot")
-        assert "lab-minimal: eth0: inet 172.31.16.77/20" in console(iid), console(iid)
+        out = console(iid)
+        assert "lab-minimal: eth0: inet 172.31.16.77/20" in out, out
+        # The metadata service in the VMM answered the agent and the user
+        # data: the key reached ec2-user, the script ran with v2 and v1.
+        for line in ["ec2lab-guest: token: ok", f"ec2lab-guest: instance-id: ok: {iid}",
+                     "ec2lab-guest: hostname: ok: ip-172-31-16-77.ec2.internal",
+                     "ec2lab-guest: ssh-key: ok: installed key 0=vpc-kp",
+                     f"ud: v2 az=us-east-1b pub={public}", "ud: v1 ip=172.31.16.77",
+                     "ec2lab-guest: user-data: ok"]:
+            assert line in out, (line, out)
 
         router = f"ec2lab-{default_vpc['VpcId']}"
 
@@ -161,6 +185,13 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         # From inside the VPC, and from the internet at the public address.
         for where in [{}, {"ns": internet, "ip": public}]:
             opens(**where)
+        # A real login with the launch key pair, from the internet.
+        login = subprocess.run(
+            ["ip", "netns", "exec", internet, "ssh", "-i", key, "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "ConnectTimeout=120", f"ec2-user@{public}", "id -un; hostname"],
+            capture_output=True, text=True, timeout=300)
+        assert login.stdout.split() == ["ec2-user", "ip-172-31-16-77.ec2.internal"], login
         # An Elastic IP replaces the public address at once, no restart:
         # the guest answers at it, and no longer at the old one.
         eip = aws("allocate-address", "--domain", "vpc")
@@ -221,6 +252,7 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid],
                                                    WaiterConfig={"Delay": 2, "MaxAttempts": 150})
     ec2.delete_security_group(GroupId=group)
+    ec2.delete_key_pair(KeyName="vpc-kp")
     # Termination deleted the interface and gave the address back.
     assert aws("describe-network-interfaces", "--filters",
                f"Name=attachment.instance-id,Values={iid}")["NetworkInterfaces"] == []

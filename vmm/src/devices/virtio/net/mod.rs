@@ -18,6 +18,10 @@ pub mod tap;
 mod tests;
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use ec2lab_vmm_api::metadata::InstanceMetadata;
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -27,8 +31,11 @@ use virtio_bindings::virtio_net::{
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use self::tap::{Tap, TapError, VNET_HDR_LEN};
+use crate::imds::stack::{self as imds_stack, ImdsStack};
+use crate::imds::ImdsError;
 use super::{
     device_type, read_config_bytes, ready_queue, BackendEvents, DeviceCounters, UsedQueues,
     VirtioDevice, VIRTIO_F_VERSION_1,
@@ -46,6 +53,8 @@ pub const MAX_PACKET: usize = 65562;
 
 /// Backend token of the tap descriptor.
 const TAP_TOKEN: u32 = 0;
+/// Backend token of the metadata service's timer.
+const IMDS_TIMER_TOKEN: u32 = 1;
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS: usize = 10;
@@ -60,6 +69,12 @@ pub enum NetError {
     /// The tap could not be opened or set up.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// The metadata service could not be set up.
+    #[error("instance metadata: {0}")]
+    Metadata(#[from] ImdsError),
+    /// The metadata service's timer could not be made.
+    #[error("instance metadata timer: {0}")]
+    Timer(std::io::Error),
     /// The MAC given cannot be a network card's address.
     #[error("MAC {mac} for tap {tap} is a multicast address")]
     MulticastMac {
@@ -131,6 +146,31 @@ pub struct Net {
     rx_pending: Option<usize>,
     /// The packet being transmitted, gathered from the guest's descriptors.
     tx_packet: Vec<u8>,
+    /// The instance metadata service, on the card that serves it.
+    imds: Option<Metadata>,
+}
+
+/// The metadata service on a card and the timer that drives its TCP
+/// (retransmissions, idle connections) between guest frames.
+struct Metadata {
+    stack: ImdsStack,
+    timer: TimerFd,
+}
+
+impl Metadata {
+    /// Arms the timer for the stack's next deadline (or disarms it).
+    fn rearm(&mut self) {
+        let result = match self.stack.poll_delay(Instant::now()) {
+            // A zero duration would disarm a timerfd.
+            Some(delay) => self
+                .timer
+                .reset(delay.max(std::time::Duration::from_millis(1)), None),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = result {
+            log::warn!("virtio-net: metadata timer: {e}");
+        }
+    }
 }
 
 impl Net {
@@ -158,7 +198,35 @@ impl Net {
             rx_packet: vec![0; MAX_PACKET],
             rx_pending: None,
             tx_packet: vec![0; MAX_PACKET],
+            imds: None,
         })
+    }
+
+    /// Serves the instance metadata service `doc` on this card: the
+    /// guest's frames for 169.254.169.254 go to it instead of the tap.
+    pub fn serve_metadata(&mut self, doc: InstanceMetadata) -> Result<(), NetError> {
+        let stack = ImdsStack::new(doc, self.mac, Instant::now())?;
+        let timer = TimerFd::new().map_err(|e| NetError::Timer(e.into()))?;
+        // Non-blocking: a rearm between epoll's report and the read clears
+        // the expiry, and the read must then return, not wait.
+        // SAFETY: F_SETFL on a descriptor this function owns; no pointers.
+        if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(NetError::Timer(std::io::Error::last_os_error()));
+        }
+        self.imds = Some(Metadata { stack, timer });
+        Ok(())
+    }
+
+    /// Replaces the metadata the card serves (no-op on a card without
+    /// the service); false when it has none.
+    pub fn update_metadata(&mut self, doc: InstanceMetadata) -> bool {
+        match &mut self.imds {
+            Some(imds) => {
+                imds.stack.update(doc);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The card's MAC address.
@@ -193,7 +261,12 @@ impl Net {
             }
             used = true;
         }
-        UsedQueues::when(used, TX_QUEUE)
+        let mut used = UsedQueues::when(used, TX_QUEUE);
+        if self.imds.as_ref().is_some_and(|m| m.stack.has_frames()) {
+            // The metadata service answered: its frames go to the guest now.
+            used |= self.process_rx(mem, queues);
+        }
+        used
     }
 
     /// Copies a tx chain (vnet header and frame, device-readable only) into
@@ -228,14 +301,23 @@ impl Net {
     }
 
     /// Sends one packet from the guest: the vnet header, then the Ethernet
-    /// frame. Every frame the guest transmits passes here: this is where
-    /// frames for the instance metadata service (169.254.169.254) are to be
+    /// frame. Every frame the guest transmits passes here, which is where
+    /// frames for the instance metadata service (169.254.169.254) are
     /// diverted to the in-VMM stack instead of the tap.
     ///
     /// A tap that cannot take the frame right now drops it: the kernel tap
     /// rarely blocks on write, and TCP in the guest recovers a lost frame.
     fn transmit(&mut self, packet: &[u8]) {
         let frame_len = packet.len().saturating_sub(VNET_HDR_LEN) as u64;
+        if let Some(imds) = &mut self.imds {
+            let frame = packet.get(VNET_HDR_LEN..).unwrap_or_default();
+            if imds_stack::diverts(frame) {
+                imds.stack.receive(frame, Instant::now());
+                imds.rearm();
+                self.counters.ok(frame_len);
+                return;
+            }
+        }
         match self.tap.write(packet) {
             Ok(_) => self.counters.ok(frame_len),
             Err(e) => {
@@ -255,7 +337,9 @@ impl Net {
         let mut used = false;
         loop {
             if self.rx_pending.is_none() {
-                self.rx_pending = self.read_tap();
+                // The metadata service's answers go first: they are few,
+                // and they wait in the VMM's memory, not the kernel's.
+                self.rx_pending = self.metadata_frame().or_else(|| self.read_tap());
             }
             let Some(len) = self.rx_pending else {
                 break;
@@ -287,6 +371,17 @@ impl Net {
             used = true;
         }
         UsedQueues::when(used, RX_QUEUE)
+    }
+
+    /// Puts the metadata service's next frame into `rx_packet` behind a
+    /// plain vnet header (no offloads: the stack checksums everything).
+    fn metadata_frame(&mut self) -> Option<usize> {
+        let frame = self.imds.as_mut()?.stack.next_frame()?;
+        let len = VNET_HDR_LEN + frame.len();
+        let packet = self.rx_packet.get_mut(..len)?;
+        packet[..VNET_HDR_LEN].fill(0);
+        packet[VNET_HDR_LEN..].copy_from_slice(&frame);
+        Some(len)
     }
 
     /// Reads the next frame from the tap into `rx_packet`; `None` when the
@@ -419,8 +514,11 @@ impl VirtioDevice for Net {
     }
 
     fn register_backend(&mut self, events: BackendEvents) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        events.add(self.tap.as_raw_fd(), TAP_TOKEN, EventSet::IN)
+        events.add(self.tap.as_raw_fd(), TAP_TOKEN, EventSet::IN)?;
+        if let Some(imds) = &self.imds {
+            events.add(imds.timer.as_raw_fd(), IMDS_TIMER_TOKEN, EventSet::IN)?;
+        }
+        Ok(())
     }
 
     fn process_backend(
@@ -430,10 +528,19 @@ impl VirtioDevice for Net {
         _events: u32,
         queues: &mut [Queue],
     ) -> UsedQueues {
-        if token != TAP_TOKEN {
-            return UsedQueues::NONE;
+        match token {
+            TAP_TOKEN => self.process_rx(mem, queues),
+            IMDS_TIMER_TOKEN => {
+                if let Some(imds) = &mut self.imds {
+                    // Reading clears the expiry; nothing to read is fine.
+                    let _ = imds.timer.wait();
+                    imds.stack.poll(Instant::now());
+                    imds.rearm();
+                }
+                self.process_rx(mem, queues)
+            }
+            _ => UsedQueues::NONE,
         }
-        self.process_rx(mem, queues)
     }
 
     fn set_acked_features(&mut self, features: u64) {

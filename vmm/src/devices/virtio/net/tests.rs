@@ -537,3 +537,102 @@ fn open_errors_name_the_interface() {
         assert!(err.to_string().contains("tap interface lo"), "{err}");
     });
 }
+
+/// The Internet checksum of `data`.
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request from the guest (172.31.0.5) to `dst`, sent to
+/// its gateway's MAC as Linux routes 169.254.169.254.
+fn ping(mac: [u8; 6], dst: [u8; 4]) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(b"imds");
+    let sum = inet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, (20 + icmp.len()) as u8, 0, 1, 0x40, 0, 64, 1, 0, 0];
+    ip.extend_from_slice(&[172, 31, 0, 5]);
+    ip.extend_from_slice(&dst);
+    let sum = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An ARP request from the guest for `target`.
+fn arp_request(mac: [u8; 6], target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[172, 31, 0, 5, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&target);
+    f
+}
+
+#[test]
+fn frames_for_the_metadata_service_stay_in_the_vmm_and_its_answers_reach_the_guest() {
+    in_netns(|| {
+        let (mut net, sock) = lab();
+        net.serve_metadata(ec2lab_vmm_api::metadata::InstanceMetadata {
+            instance_id: "i-0a1b2c3d4e5f60718".into(),
+            ..Default::default()
+        })
+        .expect("metadata service");
+        let mac = net.mac();
+        let m = mem();
+        let (rx, tx, mut qs) = queues(&m);
+        push_chain(&rx, 0, &[writable(BUF + 0x8000, 2048)]);
+        push_chain(&rx, 1, &[writable(BUF + 0x9000, 2048)]);
+        for (i, f) in [arp_request(mac, [169, 254, 169, 254]), ping(mac, [169, 254, 169, 254])]
+            .iter()
+            .enumerate()
+        {
+            let at = BUF + 0x1000 * i as u64;
+            m.write_slice(&[0; VNET_HDR_LEN], GuestAddress(at))
+                .expect("header");
+            m.write_slice(f, GuestAddress(at + VNET_HDR_LEN as u64))
+                .expect("frame");
+            push_chain(&tx, 2 * i as u16, &[readable(at, (VNET_HDR_LEN + f.len()) as u32)]);
+        }
+        let used_queues = net.process_queue(&m, TX_QUEUE, &mut qs);
+        assert!(used_queues.contains(TX_QUEUE) && used_queues.contains(RX_QUEUE));
+        assert!(sock.nothing_received(), "a metadata frame reached the tap");
+        // The ARP reply: the service's MAC for 169.254.169.254.
+        let (_, len) = used(&rx, 0);
+        let arp = read_guest(&m, BUF + 0x8000, len as usize);
+        assert_eq!(arp[..NUM_BUFFERS], [0; NUM_BUFFERS], "no offloads");
+        assert_eq!(arp[NUM_BUFFERS..VNET_HDR_LEN], [1, 0], "num_buffers");
+        let arp = &arp[VNET_HDR_LEN..];
+        assert_eq!((&arp[..6], &arp[12..14], &arp[20..22]), (&mac[..], &[8u8, 6][..], &[0u8, 2][..]));
+        assert_eq!(&arp[28..32], &[169, 254, 169, 254]);
+        // The echo reply, from the MAC the guest sent to.
+        let (_, len) = used(&rx, 1);
+        let pong = read_guest(&m, BUF + 0x9000, len as usize);
+        let pong = &pong[VNET_HDR_LEN..];
+        assert_eq!(&pong[..6], &mac);
+        assert_eq!(&pong[6..12], &[0x02, 0, 0, 0, 0, 0x01]);
+        assert_eq!(&pong[26..30], &[169, 254, 169, 254], "source address");
+        assert_eq!(pong[34], 0, "an echo reply");
+        // Anything else still goes to the tap.
+        let other = ping(mac, [172, 31, 0, 1]);
+        m.write_slice(&[0; VNET_HDR_LEN], GuestAddress(BUF + 0x4000))
+            .expect("header");
+        m.write_slice(&other, GuestAddress(BUF + 0x4000 + VNET_HDR_LEN as u64))
+            .expect("frame");
+        push_chain(&tx, 4, &[readable(BUF + 0x4000, (VNET_HDR_LEN + other.len()) as u32)]);
+        net.process_queue(&m, TX_QUEUE, &mut qs);
+        assert!(!sock.nothing_received(), "the other frame reached the tap");
+    });
+}
