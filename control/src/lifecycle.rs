@@ -167,6 +167,10 @@ pub struct Lab {
     /// The VPC fabric; unset (instances get no network card) in labs
     /// built without one, such as the API's unit tests.
     network: OnceLock<Arc<Network>>,
+    /// The metadata documents last handed to running VMMs, by instance;
+    /// the lock also keeps two pushes from crossing.
+    pub(crate) metadata_pushed:
+        Arc<tokio::sync::Mutex<HashMap<String, ec2lab_vmm_api::metadata::InstanceMetadata>>>,
 }
 
 /// How the lab judges a guest's health.
@@ -232,6 +236,7 @@ impl Lab {
             restarts: Mutex::default(),
             watched: Mutex::new(HashSet::new()),
             stalls: Mutex::new(HashMap::new()),
+            metadata_pushed: Arc::default(),
             stall_timeout: health.stall_timeout,
             // Read often enough that a stall shows soon after the VMM sees it.
             stall_poll: health.stall_timeout.map_or(DEFAULT_STALL_POLL, |t| {

@@ -10,8 +10,14 @@ use ec2lab_vmm_api::metadata::{
     HttpTokens as ServedTokens, InstanceMetadata, InterfaceMetadata, MetadataOptions, PublicKey,
 };
 
-use crate::db::{Db, DbError, NetworkQuery};
+use std::sync::Arc;
+
+use ec2lab_vmm_api::api::ApiRequest;
+
+use crate::db::{Db, DbError, InstanceQuery, NetworkQuery};
+use crate::lifecycle::Lab;
 use crate::model::vpc::{private_dns_name, public_dns_name, NetworkInterface};
+use crate::model::InstanceState;
 use crate::model::{
     format_timestamp, zones, HttpTokens, Instance, DEFAULT_OWNER_ID, DEFAULT_REGION,
 };
@@ -88,7 +94,11 @@ pub fn document(db: &Db, instance: &Instance) -> Result<Option<InstanceMetadata>
         public_hostname: primary
             .public_ip
             .map(|ip| public_dns_name(ip, DEFAULT_REGION)),
-        security_groups: primary.groups.iter().map(|g| g.group_name.clone()).collect(),
+        security_groups: primary
+            .groups
+            .iter()
+            .map(|g| g.group_name.clone())
+            .collect(),
         public_keys,
         user_data: instance.user_data.clone(),
         tags: instance.tags.clone(),
@@ -103,4 +113,63 @@ pub fn document(db: &Db, instance: &Instance) -> Result<Option<InstanceMetadata>
             instance_metadata_tags: options.instance_metadata_tags.is_enabled(),
         },
     }))
+}
+
+impl Lab {
+    /// Brings every running instance's metadata service up to date with
+    /// the store (after a public address, group, tag or metadata-option
+    /// change), in the background: EC2's metadata is eventually consistent
+    /// too. Each push composes its documents from the store under one
+    /// lock, so the last one to run leaves the newest state everywhere, and
+    /// only documents that changed are sent.
+    pub fn refresh_metadata(self: &Arc<Self>) {
+        let lab = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let mut pushed = lab.metadata_pushed.lock().await;
+            let running = match lab.db.list_instances(&InstanceQuery::default()) {
+                Ok(page) => page.items,
+                Err(e) => {
+                    log::error!("metadata refresh: {e}");
+                    return;
+                }
+            };
+            // Only instances with a VMM serve anything.
+            let running: Vec<_> = running
+                .into_iter()
+                .filter(|i| i.state == InstanceState::Running && i.vmm.is_some())
+                .collect();
+            pushed.retain(|id, _| running.iter().any(|i| &i.id == id));
+            for instance in &running {
+                let doc = match document(&lab.db, instance) {
+                    Ok(Some(doc)) => doc,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        log::error!("{}: metadata: {e}", instance.id);
+                        continue;
+                    }
+                };
+                if pushed.get(&instance.id) == Some(&doc) {
+                    continue;
+                }
+                let sock = lab.supervisor.files(&instance.id).api_sock();
+                let request = ApiRequest::SetMetadata(Box::new(doc.clone()));
+                match crate::supervisor::vmm_api(&sock, request).await {
+                    Ok((204, _)) => {
+                        pushed.insert(instance.id.clone(), doc);
+                    }
+                    // No card (no fabric): nothing serves metadata there.
+                    Ok((409, _)) => {
+                        pushed.insert(instance.id.clone(), doc);
+                    }
+                    Ok((status, body)) => {
+                        log::warn!(
+                            "{}: metadata update refused ({status}): {body}",
+                            instance.id
+                        )
+                    }
+                    Err(e) => log::warn!("{}: metadata update: {e}", instance.id),
+                }
+            }
+        });
+    }
 }

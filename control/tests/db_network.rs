@@ -712,10 +712,19 @@ fn the_metadata_document_says_what_describe_instances_says() {
     assert_eq!(doc.public_ipv4.as_deref(), Some(public.as_str()));
     assert_eq!(
         doc.public_hostname,
-        Some(format!("ec2-{}.compute-1.amazonaws.com", public.replace('.', "-")))
+        Some(format!(
+            "ec2-{}.compute-1.amazonaws.com",
+            public.replace('.', "-")
+        ))
     );
     assert_eq!(doc.mac, eni.mac_address.to_ascii_lowercase());
-    assert_eq!((doc.availability_zone.as_str(), doc.availability_zone_id.as_str()), ("us-east-1b", "use1-az2"));
+    assert_eq!(
+        (
+            doc.availability_zone.as_str(),
+            doc.availability_zone_id.as_str()
+        ),
+        ("us-east-1b", "use1-az2")
+    );
     assert_eq!(doc.security_groups, vec!["default".to_string()]);
     assert_eq!(doc.public_keys.len(), 1);
     assert_eq!(doc.public_keys[0].openssh, "ssh-ed25519 AAAA us-east-kp");

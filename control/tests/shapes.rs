@@ -512,6 +512,32 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         credits.contains("<cpuCredits>unlimited</cpuCredits>") && !credits.contains(&id),
         "{credits}"
     );
+    let options = s.call(
+        "ModifyInstanceMetadataOptions",
+        &[
+            ("InstanceId", id.as_str()),
+            ("HttpTokens", "required"),
+            ("HttpPutResponseHopLimit", "2"),
+        ],
+    );
+    assert!(
+        options.contains("<httpTokens>required</httpTokens>")
+            && options.contains("<httpPutResponseHopLimit>2</httpPutResponseHopLimit>"),
+        "{options}"
+    );
+    let described = s.call("DescribeInstances", &[("InstanceId.1", id.as_str())]);
+    assert!(
+        described.contains("<httpTokens>required</httpTokens>"),
+        "{described}"
+    );
+    s.refused(
+        "ModifyInstanceMetadataOptions",
+        &[
+            ("InstanceId", id.as_str()),
+            ("HttpPutResponseHopLimit", "65"),
+        ],
+        "InvalidParameterValue",
+    );
     s.refused(
         "DescribeInstanceCreditSpecifications",
         &[("InstanceId.1", id.as_str())],

@@ -4,6 +4,7 @@
 //! GET  /vm                                  state, config, uptime, per-vCPU exit counts, stall
 //! PUT  /vm/state  {"state":"Paused"|"Resumed"}
 //! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
+//! PUT  /metadata  InstanceMetadata          what 169.254.169.254 serves from now on
 //! ```
 //! Errors come back with a 4xx or 5xx status and [`ApiFault`] as the body.
 //! Request bodies refuse unknown fields, so a client's typo is a 400 rather
@@ -12,12 +13,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metadata::InstanceMetadata;
+
 /// `GET` here describes the VM.
 pub const VM_PATH: &str = "/vm";
 /// `PUT` (or `PATCH`) a [`StateBody`] here to pause or resume.
 pub const VM_STATE_PATH: &str = "/vm/state";
 /// `PUT` an [`ActionBody`] here.
 pub const ACTIONS_PATH: &str = "/actions";
+/// `PUT` an [`InstanceMetadata`] here to replace what the metadata service
+/// serves (a new public address, groups, tags, options).
+pub const METADATA_PATH: &str = "/metadata";
 
 /// Requested VM state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +61,7 @@ pub struct ActionBody {
 
 /// One control API request: what the VMM's server parses and a client
 /// sends, with its method, path and body in one place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiRequest {
     /// `GET /vm`.
     Describe,
@@ -63,42 +69,48 @@ pub enum ApiRequest {
     SetState(VmStateRequest),
     /// `PUT /actions`.
     Action(ActionType),
+    /// `PUT /metadata`.
+    SetMetadata(Box<InstanceMetadata>),
 }
 
 /// A request body, serialised as the object its route expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum RequestBody {
+pub enum RequestBody<'a> {
     /// For `PUT /vm/state`.
     State(StateBody),
     /// For `PUT /actions`.
     Action(ActionBody),
+    /// For `PUT /metadata`.
+    Metadata(&'a InstanceMetadata),
 }
 
 impl ApiRequest {
     /// The HTTP method a client sends.
-    pub const fn method(self) -> &'static str {
+    pub const fn method(&self) -> &'static str {
         match self {
             Self::Describe => "GET",
-            Self::SetState(_) | Self::Action(_) => "PUT",
+            Self::SetState(_) | Self::Action(_) | Self::SetMetadata(_) => "PUT",
         }
     }
 
     /// The path.
-    pub const fn path(self) -> &'static str {
+    pub const fn path(&self) -> &'static str {
         match self {
             Self::Describe => VM_PATH,
             Self::SetState(_) => VM_STATE_PATH,
             Self::Action(_) => ACTIONS_PATH,
+            Self::SetMetadata(_) => METADATA_PATH,
         }
     }
 
     /// The JSON body, if the request has one.
-    pub const fn body(self) -> Option<RequestBody> {
+    pub fn body(&self) -> Option<RequestBody<'_>> {
         match self {
             Self::Describe => None,
-            Self::SetState(state) => Some(RequestBody::State(StateBody { state })),
-            Self::Action(action) => Some(RequestBody::Action(ActionBody { action })),
+            Self::SetState(state) => Some(RequestBody::State(StateBody { state: *state })),
+            Self::Action(action) => Some(RequestBody::Action(ActionBody { action: *action })),
+            Self::SetMetadata(doc) => Some(RequestBody::Metadata(doc)),
         }
     }
 }

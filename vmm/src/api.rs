@@ -4,6 +4,7 @@
 //! GET  /vm                                  state, config, uptime, per-vCPU exit counts
 //! PUT  /vm/state  {"state":"Paused"|"Resumed"}
 //! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
+//! PUT  /metadata  the instance metadata document (replaces what IMDS serves)
 //! ```
 //! The server thread only parses and renders; every request is carried out
 //! by the VMM's main loop ([`handle`], calling methods of [`Vmm`]), so API
@@ -19,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 
 pub use ec2lab_vmm_api::api::{
-    ActionBody, ActionType, ApiFault, ApiRequest, StateBody, VmStateRequest, ACTIONS_PATH, VM_PATH,
-    VM_STATE_PATH,
+    ActionBody, ActionType, ApiFault, ApiRequest, StateBody, VmStateRequest, ACTIONS_PATH,
+    METADATA_PATH, VM_PATH, VM_STATE_PATH,
 };
+use ec2lab_vmm_api::metadata::InstanceMetadata;
 use serde_json::json;
 
 use crate::devices::bus::lock;
@@ -69,7 +71,12 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, (u16, 
             let b: ActionBody = serde_json::from_slice(body).map_err(bad)?;
             Ok(ApiRequest::Action(b.action))
         }
-        (_, VM_PATH | VM_STATE_PATH | ACTIONS_PATH) => {
+        ("PUT", METADATA_PATH) => {
+            let doc: InstanceMetadata = serde_json::from_slice(body).map_err(bad)?;
+            crate::config::check_metadata(&doc).map_err(|e| (400, e.to_string()))?;
+            Ok(ApiRequest::SetMetadata(Box::new(doc)))
+        }
+        (_, VM_PATH | VM_STATE_PATH | ACTIONS_PATH | METADATA_PATH) => {
             Err((405, format!("method {method} not allowed on {path}")))
         }
         _ => Err((404, format!("no such resource: {path}"))),
@@ -94,6 +101,14 @@ pub fn handle(vmm: &mut Vmm, req: ApiRequest) -> (ApiResponse, bool) {
             (ApiResponse::NoContent, false)
         }
         ApiRequest::Action(ActionType::Shutdown) => (ApiResponse::NoContent, true),
+        ApiRequest::SetMetadata(doc) => {
+            if vmm.update_metadata(&doc) {
+                (ApiResponse::NoContent, false)
+            } else {
+                let why = "this VM serves no instance metadata (it has no network card)";
+                (ApiResponse::Error(409, why.into()), false)
+            }
+        }
     }
 }
 
@@ -129,8 +144,10 @@ fn describe(vmm: &Vmm) -> serde_json::Value {
     })
 }
 
-/// Largest request body we read; every valid body is a few dozen bytes.
-const MAX_BODY: u64 = 64 * 1024;
+/// Largest request body we read: a metadata document with 16 KiB of user
+/// data as a JSON array is under 80 KiB; every other body is a few dozen
+/// bytes.
+const MAX_BODY: u64 = 128 * 1024;
 
 /// The running server; removes its socket when dropped.
 ///
@@ -285,12 +302,20 @@ mod tests {
             ApiRequest::SetState(VmStateRequest::Resumed),
             ApiRequest::Action(ActionType::SendCtrlAltDel),
             ApiRequest::Action(ActionType::Shutdown),
+            ApiRequest::SetMetadata(Box::new(InstanceMetadata {
+                instance_id: "i-1".into(),
+                user_data: Some(vec![0, 255, 7]),
+                ..InstanceMetadata::default()
+            })),
         ] {
             let body = request
                 .body()
                 .map(|b| serde_json::to_vec(&b).expect("serialises"))
                 .unwrap_or_default();
-            assert_eq!(parse(request.method(), request.path(), &body), Ok(request));
+            assert_eq!(
+                parse(request.method(), request.path(), &body),
+                Ok(request.clone())
+            );
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ec2lab_vmm_api::metadata::MAX_USER_DATA;
+use ec2lab_vmm_api::metadata::{InstanceMetadata, MAX_USER_DATA};
 
 pub use ec2lab_vmm_api::config::{
     CpuTemplate, DiskConfig, MacAddr, NetConfig, VmConfig, VsockConfig, DEFAULT_STALL_TIMEOUT_SECS,
@@ -163,25 +163,31 @@ impl Validate for VmConfig {
                     "instance metadata needs a network card to be served on".into(),
                 ));
             }
-            let user_data = metadata.user_data.as_ref().map_or(0, Vec::len);
-            if user_data > MAX_USER_DATA {
-                return Err(ConfigError::Metadata(format!(
-                    "user data is {user_data} bytes, at most {MAX_USER_DATA}"
-                )));
-            }
-            let options = &metadata.options;
-            if !(1..=64).contains(&options.hop_limit) {
-                return Err(ConfigError::Metadata(format!(
-                    "hop limit must be 1 to 64, got {}",
-                    options.hop_limit
-                )));
-            }
+            check_metadata(metadata)?;
         }
         if self.cmdline.len() >= crate::arch::x86_64::layout::CMDLINE_MAX_SIZE {
             return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
         }
         Ok(())
     }
+}
+
+/// The limits a metadata document must keep, at start and on `PUT
+/// /metadata`.
+pub fn check_metadata(metadata: &InstanceMetadata) -> Result<(), ConfigError> {
+    let user_data = metadata.user_data.as_ref().map_or(0, Vec::len);
+    if user_data > MAX_USER_DATA {
+        return Err(ConfigError::Metadata(format!(
+            "user data is {user_data} bytes, at most {MAX_USER_DATA}"
+        )));
+    }
+    let hop_limit = metadata.options.hop_limit;
+    if !(1..=64).contains(&hop_limit) {
+        return Err(ConfigError::Metadata(format!(
+            "hop limit must be 1 to 64, got {hop_limit}"
+        )));
+    }
+    Ok(())
 }
 
 /// The host's physical memory in MiB, from /proc/meminfo.

@@ -161,6 +161,16 @@ impl Vmm {
         &self.vcpus
     }
 
+    /// Hands a new instance metadata document to the device that serves
+    /// it; false when no device does.
+    pub fn update_metadata(&mut self, doc: &ec2lab_vmm_api::metadata::InstanceMetadata) -> bool {
+        let mut served = false;
+        for slot in self.devices.virtio() {
+            served |= lock(&slot.transport).device_mut().update_metadata(doc);
+        }
+        served
+    }
+
     /// The virtio devices, in guest order.
     pub fn virtio_devices(&self) -> &[VirtioSlot] {
         self.devices.virtio()

@@ -445,6 +445,7 @@ pub const SCENARIO_ACTIONS: &[&str] = &[
     "ImportKeyPair",
     "ModifyInstanceAttribute",
     "ModifyInstanceCreditSpecification",
+    "ModifyInstanceMetadataOptions",
     "ModifyNetworkInterfaceAttribute",
     "RebootInstances",
     "RegisterImage",

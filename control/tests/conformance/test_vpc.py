@@ -185,13 +185,20 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         # From inside the VPC, and from the internet at the public address.
         for where in [{}, {"ns": internet, "ip": public}]:
             opens(**where)
+        def guest(ip, command):
+            """Runs `command` in the guest over ssh with the launch key
+            pair, from the internet; its stdout."""
+            done = subprocess.run(
+                ["ip", "netns", "exec", internet, "ssh", "-i", key, "-o", "BatchMode=yes",
+                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "ConnectTimeout=120", f"ec2-user@{ip}", command],
+                capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done
+            return done.stdout
+
         # A real login with the launch key pair, from the internet.
-        login = subprocess.run(
-            ["ip", "netns", "exec", internet, "ssh", "-i", key, "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "ConnectTimeout=120", f"ec2-user@{public}", "id -un; hostname"],
-            capture_output=True, text=True, timeout=300)
-        assert login.stdout.split() == ["ec2-user", "ip-172-31-16-77.ec2.internal"], login
+        assert guest(public, "id -un; hostname").split() == \
+            ["ec2-user", "ip-172-31-16-77.ec2.internal"]
         # An Elastic IP replaces the public address at once, no restart:
         # the guest answers at it, and no longer at the old one.
         eip = aws("allocate-address", "--domain", "vpc")
@@ -199,6 +206,18 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
             aws("associate-address", "--instance-id", iid, "--allocation-id", eip["AllocationId"])
             opens(ns=internet, ip=eip["PublicIp"])
             assert not banner(ns=internet, ip=public).stdout
+            # The running guest's metadata follows (pushed to its VMM), and
+            # so do its metadata options: tokens required turns v1 away.
+            wait_pub = ("for i in $(seq 30); do v=$(ec2lab-guest metadata public-ipv4);"
+                        f" [ \"$v\" = {eip['PublicIp']} ] && break; sleep 1; done; echo $v")
+            assert guest(eip["PublicIp"], wait_pub).strip() == eip["PublicIp"]
+            aws("modify-instance-metadata-options", "--instance-id", iid,
+                "--http-tokens", "required")
+            v1 = "wget -q -T 5 -O- http://169.254.169.254/latest/meta-data/instance-id"
+            refused = guest(eip["PublicIp"],
+                            f"for i in $(seq 30); do {v1} >/dev/null 2>&1 || break; sleep 1; done;"
+                            f" {v1} 2>&1; echo; echo v2=$(ec2lab-guest metadata instance-id)")
+            assert "401" in refused and f"v2={iid}" in refused, refused
             assert "InvalidIPAddress.InUse" in aws_error(
                 "release-address", "--allocation-id", eip["AllocationId"])
             aws("disassociate-address", "--public-ip", eip["PublicIp"])

@@ -105,6 +105,7 @@ pub fn associate_address(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>,
     }
     let allow = params.bool("AllowReassociation")?.unwrap_or(false);
     let association_id = ctx.lab()?.associate_address(&address, &target, allow)?;
+    ctx.lab()?.refresh_metadata();
     Ok(vec![XmlNode::text("associationId", association_id)])
 }
 
@@ -113,6 +114,7 @@ pub fn disassociate_address(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNod
     params.reject_unknown(&["AssociationId", "PublicIp", "DryRun"])?;
     let association = address_ref(params, "AssociationId", IdKind::ElasticIpAssociation)?;
     ctx.lab()?.disassociate_address(&association)?;
+    ctx.lab()?.refresh_metadata();
     // botocore models no output (EC2 sends a bare `return`).
     Ok(Vec::new())
 }

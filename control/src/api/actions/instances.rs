@@ -286,27 +286,7 @@ fn parse_launch(params: &Params) -> Result<LaunchRequest, Ec2Error> {
         })?,
         None => ShutdownBehavior::Stop,
     };
-    let mut metadata = MetadataOptions::default();
-    if let Some(v) = params.optional("MetadataOptions.HttpTokens") {
-        metadata.http_tokens = HttpTokens::from_name(v).ok_or_else(|| {
-            Ec2Error::invalid_parameter_value(format!("Invalid value '{v}' for HttpTokens"))
-        })?;
-    }
-    if let Some(v) = params.optional("MetadataOptions.HttpEndpoint") {
-        metadata.http_endpoint = Toggle::from_name(v).ok_or_else(|| {
-            Ec2Error::invalid_parameter_value(format!("Invalid value '{v}' for HttpEndpoint"))
-        })?;
-    }
-    if let Some(hops) = params.int_in("MetadataOptions.HttpPutResponseHopLimit", 1, 64)? {
-        metadata.http_put_response_hop_limit = hops as u8;
-    }
-    if let Some(v) = params.optional("MetadataOptions.InstanceMetadataTags") {
-        metadata.instance_metadata_tags = Toggle::from_name(v).ok_or_else(|| {
-            Ec2Error::invalid_parameter_value(format!(
-                "Invalid value '{v}' for InstanceMetadataTags"
-            ))
-        })?;
-    }
+    let metadata = metadata_options(params, "MetadataOptions.", MetadataOptions::default())?;
     let mut root_size_gib = None;
     let mut delete_on_termination = true;
     for bdm in params.structs("BlockDeviceMapping")? {
@@ -560,6 +540,97 @@ pub fn describe_instance_attribute(
     Ok(vec![XmlNode::text("instanceId", id), node])
 }
 
+/// The metadata options in `params` (RunInstances' `MetadataOptions.*`,
+/// ModifyInstanceMetadataOptions' top-level members), over `base`.
+fn metadata_options(
+    params: &Params,
+    prefix: &str,
+    base: MetadataOptions,
+) -> Result<MetadataOptions, Ec2Error> {
+    let mut metadata = base;
+    let name = |member: &str| format!("{prefix}{member}");
+    if let Some(v) = params.optional(&name("HttpTokens")) {
+        metadata.http_tokens = HttpTokens::from_name(v).ok_or_else(|| {
+            Ec2Error::invalid_parameter_value(format!("Invalid value '{v}' for HttpTokens"))
+        })?;
+    }
+    if let Some(v) = params.optional(&name("HttpEndpoint")) {
+        metadata.http_endpoint = Toggle::from_name(v).ok_or_else(|| {
+            Ec2Error::invalid_parameter_value(format!("Invalid value '{v}' for HttpEndpoint"))
+        })?;
+    }
+    if let Some(hops) = params.int_in(&name("HttpPutResponseHopLimit"), 1, 64)? {
+        metadata.http_put_response_hop_limit = hops as u8;
+    }
+    if let Some(v) = params.optional(&name("InstanceMetadataTags")) {
+        metadata.instance_metadata_tags = Toggle::from_name(v).ok_or_else(|| {
+            Ec2Error::invalid_parameter_value(format!(
+                "Invalid value '{v}' for InstanceMetadataTags"
+            ))
+        })?;
+    }
+    match params.optional(&name("HttpProtocolIpv6")) {
+        None | Some("disabled") => {}
+        Some("enabled") => {
+            return Err(Ec2Error::unsupported_operation(
+                "The metadata service has no IPv6 endpoint in ec2lab",
+            ))
+        }
+        Some(v) => {
+            return Err(Ec2Error::invalid_parameter_value(format!(
+                "Invalid value '{v}' for HttpProtocolIpv6"
+            )))
+        }
+    }
+    Ok(metadata)
+}
+
+/// `ModifyInstanceMetadataOptions`: stored, and handed to the running
+/// instance's metadata service at once (tokens required, hop limit,
+/// endpoint off, tags in metadata).
+pub fn modify_instance_metadata_options(
+    ctx: &Ctx<'_>,
+    params: &Params,
+) -> Result<Vec<XmlNode>, Ec2Error> {
+    params.reject_unknown(&[
+        "InstanceId",
+        "HttpTokens",
+        "HttpPutResponseHopLimit",
+        "HttpEndpoint",
+        "HttpProtocolIpv6",
+        "InstanceMetadataTags",
+        "DryRun",
+    ])?;
+    let id = params.required("InstanceId")?;
+    check_ids(IdKind::Instance, &[id])?;
+    let current = ctx.state.lab.db.get_instance(id)?;
+    let options = metadata_options(params, "", current.metadata_options)?;
+    let lab = ctx.lab()?;
+    lab.db.set_metadata_options(id, &options)?;
+    lab.refresh_metadata();
+    Ok(vec![
+        XmlNode::text("instanceId", id),
+        XmlNode::element(
+            "instanceMetadataOptions",
+            vec![
+                // EC2 says "pending" until the instance has the options.
+                XmlNode::text("state", "pending"),
+                XmlNode::text("httpTokens", options.http_tokens.name()),
+                XmlNode::number(
+                    "httpPutResponseHopLimit",
+                    options.http_put_response_hop_limit,
+                ),
+                XmlNode::text("httpEndpoint", options.http_endpoint.name()),
+                XmlNode::text("httpProtocolIpv6", "disabled"),
+                XmlNode::text(
+                    "instanceMetadataTags",
+                    options.instance_metadata_tags.name(),
+                ),
+            ],
+        ),
+    ])
+}
+
 /// `ModifyInstanceAttribute`: instance type and user data while stopped,
 /// termination protection and shutdown behaviour at any time.
 pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Error> {
@@ -649,6 +720,7 @@ pub fn modify_instance_attribute(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<X
         return Err(Ec2Error::missing_parameter("Attribute"));
     }
     ctx.lab()?.modify_attributes(id, &changes)?;
+    ctx.lab()?.refresh_metadata();
     // The model gives this action no output members.
     Ok(Vec::new())
 }

@@ -167,6 +167,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
         credit_specifications::modify_instance_credit_specification,
     ),
     (
+        "ModifyInstanceMetadataOptions",
+        instances::modify_instance_metadata_options,
+    ),
+    (
         "ModifyNetworkInterfaceAttribute",
         vpcs::modify_network_interface_attribute,
     ),

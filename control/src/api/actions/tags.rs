@@ -24,6 +24,8 @@ pub fn create_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
         return Err(Ec2Error::missing_parameter("Tag"));
     }
     ctx.lab()?.db.create_tags(&ids, &tags)?;
+    // Instance tags show in metadata where the instance allows it.
+    ctx.lab()?.refresh_metadata();
     // The model gives this action no output members.
     Ok(Vec::new())
 }
@@ -44,6 +46,7 @@ pub fn delete_tags(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec2Er
         })
         .collect::<Result<Vec<_>, Ec2Error>>()?;
     ctx.lab()?.db.delete_tags(&ids, &selectors)?;
+    ctx.lab()?.refresh_metadata();
     // The model gives this action no output members.
     Ok(Vec::new())
 }

@@ -328,6 +328,7 @@ pub fn modify_network_interface_attribute(
         }
     };
     ctx.lab()?.modify_network_interface(id, &change)?;
+    ctx.lab()?.refresh_metadata();
     Ok(Vec::new())
 }
 

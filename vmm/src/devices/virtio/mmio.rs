@@ -102,6 +102,11 @@ impl MmioTransport {
         self.device.as_ref()
     }
 
+    /// The device, to change what it serves (instance metadata).
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
     /// Whether the driver has finished set-up.
     pub fn is_active(&self) -> bool {
         self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0

@@ -194,6 +194,12 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device: forget per-session state.
     fn reset(&mut self) {}
+
+    /// Replaces the instance metadata this device serves; false for the
+    /// devices that serve none (only the primary network card does).
+    fn update_metadata(&mut self, _doc: &ec2lab_vmm_api::metadata::InstanceMetadata) -> bool {
+        false
+    }
 }
 
 /// Interrupt status bit: a queue has used buffers.

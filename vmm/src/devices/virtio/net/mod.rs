@@ -34,12 +34,12 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::tap::{Tap, TapError, VNET_HDR_LEN};
-use crate::imds::stack::{self as imds_stack, ImdsStack};
-use crate::imds::ImdsError;
 use super::{
     device_type, read_config_bytes, ready_queue, BackendEvents, DeviceCounters, UsedQueues,
     VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::imds::stack::{self as imds_stack, ImdsStack};
+use crate::imds::ImdsError;
 
 /// Queue the device puts received frames on.
 pub const RX_QUEUE: usize = 0;
@@ -215,18 +215,6 @@ impl Net {
         }
         self.imds = Some(Metadata { stack, timer });
         Ok(())
-    }
-
-    /// Replaces the metadata the card serves (no-op on a card without
-    /// the service); false when it has none.
-    pub fn update_metadata(&mut self, doc: InstanceMetadata) -> bool {
-        match &mut self.imds {
-            Some(imds) => {
-                imds.stack.update(doc);
-                true
-            }
-            None => false,
-        }
     }
 
     /// The card's MAC address.
@@ -555,6 +543,17 @@ impl VirtioDevice for Net {
         }
         // Frames may have queued on the tap while the driver set up.
         self.process_rx(mem, queues)
+    }
+
+    fn update_metadata(&mut self, doc: &InstanceMetadata) -> bool {
+        match &mut self.imds {
+            Some(imds) => {
+                imds.stack.update(doc.clone());
+                imds.rearm();
+                true
+            }
+            None => false,
+        }
     }
 
     fn reset(&mut self) {

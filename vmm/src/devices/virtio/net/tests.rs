@@ -557,7 +557,20 @@ fn ping(mac: [u8; 6], dst: [u8; 4]) -> Vec<u8> {
     icmp.extend_from_slice(b"imds");
     let sum = inet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, (20 + icmp.len()) as u8, 0, 1, 0x40, 0, 64, 1, 0, 0];
+    let mut ip = vec![
+        0x45,
+        0,
+        0,
+        (20 + icmp.len()) as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        1,
+        0,
+        0,
+    ];
     ip.extend_from_slice(&[172, 31, 0, 5]);
     ip.extend_from_slice(&dst);
     let sum = inet_checksum(&ip);
@@ -595,16 +608,23 @@ fn frames_for_the_metadata_service_stay_in_the_vmm_and_its_answers_reach_the_gue
         let (rx, tx, mut qs) = queues(&m);
         push_chain(&rx, 0, &[writable(BUF + 0x8000, 2048)]);
         push_chain(&rx, 1, &[writable(BUF + 0x9000, 2048)]);
-        for (i, f) in [arp_request(mac, [169, 254, 169, 254]), ping(mac, [169, 254, 169, 254])]
-            .iter()
-            .enumerate()
+        for (i, f) in [
+            arp_request(mac, [169, 254, 169, 254]),
+            ping(mac, [169, 254, 169, 254]),
+        ]
+        .iter()
+        .enumerate()
         {
             let at = BUF + 0x1000 * i as u64;
             m.write_slice(&[0; VNET_HDR_LEN], GuestAddress(at))
                 .expect("header");
             m.write_slice(f, GuestAddress(at + VNET_HDR_LEN as u64))
                 .expect("frame");
-            push_chain(&tx, 2 * i as u16, &[readable(at, (VNET_HDR_LEN + f.len()) as u32)]);
+            push_chain(
+                &tx,
+                2 * i as u16,
+                &[readable(at, (VNET_HDR_LEN + f.len()) as u32)],
+            );
         }
         let used_queues = net.process_queue(&m, TX_QUEUE, &mut qs);
         assert!(used_queues.contains(TX_QUEUE) && used_queues.contains(RX_QUEUE));
@@ -615,7 +635,10 @@ fn frames_for_the_metadata_service_stay_in_the_vmm_and_its_answers_reach_the_gue
         assert_eq!(arp[..NUM_BUFFERS], [0; NUM_BUFFERS], "no offloads");
         assert_eq!(arp[NUM_BUFFERS..VNET_HDR_LEN], [1, 0], "num_buffers");
         let arp = &arp[VNET_HDR_LEN..];
-        assert_eq!((&arp[..6], &arp[12..14], &arp[20..22]), (&mac[..], &[8u8, 6][..], &[0u8, 2][..]));
+        assert_eq!(
+            (&arp[..6], &arp[12..14], &arp[20..22]),
+            (&mac[..], &[8u8, 6][..], &[0u8, 2][..])
+        );
         assert_eq!(&arp[28..32], &[169, 254, 169, 254]);
         // The echo reply, from the MAC the guest sent to.
         let (_, len) = used(&rx, 1);
@@ -631,7 +654,11 @@ fn frames_for_the_metadata_service_stay_in_the_vmm_and_its_answers_reach_the_gue
             .expect("header");
         m.write_slice(&other, GuestAddress(BUF + 0x4000 + VNET_HDR_LEN as u64))
             .expect("frame");
-        push_chain(&tx, 4, &[readable(BUF + 0x4000, (VNET_HDR_LEN + other.len()) as u32)]);
+        push_chain(
+            &tx,
+            4,
+            &[readable(BUF + 0x4000, (VNET_HDR_LEN + other.len()) as u32)],
+        );
         net.process_queue(&m, TX_QUEUE, &mut qs);
         assert!(!sock.nothing_received(), "the other frame reached the tap");
     });
