@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::api;
 use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{self, ACPI_SLEEP_CONTROL_PORT};
-use crate::arch::x86_64::{acpi, boot, mptable};
+use crate::arch::x86_64::{acpi, boot, mptable, smbios};
 use crate::config::{ConfigError, Validate, VmConfig};
 use crate::console;
 use crate::devices::bus::BusError;
@@ -61,6 +61,9 @@ pub enum BuildError {
     /// ACPI tables.
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
+    /// The SMBIOS tables could not be written.
+    #[error(transparent)]
+    Smbios(#[from] smbios::SmbiosError),
     /// KVM VM.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -303,6 +306,10 @@ pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
     boot::write_cmdline(&mem, &cmdline)?;
     mptable::setup(&mem, vcpu_count)?;
     let acpi = acpi::setup(&mem, vcpu_count, &virtio_info)?;
+    // An instance's firmware says it is an EC2 instance.
+    if let Some(metadata) = &config.metadata {
+        smbios::setup(&mem, metadata)?;
+    }
     boot::write_boot_params(
         &mem,
         &kernel,

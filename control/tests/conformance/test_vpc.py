@@ -196,9 +196,14 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
             assert done.returncode == 0, done
             return done.stdout
 
-        # A real login with the launch key pair, from the internet.
-        assert guest(public, "id -un; hostname").split() == \
-            ["ec2-user", "ip-172-31-16-77.ec2.internal"]
+        # A real login with the launch key pair, from the internet; the
+        # firmware (SMBIOS from the VMM) says what EC2's says.
+        dmi = "/sys/class/dmi/id/"
+        lines = guest(public, f"id -un; hostname; cat {dmi}sys_vendor {dmi}product_name"
+                              f" {dmi}chassis_asset_tag; sudo cat {dmi}product_uuid").splitlines()
+        assert lines[:5] == ["ec2-user", "ip-172-31-16-77.ec2.internal", "Amazon EC2",
+                             "lab.nano", iid], lines
+        assert lines[5].startswith("ec2"), lines
         # An Elastic IP replaces the public address at once, no restart:
         # the guest answers at it, and no longer at the old one.
         eip = aws("allocate-address", "--domain", "vpc")

@@ -321,9 +321,10 @@ pub fn memory_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
     let mut map = vec![
         (0, EBDA_START, E820_RAM),
         (EBDA_START, 0xa0000 - EBDA_START, E820_RESERVED),
+        // Firmware tables: ACPI, then SMBIOS up to 1 MiB.
         (
             layout::ACPI_START,
-            layout::ACPI_END - layout::ACPI_START,
+            layout::SMBIOS_END - layout::ACPI_START,
             E820_RESERVED,
         ),
     ];

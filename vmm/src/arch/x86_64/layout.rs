@@ -10,7 +10,8 @@
 //! 0x0000_6040  PVH memory map           0x0002_0000  kernel command line
 //! 0x0000_7000  Linux zero page          0x0009_fc00  EBDA: MP table
 //! 0x0000_8ff0  boot stack pointer       0x000e_0000  ACPI tables (RSDP first)
-//! 0x0010_0000  high memory: kernel      0xc000_0000  32-bit MMIO gap (devices, IOAPIC, LAPIC)
+//! 0x000f_0000  SMBIOS (instances)       0x0010_0000  high memory: kernel
+//! 0xc000_0000  32-bit MMIO gap (devices, IOAPIC, LAPIC)
 //! ```
 
 /// Boot GDT.
@@ -40,7 +41,12 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables; the RSDP must sit in 0xe0000..0xfffff for legacy scans.
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the region reserved for ACPI tables.
-pub const ACPI_END: u64 = 0x100000;
+pub const ACPI_END: u64 = 0xf0000;
+/// SMBIOS tables (instances only); Linux scans 0xf0000..0x100000 for the
+/// entry point.
+pub const SMBIOS_START: u64 = 0xf0000;
+/// End of the SMBIOS region.
+pub const SMBIOS_END: u64 = 0x100000;
 /// Start of high memory: kernels load here or above.
 pub const HIMEM_START: u64 = 0x100000;
 /// Start of the 32-bit MMIO gap; RAM above it is relocated past 4 GiB.
