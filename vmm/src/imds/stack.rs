@@ -61,15 +61,18 @@ pub fn diverts(frame: &[u8]) -> bool {
     }
 }
 
-/// IP packets between the card and smoltcp.
+/// IP packets between the card and a smoltcp stack (the tests' guest
+/// stack uses one too).
 #[derive(Default)]
-struct Frames {
-    to_stack: VecDeque<Vec<u8>>,
-    from_stack: VecDeque<Vec<u8>>,
+pub(super) struct Frames {
+    /// Packets for the stack to receive.
+    pub(super) to_stack: VecDeque<Vec<u8>>,
+    /// Packets the stack sent.
+    pub(super) from_stack: VecDeque<Vec<u8>>,
 }
 
-struct RxToken(Vec<u8>);
-struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+pub(super) struct RxToken(Vec<u8>);
+pub(super) struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
 
 impl smoltcp::phy::RxToken for RxToken {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {

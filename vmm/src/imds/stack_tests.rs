@@ -3,16 +3,14 @@
 //! Ethernet frames addressed to the guest's gateway, as Linux sends them
 //! when it routes 169.254.169.254.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use ec2lab_vmm_api::metadata::{HttpTokens, InstanceMetadata};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr, Ipv4Address, Ipv4Packet};
 
-use super::stack::{diverts, ImdsStack, IDLE, IMDS_ADDR, IMDS_MAC, MAX_CONNECTIONS};
+use super::stack::{diverts, Frames, ImdsStack, IDLE, IMDS_ADDR, IMDS_MAC, MAX_CONNECTIONS};
 
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -26,52 +24,12 @@ fn doc() -> InstanceMetadata {
     }
 }
 
-#[derive(Default)]
-struct Wire {
-    out: VecDeque<Vec<u8>>,
-    inbound: VecDeque<Vec<u8>>,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl smoltcp::phy::RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl smoltcp::phy::TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut p = vec![0; len];
-        let r = f(&mut p);
-        self.0.push_back(p);
-        r
-    }
-}
-
-impl Device for Wire {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
-        let p = self.inbound.pop_front()?;
-        Some((Rx(p), Tx(&mut self.out)))
-    }
-    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.out))
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = 1500;
-        caps
-    }
-}
-
-/// The guest: its stack, its wire to the card, and what it saw.
+/// The guest: its stack, its wire to the card (the service's own packet
+/// queues: `from_stack` is what the guest sends, `to_stack` what it gets),
+/// and what it saw.
 struct Guest {
     iface: Interface,
-    wire: Wire,
+    wire: Frames,
     sockets: SocketSet<'static>,
     t0: Instant,
     now: Instant,
@@ -81,7 +39,7 @@ struct Guest {
 
 impl Guest {
     fn new() -> Self {
-        let mut wire = Wire::default();
+        let mut wire = Frames::default();
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = 7;
         let mut iface = Interface::new(config, &mut wire, smoltcp::time::Instant::ZERO);
@@ -125,7 +83,7 @@ impl Guest {
             let stamp = self.stamp();
             self.iface.poll(stamp, &mut self.wire, &mut self.sockets);
             let mut moved = false;
-            while let Some(packet) = self.wire.out.pop_front() {
+            while let Some(packet) = self.wire.from_stack.pop_front() {
                 let mut frame = GATEWAY_MAC.to_vec();
                 frame.extend_from_slice(&GUEST_MAC);
                 frame.extend_from_slice(&[0x08, 0x00]);
@@ -137,7 +95,7 @@ impl Guest {
             stack.poll(self.now);
             while let Some(frame) = stack.next_frame() {
                 self.seen.push(frame.clone());
-                self.wire.inbound.push_back(frame[14..].to_vec());
+                self.wire.to_stack.push_back(frame[14..].to_vec());
                 moved = true;
             }
             if !moved {
