@@ -218,11 +218,14 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
             assert guest(eip["PublicIp"], wait_pub).strip() == eip["PublicIp"]
             aws("modify-instance-metadata-options", "--instance-id", iid,
                 "--http-tokens", "required")
-            v1 = "wget -q -T 5 -O- http://169.254.169.254/latest/meta-data/instance-id"
+            # A raw v1 request with busybox nc: busybox wget crashes on a 401
+            # without WWW-Authenticate, which is what EC2 sends too.
+            v1 = ("printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n'"
+                  " | nc 169.254.169.254 80 | head -n1")
             refused = guest(eip["PublicIp"],
-                            f"for i in $(seq 30); do {v1} >/dev/null 2>&1 || break; sleep 1; done;"
-                            f" {v1} 2>&1; echo; echo v2=$(ec2lab-guest metadata instance-id)")
-            assert "401" in refused and f"v2={iid}" in refused, refused
+                            f"for i in $(seq 30); do r=$({v1}); case \"$r\" in *401*) break;; esac;"
+                            " sleep 1; done; echo \"v1=$r\"; echo v2=$(ec2lab-guest metadata instance-id)")
+            assert "v1=HTTP/1.1 401 Unauthorized" in refused and f"v2={iid}" in refused, refused
             assert "InvalidIPAddress.InUse" in aws_error(
                 "release-address", "--allocation-id", eip["AllocationId"])
             aws("disassociate-address", "--public-ip", eip["PublicIp"])
