@@ -335,6 +335,14 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
         listed.contains(&format!("<instanceId>{id}</instanceId>")),
         "{listed}"
     );
+    s.refused(
+        "DescribeAddressesAttribute",
+        &[
+            ("AllocationId.1", allocation.as_str()),
+            ("Attribute", "ptr-record"),
+        ],
+        "InvalidParameterValue",
+    );
     let attribute = s.call(
         "DescribeAddressesAttribute",
         &[
@@ -947,6 +955,26 @@ fn security_group_actions_pass_the_botocore_shape_check() {
             ("IpPermissions.2.IpProtocol", "-1"),
             ("IpPermissions.2.Groups.1.GroupName", "default"),
         ],
+    );
+    // Terraform drops the IPv6 default egress of each group it makes and
+    // expects this answer: an IPv4-only lab has no such rule. Authorize
+    // still refuses IPv6 outright.
+    let ipv6_egress = [
+        ("GroupId", web.as_str()),
+        ("IpPermissions.1.IpProtocol", "-1"),
+        ("IpPermissions.1.FromPort", "0"),
+        ("IpPermissions.1.ToPort", "0"),
+        ("IpPermissions.1.Ipv6Ranges.1.CidrIpv6", "::/0"),
+    ];
+    s.refused(
+        "RevokeSecurityGroupEgress",
+        &ipv6_egress,
+        "InvalidPermission.NotFound",
+    );
+    s.refused(
+        "AuthorizeSecurityGroupEgress",
+        &ipv6_egress,
+        "UnsupportedOperation",
     );
     s.call(
         "AuthorizeSecurityGroupEgress",
