@@ -219,6 +219,63 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
     );
     let groups = s.call("DescribeSecurityGroups", &[("GroupName.1", "default")]);
     let group = format!("sg-{}", between(&groups, "<groupId>sg-", "</groupId>"));
+    // The VPC's routing as Terraform's aws_default_vpc reads it: the main
+    // table and default ACL by filter, then again by the ids found.
+    let main = s.call(
+        "DescribeRouteTables",
+        &[
+            ("Filter.1.Name", "association.main"),
+            ("Filter.1.Value.1", "true"),
+            ("Filter.2.Name", "vpc-id"),
+            ("Filter.2.Value.1", vpc.as_str()),
+        ],
+    );
+    let table = format!(
+        "rtb-{}",
+        between(&main, "<routeTableId>rtb-", "</routeTableId>")
+    );
+    let gateways = s.call(
+        "DescribeInternetGateways",
+        &[
+            ("Filter.1.Name", "attachment.vpc-id"),
+            ("Filter.1.Value.1", vpc.as_str()),
+        ],
+    );
+    let gateway = format!(
+        "igw-{}",
+        between(&gateways, "<internetGatewayId>igw-", "</internetGatewayId>")
+    );
+    assert!(
+        main.contains(&format!(
+            "<destinationCidrBlock>0.0.0.0/0</destinationCidrBlock><gatewayId>{gateway}</gatewayId>"
+        )),
+        "{main}"
+    );
+    assert_eq!(
+        s.call("DescribeRouteTables", &[("RouteTableId.1", table.as_str())]),
+        main
+    );
+    let acl = s.call(
+        "DescribeNetworkAcls",
+        &[
+            ("Filter.1.Name", "association.subnet-id"),
+            ("Filter.1.Value.1", subnet.as_str()),
+        ],
+    );
+    assert!(acl.contains("<ruleNumber>32767</ruleNumber>"), "{acl}");
+    let acl_id = format!(
+        "acl-{}",
+        between(&acl, "<networkAclId>acl-", "</networkAclId>")
+    );
+    s.call(
+        "DescribeNetworkAcls",
+        &[("NetworkAclId.1", acl_id.as_str())],
+    );
+    s.refused(
+        "DescribeRouteTables",
+        &[("RouteTableId.1", "rtb-0000000000000000f")],
+        "InvalidRouteTableID.NotFound",
+    );
     let placed = s.call(
         "RunInstances",
         &[
@@ -277,6 +334,25 @@ fn resource_actions_pass_the_botocore_shape_check_through_an_instance_life() {
     assert!(
         listed.contains(&format!("<instanceId>{id}</instanceId>")),
         "{listed}"
+    );
+    s.refused(
+        "DescribeAddressesAttribute",
+        &[
+            ("AllocationId.1", allocation.as_str()),
+            ("Attribute", "ptr-record"),
+        ],
+        "InvalidParameterValue",
+    );
+    let attribute = s.call(
+        "DescribeAddressesAttribute",
+        &[
+            ("AllocationId.1", allocation.as_str()),
+            ("Attribute", "domain-name"),
+        ],
+    );
+    assert!(
+        attribute.contains(&format!("<allocationId>{allocation}</allocationId>")),
+        "{attribute}"
     );
     s.refused(
         "ReleaseAddress",
@@ -905,6 +981,26 @@ fn security_group_actions_pass_the_botocore_shape_check() {
             ("IpPermissions.2.IpProtocol", "-1"),
             ("IpPermissions.2.Groups.1.GroupName", "default"),
         ],
+    );
+    // Terraform drops the IPv6 default egress of each group it makes and
+    // expects this answer: an IPv4-only lab has no such rule. Authorize
+    // still refuses IPv6 outright.
+    let ipv6_egress = [
+        ("GroupId", web.as_str()),
+        ("IpPermissions.1.IpProtocol", "-1"),
+        ("IpPermissions.1.FromPort", "0"),
+        ("IpPermissions.1.ToPort", "0"),
+        ("IpPermissions.1.Ipv6Ranges.1.CidrIpv6", "::/0"),
+    ];
+    s.refused(
+        "RevokeSecurityGroupEgress",
+        &ipv6_egress,
+        "InvalidPermission.NotFound",
+    );
+    s.refused(
+        "AuthorizeSecurityGroupEgress",
+        &ipv6_egress,
+        "UnsupportedOperation",
     );
     s.call(
         "AuthorizeSecurityGroupEgress",

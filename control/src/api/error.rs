@@ -327,6 +327,11 @@ impl From<DbError> for Ec2Error {
                     IdKind::SecurityGroupRule => {
                         format!("The security group rule ID '{ids}' does not exist")
                     }
+                    IdKind::RouteTable => format!("The routeTable ID '{ids}' does not exist"),
+                    IdKind::NetworkAcl => format!("The networkAcl ID '{ids}' does not exist"),
+                    IdKind::InternetGateway => {
+                        format!("The internetGateway ID '{ids}' does not exist")
+                    }
                     _ => e.to_string(),
                 };
                 bad(kind.not_found_code(), message)

@@ -27,7 +27,13 @@ const MODEL_IN_DATA_DIR: &str = "ec2/2016-11-15";
 /// Values outside a model enum that ec2lab sends on purpose: (shape name,
 /// value prefix). botocore does not check enums, so clients accept these;
 /// the list keeps such extensions deliberate.
-const ENUM_EXTENSIONS: &[(&str, &str)] = &[("InstanceType", "lab.")];
+///
+/// `AttachmentStatus` `available`: EC2 itself shows an attached internet
+/// gateway's attachment as `available`, outside its own model's enum, and
+/// clients wait for that word (the Terraform provider's
+/// `internetGatewayAttachmentStateAvailable`).
+const ENUM_EXTENSIONS: &[(&str, &str)] =
+    &[("InstanceType", "lab."), ("AttachmentStatus", "available")];
 
 /// Why the model could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,7 @@ mod instance_status;
 mod instances;
 mod key_pairs;
 mod network;
+mod routing;
 mod security_groups;
 mod tags;
 

@@ -589,7 +589,7 @@ impl Db {
 
 /// Every row of `table` (ordered by id), after checking that each of `ids`
 /// exists; only those rows when `ids` is not empty.
-fn select_all<T>(
+pub(super) fn select_all<T>(
     conn: &Connection,
     table: &'static str,
     kind: IdKind,
@@ -630,7 +630,7 @@ pub(super) fn describe<T: filter::Filterable>(
     )?)
 }
 
-fn vpc_from_row(conn: &Connection, row: &Row<'_>) -> Result<Vpc, DbError> {
+pub(super) fn vpc_from_row(conn: &Connection, row: &Row<'_>) -> Result<Vpc, DbError> {
     let id: String = row.get("id")?;
     Ok(Vpc {
         cidr_block: row.get("cidr_block")?,
@@ -641,7 +641,7 @@ fn vpc_from_row(conn: &Connection, row: &Row<'_>) -> Result<Vpc, DbError> {
     })
 }
 
-fn subnet_from_row(conn: &Connection, row: &Row<'_>) -> Result<Subnet, DbError> {
+pub(super) fn subnet_from_row(conn: &Connection, row: &Row<'_>) -> Result<Subnet, DbError> {
     let id: String = row.get("id")?;
     let cidr = parse_cidr(row.get("cidr_block")?)?;
     let used: i64 = conn.query_row(

@@ -1,5 +1,6 @@
 //! EC2 resource ids: `i-0123456789abcdef0`, `r-…`, `ami-…`, `aki-…`, `key-…`,
-//! `vol-…`, `eni-…`, `vpc-…`, `subnet-…`, `sg-…`, `sgr-…`.
+//! `vol-…`, `eni-…`, `vpc-…`, `subnet-…`, `sg-…`, `sgr-…`, `rtb-…`, `acl-…`,
+//! `igw-…`.
 //!
 //! EC2 ids are a type prefix, a dash and 17 lowercase hex digits (older
 //! resources have 8). Clients parse nothing but the prefix, yet the API must
@@ -37,11 +38,18 @@ pub enum IdKind {
     ElasticIp,
     /// An Elastic IP's association with an interface.
     ElasticIpAssociation,
+    /// A VPC's main route table (derived from the VPC, see
+    /// `model::routing`).
+    RouteTable,
+    /// A VPC's default network ACL (derived from the VPC).
+    NetworkAcl,
+    /// The default VPC's internet gateway (derived from the VPC).
+    InternetGateway,
 }
 
 impl IdKind {
     /// Every kind, for tables and exhaustive tests.
-    pub const ALL: [IdKind; 14] = [
+    pub const ALL: [IdKind; 17] = [
         IdKind::Instance,
         IdKind::Reservation,
         IdKind::Image,
@@ -56,6 +64,9 @@ impl IdKind {
         IdKind::SecurityGroupRule,
         IdKind::ElasticIp,
         IdKind::ElasticIpAssociation,
+        IdKind::RouteTable,
+        IdKind::NetworkAcl,
+        IdKind::InternetGateway,
     ];
 
     /// The prefix before the dash.
@@ -75,6 +86,9 @@ impl IdKind {
             IdKind::SecurityGroupRule => "sgr",
             IdKind::ElasticIp => "eipalloc",
             IdKind::ElasticIpAssociation => "eipassoc",
+            IdKind::RouteTable => "rtb",
+            IdKind::NetworkAcl => "acl",
+            IdKind::InternetGateway => "igw",
         }
     }
 
@@ -95,6 +109,9 @@ impl IdKind {
             IdKind::SecurityGroupRule => "security-group-rule",
             IdKind::ElasticIp => "elastic-ip",
             IdKind::ElasticIpAssociation => "elastic-ip-association",
+            IdKind::RouteTable => "route-table",
+            IdKind::NetworkAcl => "network-acl",
+            IdKind::InternetGateway => "internet-gateway",
         }
     }
 
@@ -116,6 +133,10 @@ impl IdKind {
             IdKind::SecurityGroupRule => "InvalidSecurityGroupRuleId.Malformed",
             IdKind::ElasticIp => "InvalidAllocationID.Malformed",
             IdKind::ElasticIpAssociation => "InvalidAssociationID.Malformed",
+            // EC2 spells these three with "Id", unlike the older codes.
+            IdKind::RouteTable => "InvalidRouteTableId.Malformed",
+            IdKind::NetworkAcl => "InvalidNetworkAclId.Malformed",
+            IdKind::InternetGateway => "InvalidInternetGatewayId.Malformed",
         }
     }
 
@@ -135,6 +156,9 @@ impl IdKind {
             IdKind::SecurityGroupRule => "InvalidSecurityGroupRuleId.NotFound",
             IdKind::ElasticIp => "InvalidAllocationID.NotFound",
             IdKind::ElasticIpAssociation => "InvalidAssociationID.NotFound",
+            IdKind::RouteTable => "InvalidRouteTableID.NotFound",
+            IdKind::NetworkAcl => "InvalidNetworkAclID.NotFound",
+            IdKind::InternetGateway => "InvalidInternetGatewayID.NotFound",
         }
     }
 
@@ -306,7 +330,8 @@ mod tests {
         assert_eq!(IdKind::of("aki-0123"), Some(IdKind::Kernel));
         assert_eq!(IdKind::of("key-x"), Some(IdKind::KeyPair));
         assert_eq!(IdKind::of("sg-0123"), Some(IdKind::SecurityGroup));
-        assert_eq!(IdKind::of("igw-0123"), None);
+        assert_eq!(IdKind::of("igw-0123"), Some(IdKind::InternetGateway));
+        assert_eq!(IdKind::of("nat-0123"), None);
         assert_eq!(IdKind::of("nodash"), None);
     }
 }

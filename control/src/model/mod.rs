@@ -42,6 +42,7 @@ pub mod address;
 pub mod filter;
 pub mod ids;
 pub mod instance_types;
+pub mod routing;
 pub mod security_group;
 pub mod state;
 pub mod status;

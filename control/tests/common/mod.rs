@@ -499,6 +499,32 @@ pub const CASES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     ("DescribeInstanceTypes", &[("MaxResults", "5")]),
+    ("DescribeRouteTables", &[]),
+    (
+        "DescribeRouteTables",
+        &[
+            ("Filter.1.Name", "association.main"),
+            ("Filter.1.Value.1", "true"),
+        ],
+    ),
+    ("DescribeRouteTables", &[("MaxResults", "5")]),
+    ("DescribeNetworkAcls", &[]),
+    (
+        "DescribeNetworkAcls",
+        &[("Filter.1.Name", "default"), ("Filter.1.Value.1", "true")],
+    ),
+    ("DescribeInternetGateways", &[]),
+    (
+        "DescribeInternetGateways",
+        &[
+            ("Filter.1.Name", "attachment.state"),
+            ("Filter.1.Value.1", "available"),
+        ],
+    ),
+    (
+        "DescribeAddressesAttribute",
+        &[("Attribute", "domain-name")],
+    ),
 ];
 
 /// A lab that can start no guest (in-memory database, no VMM binary, no

@@ -1,10 +1,11 @@
 //! Elastic IPs: AllocateAddress, AssociateAddress, DisassociateAddress,
-//! ReleaseAddress and DescribeAddresses (domain `vpc`; EC2-Classic's
-//! `standard` addresses are gone from AWS and absent here).
+//! ReleaseAddress, DescribeAddresses and DescribeAddressesAttribute (domain
+//! `vpc`; EC2-Classic's `standard` addresses are gone from AWS and absent
+//! here).
 
 use std::net::Ipv4Addr;
 
-use super::common::{check_ids, filters, tag_set, tag_specifications};
+use super::common::{check_ids, filters, page, tag_set, tag_specifications};
 use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
@@ -170,4 +171,51 @@ pub fn describe_addresses(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>
         "addressesSet",
         found.items.iter().map(address_node),
     )])
+}
+
+/// The one attribute DescribeAddressesAttribute knows.
+const DOMAIN_NAME_ATTRIBUTE: &str = "domain-name";
+
+/// `DescribeAddressesAttribute`: each address's reverse DNS record. The lab
+/// serves no reverse DNS and has no ModifyAddressAttribute, so an address
+/// is listed without `ptrRecord`, which is how EC2 shows one that has none
+/// set. Terraform's `aws_eip` reads this on every refresh and fails on any
+/// error but NotFound, so it must answer.
+pub fn describe_addresses_attribute(
+    ctx: &Ctx<'_>,
+    params: &Params,
+) -> Result<Vec<XmlNode>, Ec2Error> {
+    params.reject_unknown(&[
+        "AllocationId",
+        "Attribute",
+        "MaxResults",
+        "NextToken",
+        "DryRun",
+    ])?;
+    let attribute = params.required("Attribute")?;
+    if attribute != DOMAIN_NAME_ATTRIBUTE {
+        return Err(Ec2Error::invalid_parameter_value(format!(
+            "Value ({attribute}) for parameter attribute is invalid. \
+             Expected: '{DOMAIN_NAME_ATTRIBUTE}'."
+        )));
+    }
+    let query = AddressQuery {
+        allocation_ids: check_ids(IdKind::ElasticIp, &params.list("AllocationId")?)?,
+        page: page(params)?,
+        ..AddressQuery::default()
+    };
+    let found = ctx.lab()?.db.list_addresses(&query)?;
+    let mut out = vec![XmlNode::list(
+        "addressSet",
+        found.items.iter().map(|a| {
+            vec![
+                XmlNode::text("publicIp", a.public_ip.to_string()),
+                XmlNode::text("allocationId", a.allocation_id.as_str()),
+            ]
+        }),
+    )];
+    if let Some(token) = found.next_token {
+        out.push(XmlNode::text("nextToken", token));
+    }
+    Ok(out)
 }

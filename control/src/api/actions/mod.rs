@@ -19,6 +19,7 @@ mod instances;
 mod keypairs;
 mod operations;
 mod regions;
+mod routing;
 mod security_groups;
 mod tags;
 mod volumes;
@@ -121,6 +122,10 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ("DeregisterImage", images::deregister_image),
     ("DescribeAddresses", addresses::describe_addresses),
     (
+        "DescribeAddressesAttribute",
+        addresses::describe_addresses_attribute,
+    ),
+    (
         "DescribeAvailabilityZones",
         regions::describe_availability_zones,
     ),
@@ -139,12 +144,18 @@ pub const ACTIONS: &[(&str, Handler)] = &[
     ),
     ("DescribeInstanceTypes", regions::describe_instance_types),
     ("DescribeInstances", instances::describe_instances),
+    (
+        "DescribeInternetGateways",
+        routing::describe_internet_gateways,
+    ),
     ("DescribeKeyPairs", keypairs::describe_key_pairs),
+    ("DescribeNetworkAcls", routing::describe_network_acls),
     (
         "DescribeNetworkInterfaces",
         vpcs::describe_network_interfaces,
     ),
     ("DescribeRegions", regions::describe_regions),
+    ("DescribeRouteTables", routing::describe_route_tables),
     (
         "DescribeSecurityGroupRules",
         security_groups::describe_security_group_rules,

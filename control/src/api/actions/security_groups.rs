@@ -14,9 +14,9 @@ use super::Ctx;
 use crate::api::error::Ec2Error;
 use crate::api::query::Params;
 use crate::api::xml::XmlNode;
-use crate::db::{NetworkQuery, NewSecurityGroup, RevokeRequest};
+use crate::db::{DbError, NetworkQuery, NewSecurityGroup, RevokeRequest};
 use crate::model::ids::IdKind;
-use crate::model::security_group::{GroupRef, RuleRequest};
+use crate::model::security_group::{GroupRef, RuleRequest, SecurityGroupError};
 use crate::model::vpc::{Cidr, RuleDirection, RulePeer, RuleRecord, ALL_PROTOCOLS};
 use crate::model::DEFAULT_OWNER_ID;
 
@@ -160,6 +160,16 @@ pub(super) fn revoke(
 ) -> Result<Vec<XmlNode>, Ec2Error> {
     reject_unknown_rule_parameters(params, direction, &["SecurityGroupRuleId"])?;
     let group = group_ref(params)?;
+    // An IPv6 or prefix-list rule cannot exist in an IPv4-only lab, so
+    // revoking one is revoking a rule that is not there: EC2's answer to
+    // that, not Authorize's UnsupportedOperation. Terraform's
+    // `aws_security_group` revokes the IPv6 default egress (`::/0`) of
+    // every group it creates and accepts exactly this answer.
+    for p in params.structs("IpPermissions")? {
+        if !p.structs("Ipv6Ranges")?.is_empty() || !p.structs("PrefixListIds")?.is_empty() {
+            return Err(DbError::from(SecurityGroupError::RuleNotFound).into());
+        }
+    }
     let request = RevokeRequest {
         permissions: permissions(params)?,
         rule_ids: check_ids(
