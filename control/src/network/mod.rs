@@ -411,11 +411,14 @@ impl Network {
         Ok(())
     }
 
-    /// Removes VPC `vpc_id` from the host: dnsmasq, then the namespace
-    /// with every bridge and tap in it. Idempotent.
+    /// Removes VPC `vpc_id` from the host: dnsmasq, its uplink port, then
+    /// the namespace with every bridge and tap in it. Idempotent.
     pub fn teardown_vpc(&self, vpc_id: &str) -> Result<(), NetworkError> {
         let files = self.files(vpc_id);
         self.dnsmasq.stop(&files);
+        if let Some(uplink) = &self.uplink {
+            uplink.disconnect(vpc_id)?;
+        }
         netns::remove(&namespace_name(vpc_id))?;
         match std::fs::remove_dir_all(&files.dir) {
             Ok(()) => {}

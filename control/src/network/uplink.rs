@@ -112,6 +112,17 @@ impl Uplink {
         Ok(())
     }
 
+    /// Removes VPC `vpc_id`'s port from the uplink. Its namespace's end
+    /// would take the port with it, but only once the kernel gets round to
+    /// destroying that namespace (asynchronously, after its last process
+    /// and socket are gone), so the port is deleted here, at once.
+    pub fn disconnect(&self, vpc_id: &str) -> Result<(), UplinkError> {
+        if netns::exists(&self.namespace) {
+            fabric::remove_link(&self.namespace, &Self::port_name(vpc_id))?;
+        }
+        Ok(())
+    }
+
     /// Makes `public` the addresses VPC namespace `vpc_ns` answers for on
     /// the uplink. The uplink forgets where those addresses were: each VPC's gateway
     /// has a MAC of its own, and addresses move between VPCs (a stopped
