@@ -476,6 +476,7 @@ impl Lab {
     /// nothing of the boot is left running.
     fn abandon_boot(&self, id: &str) -> Result<(), LabError> {
         let instance = self.db.get_instance(id)?;
+        log::info!("{id}: boot abandoned, the instance is {}", instance.state);
         self.close_checkins(id);
         self.release_network(id);
         if instance.state == InstanceState::Terminated {
@@ -938,9 +939,13 @@ impl Lab {
                     });
                 }
                 // A daemon killed between the VMM's end and the clean-up
-                // left the check-in socket behind.
-                (InstanceState::Stopped | InstanceState::Terminated, None) => {
-                    self.close_checkins(&id)
+                // left the check-in socket behind, and one killed while a
+                // terminated instance's boot was still copying its volume
+                // left the copy.
+                (InstanceState::Stopped, None) => self.close_checkins(&id),
+                (InstanceState::Terminated, None) => {
+                    self.close_checkins(&id);
+                    self.cleanup_terminated(&instance);
                 }
             }
         }

@@ -233,6 +233,12 @@ impl Daemon {
                 "EC2LAB_UPLINK_NETNS".into(),
                 self.uplink.clone().unwrap_or_default(),
             ),
+            // `ec2lab connect` reads the instance's vsock socket here.
+            ("EC2LAB_CLI".into(), self.ec2lab.display().to_string()),
+            (
+                "EC2LAB_DATA_DIR".into(),
+                self.dir.path().display().to_string(),
+            ),
         ]
     }
 
@@ -319,18 +325,49 @@ impl Daemon {
             "{what} failed:\n{report}\n--- daemon log ---\n{}",
             self.log()
         );
-        let leftovers = self.stop_and_list_leftovers(Duration::from_secs(60));
-        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+        let (leftovers, log) = self.stop_and_list(Duration::from_secs(60));
+        if !leftovers.is_empty() {
+            // What the daemon said about each leftover instance, the clue to
+            // the race that left it.
+            let about: Vec<&str> = log
+                .lines()
+                .filter(|line| {
+                    leftovers.iter().any(|left| {
+                        left.split(['/', ' '])
+                            .find(|word| word.starts_with("i-"))
+                            .is_some_and(|id| line.contains(id))
+                    })
+                })
+                .collect();
+            panic!(
+                "left behind: {leftovers:?}\n--- what the daemon logged about them ---\n{}",
+                about.join("\n")
+            );
+        }
     }
 
     /// Stops the daemon, then lists what it left: live VMMs (which are
     /// then killed, by PID) and instance directories.
-    pub fn stop_and_list_leftovers(mut self, grace: Duration) -> Vec<String> {
+    pub fn stop_and_list_leftovers(self, grace: Duration) -> Vec<String> {
+        self.stop_and_list(grace).0
+    }
+
+    /// [`stop_and_list_leftovers`](Self::stop_and_list_leftovers), and the
+    /// daemon's whole log, read once it stopped.
+    fn stop_and_list(mut self, grace: Duration) -> (Vec<String>, String) {
         let deadline = Instant::now() + grace;
-        while !self.live_vmms().is_empty() && Instant::now() < deadline {
+        // A boot still copying the volume of an instance terminated
+        // meanwhile cleans up once the copy ends: give it the same grace.
+        let instances = self.dir.path().join("instances");
+        let busy = |d: &Self| {
+            !d.live_vmms().is_empty()
+                || std::fs::read_dir(&instances).is_ok_and(|mut e| e.next().is_some())
+        };
+        while busy(&self) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(500));
         }
         self.kill9();
+        let log = self.log();
         let mut left = Vec::new();
         for pid in self.live_vmms() {
             left.push(format!("VMM pid {pid}"));
@@ -359,9 +396,19 @@ impl Daemon {
             .flatten()
             .flatten()
         {
-            left.push(format!("instance directory {}", entry.path().display()));
+            let mut names: Vec<String> = std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            left.push(format!(
+                "instance directory {} holding {names:?}",
+                entry.path().display()
+            ));
         }
-        left
+        (left, log)
     }
 }
 
