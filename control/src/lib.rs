@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod checkin;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod daemon;
 pub mod db;
 pub mod groups;

@@ -138,6 +138,16 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Open a root shell in a running instance over vsock, like Session
+    /// Manager: no network, no open port, no key (needs root on this
+    /// host). With a command after --, run it instead, print its output
+    /// and exit with its status.
+    Connect {
+        instance_id: String,
+        /// The command and its arguments (after --).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Print the security group rules of an instance's VPC as ec2lab
     /// renders them from the database, then as the kernel holds them now
     /// (nft, in the VPC's namespace; needs root).
@@ -426,6 +436,40 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
                 return Err(format!("{instance_id} has no private address in a VPC"));
             };
             ssh_in_vpc(vpc_id, ip, identity.as_deref(), user, args)
+        }
+        Command::Connect {
+            instance_id,
+            command,
+        } => {
+            let out = call(
+                "DescribeInstances",
+                vec![("InstanceId.1".into(), instance_id.clone())],
+            )?;
+            let instance = &out["Reservations"][0]["Instances"][0];
+            let state = instance["InstanceState"]["Name"]
+                .as_str()
+                .unwrap_or("unknown");
+            // The id the API answered with names the directory, never the
+            // caller's text.
+            let Some(id) = instance["InstanceId"]
+                .as_str()
+                .filter(|id| id.len() > 2 && id.starts_with("i-"))
+                .filter(|id| id[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+            else {
+                return Err(format!("{instance_id}: no such instance"));
+            };
+            if state != "running" {
+                return Err(format!(
+                    "{id} is {state}; a session needs a running instance"
+                ));
+            }
+            let vsock = ec2lab_control::supervisor::InstanceFiles {
+                dir: data_dir.join("instances").join(id),
+            }
+            .vsock();
+            let status =
+                ec2lab_control::connect::run(&vsock, command).map_err(|e| e.to_string())?;
+            std::process::exit(status.clamp(0, 255));
         }
         Command::Console { instance_id } => {
             let out = call(

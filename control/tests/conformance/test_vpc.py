@@ -204,6 +204,22 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         assert lines[:5] == ["ec2-user", "ip-172-31-16-77.ec2.internal", "Amazon EC2",
                              "lab.nano", iid], lines
         assert lines[5].startswith("ec2"), lines
+        # `ec2lab connect` over vsock, with no network and no key: one
+        # command with its streams and status, then a shell (its terminal
+        # in the guest, its input from a pipe here).
+        def connect(*args, **kw):
+            return subprocess.run([os.environ["EC2LAB_CLI"], "connect", iid, *args],
+                                  capture_output=True, text=True, timeout=120, **kw)
+        done = connect("--", "id", "-u", stdin=subprocess.DEVNULL)
+        assert (done.returncode, done.stdout) == (0, "0\n"), done
+        done = connect("--", "sh", "-c", "echo out; echo err >&2; exit 5",
+                       stdin=subprocess.DEVNULL)
+        assert (done.returncode, done.stdout, done.stderr) == (5, "out\n", "err\n"), done
+        done = connect(input="[ -t 0 ] && echo tty=$(hostname); exit 7\n")
+        assert done.returncode == 7, done
+        assert "tty=ip-172-31-16-77.ec2.internal" in done.stdout, done
+        done = connect("--", "/nonexistent", stdin=subprocess.DEVNULL)
+        assert done.returncode != 0 and "cannot run /nonexistent" in done.stderr, done
         # An Elastic IP replaces the public address at once, no restart:
         # the guest answers at it, and no longer at the old one.
         eip = aws("allocate-address", "--domain", "vpc")

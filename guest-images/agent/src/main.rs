@@ -15,6 +15,7 @@ mod http;
 mod imds;
 mod log;
 mod paths;
+mod session;
 mod ssh_keys;
 mod user_data;
 mod yaml;
@@ -60,6 +61,9 @@ enum Cmd {
     /// Only check in with the control plane over vsock (the instance status
     /// check), for images whose own tools (cloud-init) apply the metadata.
     Checkin,
+    /// Serve `ec2lab connect` sessions (a root shell or one command) on
+    /// vsock port 9001 until killed; runs in the background from boot.
+    Session,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +146,13 @@ fn main() -> ExitCode {
         Some(Cmd::Checkin) => match log::report("checkin", checkin::run()) {
             Ok(_) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
+        },
+        Some(Cmd::Session) => match session::serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::line("session", log::Outcome::Failed, e);
+                ExitCode::FAILURE
+            }
         },
     }
 }
