@@ -335,6 +335,12 @@ fn relay(
 ) -> Result<i32, SessionError> {
     let mut buf = vec![0u8; MAX_PAYLOAD];
     let mut ended: Option<(i32, Instant)> = None;
+    // What came in the same read as the open frame (a host with input
+    // ready sends it at once) is acted on before waiting for more.
+    if !apply_frames(conn, decoder, running)? {
+        hang_up(&mut running.child);
+        return Ok(129);
+    }
     loop {
         if ended.is_none() {
             if let Some(status) = running.child.try_wait().map_err(io("wait"))? {
@@ -416,6 +422,16 @@ fn from_host(
         Ok(n) => n,
     };
     decoder.push(&buf[..n]);
+    apply_frames(conn, decoder, running)
+}
+
+/// Acts on every whole frame the decoder holds; `false` once the host
+/// broke the protocol.
+fn apply_frames(
+    conn: &mut File,
+    decoder: &mut Decoder,
+    running: &mut Running,
+) -> Result<bool, SessionError> {
     loop {
         match decoder.next_frame() {
             Ok(None) => return Ok(true),
@@ -478,28 +494,31 @@ mod tests {
 
     /// Runs `open` through `start` and `relay` over a socket pair, as the
     /// service would on a vsock connection, with `input` from the host.
+    /// Runs a whole session as the service would on a vsock connection:
+    /// the host's open frame and `input` all sent at once, before the
+    /// session reads anything. The frames the host got, and the status.
     fn run(open: Open, input: &[Frame]) -> (Vec<Frame>, i32) {
         let (host, guest) = std::os::unix::net::UnixStream::pair().expect("pair");
         let mut host = File::from(OwnedFd::from(host));
-        let mut guest = File::from(OwnedFd::from(guest));
+        let guest = File::from(OwnedFd::from(guest));
+        let mut wire = Frame::Open(open).encode();
         for f in input {
-            host.write_all(&f.encode()).expect("write");
+            wire.extend(f.encode());
         }
-        let mut running = start(&open).expect("start");
-        let status = relay(&mut guest, &mut Decoder::default(), &mut running).expect("relay");
-        drop(guest);
-        let mut wire = Vec::new();
-        // The host end's frames: output only (the exit is written by
-        // `session`, not `relay`).
-        let _ = host.flush();
+        host.write_all(&wire).expect("write");
+        session(guest).expect("session");
+        let mut got = Vec::new();
         receive_timeout(host.as_raw_fd(), Some(Duration::from_millis(200))).expect("timeout");
-        let _ = host.read_to_end(&mut wire);
+        let _ = host.read_to_end(&mut got);
         let mut d = Decoder::default();
-        d.push(&wire);
+        d.push(&got);
         let mut frames = Vec::new();
         while let Some(f) = d.next_frame().expect("valid frames") {
             frames.push(f);
         }
+        let Some(Frame::Exit(status)) = frames.pop() else {
+            panic!("the session did not end with an exit status: {frames:?}");
+        };
         (frames, status)
     }
 
