@@ -124,9 +124,9 @@ fn tagging_unknown_resources_fails_and_changes_nothing() {
         other => panic!("expected NotFound, got {other:?}"),
     }
     assert!(db.tags_of(&i).expect("tags").is_empty(), "all or nothing");
-    // Internet gateways are not a resource ec2lab has yet.
+    // NAT gateways are not a resource ec2lab has yet.
     assert!(matches!(
-        db.create_tags(&["igw-123".into()], &[("k".into(), "v".into())]),
+        db.create_tags(&["nat-123".into()], &[("k".into(), "v".into())]),
         Err(DbError::InvalidId(_))
     ));
     assert!(matches!(
