@@ -86,6 +86,22 @@ pub struct PublicKey {
     pub openssh: String,
 }
 
+/// A key EC2 Instance Connect made usable for a short while (60 seconds
+/// on EC2), served under `managed-ssh-keys/active-keys/<user>/` until it
+/// expires. The expiry is wall-clock time because the control plane and
+/// the VMM are different processes; the VMM stops serving the key at that
+/// second even if no newer document arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedKey {
+    /// The OS user the key logs in as (InstanceOSUser).
+    pub user: String,
+    /// The OpenSSH public key line.
+    pub openssh: String,
+    /// When the key stops being served, in seconds since the Unix epoch.
+    pub expires_unix: u64,
+}
+
 /// One network interface, under network/interfaces/macs/<mac>/.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +182,10 @@ pub struct InstanceMetadata {
     /// The launch key pair, when there was one.
     #[serde(default)]
     pub public_keys: Vec<PublicKey>,
+    /// Instance Connect keys, expired or not (the VMM serves those still
+    /// valid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_keys: Vec<ManagedKey>,
     /// User data as the guest reads it (decoded bytes); at most
     /// [`MAX_USER_DATA`].
     #[serde(default, skip_serializing_if = "Option::is_none")]

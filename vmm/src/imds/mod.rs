@@ -28,7 +28,8 @@ pub mod stack;
 pub mod token;
 pub mod tree;
 
-use std::time::Instant;
+use std::borrow::Cow;
+use std::time::{Duration, Instant, SystemTime};
 
 use ec2lab_vmm_api::metadata::{HttpTokens, InstanceMetadata};
 
@@ -62,20 +63,56 @@ pub enum Served {
     },
 }
 
+/// The service's clocks tied together: requests carry a monotonic
+/// `Instant`, Instance Connect keys expire at a wall-clock second.
+#[derive(Debug, Clone, Copy)]
+struct WallClock {
+    /// Time since the Unix epoch at `at`.
+    since_epoch: Duration,
+    /// The monotonic time it was read.
+    at: Instant,
+}
+
+impl WallClock {
+    fn new(at: Instant) -> Self {
+        WallClock {
+            since_epoch: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+            at,
+        }
+    }
+
+    /// Seconds since the Unix epoch at `now`.
+    fn unix(&self, now: Instant) -> u64 {
+        (self.since_epoch + now.saturating_duration_since(self.at)).as_secs()
+    }
+}
+
 /// One instance's metadata service.
 #[derive(Debug)]
 pub struct Imds {
     doc: InstanceMetadata,
+    /// The tree as built at the last update.
     tree: Node,
+    /// When (Unix seconds) `tree` still serves a key that has expired;
+    /// from then on each lookup builds the tree afresh until the next
+    /// update drops the key.
+    stale_at: Option<u64>,
+    clock: WallClock,
     tokens: TokenKey,
 }
 
 impl Imds {
     /// A service for `doc`, its token clock starting at `now`.
     pub fn new(doc: InstanceMetadata, now: Instant) -> Result<Self, ImdsError> {
+        let clock = WallClock::new(now);
+        let unix = clock.unix(now);
         Ok(Imds {
-            tree: tree::build(&doc),
+            tree: tree::build(&doc, unix),
+            stale_at: tree::next_expiry(&doc, unix),
             doc,
+            clock,
             tokens: TokenKey::new(now)?,
         })
     }
@@ -83,7 +120,9 @@ impl Imds {
     /// Replaces the document (a new public address, groups, tags, keys,
     /// options); outstanding tokens stay valid, as on EC2.
     pub fn update(&mut self, doc: InstanceMetadata) {
-        self.tree = tree::build(&doc);
+        let unix = self.clock.unix(Instant::now());
+        self.tree = tree::build(&doc, unix);
+        self.stale_at = tree::next_expiry(&doc, unix);
         self.doc = doc;
     }
 
@@ -147,7 +186,7 @@ impl Imds {
                 if let Err(status) = self.authorize(request, now) {
                     return Response::error(status);
                 }
-                self.lookup(&segments)
+                self.lookup(&segments, now)
             }
         }
     }
@@ -187,14 +226,19 @@ impl Imds {
         }
     }
 
-    fn lookup(&self, segments: &[&str]) -> Response {
+    fn lookup(&self, segments: &[&str], now: Instant) -> Response {
         let Some((version, rest)) = segments.split_first() else {
             return Response::ok(VERSIONS.join("\n"));
         };
         if !VERSIONS.contains(version) {
             return Response::error(404);
         }
-        match self.tree.find(rest.iter().copied()) {
+        let unix = self.clock.unix(now);
+        let tree = match self.stale_at {
+            Some(stale) if unix >= stale => Cow::Owned(tree::build(&self.doc, unix)),
+            _ => Cow::Borrowed(&self.tree),
+        };
+        match tree.find(rest.iter().copied()) {
             Some(node) => Response::ok(node.body()),
             None => Response::error(404),
         }

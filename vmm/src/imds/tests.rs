@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ec2lab_vmm_api::metadata::{
-    HttpTokens, InstanceMetadata, InterfaceMetadata, MetadataOptions, PublicKey,
+    HttpTokens, InstanceMetadata, InterfaceMetadata, ManagedKey, MetadataOptions, PublicKey,
 };
 
 use super::*;
@@ -33,6 +33,7 @@ fn doc() -> InstanceMetadata {
             name: "us-east-kp".into(),
             openssh: "ssh-ed25519 AAAAC3Nza us-east-kp".into(),
         }],
+        managed_keys: Vec::new(),
         user_data: Some(b"#!/bin/sh\necho hello\n".to_vec()),
         tags: BTreeMap::from([
             ("Name".into(), "web".into()),
@@ -387,6 +388,75 @@ fn an_update_is_served_at_once() {
         c.imds.document().public_ipv4.as_deref(),
         Some("198.51.100.77")
     );
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+#[test]
+fn instance_connect_keys_are_served_per_user_until_they_expire() {
+    let now = unix_now();
+    let key = |user: &str, line: &str, ttl: u64| ManagedKey {
+        user: user.into(),
+        openssh: line.into(),
+        expires_unix: now + ttl,
+    };
+    let mut with_keys = doc();
+    with_keys.managed_keys = vec![
+        key("ec2-user", "ssh-ed25519 AAAAfirst one", 60),
+        key("ec2-user", "ssh-ed25519 AAAAsecond two\n", 120),
+        key("admin", "ssh-ed25519 AAAAadmin", 60),
+        key("../x", "ssh-ed25519 AAAAbad", 60),
+        key("old", "ssh-ed25519 AAAAold", 0),
+    ];
+    let c = Client::new(with_keys);
+    assert!(c.text("/latest/meta-data/").contains("managed-ssh-keys/"));
+    assert_eq!(
+        c.text("/latest/meta-data/managed-ssh-keys/active-keys/"),
+        "admin\nec2-user"
+    );
+    // The agent asks with a trailing slash, as EC2's scripts do.
+    assert_eq!(
+        c.text("/latest/meta-data/managed-ssh-keys/active-keys/ec2-user/"),
+        "ssh-ed25519 AAAAfirst one\nssh-ed25519 AAAAsecond two"
+    );
+    let path = "/latest/meta-data/managed-ssh-keys/active-keys/ec2-user/";
+    let at = |secs| c.get_at(path, None, Duration::from_secs(secs));
+    assert_eq!(
+        at(61).body,
+        b"ssh-ed25519 AAAAsecond two",
+        "the first key outlived its 60 s"
+    );
+    assert_eq!(at(121).status, 404, "every key expired");
+    let gone = c.get_at(
+        "/latest/meta-data/managed-ssh-keys/active-keys/admin",
+        None,
+        Duration::from_secs(61),
+    );
+    assert_eq!(gone.status, 404);
+}
+
+#[test]
+fn without_instance_connect_keys_there_is_no_managed_keys_category() {
+    let mut expired = doc();
+    expired.managed_keys = vec![ManagedKey {
+        user: "ec2-user".into(),
+        openssh: "ssh-ed25519 AAAAold".into(),
+        expires_unix: unix_now().saturating_sub(1),
+    }];
+    for d in [doc(), expired] {
+        let c = Client::new(d);
+        assert!(!c.text("/latest/meta-data/").contains("managed-ssh-keys"));
+        let r = c.get(
+            "/latest/meta-data/managed-ssh-keys/active-keys/ec2-user/",
+            None,
+        );
+        assert_eq!(r.status, 404);
+    }
 }
 
 #[test]

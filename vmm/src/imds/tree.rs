@@ -146,10 +146,16 @@ struct IdentityDocument<'a> {
 }
 
 /// The tree under one API version (`/latest/`): `meta-data/`,
-/// `dynamic/` and, when the instance has user data, `user-data`.
-pub fn build(doc: &InstanceMetadata) -> Node {
+/// `dynamic/` and, when the instance has user data, `user-data`, as it
+/// stands at `now_unix` (seconds since the Unix epoch), which decides the
+/// Instance Connect keys still served.
+pub fn build(doc: &InstanceMetadata, now_unix: u64) -> Node {
     let mut root = Node::dir();
-    root.put_node("meta-data", meta_data(doc));
+    let mut md = meta_data(doc);
+    if let Some(keys) = managed_keys(doc, now_unix) {
+        md.put_node("managed-ssh-keys", keys);
+    }
+    root.put_node("meta-data", md);
     let identity = IdentityDocument {
         account_id: &doc.account_id,
         architecture: &doc.architecture,
@@ -251,6 +257,44 @@ fn meta_data(doc: &InstanceMetadata) -> Node {
         md.put_node("tags/instance", tags);
     }
     md
+}
+
+/// The first second at which a key served at `now_unix` stops being
+/// served, so the caller knows when its tree goes stale.
+pub fn next_expiry(doc: &InstanceMetadata, now_unix: u64) -> Option<u64> {
+    doc.managed_keys
+        .iter()
+        .map(|k| k.expires_unix)
+        .filter(|&t| t > now_unix)
+        .min()
+}
+
+/// `managed-ssh-keys/active-keys/<user>`: each user's unexpired Instance
+/// Connect keys, one OpenSSH line each, as EC2 serves them to its
+/// `AuthorizedKeysCommand` (ec2lab does not sign them, so there is no
+/// `signer-cert`). `None` when no key is active.
+fn managed_keys(doc: &InstanceMetadata, now_unix: u64) -> Option<Node> {
+    let mut by_user: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for key in &doc.managed_keys {
+        // A user that is not one path segment cannot be served (the API
+        // refuses such names before they get here).
+        let servable =
+            !key.user.is_empty() && !key.user.contains('/') && key.user != "." && key.user != "..";
+        if key.expires_unix > now_unix && servable {
+            by_user
+                .entry(key.user.as_str())
+                .or_default()
+                .push(key.openssh.trim());
+        }
+    }
+    if by_user.is_empty() {
+        return None;
+    }
+    let mut node = Node::dir();
+    for (user, keys) in by_user {
+        node.put(&format!("active-keys/{user}"), keys.join("\n"));
+    }
+    Some(node)
 }
 
 fn interface_node(interface: &InterfaceMetadata, owner: &str) -> Node {
