@@ -10,6 +10,7 @@ mod boot;
 mod checkin;
 mod cloud_config;
 mod command;
+mod connect_keys;
 mod hostname;
 mod http;
 mod imds;
@@ -64,6 +65,30 @@ enum Cmd {
     /// Serve `ec2lab connect` sessions (a root shell or one command) on
     /// vsock port 9001 until killed; runs in the background from boot.
     Session,
+    /// EC2 Instance Connect: print USER's active keys (OpenSSH's
+    /// AuthorizedKeysCommand), or with --watch keep every user's
+    /// authorized_keys in step with them (servers without that hook).
+    ConnectKeys(ConnectKeysArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConnectKeysArgs {
+    /// The user whose active keys to print.
+    #[arg(required_unless_present = "watch", conflicts_with = "watch")]
+    user: Option<String>,
+    /// Keep authorized_keys files in step with the metadata, until killed.
+    #[arg(long)]
+    watch: bool,
+    /// How often --watch asks the metadata service, in milliseconds.
+    #[arg(
+        long,
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
+    interval_ms: u64,
+    /// Prefix for the files --watch writes (home directories, /etc/passwd).
+    #[arg(long, env = "EC2LAB_GUEST_ROOT", default_value = "/")]
+    root: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +172,7 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
         },
+        Some(Cmd::ConnectKeys(args)) => connect_keys(&cli.imds, args),
         Some(Cmd::Session) => match session::serve() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -168,6 +194,38 @@ fn boot(imds: &ImdsArgs, args: BootArgs) -> ExitCode {
         user: args.user,
     });
     ExitCode::SUCCESS
+}
+
+/// Prints a user's keys (exit 0, nothing when it has none; 1 with a
+/// one-line error when the service cannot say), or watches for good.
+fn connect_keys(imds: &ImdsArgs, args: ConnectKeysArgs) -> ExitCode {
+    let Some(user) = args.user else {
+        connect_keys::watch(
+            imds.config(),
+            &args.root,
+            Duration::from_millis(args.interval_ms),
+        )
+    };
+    let keys = Imds::connect(imds.config())
+        .and_then(|(mut c, _)| connect_keys::active_keys(&mut c, &user));
+    match keys {
+        Ok(keys) => {
+            let mut out = std::io::stdout().lock();
+            let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: connect-keys: failed: {e}", log::PREFIX);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Exits 0 with the item on stdout, 1 with a one-line error on stderr.

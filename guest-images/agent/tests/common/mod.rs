@@ -34,6 +34,8 @@ pub struct Metadata {
     pub local_hostname: Option<String>,
     /// `(name, openssh-key)` by index.
     pub keys: Vec<(String, String)>,
+    /// Instance Connect keys: `(user, openssh-key)`.
+    pub connect_keys: Vec<(String, String)>,
     pub user_data: Option<Vec<u8>>,
 }
 
@@ -44,6 +46,7 @@ impl Default for Metadata {
             instance_id: "i-0123456789abcdef0".into(),
             local_hostname: Some("ip-10-0-0-5.ec2.internal".into()),
             keys: Vec::new(),
+            connect_keys: Vec::new(),
             user_data: None,
         }
     }
@@ -157,6 +160,24 @@ fn answer(md: &Metadata, req: &Seen) -> (u16, Vec<u8>) {
             (200, listing.join("\n").into_bytes())
         }
         "/latest/user-data" => found(md.user_data.clone()),
+        "/latest/meta-data/managed-ssh-keys/active-keys/" if !md.connect_keys.is_empty() => {
+            let mut users: Vec<&str> = md.connect_keys.iter().map(|(u, _)| u.as_str()).collect();
+            users.sort_unstable();
+            users.dedup();
+            (200, users.join("\n").into_bytes())
+        }
+        path if path.starts_with("/latest/meta-data/managed-ssh-keys/active-keys/") => {
+            let user = path
+                .trim_start_matches("/latest/meta-data/managed-ssh-keys/active-keys/")
+                .trim_end_matches('/');
+            let keys: Vec<&str> = md
+                .connect_keys
+                .iter()
+                .filter(|(u, _)| u == user)
+                .map(|(_, k)| k.as_str())
+                .collect();
+            found((!keys.is_empty()).then(|| keys.join("\n").into_bytes()))
+        }
         path => {
             let key = path
                 .strip_prefix("/latest/meta-data/public-keys/")
