@@ -116,7 +116,7 @@ impl Authenticator for SigV4Auth {
             &lookup,
             SystemTime::now(),
             &self.credentials.region,
-            "ec2",
+            r.service,
         )
         .map(|_| ())
         .map_err(|e| {

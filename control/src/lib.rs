@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod db;
 pub mod groups;
 pub mod images;
+pub mod instance_connect;
 pub mod instances;
 pub mod keypairs;
 pub mod lifecycle;

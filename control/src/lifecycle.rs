@@ -169,6 +169,8 @@ pub struct Lab {
     network: OnceLock<Arc<Network>>,
     /// The metadata documents last handed to running VMMs, by instance;
     /// the lock also keeps two pushes from crossing.
+    /// Keys `SendSSHPublicKey` made usable for a minute, by instance.
+    pub connect_keys: crate::instance_connect::ConnectKeys,
     pub(crate) metadata_pushed:
         Arc<tokio::sync::Mutex<HashMap<String, ec2lab_vmm_api::metadata::InstanceMetadata>>>,
 }
@@ -236,6 +238,7 @@ impl Lab {
             restarts: Mutex::default(),
             watched: Mutex::new(HashSet::new()),
             stalls: Mutex::new(HashMap::new()),
+            connect_keys: Default::default(),
             metadata_pushed: Arc::default(),
             stall_timeout: health.stall_timeout,
             // Read often enough that a stall shows soon after the VMM sees it.
@@ -497,7 +500,7 @@ impl Lab {
             .ok_or_else(|| BootError::UnknownInstanceType(instance.instance_type.clone()))?;
         let attachment = self.network_attachments(instance)?;
         // Read again: attaching gave the interfaces their public addresses.
-        let metadata = crate::metadata::document(&self.db, &self.db.get_instance(id)?)?;
+        let metadata = self.metadata_document(&self.db.get_instance(id)?)?;
         let spec = VmSpec {
             instance_id: id.to_string(),
             kernel: boot_files.kernel,

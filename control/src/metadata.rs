@@ -100,6 +100,7 @@ pub fn document(db: &Db, instance: &Instance) -> Result<Option<InstanceMetadata>
             .map(|g| g.group_name.clone())
             .collect(),
         public_keys,
+        managed_keys: Vec::new(),
         user_data: instance.user_data.clone(),
         tags: instance.tags.clone(),
         interfaces,
@@ -116,6 +117,20 @@ pub fn document(db: &Db, instance: &Instance) -> Result<Option<InstanceMetadata>
 }
 
 impl Lab {
+    /// [`document`] with the Instance Connect keys still valid now.
+    pub fn metadata_document(
+        &self,
+        instance: &Instance,
+    ) -> Result<Option<InstanceMetadata>, DbError> {
+        let mut doc = document(&self.db, instance)?;
+        if let Some(doc) = doc.as_mut() {
+            doc.managed_keys = self
+                .connect_keys
+                .active(&instance.id, std::time::SystemTime::now());
+        }
+        Ok(doc)
+    }
+
     /// Brings every running instance's metadata service up to date with
     /// the store (after a public address, group, tag or metadata-option
     /// change), in the background: EC2's metadata is eventually consistent
@@ -140,7 +155,7 @@ impl Lab {
                 .collect();
             pushed.retain(|id, _| running.iter().any(|i| &i.id == id));
             for instance in &running {
-                let doc = match document(&lab.db, instance) {
+                let doc = match lab.metadata_document(instance) {
                     Ok(Some(doc)) => doc,
                     Ok(None) => continue,
                     Err(e) => {

@@ -31,8 +31,8 @@ fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
     daemon.assert_client_run_and_no_leftovers("conformance suite", &out);
 }
 
-/// The guestless part of the suite (security groups, Elastic IPs, Terraform's
-/// default-VPC resources) against a daemon that
+/// The guestless part of the suite (security groups, Elastic IPs, the
+/// Instance Connect API's refusals, Terraform's default-VPC resources) against a daemon that
 /// cannot boot anything: needs only the Python clients, so it runs where
 /// KVM or the images are missing.
 #[test]
@@ -64,6 +64,7 @@ fn aws_cli_and_boto3_drive_security_groups_and_elastic_ips_without_a_guest() {
         .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
         .arg(common::repo_root().join("control/tests/conformance/test_security_groups.py"))
         .arg(common::repo_root().join("control/tests/conformance/test_addresses.py"))
+        .arg(common::repo_root().join("control/tests/conformance/test_instance_connect.py"))
         .arg(common::repo_root().join("control/tests/conformance/test_terraform_default_vpc.py"))
         .envs(daemon.client_env())
         .output()

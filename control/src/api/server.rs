@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use super::actions::{self, AppState, Ctx};
 use super::error::Ec2Error;
+use super::instance_connect::{self, JsonError};
 use super::query::Params;
 use super::xml;
 
@@ -42,6 +43,9 @@ pub struct SignedRequest<'a> {
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
     pub params: &'a Params,
+    /// The SigV4 service the request must be signed for: `ec2`, or
+    /// `ec2-instance-connect` for the Instance Connect API.
+    pub service: &'a str,
 }
 
 /// Decides whether a request may proceed. The daemon plugs in SigV4; a
@@ -113,6 +117,10 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
 
 async fn handle(State(state): State<ApiState>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    if let Some(operation) = instance_connect::operation(request.headers()) {
+        let operation = loggable_action(operation);
+        return handle_json(&state, request, &request_id, operation).await;
+    }
     let (action, result) = process(&state, request, &request_id).await;
     let (status, body) = match result {
         Ok(members) => (
@@ -140,6 +148,70 @@ async fn handle(State(state): State<ApiState>, request: Request) -> Response {
     response
 }
 
+/// An Instance Connect request (AWS JSON 1.1): the same body limits and
+/// authentication as EC2's, signed for `ec2-instance-connect`.
+async fn handle_json(
+    state: &ApiState,
+    request: Request,
+    request_id: &str,
+    operation: String,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let result = match read_body(body, state.body_timeout).await {
+        Err(err) => Err(err),
+        Ok(body) => {
+            let params = Params::default();
+            let signed = SignedRequest {
+                method: &parts.method,
+                uri: &parts.uri,
+                headers: &parts.headers,
+                body: &body,
+                params: &params,
+                service: instance_connect::SIGNING_NAME,
+            };
+            state.auth.authenticate(&signed).map(|()| body)
+        }
+    };
+    let result = match result {
+        Err(err) => Err(JsonError::new(err.status(), err.code(), err.message())),
+        Ok(_) if parts.method != Method::POST => Err(JsonError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "InvalidRequest",
+            "Instance Connect operations are POST requests",
+        )),
+        Ok(body) => {
+            let app = Arc::clone(&state.app);
+            let id = request_id.to_owned();
+            let op = operation.clone();
+            tokio::task::spawn_blocking(move || instance_connect::dispatch(&app, &op, &body, &id))
+                .await
+                .unwrap_or_else(|join_error| {
+                    log::error!("handler for {operation} panicked: {join_error}");
+                    Err(JsonError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ServiceException",
+                        "An internal error occurred",
+                    ))
+                })
+        }
+    };
+    let (status, body) = match result {
+        Ok(body) => (StatusCode::OK, body),
+        Err(err) => (err.status, err.body()),
+    };
+    log::info!("{request_id} {operation} {}", status.as_u16());
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(instance_connect::JSON_CONTENT_TYPE),
+    );
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
 /// Everything between the raw request and the response members; returns
 /// the action name (or `-` when there is none) for logging and rendering.
 async fn process(
@@ -160,6 +232,7 @@ async fn process(
         headers: &parts.headers,
         body: &body,
         params: &params,
+        service: "ec2",
     };
     if let Err(err) = state.auth.authenticate(&signed) {
         return (action, Err(err));

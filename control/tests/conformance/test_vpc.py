@@ -3,6 +3,7 @@ before a launch (isDefault, default-for-az), a launch into a chosen subnet
 with a chosen private address, and the errors EC2 gives for bad subnets
 and taken addresses; the guest launched there gets its address by DHCP
 from the VPC fabric and answers on it."""
+import json
 import os
 import subprocess
 import tempfile
@@ -11,7 +12,7 @@ import time
 import botocore
 import pytest
 
-from conftest import aws, aws_error, wait_for
+from conftest import ENDPOINT, aws, aws_error, wait_for
 
 MISSING_SUBNET = "subnet-0123456789abcdef0"
 
@@ -204,6 +205,35 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         assert lines[:5] == ["ec2-user", "ip-172-31-16-77.ec2.internal", "Amazon EC2",
                              "lab.nano", iid], lines
         assert lines[5].startswith("ec2"), lines
+        # EC2 Instance Connect: a key pushed with the aws CLI logs in for
+        # its 60 seconds (the guest's watcher writes it to authorized_keys
+        # within its 2 s poll); the same key was refused before the push.
+        eic = os.path.join(workdir, "eic")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "eic", "-f", eic],
+                       check=True, timeout=60)
+
+        def eic_login(ip):
+            return subprocess.run(
+                ["ip", "netns", "exec", internet, "ssh", "-i", eic, "-o", "BatchMode=yes",
+                 "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=120",
+                 f"ec2-user@{ip}", "id -un"],
+                capture_output=True, text=True, timeout=300)
+        before = eic_login(public)
+        assert before.returncode != 0 and "ec2-user" not in before.stdout, before
+        pushed_at = time.time()
+        sent = subprocess.run(
+            ["aws", "--endpoint-url", ENDPOINT, "--output", "json",
+             "ec2-instance-connect", "send-ssh-public-key", "--instance-id", iid,
+             "--instance-os-user", "ec2-user", "--ssh-public-key", f"file://{eic}.pub"],
+            capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0 and json.loads(sent.stdout)["Success"] is True, sent
+        wait_for(lambda: eic_login(public).stdout == "ec2-user\n", 50,
+                 "the Instance Connect key to log in", interval=1)
+        with open(f"{eic}.pub") as f:
+            eic_key = " ".join(f.read().split()[:2])
+        served = guest(public, "ec2lab-guest metadata managed-ssh-keys/active-keys/ec2-user/")
+        assert served.strip() == eic_key, served
         # `ec2lab connect` over vsock, with no network and no key: one
         # command with its streams and status, then a shell (its terminal
         # in the guest, its input from a pipe here).
@@ -252,6 +282,14 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         finally:
             aws("disassociate-address", "--public-ip", eip["PublicIp"], check=False)
             aws("release-address", "--allocation-id", eip["AllocationId"], check=False)
+        # The Instance Connect key's minute is over: the guest's copy is
+        # gone and the key no longer logs in, while the launch key still does.
+        time.sleep(max(0, pushed_at + 62 - time.time()))
+        wait_for(lambda: eic_key not in guest(public, "cat .ssh/authorized_keys"), 60,
+                 "the expired Instance Connect key to leave authorized_keys", interval=2)
+        after = eic_login(public)
+        assert after.returncode != 0 and "ec2-user" not in after.stdout, after
+        assert "vpc-kp" in guest(public, "cat .ssh/authorized_keys")
         aws("revoke-security-group-ingress", *ssh)
         closed = banner(ns=internet, ip=public)
         assert closed.returncode != 0 and not closed.stdout, closed
