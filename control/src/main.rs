@@ -424,11 +424,7 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
             user,
             args,
         } => {
-            let out = call(
-                "DescribeInstances",
-                vec![("InstanceId.1".into(), instance_id.clone())],
-            )?;
-            let instance = &out["Reservations"][0]["Instances"][0];
+            let instance = &one_instance(&call, instance_id)?;
             let (Some(ip), Some(vpc_id)) = (
                 instance["PrivateIpAddress"].as_str(),
                 instance["VpcId"].as_str(),
@@ -441,11 +437,7 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
             instance_id,
             command,
         } => {
-            let out = call(
-                "DescribeInstances",
-                vec![("InstanceId.1".into(), instance_id.clone())],
-            )?;
-            let instance = &out["Reservations"][0]["Instances"][0];
+            let instance = &one_instance(&call, instance_id)?;
             let state = instance["InstanceState"]["Name"]
                 .as_str()
                 .unwrap_or("unknown");
@@ -529,6 +521,14 @@ fn instances(call: &Call<'_>, only: &[String]) -> Result<Vec<serde_json::Value>,
 }
 
 /// Waits, with a spinner, until every instance is in `state`.
+/// The one instance `id` names, as DescribeInstances describes it.
+fn one_instance(call: &Call<'_>, id: &str) -> Result<serde_json::Value, String> {
+    instances(call, &[id.to_string()])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{id}: no such instance"))
+}
+
 fn wait_for(call: &Call<'_>, ids: &[String], state: &str) -> Result<(), String> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));

@@ -98,6 +98,9 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
     assert state(ec2, iid)["InstanceType"] == "lab.micro"
     wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the second boot")
+    # User data runs once per instance, as on EC2: not again after a stop.
+    once = f"ec2lab-guest: user-data: skipped: already ran for {iid}"
+    assert once in console(iid) and "user data script exited" not in console(iid), console(iid)
     assert state(ec2, iid)["PublicIpAddress"] == eip["PublicIp"], "the EIP did not survive stop/start"
     address = aws("describe-addresses", "--allocation-ids", eip["AllocationId"])["Addresses"][0]
     assert address["InstanceId"] == iid and address["AssociationId"] == association
@@ -116,6 +119,7 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
              and "lab-minimal: ready" in (now := console(iid)) and now != before_reboot,
              600, "the reboot")
     assert state(ec2, iid)["PublicIpAddress"] == second_public, "a reboot changed the public address"
+    assert once in console(iid) and "user data script exited" not in console(iid), console(iid)
 
     terminating = aws("terminate-instances", "--instance-ids", iid)["TerminatingInstances"][0]
     assert terminating["CurrentState"]["Name"] == "shutting-down"
