@@ -33,6 +33,7 @@ use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
+use crate::privilege::{self, PrivilegeError};
 use crate::seccomp::{Policy, SeccompError, ThreadFilters, ThreadKind};
 use crate::vmm::{BuiltVm, Vmm};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext};
@@ -91,6 +92,9 @@ pub enum BuildError {
     /// The seccomp filters.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// Dropping capabilities.
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
 }
 
 impl BuildError {
@@ -320,6 +324,17 @@ pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
             mem_size,
         },
     )?;
+
+    // Everything privileged is done (KVM, taps, disks, memory): no thread
+    // but this one exists yet, and every thread started from here on
+    // inherits an empty capability set.
+    let dropped = privilege::drop_all()?;
+    if dropped.effective_before > 0 {
+        log::info!(
+            "dropped all {} capabilities before starting threads",
+            dropped.effective_before
+        );
+    }
 
     let api = match &config.api_sock {
         Some(path) => Some(api::start(

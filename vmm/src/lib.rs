@@ -16,6 +16,7 @@ pub mod exit;
 pub mod host;
 pub mod imds;
 pub mod pause;
+pub mod privilege;
 pub mod rlimit;
 pub mod seccomp;
 pub mod vmm;
