@@ -223,6 +223,13 @@ impl ExitInfo {
     pub fn is_api_shutdown(&self) -> bool {
         self.status() == Some(ExitStatus::ApiShutdown)
     }
+
+    /// Something outside the VMM and its guest ended it: a signal (a host
+    /// shutting down sends SIGTERM, then SIGKILL) or a death with no
+    /// record at all (power loss, SIGKILL).
+    pub fn ended_from_outside(&self) -> bool {
+        self.code.is_none() || matches!(self.status(), Some(ExitStatus::Signal(_)))
+    }
 }
 
 impl From<ExitRecord> for ExitInfo {
@@ -900,12 +907,14 @@ mod tests {
         let files = supervisor.files("i-1");
         std::fs::create_dir_all(&files.dir).expect("mkdir");
         let cases = [
-            (ExitStatus::Poweroff, true, false, false),
-            (ExitStatus::Reboot, false, true, false),
-            (ExitStatus::ApiShutdown, false, false, true),
-            (ExitStatus::TripleFault, false, false, false),
+            (ExitStatus::Poweroff, true, false, false, false),
+            (ExitStatus::Reboot, false, true, false, false),
+            (ExitStatus::ApiShutdown, false, false, true, false),
+            (ExitStatus::TripleFault, false, false, false, false),
+            (ExitStatus::Seccomp, false, false, false, false),
+            (ExitStatus::Signal(libc::SIGTERM), false, false, false, true),
         ];
-        for (status, poweroff, reboot, api_shutdown) in cases {
+        for (status, poweroff, reboot, api_shutdown, outside) in cases {
             let record = ExitRecord {
                 code: status.code(),
                 reason: format!("{status:?}"),
@@ -915,8 +924,13 @@ mod tests {
             let info = supervisor.exit_info("i-1", None);
             assert_eq!(info.status(), Some(status));
             assert_eq!(
-                (info.is_poweroff(), info.is_reboot(), info.is_api_shutdown()),
-                (poweroff, reboot, api_shutdown),
+                (
+                    info.is_poweroff(),
+                    info.is_reboot(),
+                    info.is_api_shutdown(),
+                    info.ended_from_outside()
+                ),
+                (poweroff, reboot, api_shutdown, outside),
                 "{status:?}"
             );
             assert_eq!(info.reason, format!("{status:?}"));
@@ -932,5 +946,9 @@ mod tests {
         assert!(info.is_reboot(), "{info:?}");
         let info = supervisor.exit_info("i-none", None);
         assert_eq!((info.code, info.status()), (None, None));
+        assert!(
+            info.ended_from_outside(),
+            "no record at all: power loss or SIGKILL"
+        );
     }
 }

@@ -2,6 +2,9 @@
 //! while an instance is pending and again while it is stopping, a restarted
 //! `ec2lab serve` finds the VMM it left running (or the one that ended
 //! meanwhile) and every state converges; after terminate nothing is left.
+//! And a host going down (the daemon and every VMM killed at once) loses
+//! nothing either: the running instance comes back running on a new VMM,
+//! as EC2's automatic recovery brings it back.
 
 mod common;
 
@@ -63,7 +66,7 @@ fn wait_state(prereqs: &Prereqs, daemon: &Daemon, id: &str, want: &str, timeout:
 }
 
 #[test]
-fn daemon_killed_while_pending_and_while_stopping_loses_nothing() {
+fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() {
     let Some(prereqs) = Prereqs::check("crash") else {
         return;
     };
@@ -106,6 +109,54 @@ fn daemon_killed_while_pending_and_while_stopping_loses_nothing() {
         1,
         "exactly one VMM for the instance"
     );
+
+    // The host goes down: the daemon dies, and the VMM gets the SIGTERM a
+    // shutting-down host sends (it records "stopped by signal 15"; power
+    // loss would leave no record, which the unit tests cover). The
+    // restarted daemon runs the same instance again on a new VMM: same
+    // id, same private address, still running.
+    let describe = |daemon: &Daemon| {
+        aws(
+            &prereqs,
+            daemon,
+            &["describe-instances", "--instance-ids", &id],
+        )["Reservations"][0]["Instances"][0]
+            .clone()
+    };
+    let private_ip = describe(&daemon)["PrivateIpAddress"].clone();
+    let old = daemon.live_vmms();
+    daemon.kill9();
+    for pid in &old {
+        // SAFETY: kill(2) on a VMM this test's daemon started.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.live_vmms().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.live_vmms().is_empty(), "the VMM outlived SIGTERM");
+    daemon.restart();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let recovered = loop {
+        let live = daemon.live_vmms();
+        if live.len() == 1 && !old.contains(&live[0]) {
+            break live[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new VMM for {id} after the host went down: {live:?}\n--- daemon log ---\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(state(&prereqs, &daemon, &id), "running");
+    assert_eq!(describe(&daemon)["PrivateIpAddress"], private_ip);
+    assert!(
+        daemon.log().contains("recovering it on a new VMM"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.live_vmms(), vec![recovered]);
 
     // Killed while stopping.
     aws(
