@@ -294,7 +294,7 @@ fn fuzzed_frames_never_panic_or_pile_up() {
         state ^= state << 17;
         state
     };
-    for round in 0..20_000u32 {
+    for round in 0..super::fuzz_iterations() {
         let len = (next() % 200) as usize;
         let mut frame: Vec<u8> = (0..len.max(42)).map(|_| next() as u8).collect();
         // Most frames look like ours, so they get past the classifier.

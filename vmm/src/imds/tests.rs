@@ -492,7 +492,7 @@ fn fuzzed_requests_never_panic() {
         b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 5\r\nContent-Length: 2\r\n\r\nab",
         b"GET /latest/user-data HTTP/1.1\r\nX-aws-ec2-metadata-token: AQAAAAAA\r\n\r\n",
     ];
-    for round in 0..20_000 {
+    for round in 0..super::fuzz_iterations() as usize {
         let seed = seeds[round % seeds.len()];
         let mut input = seed.to_vec();
         match next() % 4 {
