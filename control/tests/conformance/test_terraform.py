@@ -1,7 +1,7 @@
 """The AWS Terraform provider's EC2 calls, replayed with boto3 in its order
 and with its parameters (hashicorp/terraform-provider-aws,
 internal/service/ec2/ec2_instance.go: resourceInstanceCreate, Read,
-Delete; ec2_key_pair.go; ami_data_source.go), for this main.tf:
+Delete; ec2_key_pair.go; ami_data_source.go; vpc_eip.go), for this main.tf:
 
     provider "aws" {
       region                      = "us-east-1"
@@ -27,6 +27,11 @@ Delete; ec2_key_pair.go; ami_data_source.go), for this main.tf:
       instance_type = "t2.micro"
       key_name      = aws_key_pair.lab.key_name
       tags          = { Name = "web" }
+    }
+    resource "aws_eip" "web" {
+      domain   = "vpc"
+      instance = aws_instance.web.id
+      tags     = { Name = "web-eip" }
     }
 
 Terraform itself is not run (it cannot be installed here); a refresh is
@@ -160,6 +165,48 @@ def test_terraform_aws_ami_key_pair_and_instance_apply_plan_destroy(ec2):
     ec2.modify_instance_credit_specification(
         InstanceCreditSpecifications=[{"InstanceId": iid, "CpuCredits": "unlimited"}])
     assert read_instance(ec2, iid)["credit_specification"] == "unlimited"
+
+    # aws_eip { domain = "vpc", instance = aws_instance.web.id }, as
+    # resourceEIPCreate does it: AllocateAddress with its tags, a find by
+    # allocation id, AssociateAddress, a find by association id; then
+    # resourceEIPRead (DescribeAddresses, DescribeAddressesAttribute
+    # domain-name for ptr_record), twice, with nothing changed between.
+    alloc = ec2.allocate_address(Domain="vpc", TagSpecifications=[
+        {"ResourceType": "elastic-ip", "Tags": [{"Key": "Name", "Value": "web-eip"}]}])["AllocationId"]
+    assert alloc.startswith("eipalloc-"), alloc  # the provider's IsVPC()
+    assert ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]["AllocationId"] == alloc
+    association = ec2.associate_address(AllocationId=alloc, InstanceId=iid)["AssociationId"]
+    found = ec2.describe_addresses(Filters=[{"Name": "association-id", "Values": [association]}])
+    assert [a["AllocationId"] for a in found["Addresses"]] == [alloc]
+
+    def read_eip():
+        a = ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]
+        ptr = ec2.describe_addresses_attribute(AllocationIds=[alloc], Attribute="domain-name")["Addresses"]
+        return {"allocation_id": a["AllocationId"], "association_id": a.get("AssociationId"),
+                "domain": a["Domain"], "instance": a.get("InstanceId"),
+                "network_interface": a.get("NetworkInterfaceId"),
+                "private_ip": a.get("PrivateIpAddress"), "public_ip": a["PublicIp"],
+                "public_ipv4_pool": a.get("PublicIpv4Pool"),
+                "network_border_group": a.get("NetworkBorderGroup"),
+                "ptr_record": ptr[0].get("PtrRecord") if ptr else None,
+                "tags": {t["Key"]: t["Value"] for t in a.get("Tags", [])}}
+    eip = read_eip()
+    assert (eip["instance"], eip["association_id"], eip["domain"]) == (iid, association, "vpc"), eip
+    assert eip["private_ip"] == applied["private_ip"], eip
+    assert eip["network_interface"] == applied["primary_network_interface_id"], eip
+    assert eip["tags"] == {"Name": "web-eip"}, eip
+    assert read_eip() == eip, "a second plan would show a diff"
+    # The instance's refresh shows the EIP as its public address, and its
+    # own state has not moved (the provider would plan nothing for it).
+    instance = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert instance["PublicIpAddress"] == eip["public_ip"]
+    # resourceEIPDelete: DisassociateAddress by association id, then
+    # ReleaseAddress; a find afterwards is InvalidAllocationID.NotFound.
+    ec2.disassociate_address(AssociationId=association)
+    ec2.release_address(AllocationId=alloc)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.describe_addresses(AllocationIds=[alloc])
+    assert e.value.response["Error"]["Code"] == "InvalidAllocationID.NotFound"
 
     # resourceInstanceDelete: lift both protections, terminate, wait.
     ec2.modify_instance_attribute(InstanceId=iid, DisableApiTermination={"Value": False})
