@@ -95,6 +95,7 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
               "--security-group-ids", group, "--key-name", "vpc-kp",
               "--user-data", f"file://{script}")
     iid = run["Instances"][0]["InstanceId"]
+    launched = [iid]
     try:
         described = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
         assert described["PrivateIpAddress"] == "172.31.16.77"
@@ -127,6 +128,13 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         by_ip = ec2.describe_instances(Filters=[{"Name": "private-ip-address", "Values": ["172.31.16.77"]}])
         assert [i["InstanceId"] for r in by_ip["Reservations"] for i in r["Instances"]] == [iid]
         assert subnet(ec2, subnet_b["SubnetId"])["AvailableIpAddressCount"] == free_before - 1
+        # A second instance in the same subnet and group, booting beside
+        # the first (no key, no user data): the two reach each other by
+        # private DNS name and never see each other's metadata.
+        other = aws("run-instances", "--image-id", lab_minimal_ami, "--instance-type", "lab.nano",
+                    "--subnet-id", subnet_b["SubnetId"], "--private-ip-address", "172.31.16.78",
+                    "--security-group-ids", group)["Instances"][0]["InstanceId"]
+        launched.append(other)
 
         # The guest's eth0 got that address by DHCP from its VPC (lab-minimal
         # prints what udhcpc configured). Its SSH server is behind its
@@ -250,6 +258,38 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         assert "tty=ip-172-31-16-77.ec2.internal" in done.stdout, done
         done = connect("--", "/nonexistent", stdin=subprocess.DEVNULL)
         assert done.returncode != 0 and "cannot run /nonexistent" in done.stderr, done
+        # Two instances. Each reaches the other by its private DNS name
+        # (the VPC's DNS, port 22 open to the group's 0.0.0.0/0 rule).
+        # Each VMM serves its own instance's metadata only: the same request
+        # gets each instance its own id, and a token one instance was given
+        # is refused (401) by the other's metadata service.
+        wait_for(lambda: "lab-minimal: ready" in console(other), 600, "the second instance's boot")
+        other_name = "ip-172-31-16-78.ec2.internal"
+        reach = guest(public, f"nslookup {other_name}; timeout 20 nc {other_name} 22"
+                              " </dev/null | head -c 7; echo")
+        assert "172.31.16.78" in reach and reach.endswith("SSH-2.0\n"), reach
+
+        def imds(where, request):
+            """One raw HTTP/1.0 request to 169.254.169.254 from inside
+            instance `where` (over `ec2lab connect`): the whole answer,
+            its CRLFs read as newlines."""
+            done = subprocess.run(
+                [os.environ["EC2LAB_CLI"], "connect", where, "--", "sh", "-c",
+                 f"printf '{request}' | nc 169.254.169.254 80"],
+                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            assert done.returncode == 0, done
+            return done.stdout
+        get_id = "GET /latest/meta-data/instance-id HTTP/1.0\\r\\n"
+        for who in launched:
+            assert imds(who, get_id + "\\r\\n").endswith(f"\n\n{who}"), who
+        token = imds(iid, "PUT /latest/api/token HTTP/1.0\\r\\n"
+                          "X-aws-ec2-metadata-token-ttl-seconds: 300\\r\\n\\r\\n").split("\n\n")[-1]
+        assert token and token.isascii() and " " not in token, token
+        with_token = get_id + f"X-aws-ec2-metadata-token: {token}\\r\\n\\r\\n"
+        assert imds(iid, with_token).endswith(f"\n\n{iid}")
+        refused = imds(other, with_token)
+        assert refused.startswith("HTTP/1.1 401"), refused
+        assert iid not in refused and other not in refused, refused
         # An Elastic IP replaces the public address at once, no restart:
         # the guest answers at it, and no longer at the old one.
         eip = aws("allocate-address", "--domain", "vpc")
@@ -329,8 +369,8 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
                                                   "PrivateIpAddress": "172.31.16.77"}])
         assert taken.value.response["Error"]["Code"] == "InvalidIPAddress.InUse"
     finally:
-        ec2.terminate_instances(InstanceIds=[iid])
-        ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid],
+        ec2.terminate_instances(InstanceIds=launched)
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=launched,
                                                    WaiterConfig={"Delay": 2, "MaxAttempts": 150})
     ec2.delete_security_group(GroupId=group)
     ec2.delete_key_pair(KeyName="vpc-kp")
