@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Usage: bench/guest_io.sh [--mib N] [--tcp-kib K] [--boot-timeout S]   (or: scripts/bench guest)
+# Usage: bench/guest_io.sh [--mib N] [--tcp-kib K] [--http-n R] [--pipeline-n P] [--boot-timeout S]
+#        (or: scripts/bench guest)
 #
 # In-guest I/O throughput: boots the lab kernel (~/.cache/ec2lab/kernels/lab,
 # built with scripts/build-kernel if missing) under ec2lab-vmm (release) on a
@@ -17,18 +18,34 @@
 # timestamps on the serial lines (and the TCP server from accept to EOF);
 # the guest prints dd's lines and each step's time on its own clock.
 #
+# Then the instance metadata service the VMM serves at 169.254.169.254
+# (the VM config carries a metadata document) beside the same client
+# against a host-side HTTP server over the tap (python3 http.server in the
+# namespace, 10.0.9.1:8080, serving the same path and bytes), one after the
+# other in the same boot:
+#   R x busybox wget -qO /dev/null http://HOST/latest/meta-data/instance-id
+#       (a process and a TCP connection per request, as scripts do it)
+#   P requests pipelined on one keep-alive connection (busybox nc), the
+#       last with "Connection: close"; the guest counts the 200 answers
+#   R x busybox true (control: the process start-up alone)
+# with R = --http-n (default 20) and P = --pipeline-n (default 100);
+# requests/s and latency per request are host-timed per step, and the
+# table gives IMDS's rate as a ratio of the tap server's.
+#
 # Where QEMU can run the guest (not on kvm_pvm hosts: it stops at the guest
 # kernel's first INT3), the same guest also runs under qemu-system-x86_64
 # -M microvm with virtio-blk-device and virtio-net-device (vhost off).
 # Cleans up: the namespace, and only the processes it started (by PID).
 set -euo pipefail
-mib=64 tcp_kib=1024 boot_timeout=600
+mib=64 tcp_kib=1024 http_n=20 pipeline_n=100 boot_timeout=600
 while [ $# -gt 0 ]; do
     case "$1" in
         --mib) mib="$2"; shift 2 ;;
         --tcp-kib) tcp_kib="$2"; shift 2 ;;
+        --http-n) http_n="$2"; shift 2 ;;
+        --pipeline-n) pipeline_n="$2"; shift 2 ;;
         --boot-timeout) boot_timeout="$2"; shift 2 ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "guest_io.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
 done
@@ -71,6 +88,11 @@ cat >"$work/rootfs/init" <<EOF
 B=/bin/busybox
 \$B mount -t proc proc /proc
 \$B mount -t sysfs sysfs /sys
+# As lab-minimal's /init does: a noxsave kernel does not keep AVX state
+# across switches, so glibc stays on SSE (see guest-images/kernel/NOTES.md).
+case " \$(\$B cat /proc/cmdline) " in
+    *" noxsave "*) export GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-AVX_Fast_Unaligned_Load ;;
+esac
 uptime() { \$B cut -d' ' -f1 /proc/uptime; }
 step() { # NAME CMD: markers around CMD, its output lines tagged, guest-clock time
     name=\$1; shift
@@ -88,6 +110,34 @@ tx() { \$B dd if=/dev/zero bs=16k count=$((tcp_kib / 16)) | \$B nc 10.0.9.1 5001
 step tcp-tx tx
 rx() { \$B nc 10.0.9.1 5002 </dev/null >/dev/null; }
 step tcp-rx rx
+# Metadata: only where the VMM serves it (ec2lab.imds=1 on the command line).
+if \$B grep -q ec2lab.imds=1 /proc/cmdline; then
+    path=/latest/meta-data/instance-id
+    each() { # HOST[:PORT]: R requests, a wget process each
+        i=0 bad=0
+        while [ \$i -lt $http_n ]; do
+            \$B wget -q -O /dev/null "http://\$1\$path" || bad=\$((bad + 1))
+            i=\$((i + 1))
+        done
+        echo "$http_n requests, \$bad failed"
+    }
+    pipelined() { # HOST PORT: P requests on one connection
+        { i=1
+          while [ \$i -lt $pipeline_n ]; do
+              printf 'GET %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' \$path \$1; i=\$((i + 1))
+          done
+          printf 'GET %s HTTP/1.1\\r\\nHost: %s\\r\\nConnection: close\\r\\n\\r\\n' \$path \$1
+        } | \$B nc \$1 \$2 | \$B grep -o 'HTTP/1.1 200' | \$B wc -l | while read -r n; do echo "\$n of $pipeline_n answered 200"; done
+    }
+    spawn() { i=0; while [ \$i -lt $http_n ]; do \$B true; i=\$((i + 1)); done; }
+    echo "GUEST-IO imds answer: \$(\$B wget -q -O - http://169.254.169.254\$path)"
+    echo "GUEST-IO tap answer: \$(\$B wget -q -O - http://10.0.9.1:8080\$path)"
+    step http-tap each 10.0.9.1:8080
+    step http-imds each 169.254.169.254
+    step pipe-tap pipelined 10.0.9.1 8080
+    step pipe-imds pipelined 169.254.169.254 80
+    step spawn spawn
+fi
 echo "GUEST-IO done"
 \$B poweroff -f
 EOF
@@ -124,6 +174,22 @@ while c.recv(1 << 16): pass
 print("tcp-rx", sent, time.monotonic() - t0, flush=True)
 '
 
+# The host-side HTTP server over the tap for the metadata rows: the same
+# path and bytes as the VMM's metadata service, HTTP/1.1 with keep-alive.
+iid=i-0123456789abcdef0
+mkdir -p "$work/www/latest/meta-data"
+printf '%s' "$iid" >"$work/www/latest/meta-data/instance-id"
+http_py='
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+handler = functools.partial(Handler, directory=sys.argv[1])
+http.server.ThreadingHTTPServer(("10.0.9.1", 8080), handler).serve_forever()
+'
+ip netns exec "$ns" python3 -c "$http_py" "$work/www" &
+pids+=("$!")
+
 # run_guest LABEL CMD...: boots the guest in the namespace, prints its table
 # rows. Serial lines are stamped with host time as they arrive.
 run_guest() {
@@ -151,7 +217,7 @@ run_guest() {
     done
     wait "$guest" || true
     wait "$stamper" "$server" || true
-    python3 - "$label" "$log" "$srv" "$mib" "$tcp_kib" "$start" <<'PY'
+    python3 - "$label" "$log" "$srv" "$mib" "$tcp_kib" "$start" "$http_n" "$pipeline_n" <<'PY'
 import re, sys
 label, log, srv = sys.argv[1:4]
 mib, tcp_mib, start = int(sys.argv[4]), int(sys.argv[5]) / 1024, float(sys.argv[6])
@@ -185,6 +251,22 @@ for step, what, size in [("dd-write", f"dd write /dev/vdb, 1 MiB O_DIRECT, {mib}
         got, ssecs = server[step]
         extra = f"namespace side: {got / 2**20:g} MiB in {ssecs:.2f} s = {got / 2**20 / ssecs:.3f} MiB/s"
     print(f"| {label} | {what} | {size / secs:.3f} MiB/s ({secs:.1f} s) | {extra} |")
+http_n, pipeline_n = int(sys.argv[7]), int(sys.argv[8])
+rate = {}
+for step, what, n in [("http-tap", f"HTTP GET, host server over the tap, {http_n} × busybox wget", http_n),
+                      ("http-imds", f"HTTP GET, metadata service in the VMM, {http_n} × busybox wget", http_n),
+                      ("pipe-tap", f"HTTP GET, host server over the tap, {pipeline_n} pipelined on one connection", pipeline_n),
+                      ("pipe-imds", f"HTTP GET, metadata service in the VMM, {pipeline_n} pipelined on one connection", pipeline_n),
+                      ("spawn", f"control, no network: {http_n} × busybox true", http_n)]:
+    if ("begin", step) not in t or ("end", step) not in t:
+        continue
+    secs = t[("end", step)] - t[("begin", step)]
+    rate[step] = n / secs
+    extra = ""
+    if step.endswith("-imds"):
+        tap = rate.get(step.replace("imds", "tap"))
+        extra = f"{rate[step] / tap:.2f}× the tap server's rate" if tap else ""
+    print(f"| {label} | {what} | {rate[step]:.2f} req/s, {1000 * secs / n:.0f} ms each ({secs:.1f} s) | {extra} |")
 print()
 for l in lines:
     print(f"    {label} guest: {l}")
@@ -197,8 +279,18 @@ echo
 echo "| VMM | step | host-timed rate | notes |"
 echo "|---|---|---|---|"
 cmdline="console=ttyS0 root=/dev/vda rw init=/init ip=10.0.9.2::10.0.9.1:255.255.255.0::eth0:off"
-run_guest ec2lab-vmm "$vmm" --kernel "$kernel" --cmdline "$cmdline" --memory-mib 256 --vcpus 2 \
-    --disk "$work/root.ext4" --disk "$work/data.img" --net tap=tap0
+# ec2lab-vmm gets a VM config (the flags have no metadata document).
+cat >"$work/vm.json" <<EOF
+{"kernel": "$kernel", "cmdline": "$cmdline ec2lab.imds=1", "memory_mib": 256, "vcpus": 2,
+ "disks": [{"path": "$work/root.ext4"}, {"path": "$work/data.img"}],
+ "nets": [{"tap": "tap0", "mac": "02:00:00:00:09:02"}],
+ "metadata": {"instance_id": "$iid", "ami_id": "ami-0123456789abcdef0",
+   "instance_type": "t2.micro", "reservation_id": "r-0123456789abcdef0", "account_id": "000000000000",
+   "region": "us-east-1", "availability_zone": "us-east-1a", "availability_zone_id": "use1-az1",
+   "architecture": "x86_64", "pending_time": "2026-01-01T00:00:00Z",
+   "local_hostname": "ip-10-0-9-2.ec2.internal", "local_ipv4": "10.0.9.2", "mac": "02:00:00:00:09:02"}}
+EOF
+run_guest ec2lab-vmm "$vmm" --config "$work/vm.json"
 
 if [ -d /sys/module/kvm_pvm ]; then
     echo "QEMU microvm: skipped: kvm_pvm host (QEMU stops at the guest kernel's first INT3)"
