@@ -103,6 +103,12 @@ pub enum TscSource {
     Calibrate,
 }
 
+/// The environment (passed to init through the command line) that keeps
+/// glibc's string functions off AVX/AVX-512 where the guest kernel does
+/// not save that state.
+pub const GLIBC_NO_AVX: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,\
+-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-AVX_Fast_Unaligned_Load";
+
 /// The command-line parameter that gives Linux its TSC frequency (any vendor).
 const TSC_EARLY_KHZ: &str = "tsc_early_khz";
 
@@ -194,6 +200,16 @@ impl Workarounds {
             // is a slow exit here.
             "pci=off".to_string(),
             SYSCALL_VIA_PF_PARAM.to_string(),
+            // Not for the kernel: it hands `KEY=value` parameters it does
+            // not know to init as environment. With `noxsave` the kernel
+            // keeps only x87/SSE state across process switches, but guest
+            // user space runs natively with the host's CPUID and XCR0, so
+            // glibc would use AVX/AVX-512 string functions and concurrent
+            // processes would clobber each other's vector registers
+            // (random crashes, mostly on AVX-512 AMD hosts; see
+            // guest-images/kernel/NOTES.md). Every process from init on
+            // inherits this and keeps glibc to SSE.
+            GLIBC_NO_AVX.to_string(),
         ];
         if let TscSource::Cmdline(khz) = tsc {
             params.push(format!("{TSC_EARLY_KHZ}={khz}"));
@@ -299,6 +315,7 @@ mod tests {
         assert!(c.contains(" tsc=reliable "), "{c}");
         assert!(c.contains(" rodata=off "), "{c}");
         assert!(c.contains(SYSCALL_VIA_PF_PARAM));
+        assert!(c.contains(&format!(" {GLIBC_NO_AVX} ")), "{c}");
         assert!(c.ends_with(" tsc_early_khz=2445404"), "{c}");
         let again = w.tsc_source(&c, Some(2_445_404));
         assert_eq!(again, TscSource::UserCmdline);
