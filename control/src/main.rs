@@ -520,7 +520,6 @@ fn instances(call: &Call<'_>, only: &[String]) -> Result<Vec<serde_json::Value>,
         .collect())
 }
 
-/// Waits, with a spinner, until every instance is in `state`.
 /// The one instance `id` names, as DescribeInstances describes it.
 fn one_instance(call: &Call<'_>, id: &str) -> Result<serde_json::Value, String> {
     instances(call, &[id.to_string()])?
@@ -529,6 +528,7 @@ fn one_instance(call: &Call<'_>, id: &str) -> Result<serde_json::Value, String> 
         .ok_or_else(|| format!("{id}: no such instance"))
 }
 
+/// Waits, with a spinner, until every instance is in `state`.
 fn wait_for(call: &Call<'_>, ids: &[String], state: &str) -> Result<(), String> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
