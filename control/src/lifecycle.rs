@@ -925,28 +925,30 @@ impl Lab {
                     self.watch(id.clone(), p);
                     self.spawn_stop(&id, false);
                 }
-                // Its VMM ran, and was ended from outside while no daemon
-                // watched (a signal, or no record at all): the host went
-                // down, or every process was killed. EC2's automatic
-                // recovery: the same instance (id, addresses, volume,
-                // metadata) runs again. A guest's own poweroff, reboot or
-                // failure is handled below as when the daemon sees it.
-                (InstanceState::Pending | InstanceState::Running, None)
-                    if instance.vmm.is_some()
-                        && self.supervisor.exit_info(&id, None).ended_from_outside() =>
-                {
-                    let info = self.supervisor.exit_info(&id, None);
-                    log::warn!(
-                        "{id}: its VMM ended while the daemon was down ({}): the host went \
-                         down or it was killed; recovering it on a new VMM",
-                        info.reason
-                    );
-                    self.relaunch(&id)?;
-                }
                 (InstanceState::Pending | InstanceState::Running, None)
                 | (InstanceState::Stopping | InstanceState::ShuttingDown, None) => {
                     let info = self.supervisor.exit_info(&id, None);
-                    self.on_exit(&id, &info);
+                    // A pending or running instance's VMM that was ended
+                    // from outside while no daemon watched (a signal, or no
+                    // record at all): the host went down, or every process
+                    // was killed. EC2's automatic recovery: the same
+                    // instance (id, addresses, volume, metadata) runs
+                    // again. A guest's own poweroff, reboot or failure is
+                    // handled as when the daemon sees it.
+                    let running = matches!(
+                        instance.state,
+                        InstanceState::Pending | InstanceState::Running
+                    );
+                    if running && instance.vmm.is_some() && info.ended_from_outside() {
+                        log::warn!(
+                            "{id}: its VMM ended while the daemon was down ({}): the host went \
+                             down or it was killed; recovering it on a new VMM",
+                            info.reason
+                        );
+                        self.relaunch(&id)?;
+                    } else {
+                        self.on_exit(&id, &info);
+                    }
                 }
                 (InstanceState::Stopped | InstanceState::Terminated, Some(p)) => {
                     log::warn!(
