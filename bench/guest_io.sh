@@ -88,11 +88,6 @@ cat >"$work/rootfs/init" <<EOF
 B=/bin/busybox
 \$B mount -t proc proc /proc
 \$B mount -t sysfs sysfs /sys
-# As lab-minimal's /init does: a noxsave kernel does not keep AVX state
-# across switches, so glibc stays on SSE (see guest-images/kernel/NOTES.md).
-case " \$(\$B cat /proc/cmdline) " in
-    *" noxsave "*) export GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-AVX_Fast_Unaligned_Load ;;
-esac
 uptime() { \$B cut -d' ' -f1 /proc/uptime; }
 step() { # NAME CMD: markers around CMD, its output lines tagged, guest-clock time
     name=\$1; shift
