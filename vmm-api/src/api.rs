@@ -5,6 +5,7 @@
 //! PUT  /vm/state  {"state":"Paused"|"Resumed"}
 //! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
 //! PUT  /metadata  InstanceMetadata          what 169.254.169.254 serves from now on
+//! PUT  /snapshot/create                     save the paused VM into its snapshot directory
 //! ```
 //! Errors come back with a 4xx or 5xx status and [`ApiFault`] as the body.
 //! Request bodies refuse unknown fields, so a client's typo is a 400 rather
@@ -24,6 +25,10 @@ pub const ACTIONS_PATH: &str = "/actions";
 /// `PUT` an [`InstanceMetadata`] here to replace what the metadata service
 /// serves (a new public address, groups, tags, options).
 pub const METADATA_PATH: &str = "/metadata";
+/// `PUT` here (no body) while the VM is paused to save it, memory and
+/// all, into the config's `snapshot_dir`; a VMM started with
+/// `--restore-from` that directory goes on from there.
+pub const SNAPSHOT_CREATE_PATH: &str = "/snapshot/create";
 
 /// Requested VM state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +76,8 @@ pub enum ApiRequest {
     Action(ActionType),
     /// `PUT /metadata`.
     SetMetadata(Box<InstanceMetadata>),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot,
 }
 
 /// A request body, serialised as the object its route expects.
@@ -90,7 +97,9 @@ impl ApiRequest {
     pub const fn method(&self) -> &'static str {
         match self {
             Self::Describe => "GET",
-            Self::SetState(_) | Self::Action(_) | Self::SetMetadata(_) => "PUT",
+            Self::SetState(_) | Self::Action(_) | Self::SetMetadata(_) | Self::CreateSnapshot => {
+                "PUT"
+            }
         }
     }
 
@@ -101,13 +110,14 @@ impl ApiRequest {
             Self::SetState(_) => VM_STATE_PATH,
             Self::Action(_) => ACTIONS_PATH,
             Self::SetMetadata(_) => METADATA_PATH,
+            Self::CreateSnapshot => SNAPSHOT_CREATE_PATH,
         }
     }
 
     /// The JSON body, if the request has one.
     pub fn body(&self) -> Option<RequestBody<'_>> {
         match self {
-            Self::Describe => None,
+            Self::Describe | Self::CreateSnapshot => None,
             Self::SetState(state) => Some(RequestBody::State(StateBody { state: *state })),
             Self::Action(action) => Some(RequestBody::Action(ActionBody { action: *action })),
             Self::SetMetadata(doc) => Some(RequestBody::Metadata(doc)),

@@ -107,6 +107,11 @@ pub struct VmConfig {
     /// network card, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<crate::metadata::InstanceMetadata>,
+    /// Where `PUT /snapshot/create` writes the snapshot (`state` and
+    /// `memory`). An existing directory, opened when the VMM starts: the
+    /// API itself never takes a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -130,6 +135,7 @@ impl VmConfig {
             rng: false,
             vsock: None,
             metadata: None,
+            snapshot_dir: None,
         }
     }
 

@@ -16,6 +16,10 @@ pub const CONFIG: &str = "config";
 /// `--exit-file FILE`: where the VMM writes its
 /// [`crate::exit::ExitRecord`] when it ends.
 pub const EXIT_FILE: &str = "exit-file";
+/// `--restore-from DIR`: start from the snapshot in DIR (written by
+/// `PUT /snapshot/create`) instead of booting the kernel; the VM config
+/// must describe the same machine.
+pub const RESTORE_FROM: &str = "restore-from";
 
 /// A device or template flag that did not parse; the message names the
 /// offending text, since it ends up as the VMM's one error line.

@@ -5,6 +5,7 @@
 //! PUT  /vm/state  {"state":"Paused"|"Resumed"}
 //! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
 //! PUT  /metadata  the instance metadata document (replaces what IMDS serves)
+//! PUT  /snapshot/create                     save the paused VM (no body; see crate::snapshot)
 //! ```
 //! The server thread only parses and renders; every request is carried out
 //! by the VMM's main loop ([`handle`], calling methods of [`Vmm`]), so API
@@ -21,13 +22,14 @@ use std::sync::mpsc::{self, Sender};
 
 pub use ec2lab_vmm_api::api::{
     ActionBody, ActionType, ApiFault, ApiRequest, StateBody, VmStateRequest, ACTIONS_PATH,
-    METADATA_PATH, VM_PATH, VM_STATE_PATH,
+    METADATA_PATH, SNAPSHOT_CREATE_PATH, VM_PATH, VM_STATE_PATH,
 };
 use ec2lab_vmm_api::metadata::InstanceMetadata;
 use serde_json::json;
 
 use crate::devices::bus::lock;
 use crate::seccomp::ThreadFilter;
+use crate::snapshot::SnapshotError;
 use crate::vmm::Vmm;
 use crate::VmmEvent;
 
@@ -76,7 +78,22 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, (u16, 
             crate::config::check_metadata(&doc).map_err(|e| (400, e.to_string()))?;
             Ok(ApiRequest::SetMetadata(Box::new(doc)))
         }
-        (_, VM_PATH | VM_STATE_PATH | ACTIONS_PATH | METADATA_PATH) => {
+        ("PUT", SNAPSHOT_CREATE_PATH) => {
+            // Firecracker's body names files; ours may name nothing (the
+            // directory is the VM's own), so only an empty object is taken.
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                let b: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(body).map_err(bad)?;
+                if let Some(field) = b.keys().next() {
+                    return Err((
+                        400,
+                        format!("unknown field {field:?}: a snapshot is written to the VM's snapshot_dir"),
+                    ));
+                }
+            }
+            Ok(ApiRequest::CreateSnapshot)
+        }
+        (_, VM_PATH | VM_STATE_PATH | ACTIONS_PATH | METADATA_PATH | SNAPSHOT_CREATE_PATH) => {
             Err((405, format!("method {method} not allowed on {path}")))
         }
         _ => Err((404, format!("no such resource: {path}"))),
@@ -101,6 +118,16 @@ pub fn handle(vmm: &mut Vmm, req: ApiRequest) -> (ApiResponse, bool) {
             (ApiResponse::NoContent, false)
         }
         ApiRequest::Action(ActionType::Shutdown) => (ApiResponse::NoContent, true),
+        ApiRequest::CreateSnapshot => match vmm.create_snapshot() {
+            Ok(report) => (
+                ApiResponse::Json(serde_json::to_value(report).unwrap_or_default()),
+                false,
+            ),
+            Err(e @ (SnapshotError::NotPaused | SnapshotError::NoDirectory)) => {
+                (ApiResponse::Error(409, e.to_string()), false)
+            }
+            Err(e) => (ApiResponse::Error(500, e.to_string()), false),
+        },
         ApiRequest::SetMetadata(doc) => {
             if vmm.update_metadata(&doc) {
                 (ApiResponse::NoContent, false)

@@ -6,6 +6,7 @@
 //! command line) before anything touches KVM, so bad input fails fast with
 //! one clear error and nothing is left half-created.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use crate::arch::x86_64::layout::{self, ACPI_SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::{acpi, boot, mptable, smbios};
 use crate::config::{ConfigError, Validate, VmConfig};
 use crate::console;
-use crate::devices::bus::BusError;
+use crate::devices::bus::{lock, BusError};
 use crate::devices::cmos::{self, CmosRtc};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::manager::DeviceManager;
@@ -35,7 +36,9 @@ use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
 use crate::privilege::{self, PrivilegeError};
 use crate::seccomp::{Policy, SeccompError, ThreadFilters, ThreadKind};
-use crate::vmm::{BuiltVm, Vmm};
+use crate::snapshot::{self, Machine, Snapshot, SnapshotDir, SnapshotError};
+use crate::vmm::{BuiltVm, Origin, Vmm};
+use crate::vstate::persist::{self, PersistError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext};
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::{memory, vcpu::VcpuError};
@@ -95,6 +98,21 @@ pub enum BuildError {
     /// Dropping capabilities.
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
+    /// The snapshot directory could not be opened.
+    #[error("cannot open the snapshot directory {0}: {1}")]
+    SnapshotDir(PathBuf, std::io::Error),
+    /// The snapshot to restore from is unreadable, corrupt or does not fit.
+    #[error("cannot restore: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// KVM refused the snapshot's VM state.
+    #[error("cannot restore: {0}")]
+    Restore(PersistError),
+    /// The snapshot's serial port state is invalid.
+    #[error("cannot restore: {0}")]
+    RestoreSerial(#[from] serial::SerialRestoreError),
+    /// A virtio device's saved state does not fit.
+    #[error("cannot restore: {0}")]
+    RestoreTransport(#[from] mmio::TransportRestoreError),
 }
 
 impl BuildError {
@@ -109,6 +127,10 @@ impl BuildError {
                 | BuildError::Disk(_)
                 | BuildError::Net(_)
                 | BuildError::Vsock(_)
+                | BuildError::SnapshotDir(..)
+                | BuildError::Snapshot(_)
+                | BuildError::RestoreSerial(_)
+                | BuildError::RestoreTransport(_)
         )
     }
 }
@@ -140,6 +162,17 @@ impl i8042::ResetHandler for EventSink {
     fn reset(&mut self) {
         self.stop(VmExit::GuestReset);
     }
+}
+
+/// What the guest starts from.
+enum Start {
+    /// A kernel loaded into fresh memory.
+    Boot {
+        kernel: boot::LoadedKernel,
+        initrd: Option<boot::InitrdPlacement>,
+    },
+    /// A snapshot (from this directory) whose memory is mapped.
+    Restore(Box<Snapshot>, PathBuf),
 }
 
 /// The first interrupt line handed to virtio devices (1 is the i8042, 4 COM1).
@@ -193,8 +226,15 @@ fn cmdline_disables_acpi(cmdline: &str) -> bool {
 }
 
 /// Builds the VM described by `config`; its threads will be confined as
-/// `seccomp` says.
-pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
+/// `seccomp` says. With `restore_from`, the VM is the snapshot in that
+/// directory instead of a fresh boot of `config.kernel`: `config` must
+/// describe the same machine (vCPUs, memory, devices) and supplies the
+/// backends (taps, disks, sockets), which are new.
+pub fn build(
+    config: &VmConfig,
+    seccomp: Policy,
+    restore_from: Option<&Path>,
+) -> Result<Vmm, BuildError> {
     config.validate(crate::config::host_memory_mib())?;
     let filters = ThreadFilters::new(seccomp)?;
     let host = HostKind::detect();
@@ -203,36 +243,75 @@ pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
     let vcpu_count = config.vcpus as u8;
     let mem_size = config.memory_bytes();
 
-    let mem = memory::create(mem_size)?;
-    let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
-    let initrd = match &config.initrd {
-        Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+    let snapshot_dir = match &config.snapshot_dir {
+        Some(path) => {
+            Some(SnapshotDir::open(path).map_err(|e| BuildError::SnapshotDir(path.clone(), e))?)
+        }
         None => None,
     };
+    let loaded = restore_from.map(snapshot::load).transpose()?;
     let virtio_devices = open_virtio_devices(config)?;
+    let machine = Machine {
+        vendor: vendor.name().to_string(),
+        emulated_kernel: workarounds.emulated_kernel,
+        vcpus: vcpu_count,
+        memory_bytes: mem_size,
+        devices: virtio_devices
+            .iter()
+            .map(|d| d.name().to_string())
+            .collect(),
+    };
     let virtio_info: Vec<MmioDeviceInfo> = (0..virtio_devices.len())
         .map(|i| MmioDeviceInfo {
             base: layout::MMIO_DEVICES_START + i as u64 * MMIO_LEN,
             gsi: FIRST_VIRTIO_GSI + i as u32,
         })
         .collect();
-    let devices_on_cmdline = !kernel.acpi.uses_dsdt() || cmdline_disables_acpi(&config.cmdline);
-    let user_cmdline = if devices_on_cmdline {
-        format!(
-            "{} {}",
-            config.cmdline.trim(),
-            cmdline_device_params(&virtio_info)
-        )
-        .trim()
-        .to_string()
-    } else {
-        config.cmdline.clone()
+
+    // Guest memory, and what the guest starts from: a kernel loaded into
+    // fresh memory, or a snapshot's memory and state.
+    let (mem, start) = match loaded {
+        Some(loaded) => {
+            loaded.snapshot.machine.check_fits(&machine)?;
+            let ranges = layout::ram_regions(mem_size);
+            let mem = snapshot::memory::map(&loaded.memory, &ranges)
+                .map_err(snapshot::SnapshotError::from)?;
+            let dir = restore_from.map(Path::to_path_buf).unwrap_or_default();
+            (mem, Start::Restore(Box::new(loaded.snapshot), dir))
+        }
+        None => {
+            let mem = memory::create(mem_size)?;
+            let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
+            let initrd = match &config.initrd {
+                Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+                None => None,
+            };
+            (mem, Start::Boot { kernel, initrd })
+        }
     };
-    // Checked before KVM is touched, with the longest TSC parameter there is.
-    let longest = workarounds.extend_cmdline(&user_cmdline, TscSource::Cmdline(u32::MAX));
-    if longest.len() >= layout::CMDLINE_MAX_SIZE {
-        return Err(ConfigError::CmdlineTooLong(longest.len()).into());
-    }
+    let (user_cmdline, devices_on_cmdline) = match &start {
+        Start::Boot { kernel, .. } => {
+            let on_cmdline = !kernel.acpi.uses_dsdt() || cmdline_disables_acpi(&config.cmdline);
+            let cmdline = if on_cmdline {
+                format!(
+                    "{} {}",
+                    config.cmdline.trim(),
+                    cmdline_device_params(&virtio_info)
+                )
+                .trim()
+                .to_string()
+            } else {
+                config.cmdline.clone()
+            };
+            // Checked before KVM is touched, with the longest TSC parameter there is.
+            let longest = workarounds.extend_cmdline(&cmdline, TscSource::Cmdline(u32::MAX));
+            if longest.len() >= layout::CMDLINE_MAX_SIZE {
+                return Err(ConfigError::CmdlineTooLong(longest.len()).into());
+            }
+            (cmdline, on_cmdline)
+        }
+        Start::Restore(snapshot, _) => (snapshot.cmdline.clone(), snapshot.devices_on_cmdline),
+    };
 
     let vm = Vm::new(&mem)?;
     let (events_tx, events_rx) = mpsc::channel();
@@ -246,10 +325,20 @@ pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&serial_irq, serial::COM1_GSI)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
+    let serial = match &start {
+        Start::Boot { .. } => SerialDevice::new(serial_irq, serial_out),
+        Start::Restore(snapshot, _) => {
+            SerialDevice::from_snapshot(serial_irq, serial_out, &snapshot.serial)?
+        }
+    };
+    let serial = Arc::new(Mutex::new(serial));
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&kbd_irq, i8042::KBD_GSI)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, Box::new(sink()))));
+    let mut keyboard = I8042::new(kbd_irq, Box::new(sink()));
+    if let Start::Restore(snapshot, _) = &start {
+        keyboard.restore(&snapshot.i8042);
+    }
+    let i8042 = Arc::new(Mutex::new(keyboard));
     let power = Arc::new(Mutex::new(AcpiPowerRegister::new(Box::new(sink()))));
     let rtc = Arc::new(Mutex::new(CmosRtc::new()));
 
@@ -286,6 +375,13 @@ pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
     }
 
     vcpu::install_kick_handler()?;
+    let msr_index: Arc<[u32]> = match vm.kvm().get_msr_index_list() {
+        Ok(list) => list.as_slice().into(),
+        Err(e) => {
+            log::warn!("KVM lists no MSRs ({e}); snapshots will hold none");
+            Arc::from(Vec::new())
+        }
+    };
     let ctx = VcpuContext {
         mem: mem.clone(),
         pio,
@@ -295,35 +391,63 @@ pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
         stopping: stopping.clone(),
         count: vcpu_count,
         hide_tsc_leaves: config.hide_tsc_leaves,
+        msr_index,
+    };
+    let entry = match &start {
+        Start::Boot { kernel, .. } => Some(kernel.entry),
+        Start::Restore(..) => None,
     };
     let vcpus = (0..vcpu_count)
-        .map(|id| Vcpu::new(&vm, id, &ctx, kernel.entry))
+        .map(|id| Vcpu::new(&vm, id, &ctx, entry))
         .collect::<Result<Vec<_>, _>>()?;
 
-    // The command line and the tables that point at it go in last: the TSC
-    // frequency it may carry is known only once KVM has made a vCPU.
     let tsc = workarounds.tsc_source(&user_cmdline, vcpus.first().and_then(Vcpu::tsc_khz));
-    let cmdline = workarounds.extend_cmdline(&user_cmdline, tsc);
-    if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
-        return Err(ConfigError::CmdlineTooLong(cmdline.len()).into());
-    }
-    boot::write_cmdline(&mem, &cmdline)?;
-    mptable::setup(&mem, vcpu_count)?;
-    let acpi = acpi::setup(&mem, vcpu_count, &virtio_info)?;
-    // An instance's firmware says it is an EC2 instance.
-    if let Some(metadata) = &config.metadata {
-        smbios::setup(&mem, metadata)?;
-    }
-    boot::write_boot_params(
-        &mem,
-        &kernel,
-        &boot::BootInfo {
-            cmdline_len: cmdline.len(),
-            initrd,
-            rsdp: acpi.rsdp,
-            mem_size,
-        },
-    )?;
+    let (cmdline, origin) = match start {
+        Start::Boot { kernel, initrd } => {
+            // The command line and the tables that point at it go in last:
+            // the TSC frequency it may carry is known only once KVM has
+            // made a vCPU.
+            let cmdline = workarounds.extend_cmdline(&user_cmdline, tsc);
+            if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+                return Err(ConfigError::CmdlineTooLong(cmdline.len()).into());
+            }
+            boot::write_cmdline(&mem, &cmdline)?;
+            mptable::setup(&mem, vcpu_count)?;
+            let acpi = acpi::setup(&mem, vcpu_count, &virtio_info)?;
+            // An instance's firmware says it is an EC2 instance.
+            if let Some(metadata) = &config.metadata {
+                smbios::setup(&mem, metadata)?;
+            }
+            boot::write_boot_params(
+                &mem,
+                &kernel,
+                &boot::BootInfo {
+                    cmdline_len: cmdline.len(),
+                    initrd,
+                    rsdp: acpi.rsdp,
+                    mem_size,
+                },
+            )?;
+            let origin = Origin::Kernel {
+                entry: kernel.entry,
+                format: kernel.format,
+                acpi: kernel.acpi,
+            };
+            (cmdline, origin)
+        }
+        Start::Restore(snapshot, dir) => {
+            // Interrupt controllers first, then each vCPU, then the
+            // devices, which may raise interrupts as they come back.
+            persist::restore_vm(vm.fd(), &snapshot.vm).map_err(BuildError::Restore)?;
+            for (vcpu, state) in vcpus.iter().zip(&snapshot.vcpus) {
+                vcpu.restore(state)?;
+            }
+            for (slot, saved) in devices.virtio().iter().zip(&snapshot.virtio) {
+                lock(&slot.transport).restore(saved)?;
+            }
+            (user_cmdline, Origin::Restored(dir))
+        }
+    };
 
     // Everything privileged is done (KVM, taps, disks, memory): no thread
     // but this one exists yet, and every thread started from here on
@@ -348,9 +472,9 @@ pub fn build(config: &VmConfig, seccomp: Policy) -> Result<Vmm, BuildError> {
     Ok(Vmm::new(BuiltVm {
         config: config.clone(),
         cmdline,
-        entry: kernel.entry,
-        format: kernel.format,
-        acpi: kernel.acpi,
+        origin,
+        machine,
+        snapshot_dir,
         devices_on_cmdline,
         host,
         vendor,

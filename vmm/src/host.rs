@@ -73,7 +73,8 @@ impl CpuVendor {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The vendor as people write it ("Intel", "AMD").
+    pub fn name(self) -> &'static str {
         match self {
             CpuVendor::Intel => "Intel",
             CpuVendor::Amd => "AMD",

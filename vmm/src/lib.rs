@@ -19,6 +19,7 @@ pub mod pause;
 pub mod privilege;
 pub mod rlimit;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vmm;
 pub mod vstate;
 

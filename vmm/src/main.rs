@@ -23,7 +23,7 @@ use ec2lab_vmm_api::flags;
 #[command(version, about, long_about)]
 struct Args {
     /// JSON VM config (same fields as the flags); excludes the other VM flags.
-    #[arg(long = flags::CONFIG, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock"])]
+    #[arg(long = flags::CONFIG, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock", "snapshot_dir"])]
     config: Option<PathBuf>,
     /// Kernel image.
     #[arg(long, required_unless_present = "config")]
@@ -71,6 +71,16 @@ struct Args {
     /// send "CONNECT <port>"; guest connections to port P go to PATH_P).
     #[arg(long)]
     vsock: Option<VsockConfig>,
+    /// An existing directory `PUT /snapshot/create` writes the paused VM
+    /// into (files `state` and `memory`).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
+    /// Start from the snapshot in this directory instead of booting the
+    /// kernel; the VM (from --config or the flags) must have the same vCPUs,
+    /// memory and devices, and gets new backends for them. The guest runs
+    /// on at once from where it was paused.
+    #[arg(long = flags::RESTORE_FROM)]
+    restore_from: Option<PathBuf>,
     /// When the VMM ends, write {"code": N, "reason": "..."} here: how a
     /// supervisor that is not the parent (a restarted control plane)
     /// learns why an instance stopped.
@@ -123,6 +133,7 @@ impl Args {
             vsock: self.vsock,
             // Instance metadata comes only with a config file.
             metadata: None,
+            snapshot_dir: self.snapshot_dir,
         })
     }
 }
@@ -199,10 +210,11 @@ fn main() -> ExitCode {
 /// Builds and runs the VM; returns the exit status and why.
 fn run(args: Args) -> (i32, String) {
     let policy = seccomp::Policy::from_env(!args.no_seccomp);
+    let restore_from = args.restore_from.clone();
     let vmm = match args
         .into_config()
         .map_err(builder::BuildError::from)
-        .and_then(|c| builder::build(&c, policy))
+        .and_then(|c| builder::build(&c, policy, restore_from.as_deref()))
     {
         Ok(v) => v,
         Err(e) => {

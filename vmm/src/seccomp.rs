@@ -234,7 +234,11 @@ impl ThreadFilters {
                 helper: None,
             });
         }
-        let compile = |kind| compile(kind, rules(kind, None)).map(Arc::new).map(Some);
+        let compile = |kind| {
+            compile(kind, rules(kind, MainDirs::default()))
+                .map(Arc::new)
+                .map(Some)
+        };
         Ok(Self {
             policy,
             vcpu: compile(ThreadKind::Vcpu)?,
@@ -260,14 +264,13 @@ impl ThreadFilters {
         }
     }
 
-    /// The main thread's filter; `api_dir_fd` is the directory descriptor
-    /// the API server removes its socket through, the only `unlinkat` the
-    /// main thread may make.
-    pub fn main(&self, api_dir_fd: Option<i32>) -> Result<ThreadFilter, SeccompError> {
+    /// The main thread's filter, which may touch files only through the
+    /// directories in `dirs`.
+    pub fn main(&self, dirs: MainDirs) -> Result<ThreadFilter, SeccompError> {
         let program = if self.policy.enabled {
             Some(Arc::new(compile(
                 ThreadKind::Main,
-                rules(ThreadKind::Main, api_dir_fd),
+                rules(ThreadKind::Main, dirs),
             )?))
         } else {
             None
@@ -289,7 +292,13 @@ impl ThreadFilters {
             ThreadKind::Helper,
         ]
         .into_iter()
-        .map(|k| (k, rules(k, Some(0)).len()))
+        .map(|k| {
+            let dirs = MainDirs {
+                api: Some(0),
+                snapshot: Some(1),
+            };
+            (k, rules(k, dirs).len())
+        })
         .collect()
     }
 }
@@ -338,6 +347,35 @@ const KVM_VCPU_RUN_IOCTLS: [u64; 11] = {
         ioc(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>()),             // KVM_GET_VCPU_EVENTS
         ioc(IOC_WRITE, 0xa0, size_of::<kvm_vcpu_events>()),            // KVM_SET_VCPU_EVENTS
         ioc(IOC_WRITE, 0x84, size_of::<kvm_sregs>()),                  // KVM_SET_SREGS
+    ]
+};
+
+/// What a vCPU thread reads of itself when it parks for a pause, so that a
+/// snapshot can save it (see `vstate::persist::save_vcpu`; registers, MP
+/// state and events are in [`KVM_VCPU_RUN_IOCTLS`]).
+const KVM_VCPU_SAVE_IOCTLS: [u64; 7] = {
+    use kvm_bindings::{kvm_cpuid2, kvm_debugregs, kvm_lapic_state, kvm_msrs, kvm_xcrs, kvm_xsave};
+    use std::mem::size_of;
+    [
+        ioc(IOC_READ | IOC_WRITE, 0x91, size_of::<kvm_cpuid2>()), // KVM_GET_CPUID2
+        ioc(IOC_READ, 0xa4, size_of::<kvm_xsave>()),              // KVM_GET_XSAVE
+        ioc(IOC_READ, 0xa6, size_of::<kvm_xcrs>()),               // KVM_GET_XCRS
+        ioc(IOC_READ, 0xa1, size_of::<kvm_debugregs>()),          // KVM_GET_DEBUGREGS
+        ioc(IOC_READ, 0x8e, size_of::<kvm_lapic_state>()),        // KVM_GET_LAPIC
+        ioc(IOC_READ | IOC_WRITE, 0x88, size_of::<kvm_msrs>()),   // KVM_GET_MSRS
+        ioc(IOC_NONE, 0xa3, 0),                                   // KVM_GET_TSC_KHZ
+    ]
+};
+
+/// What the main thread reads of the VM for a snapshot (see
+/// `vstate::persist::save_vm`).
+const KVM_VM_SAVE_IOCTLS: [u64; 3] = {
+    use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
+    use std::mem::size_of;
+    [
+        ioc(IOC_READ, 0x9f, size_of::<kvm_pit_state2>()), // KVM_GET_PIT2
+        ioc(IOC_READ, 0x7c, size_of::<kvm_clock_data>()), // KVM_GET_CLOCK
+        ioc(IOC_READ | IOC_WRITE, 0x62, size_of::<kvm_irqchip>()), // KVM_GET_IRQCHIP
     ]
 };
 
@@ -390,8 +428,41 @@ fn allow_all(rules: &mut Rules, syscalls: &[libc::c_long]) {
     }
 }
 
-/// The allowlist of `kind`. `api_dir_fd` only matters for the main thread.
-fn rules(kind: ThreadKind, api_dir_fd: Option<i32>) -> Rules {
+/// The directories the main thread reaches files through, opened before
+/// any filter is installed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MainDirs {
+    /// Where the API server removes its socket (the only `unlinkat`).
+    pub api: Option<i32>,
+    /// Where `PUT /snapshot/create` writes (`snapshot::SnapshotDir`): the
+    /// only directory files may be created and renamed in.
+    pub snapshot: Option<i32>,
+}
+
+/// Writing a snapshot: files are created only in the snapshot directory
+/// `fd`, with exactly the flags `snapshot::SnapshotDir` uses, sized,
+/// written at offsets, synced, and renamed into place within it.
+fn snapshot_files(rules: &mut Rules, fd: i32) {
+    use libc::*;
+    let dir = |arg| cond(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fd as u64);
+    let flags = crate::snapshot::CREATE_FLAGS as u64;
+    #[allow(clippy::expect_used)]
+    let create = SeccompRule::new(vec![
+        dir(0),
+        cond(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, flags),
+    ])
+    .expect("two conditions");
+    add(rules, SYS_openat, vec![create]);
+    for rename in [SYS_renameat, SYS_renameat2] {
+        #[allow(clippy::expect_used)]
+        let within = SeccompRule::new(vec![dir(0), dir(2)]).expect("two conditions");
+        add(rules, rename, vec![within]);
+    }
+    allow_all(rules, &[SYS_ftruncate, SYS_pwrite64, SYS_fsync]);
+}
+
+/// The allowlist of `kind`. `dirs` only matters for the main thread.
+fn rules(kind: ThreadKind, dirs: MainDirs) -> Rules {
     use libc::*;
     let mut rules = Rules::new();
     // What Rust's std and glibc need in any thread: memory (malloc, thread
@@ -450,12 +521,17 @@ fn rules(kind: ThreadKind, api_dir_fd: Option<i32>) -> Rules {
                 SYS_tgkill,
                 when_arg_is(2, &[crate::vstate::vcpu::kick_signal() as u64]),
             );
-            add(&mut rules, SYS_ioctl, when_arg_is(1, &TERMINAL_IOCTLS));
+            let mut ioctls = TERMINAL_IOCTLS.to_vec();
+            ioctls.extend(KVM_VM_SAVE_IOCTLS);
+            add(&mut rules, SYS_ioctl, when_arg_is(1, &ioctls));
             // PUT /metadata re-arms the metadata service's TCP timer, so
             // what the new document ends (connections, when the endpoint
             // is turned off) leaves at once.
             allow_all(&mut rules, &[SYS_timerfd_settime]);
-            if let Some(fd) = api_dir_fd {
+            if let Some(fd) = dirs.snapshot {
+                snapshot_files(&mut rules, fd);
+            }
+            if let Some(fd) = dirs.api {
                 #[allow(clippy::expect_used)]
                 let rule = SeccompRule::new(vec![
                     cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fd as u64),
@@ -470,6 +546,7 @@ fn rules(kind: ThreadKind, api_dir_fd: Option<i32>) -> Rules {
             // registration, tap offloads) and raise interrupts (eventfd
             // writes, allowed above).
             let mut ioctls = KVM_VCPU_RUN_IOCTLS.to_vec();
+            ioctls.extend(KVM_VCPU_SAVE_IOCTLS);
             ioctls.extend(DEVICE_IOCTLS);
             add(&mut rules, SYS_ioctl, when_arg_is(1, &ioctls));
             // Activating a device serves its queues once from the vCPU
@@ -712,10 +789,20 @@ mod tests {
         assert_eq!(KVM_VCPU_RUN_IOCTLS[7], 0x8004_ae98, "KVM_GET_MP_STATE");
         assert_eq!(KVM_VCPU_RUN_IOCTLS[8], 0x8040_ae9f, "KVM_GET_VCPU_EVENTS");
         assert_eq!(KVM_VCPU_RUN_IOCTLS[10], 0x4138_ae84, "KVM_SET_SREGS");
+        assert_eq!(KVM_VCPU_SAVE_IOCTLS[0], 0xc008_ae91, "KVM_GET_CPUID2");
+        assert_eq!(KVM_VCPU_SAVE_IOCTLS[1], 0x9000_aea4, "KVM_GET_XSAVE");
+        assert_eq!(KVM_VCPU_SAVE_IOCTLS[2], 0x8188_aea6, "KVM_GET_XCRS");
+        assert_eq!(KVM_VCPU_SAVE_IOCTLS[3], 0x8080_aea1, "KVM_GET_DEBUGREGS");
+        assert_eq!(KVM_VCPU_SAVE_IOCTLS[4], 0x8400_ae8e, "KVM_GET_LAPIC");
+        assert_eq!(KVM_VCPU_SAVE_IOCTLS[5], 0xc008_ae88, "KVM_GET_MSRS");
+        assert_eq!(KVM_VCPU_SAVE_IOCTLS[6], 0xaea3, "KVM_GET_TSC_KHZ");
+        assert_eq!(KVM_VM_SAVE_IOCTLS[0], 0x8070_ae9f, "KVM_GET_PIT2");
+        assert_eq!(KVM_VM_SAVE_IOCTLS[1], 0x8030_ae7c, "KVM_GET_CLOCK");
+        assert_eq!(KVM_VM_SAVE_IOCTLS[2], 0xc208_ae62, "KVM_GET_IRQCHIP");
     }
 
     #[test]
-    fn every_thread_kind_compiles_and_none_may_open_files_or_execute() {
+    fn every_thread_kind_compiles_and_none_may_open_files_but_snapshots_or_execute() {
         for kind in [
             ThreadKind::Main,
             ThreadKind::Vcpu,
@@ -723,11 +810,22 @@ mod tests {
             ThreadKind::Api,
             ThreadKind::Helper,
         ] {
-            let r = rules(kind, Some(3));
+            let r = rules(
+                kind,
+                MainDirs {
+                    api: Some(3),
+                    snapshot: Some(4),
+                },
+            );
             compile(kind, r.clone()).expect("compiles");
+            // The main thread creates snapshot files, in one directory only.
+            let openat = r.get(&libc::SYS_openat);
+            match kind {
+                ThreadKind::Main => assert_eq!(openat.map(Vec::len), Some(1), "{kind}"),
+                _ => assert!(openat.is_none(), "{kind}: openat"),
+            }
             for forbidden in [
                 libc::SYS_open,
-                libc::SYS_openat,
                 libc::SYS_execve,
                 libc::SYS_execveat,
                 libc::SYS_ptrace,
@@ -742,10 +840,17 @@ mod tests {
     #[test]
     fn only_device_code_may_create_sockets_and_only_unix_ones() {
         for kind in [ThreadKind::Main, ThreadKind::Api, ThreadKind::Helper] {
-            assert!(!rules(kind, None).contains_key(&libc::SYS_socket), "{kind}");
+            assert!(
+                !rules(kind, MainDirs::default()).contains_key(&libc::SYS_socket),
+                "{kind}"
+            );
         }
         for kind in [ThreadKind::Devices, ThreadKind::Vcpu] {
-            assert_eq!(rules(kind, None)[&libc::SYS_socket].len(), 1, "{kind}");
+            assert_eq!(
+                rules(kind, MainDirs::default())[&libc::SYS_socket].len(),
+                1,
+                "{kind}"
+            );
         }
     }
 
@@ -772,6 +877,9 @@ mod tests {
     fn disabled_policy_compiles_nothing() {
         let filters = ThreadFilters::new(Policy::disabled()).expect("nothing to compile");
         assert!(!filters.for_thread(ThreadKind::Vcpu).is_enabled());
-        assert!(!filters.main(None).expect("main").is_enabled());
+        assert!(!filters
+            .main(MainDirs::default())
+            .expect("main")
+            .is_enabled());
     }
 }

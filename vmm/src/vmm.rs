@@ -7,6 +7,7 @@
 //! and renders, and the main loop is the one place that changes VM state:
 //! API calls and guest exits are serialised through it.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +26,9 @@ use crate::devices::serial::SerialDevice;
 use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
 use crate::pause::{self, Pausable, PauseError};
-use crate::seccomp::{ThreadFilter, ThreadFilters, ThreadKind};
+use crate::seccomp::{MainDirs, ThreadFilter, ThreadFilters, ThreadKind};
+use crate::snapshot::{self, Machine, Snapshot, SnapshotDir, SnapshotError};
+use crate::vstate::persist;
 use crate::vstate::vcpu::{Vcpu, VcpuHandle};
 use crate::vstate::vm::Vm;
 use crate::vstate::watchdog::{Next, Stall, StallWatchdog};
@@ -45,14 +48,39 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
 /// are parked), as the control API reports it: the contract crate's type.
 pub use ec2lab_vmm_api::api::VmRunState as VmState;
 
+/// Where the guest came from.
+pub(crate) enum Origin {
+    /// A kernel booted by the VMM.
+    Kernel {
+        entry: EntryMode,
+        format: boot::KernelFormat,
+        acpi: boot::AcpiSupport,
+    },
+    /// A snapshot restored from this directory.
+    Restored(PathBuf),
+}
+
+/// What `PUT /snapshot/create` reports.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct SnapshotReport {
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// Bytes of it written to the memory file (the rest are holes).
+    pub written_bytes: u64,
+    /// How long the snapshot took, in milliseconds.
+    pub millis: u64,
+}
+
 /// What the builder hands over: a VM whose memory, devices and vCPUs are
 /// ready and whose threads have not started.
 pub(crate) struct BuiltVm {
     pub(crate) config: VmConfig,
     pub(crate) cmdline: String,
-    pub(crate) entry: EntryMode,
-    pub(crate) format: boot::KernelFormat,
-    pub(crate) acpi: boot::AcpiSupport,
+    pub(crate) origin: Origin,
+    /// What a snapshot of this VM fits.
+    pub(crate) machine: Machine,
+    /// Where `PUT /snapshot/create` writes.
+    pub(crate) snapshot_dir: Option<SnapshotDir>,
     pub(crate) devices_on_cmdline: bool,
     pub(crate) host: HostKind,
     pub(crate) vendor: CpuVendor,
@@ -77,16 +105,16 @@ pub(crate) struct BuiltVm {
 pub struct Vmm {
     config: VmConfig,
     cmdline: String,
-    entry: EntryMode,
-    format: boot::KernelFormat,
-    acpi: boot::AcpiSupport,
+    origin: Origin,
+    machine: Machine,
+    snapshot_dir: Option<SnapshotDir>,
     devices_on_cmdline: bool,
     host: HostKind,
     vendor: CpuVendor,
     tsc: TscSource,
     workarounds: Workarounds,
-    _vm: Vm,
-    _mem: GuestMemoryMmap,
+    vm: Vm,
+    mem: GuestMemoryMmap,
     /// Built vCPUs, until [`Self::run`] starts their threads.
     pending_vcpus: Vec<Vcpu>,
     vcpus: Vec<VcpuHandle>,
@@ -110,16 +138,16 @@ impl Vmm {
         Self {
             config: built.config,
             cmdline: built.cmdline,
-            entry: built.entry,
-            format: built.format,
-            acpi: built.acpi,
+            origin: built.origin,
+            machine: built.machine,
+            snapshot_dir: built.snapshot_dir,
             devices_on_cmdline: built.devices_on_cmdline,
             host: built.host,
             vendor: built.vendor,
             tsc: built.tsc,
             workarounds: built.workarounds,
-            _vm: built.vm,
-            _mem: built.mem,
+            vm: built.vm,
+            mem: built.mem,
             pending_vcpus: built.vcpus,
             vcpus: Vec::new(),
             devices: built.devices,
@@ -212,6 +240,60 @@ impl Vmm {
         self.state = VmState::Running;
     }
 
+    /// Saves the paused VM into the snapshot directory: the state every
+    /// vCPU read as it parked, the VM's interrupt controllers, PIT and
+    /// clock, every device, and guest memory. Both files are written under
+    /// temporary names and renamed into place, memory first, so the
+    /// directory holds the previous snapshot until this one is complete.
+    pub fn create_snapshot(&mut self) -> Result<SnapshotReport, SnapshotError> {
+        if self.state != VmState::Paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        let dir = self
+            .snapshot_dir
+            .as_ref()
+            .ok_or(SnapshotError::NoDirectory)?;
+        let started = Instant::now();
+        let vcpus = self
+            .vcpus
+            .iter()
+            .map(|h| h.control().saved_state().map_err(SnapshotError::Vcpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = persist::save_vm(self.vm.fd()).map_err(|e| SnapshotError::Vm(e.to_string()))?;
+        let virtio = self
+            .devices
+            .virtio()
+            .iter()
+            .map(|slot| lock(&slot.transport).snapshot())
+            .collect();
+        let snapshot = Snapshot {
+            machine: self.machine.clone(),
+            memory_id: snapshot::new_memory_id(),
+            cmdline: self.cmdline.clone(),
+            devices_on_cmdline: self.devices_on_cmdline,
+            vm,
+            vcpus,
+            serial: lock(&self.serial).snapshot(),
+            i8042: lock(&self.i8042).snapshot(),
+            virtio,
+        };
+        let state = snapshot::encode(&snapshot)?;
+        let stats = dir.write(&state, &self.mem, snapshot.memory_id)?;
+        let report = SnapshotReport {
+            memory_bytes: stats.total,
+            written_bytes: stats.written,
+            millis: started.elapsed().as_millis() as u64,
+        };
+        log::info!(
+            "snapshot written to {}: {} of {} MiB of memory in {} ms",
+            dir.path().display(),
+            report.written_bytes >> 20,
+            report.memory_bytes >> 20,
+            report.millis
+        );
+        Ok(report)
+    }
+
     /// Presses Ctrl-Alt-Del on the guest's keyboard.
     pub fn send_ctrl_alt_del(&self) {
         lock(&self.i8042).send_ctrl_alt_del();
@@ -252,15 +334,32 @@ impl Vmm {
         if matches!(self.tsc, TscSource::Calibrate) {
             log::warn!("KVM reported no TSC frequency; a guest that cannot calibrate will hang");
         }
+        let (entry, format, acpi) = match &self.origin {
+            Origin::Kernel {
+                entry,
+                format,
+                acpi,
+            } => (*entry, *format, *acpi),
+            Origin::Restored(dir) => {
+                log::info!(
+                    "restored from {} with {} vCPU(s), {} MiB; the guest booted with: {}",
+                    dir.display(),
+                    self.config.vcpus,
+                    self.config.memory_mib,
+                    self.cmdline
+                );
+                return;
+            }
+        };
         log::info!(
             "booting {} ({:?}, {} entry, ACPI {}) with {} vCPU(s), {} MiB: {}",
             self.config.kernel.display(),
-            self.format,
-            match self.entry {
+            format,
+            match entry {
                 EntryMode::Pvh { .. } => "PVH",
                 EntryMode::Linux64 { .. } => "64-bit",
             },
-            match (self.acpi, self.devices_on_cmdline) {
+            match (acpi, self.devices_on_cmdline) {
                 (boot::AcpiSupport::Absent, _) =>
                     "absent: devices on the command line, IRQs from the MP table",
                 (_, true) => "off: devices on the command line, IRQs from the MP table",
@@ -277,10 +376,13 @@ impl Vmm {
     /// thread has started (a filter is inherited by the threads created
     /// after it, and theirs are narrower).
     fn confine_main_thread(&mut self) -> Result<(), VmExit> {
-        let api_dir = self.api.as_ref().map(ApiServer::dir_fd);
+        let dirs = MainDirs {
+            api: self.api.as_ref().map(ApiServer::dir_fd),
+            snapshot: self.snapshot_dir.as_ref().map(SnapshotDir::raw_fd),
+        };
         let filter = self
             .filters
-            .main(api_dir)
+            .main(dirs)
             .map_err(|e| VmExit::VmmError(e.to_string()))?;
         filter
             .apply()

@@ -52,6 +52,15 @@ pub trait ResetHandler: Send {
     fn reset(&mut self);
 }
 
+/// The controller's state, as a snapshot saves it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    ctr: u8,
+    pending_command: Option<u8>,
+    status_last_command: bool,
+    output: Vec<u8>,
+}
+
 /// The controller.
 pub struct I8042 {
     ctr: u8,
@@ -73,6 +82,25 @@ impl I8042 {
             irq,
             reset,
         }
+    }
+
+    /// The controller's state for a snapshot.
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ctr: self.ctr,
+            pending_command: self.pending_command,
+            status_last_command: self.status_last_command,
+            output: self.output.iter().copied().collect(),
+        }
+    }
+
+    /// Takes the state a snapshot saved (queued output beyond the bound is
+    /// dropped, as it would have been).
+    pub fn restore(&mut self, saved: &I8042Snapshot) {
+        self.ctr = saved.ctr;
+        self.pending_command = saved.pending_command;
+        self.status_last_command = saved.status_last_command;
+        self.output = saved.output.iter().copied().take(MAX_QUEUED).collect();
     }
 
     fn push(&mut self, byte: u8) {
@@ -244,6 +272,20 @@ mod tests {
             interrupts += irq.read().unwrap_or(0);
         }
         assert_eq!(interrupts, CTRL_ALT_DEL.len() as u64);
+    }
+
+    #[test]
+    fn a_restored_controller_goes_on_where_the_saved_one_was() {
+        let (mut dev, _, _) = controller();
+        dev.write(4, &[0x60]); // "write CTR" command, pending its data byte
+        dev.send_ctrl_alt_del();
+        let saved = dev.snapshot();
+        let (mut restored, _, _) = controller();
+        restored.restore(
+            &serde_json::from_str(&serde_json::to_string(&saved).expect("ser")).expect("de"),
+        );
+        assert_eq!(restored.snapshot(), saved);
+        assert_eq!(read(&mut restored, 0), CTRL_ALT_DEL[0]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod emulate;
 pub mod memory;
+pub mod persist;
 pub mod vcpu;
 pub mod vm;
 pub mod watchdog;

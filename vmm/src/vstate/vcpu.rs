@@ -18,6 +18,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::emulate::{self, Emulated};
+use super::persist::{self, PersistError, VcpuState};
 use super::vm::Vm;
 use super::watchdog::VcpuSample;
 use crate::arch::x86_64::cpuid::{self, CpuidParams};
@@ -57,6 +58,9 @@ pub enum VcpuError {
     /// The vCPU thread could not be started.
     #[error("cannot start vcpu{0} thread: {1}")]
     Spawn(u8, std::io::Error),
+    /// Saved state could not be put back.
+    #[error("vcpu{0}: {1}")]
+    Restore(u8, PersistError),
 }
 
 /// Exit reasons we count, in the order they are reported.
@@ -161,6 +165,9 @@ pub struct VcpuControl {
     pub stats: ExitStats,
     sample_wanted: AtomicBool,
     sample: Mutex<Option<VcpuSample>>,
+    /// The state the thread read when it last parked for a pause (what a
+    /// snapshot saves), or why it could not.
+    saved: Mutex<Option<Result<VcpuState, String>>>,
 }
 
 impl VcpuControl {
@@ -170,6 +177,7 @@ impl VcpuControl {
             stats: ExitStats::default(),
             sample_wanted: AtomicBool::new(false),
             sample: Mutex::new(None),
+            saved: Mutex::new(None),
         }
     }
 
@@ -208,6 +216,14 @@ impl VcpuControl {
     /// The thread's current activity.
     pub fn activity(&self) -> Activity {
         self.park.activity()
+    }
+
+    /// The vCPU's state as the thread read it when it parked; meaningful
+    /// only while the VM is paused (it is not refreshed while running).
+    pub fn saved_state(&self) -> Result<VcpuState, String> {
+        lock(&self.saved)
+            .clone()
+            .unwrap_or_else(|| Err("the vCPU has not parked".to_string()))
     }
 }
 
@@ -249,6 +265,7 @@ pub struct Vcpu {
     stopping: Arc<AtomicBool>,
     control: Arc<VcpuControl>,
     tsc_khz: Option<u32>,
+    msr_index: Arc<[u32]>,
 }
 
 /// Everything vCPUs share.
@@ -270,11 +287,20 @@ pub struct VcpuContext {
     pub count: u8,
     /// Withhold the TSC frequency CPUID leaves (see `CpuidParams`).
     pub hide_tsc_leaves: bool,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
+    pub msr_index: Arc<[u32]>,
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` with its CPUID, MSRs, LAPIC and (for the boot vCPU) registers.
-    pub fn new(vm: &Vm, id: u8, ctx: &VcpuContext, entry: EntryMode) -> Result<Self, VcpuError> {
+    /// Creates vCPU `id` with its CPUID, MSRs, LAPIC and, for the boot vCPU
+    /// of a VM that boots a kernel (`entry`), its registers. A restored VM
+    /// passes no entry and calls [`Self::restore`] instead.
+    pub fn new(
+        vm: &Vm,
+        id: u8,
+        ctx: &VcpuContext,
+        entry: Option<EntryMode>,
+    ) -> Result<Self, VcpuError> {
         let kvm_err = |what| move |source| VcpuError::Kvm { id, what, source };
         let fd = vm
             .fd()
@@ -335,7 +361,7 @@ impl Vcpu {
         }
 
         set_lint(&fd).map_err(kvm_err("configure the local APIC"))?;
-        if id == 0 {
+        if let (0, Some(entry)) = (id, entry) {
             regs::setup_boot_vcpu(&fd, &ctx.mem, entry)?;
         }
         Ok(Self {
@@ -349,7 +375,13 @@ impl Vcpu {
             stopping: ctx.stopping.clone(),
             control: Arc::new(VcpuControl::new()),
             tsc_khz,
+            msr_index: ctx.msr_index.clone(),
         })
+    }
+
+    /// Puts back the state a snapshot saved for this vCPU.
+    pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        persist::restore_vcpu(&self.fd, state).map_err(|e| VcpuError::Restore(self.id, e))
     }
 
     /// The TSC frequency KVM runs this vCPU at, if KVM says.
@@ -390,7 +422,10 @@ impl Vcpu {
     fn run(mut self) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run()));
         let control = self.control.clone();
-        while control.park.wait_runnable(|| self.settle()) {
+        while control.park.wait_runnable(|| {
+            self.settle();
+            self.save_parked_state();
+        }) {
             if let Step::Stop(exit) = self.run_once() {
                 let _ = self.events.send(VmmEvent::Exit(exit));
                 break;
@@ -433,6 +468,15 @@ impl Vcpu {
             "vcpu{}: KVM kept exiting while settling for a pause",
             self.id
         );
+    }
+
+    /// Reads this vCPU's state for a snapshot, once settled: the state no
+    /// longer changes until the VM resumes, and the VMM cannot read it
+    /// itself (the vCPU's descriptor belongs to this thread).
+    fn save_parked_state(&self) {
+        let state = persist::save_vcpu(&self.fd, &self.msr_index)
+            .map_err(|e| format!("vcpu{}: {e}", self.id));
+        *lock(&self.control.saved) = Some(state);
     }
 
     /// Where the guest is now (for the stall watchdog); `None` when KVM

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{BackendEvents, UsedQueues, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
@@ -59,6 +60,97 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
+/// One queue as a snapshot saves it (virtio-queue's `QueueState`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<&QueueSnapshot> for QueueState {
+    fn from(q: &QueueSnapshot) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// The transport's registers and queues as a snapshot saves them. The
+/// device behind it keeps no guest-visible state of its own beyond what
+/// it derives from these (features, activation), except what it resets on
+/// restore as a real device would after a link loss (see
+/// [`VirtioDevice::restored`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportSnapshot {
+    /// The device type, which must match on restore.
+    pub device_type: u32,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: u32,
+    queues: Vec<QueueSnapshot>,
+}
+
+/// A saved transport that does not fit the device or the guest's memory.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportRestoreError {
+    /// Another kind of device, or another number of queues.
+    #[error("the snapshot has a virtio device of type {saved} with {saved_queues} queue(s) where this VM has type {device} with {queues}")]
+    Mismatch {
+        /// Saved type.
+        saved: u32,
+        /// Saved queue count.
+        saved_queues: usize,
+        /// This VM's type.
+        device: u32,
+        /// This VM's queue count.
+        queues: usize,
+    },
+    /// A queue's saved state is out of range.
+    #[error("virtio-{device} queue {index}: {reason}")]
+    Queue {
+        /// The device's name.
+        device: &'static str,
+        /// The queue.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// One virtio device behind its MMIO register window.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -110,6 +202,85 @@ impl MmioTransport {
     /// Whether the driver has finished set-up.
     pub fn is_active(&self) -> bool {
         self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
+    }
+
+    /// The transport's state for a snapshot; the device event thread must be
+    /// parked (the queues' indices move only there and on vCPU exits).
+    pub fn snapshot(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            device_type: self.device.device_type(),
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt.status(),
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+        }
+    }
+
+    /// Takes the state a snapshot saved, before the guest runs: the
+    /// registers and queues, then the device learns its features again and
+    /// is told it was restored (a network card sets its tap's offloads, the
+    /// vsock device tells the driver its connections are gone). Every ready
+    /// queue is served once, in case the guest had queued buffers just
+    /// before the snapshot.
+    pub fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), TransportRestoreError> {
+        let name = self.device.name();
+        if saved.device_type != self.device.device_type() || saved.queues.len() != self.queues.len()
+        {
+            return Err(TransportRestoreError::Mismatch {
+                saved: saved.device_type,
+                saved_queues: saved.queues.len(),
+                device: self.device.device_type(),
+                queues: self.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(saved.queues.len());
+        for (index, (q, current)) in saved.queues.iter().zip(&self.queues).enumerate() {
+            let queue_err = |reason: String| TransportRestoreError::Queue {
+                device: name,
+                index,
+                reason,
+            };
+            if q.max_size != current.max_size() {
+                return Err(queue_err(format!(
+                    "saved with {} entries at most, this device has {}",
+                    q.max_size,
+                    current.max_size()
+                )));
+            }
+            let queue =
+                Queue::try_from(QueueState::from(q)).map_err(|e| queue_err(e.to_string()))?;
+            if queue.ready() && saved.status & status::DRIVER_OK != 0 && !queue.is_valid(&self.mem)
+            {
+                return Err(queue_err("its rings are outside guest memory".to_string()));
+            }
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.queue_select = saved.queue_select;
+        self.device_features_select = saved.device_features_select;
+        self.driver_features_select = saved.driver_features_select;
+        self.driver_features = saved.driver_features;
+        self.status = saved.status;
+        self.interrupt.ack(u32::MAX);
+        self.interrupt.raise_status(saved.interrupt_status);
+        if self.status & status::FEATURES_OK != 0 {
+            self.device.set_acked_features(self.driver_features);
+        }
+        if self.is_active() {
+            let mut used = self.device.restored(&self.mem, &mut self.queues);
+            for index in 0..self.queues.len() {
+                if self.queues[index].ready() {
+                    used |= self
+                        .device
+                        .process_queue(&self.mem, index, &mut self.queues);
+                }
+            }
+            self.signal(used);
+        }
+        Ok(())
     }
 
     /// Serves queue `index` after a notification, and interrupts the guest
@@ -338,6 +509,7 @@ pub(crate) mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::devices::virtio::device_type;
     use crate::devices::virtio::rng::Rng;
     use crate::devices::virtio::test_utils::{mem, writable};
 
@@ -389,6 +561,65 @@ pub(crate) mod tests {
         write(t, QUEUE_READY, 1);
         let s = read(t, STATUS);
         write(t, STATUS, s | status::DRIVER_OK);
+    }
+
+    #[test]
+    fn a_restored_transport_serves_the_queue_where_the_saved_one_left_off() {
+        let m = mem();
+        let (mut t, _) = transport(&m);
+        let vq = MockSplitQueue::new(&m, 16);
+        bring_up(&mut t, &vq, 1);
+        vq.add_desc_chains(&[writable(0x10_0000, 32)], 0)
+            .expect("chain");
+        write(&mut t, QUEUE_NOTIFY, 0);
+        assert_eq!(vq.used().idx().load(), 1);
+        let saved = t.snapshot();
+        let json = serde_json::to_string(&saved).expect("serialise");
+        let back: TransportSnapshot = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, saved);
+
+        // A new transport (a new VMM process) over the same memory.
+        let (mut restored, irq) = transport(&m);
+        restored.restore(&back).expect("restore");
+        assert!(restored.is_active());
+        assert_eq!(restored.snapshot(), saved);
+        // The next chain goes on the used ring after the first one.
+        vq.add_desc_chains(&[writable(0x10_1000, 32)], 1)
+            .expect("chain");
+        write(&mut restored, QUEUE_NOTIFY, 0);
+        assert_eq!(vq.used().idx().load(), 2);
+        assert!(irq.read().expect("interrupt") >= 1);
+    }
+
+    #[test]
+    fn a_saved_transport_for_another_device_or_memory_is_refused() {
+        let m = mem();
+        let (mut t, _) = transport(&m);
+        let vq = MockSplitQueue::new(&m, 16);
+        bring_up(&mut t, &vq, 1);
+        let saved = t.snapshot();
+
+        let mut other_type = saved.clone();
+        other_type.device_type = device_type::BLOCK;
+        let (mut fresh, _) = transport(&m);
+        let err = fresh.restore(&other_type).expect_err("another device type");
+        assert!(err.to_string().contains("type 2"), "{err}");
+
+        let mut outside = saved.clone();
+        outside.queues[0].used_ring = 0x4000_0000;
+        let err = fresh.restore(&outside).expect_err("rings outside memory");
+        assert!(err.to_string().contains("outside guest memory"), "{err}");
+
+        let mut oversized = saved;
+        oversized.queues[0].size = 1024;
+        assert!(
+            fresh.restore(&oversized).is_err(),
+            "queue larger than its maximum"
+        );
+        assert!(
+            !fresh.is_active(),
+            "a refused restore leaves the device as it was"
+        );
     }
 
     #[test]

@@ -195,6 +195,14 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: forget per-session state.
     fn reset(&mut self) {}
 
+    /// The VM was restored from a snapshot with this device active: the
+    /// device's backend is new (a new tap, new sockets) and anything it
+    /// held for the old one is gone. By default the device is activated
+    /// again, as after DRIVER_OK.
+    fn restored(&mut self, mem: &GuestMemoryMmap, queues: &mut [Queue]) -> UsedQueues {
+        self.activate(mem, queues)
+    }
+
     /// Replaces the instance metadata this device serves; false for the
     /// devices that serve none (only the primary network card does).
     fn update_metadata(&mut self, _doc: &ec2lab_vmm_api::metadata::InstanceMetadata) -> bool {
@@ -232,6 +240,13 @@ impl VirtioInterrupt {
     /// The interrupt status register.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Sets status bits without raising the line (a restored device's
+    /// pending interrupt, which the restored interrupt controller already
+    /// knows about).
+    pub fn raise_status(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
     }
 
     /// Clears acknowledged bits.
