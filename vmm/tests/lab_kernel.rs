@@ -310,3 +310,160 @@ exec sleep 600
     out.assert_code(status::RESET);
     out.assert_stdout_contains("reboot: Restarting system");
 }
+
+/// Ticks once a second; each tick reads a block the disk has not served
+/// yet (block i holds "blk-i"), four bytes of the virtio entropy device,
+/// and runs a command pinned to the last vCPU, so a device, a timer or a
+/// vCPU that did not come back from a snapshot stops the ticks.
+const TICK_INIT: &str = r#"#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+last=$(($(nproc) - 1))
+echo "SNAP-INIT cpus=$(nproc)"
+i=0
+while true; do
+    i=$((i + 1))
+    blk=$(dd if=/dev/vda bs=4096 skip=$i count=1 2>/dev/null | head -c 10)
+    rng=$(head -c 4 /dev/hwrng | wc -c)
+    cpu=$(busybox taskset -c $last cat /proc/uptime | cut -d' ' -f1)
+    echo "SNAP-TICK $i blk=$blk rng=$rng up=$cpu"
+    sleep 1
+done
+"#;
+
+/// The ticks a console printed: (i, block text, rng bytes, uptime).
+fn ticks(console: &str) -> Vec<(u64, String, String, f64)> {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("SNAP-TICK "))
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            let i = words.next()?.parse().ok()?;
+            let blk = words.next()?.strip_prefix("blk=")?.to_string();
+            let rng = words.next()?.strip_prefix("rng=")?.to_string();
+            let up = words.next()?.strip_prefix("up=")?.parse().ok()?;
+            Some((i, blk, rng, up))
+        })
+        .collect()
+}
+
+fn wait_for_tick(vmm: &mut Vmm, n: u64, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ticks(&vmm.stdout_so_far()).iter().any(|t| t.0 >= n) {
+        if let Some(status) = vmm.try_status() {
+            panic!(
+                "VMM exited ({status}) before tick {n}\nstdout:\n{}\nstderr:\n{}",
+                vmm.stdout_so_far(),
+                vmm.stderr_so_far()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tick {n} after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            vmm.stdout_so_far(),
+            vmm.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Pauses, snapshots and shuts down; returns the console.
+fn snapshot_and_stop(sock: &Path, vmm: Vmm) -> String {
+    let put = |path: &str, body: Option<&str>| api::request(sock, "PUT", path, body);
+    let paused = put("/vm/state", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(paused.status, 204, "{paused:?}");
+    let created = put("/snapshot/create", None);
+    assert_eq!(created.status, 200, "{created:?}");
+    println!("snapshot: {}", created.body);
+    assert_eq!(
+        put("/actions", Some(r#"{"action":"Shutdown"}"#)).status,
+        204
+    );
+    let out = vmm.wait(Duration::from_secs(60));
+    out.assert_code(status::API_SHUTDOWN);
+    out.stdout
+}
+
+/// A real Linux guest on two vCPUs is snapshotted mid-run and goes on in
+/// a new VMM process: its timers fire (the ticks keep coming, a second
+/// apart in its own clock), both vCPUs run, and the disk and entropy
+/// devices answer requests made after the restore.
+#[test]
+fn a_linux_guest_on_two_vcpus_resumes_from_a_snapshot_with_its_timers_disk_and_rng() {
+    require_kvm!("a_linux_guest_on_two_vcpus_resumes_from_a_snapshot_with_its_timers_disk_and_rng");
+    let Some(kernel) = lab_kernel("lab_kernel_snapshot") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = initramfs(dir.path(), TICK_INIT, &[]);
+    let disk = dir.path().join("blocks.img");
+    let mut blocks = Vec::with_capacity(1024 * 4096);
+    for i in 0..1024 {
+        let mut block = format!("blk-{i:06}").into_bytes();
+        block.resize(4096, 0);
+        blocks.extend_from_slice(&block);
+    }
+    std::fs::write(&disk, &blocks).expect("disk");
+    let snapshots = dir.path().join("snapshot");
+    std::fs::create_dir(&snapshots).expect("snapshot dir");
+    let sock = dir.path().join("api.sock");
+    let disk_arg = format!("{},ro", disk.display());
+    let snap_arg = snapshots.display().to_string();
+    let extra = ["--disk", &disk_arg, "--rng", "--snapshot-dir", &snap_arg];
+
+    let mut vmm = boot_with(&kernel, &initrd, 2, Some(&sock), &extra);
+    wait_for_tick(&mut vmm, 3, BOOT_TIMEOUT);
+    let first = snapshot_and_stop(&sock, vmm);
+    assert!(first.contains("SNAP-INIT cpus=2"), "{first}");
+    let last_before = ticks(&first).last().map_or(0, |t| t.0);
+
+    let mut restore = extra.to_vec();
+    restore.extend(["--restore-from", &snap_arg]);
+    let restored_at = std::time::Instant::now();
+    let mut vmm = boot_with(&kernel, &initrd, 2, Some(&sock), &restore);
+    wait_for_tick(&mut vmm, last_before + 3, Duration::from_secs(120));
+    println!(
+        "restored guest ticked 3 times in {:?} (wall clock)",
+        restored_at.elapsed()
+    );
+    assert!(
+        vmm.stderr_so_far().contains("restored from"),
+        "{}",
+        vmm.stderr_so_far()
+    );
+    let second = snapshot_and_stop(&sock, vmm);
+    assert!(
+        !second.contains("SNAP-INIT"),
+        "the guest booted again:\n{second}"
+    );
+    assert!(
+        !second.contains("Linux version"),
+        "the guest booted again:\n{second}"
+    );
+
+    let all = ticks(&format!("{first}{second}"));
+    let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "ticks are not one unbroken run\n{first}----\n{second}"
+    );
+    for (i, blk, rng, _) in &all {
+        assert_eq!(blk, &format!("blk-{i:06}"), "tick {i} read the wrong block");
+        assert_eq!(rng, "4", "tick {i}: the entropy device gave {rng} bytes");
+    }
+    // The guest's own clock goes on from where it was: no jump back, and
+    // no hour-long jump forward while it was on disk.
+    for pair in all.windows(2) {
+        let gap = pair[1].3 - pair[0].3;
+        assert!(
+            (0.5..30.0).contains(&gap),
+            "uptime went from {} to {} between ticks {} and {}",
+            pair[0].3,
+            pair[1].3,
+            pair[0].0,
+            pair[1].0
+        );
+    }
+}
