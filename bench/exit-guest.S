@@ -15,8 +15,14 @@
  * Ring-3 port I/O faults on such hosts (IOPL is not honoured), hence MMIO.
  *
  * Build: as --64 --defsym N=<writes> --defsym HANG=<0|1>; HANG=1 halts after
- * the message instead of ending the VM (for footprint sampling).
+ * the message instead of ending the VM (for footprint sampling and
+ * snapshots). --defsym TOUCH_MIB=<m> first has ring 3 write one word into
+ * every 4 KiB page of m MiB from 16 MiB up (paging is off: flat physical),
+ * so a snapshot has that much memory to save (`scripts/bench snapshot`).
  */
+        .ifndef TOUCH_MIB
+        .set TOUCH_MIB, 0
+        .endif
         .set MMIO_ADDR, 0xd0000000
         .set CODE0, 0x08
         .set DATA0, 0x10
@@ -86,8 +92,16 @@ _start:
         mov $stack3_top, %ecx
         sysexit
 
-user:   /* ring 3: the measured loop */
-        mov $N, %ecx
+user:   /* ring 3: touch TOUCH_MIB MiB, then the measured loop */
+        mov $0x1000000, %edi
+        mov $(TOUCH_MIB * 256), %ecx
+        test %ecx, %ecx
+        jz 6f
+7:      movl %edi, (%edi)
+        add $4096, %edi
+        dec %ecx
+        jnz 7b
+6:      mov $N, %ecx
         test %ecx, %ecx
         jz 4f
 3:      movl %ecx, MMIO_ADDR

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ec2lab_guest::session_protocol::{Decoder, Frame, Open, MAX_PAYLOAD, SESSION_PORT};
 
@@ -48,6 +48,9 @@ pub enum ConnectError {
     /// The stream ended with no exit status.
     #[error("the session ended without an exit status")]
     Cut,
+    /// The command did not finish in time.
+    #[error("no exit status within {0:?}")]
+    Timeout(Duration),
     /// The guest spoke something else.
     #[error("the instance broke the session protocol: {0}")]
     Protocol(#[from] ec2lab_guest::session_protocol::SessionError),
@@ -71,6 +74,31 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ConnectError {
 /// which is returned. `command` empty: an interactive shell.
 pub fn run(vsock_uds: &Path, command: &[String]) -> Result<i32, ConnectError> {
     session(vsock_uds, command, libc::STDIN_FILENO)
+}
+
+/// Runs `command` in the instance for the daemon itself: no input, output
+/// discarded, and an error once `timeout` has passed without the exit
+/// status. Returns the command's exit status.
+pub fn exec_quietly(
+    vsock_uds: &Path,
+    command: &[String],
+    timeout: Duration,
+) -> Result<i32, ConnectError> {
+    let deadline = Instant::now() + timeout;
+    let devnull = std::fs::File::open("/dev/null").map_err(io("open /dev/null"))?;
+    let mut sock = handshake(vsock_uds)?;
+    send(&mut sock, &Frame::Open(Open::Exec(command.to_vec())))?;
+    let sinks = Sinks {
+        stdout: &mut std::io::sink(),
+        stderr: &mut std::io::sink(),
+    };
+    relay(&mut sock, devnull.as_raw_fd(), false, sinks, Some(deadline))
+}
+
+/// Where a session's output goes.
+struct Sinks<'a> {
+    stdout: &'a mut dyn Write,
+    stderr: &'a mut dyn Write,
 }
 
 /// [`run`] with input from `input`.
@@ -100,7 +128,12 @@ fn session(vsock_uds: &Path, command: &[String], input: RawFd) -> Result<i32, Co
     } else {
         None
     };
-    relay(&mut sock, input, shell && terminal)
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let sinks = Sinks {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+    };
+    relay(&mut sock, input, shell && terminal, sinks, None)
 }
 
 /// Connects to the guest's session port through the VMM.
@@ -137,14 +170,21 @@ fn send(sock: &mut UnixStream, frame: &Frame) -> Result<(), ConnectError> {
         .map_err(io("write to the instance"))
 }
 
-/// Relays stdin to the guest and its output to stdout/stderr until the
-/// exit status arrives.
-fn relay(sock: &mut UnixStream, input: RawFd, resizes: bool) -> Result<i32, ConnectError> {
+/// Relays `input` to the guest and its output to `sinks` until the exit
+/// status arrives (or `deadline` passes).
+fn relay(
+    sock: &mut UnixStream,
+    input: RawFd,
+    resizes: bool,
+    sinks: Sinks<'_>,
+    deadline: Option<Instant>,
+) -> Result<i32, ConnectError> {
     let mut stdin_open = true;
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; MAX_PAYLOAD];
     let mut size = if resizes { window_size() } else { None };
-    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let (stdout, stderr) = (sinks.stdout, sinks.stderr);
+    let started = Instant::now();
     loop {
         let mut fds = vec![libc::pollfd {
             fd: sock.as_raw_fd(),
@@ -158,7 +198,24 @@ fn relay(sock: &mut UnixStream, input: RawFd, resizes: bool) -> Result<i32, Conn
                 revents: 0,
             });
         }
-        let timeout = if resizes { RESIZE_POLL_MS } else { -1 };
+        let timeout = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ConnectError::Timeout(
+                        deadline.saturating_duration_since(started),
+                    ));
+                }
+                let left = left.as_millis().min(i32::MAX as u128) as i32;
+                if resizes {
+                    left.min(RESIZE_POLL_MS)
+                } else {
+                    left
+                }
+            }
+            None if resizes => RESIZE_POLL_MS,
+            None => -1,
+        };
         // SAFETY: `fds` is a live array of pollfd of the length passed.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
@@ -178,7 +235,13 @@ fn relay(sock: &mut UnixStream, input: RawFd, resizes: bool) -> Result<i32, Conn
             }
         }
         if fds[0].revents != 0 {
-            let n = sock.read(&mut buf).map_err(io("read from the instance"))?;
+            // A guest that hung up while our last frame was on its way
+            // resets the stream: that is the same cut as an end of stream.
+            let n = match sock.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                Err(e) => return Err(io("read from the instance")(e)),
+            };
             if n == 0 {
                 return Err(ConnectError::Cut);
             }

@@ -44,6 +44,10 @@ pub enum InstanceError {
     /// The launch names no available machine image.
     #[error("The image id '[{0}]' does not exist")]
     ImageNotFound(String),
+    /// StopInstances Hibernate on an instance launched without
+    /// HibernationOptions.
+    #[error("The instance is not enabled for hibernation: {0}")]
+    HibernationNotConfigured(String),
     /// DisableApiStop is set.
     #[error("The instance '{0}' may not be stopped. Modify its 'disableApiStop' instance attribute and try again.")]
     StopProtected(String),
@@ -457,10 +461,14 @@ impl Lab {
     /// none with `force` (which also applies to an instance already
     /// stopping). Refused for all if one that would stop is protected, as
     /// termination protection refuses a termination.
+    /// StopInstances; with `hibernate`, every instance must have been
+    /// launched with HibernationOptions, and its memory is saved with its
+    /// root volume so that StartInstances resumes it.
     pub fn stop(
         self: &Arc<Self>,
         ids: &[String],
         force: bool,
+        hibernate: bool,
     ) -> Result<Vec<StateChange>, InstanceError> {
         self.require_instances(ids)?;
         for id in ids {
@@ -470,12 +478,24 @@ impl Lab {
             {
                 return Err(InstanceError::StopProtected(id.clone()));
             }
+            if hibernate && !i.hibernation_configured {
+                return Err(InstanceError::HibernationNotConfigured(id.clone()));
+            }
         }
         let mut changes = Vec::new();
         for id in ids {
-            let (before, after) = self.apply(id, &Event::StopRequested { force })?;
-            if before.state != after.state || force {
-                self.spawn_stop(id, force);
+            let event = if hibernate {
+                Event::HibernateRequested
+            } else {
+                Event::StopRequested { force }
+            };
+            let (before, after) = self.apply(id, &event)?;
+            if before.state != after.state || (force && !hibernate) {
+                if hibernate {
+                    self.spawn_hibernate(id);
+                } else {
+                    self.spawn_stop(id, force);
+                }
             }
             changes.push(StateChange::of(&before, &after));
         }

@@ -17,6 +17,7 @@ pub mod connect;
 pub mod daemon;
 pub mod db;
 pub mod groups;
+pub mod hibernate;
 pub mod images;
 pub mod instance_connect;
 pub mod instances;

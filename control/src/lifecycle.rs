@@ -152,6 +152,9 @@ pub struct Lab {
     checkins: CheckinListeners,
     /// Instances whose VMM is being restarted by RebootInstances.
     rebooting: Mutex<HashSet<String>>,
+    /// Instances whose VMM is resuming a hibernation and has not answered
+    /// yet: its failure means a cold boot, not a stopped instance.
+    pub(crate) restoring: Mutex<HashSet<String>>,
     /// Recent restarts, so a guest that reboots in a loop waits.
     restarts: Mutex<crate::backoff::RestartBackoff>,
     /// Instances with a watcher task, so none gets two.
@@ -235,6 +238,7 @@ impl Lab {
             checkin_timeout: health.checkin_timeout,
             checkins: CheckinListeners::default(),
             rebooting: Mutex::new(HashSet::new()),
+            restoring: Mutex::new(HashSet::new()),
             restarts: Mutex::default(),
             watched: Mutex::new(HashSet::new()),
             stalls: Mutex::new(HashMap::new()),
@@ -451,7 +455,12 @@ impl Lab {
         if self.db.get_instance(id)?.state != InstanceState::Pending {
             return self.abandon_boot(id);
         }
-        let process = self.start_vmm(&instance, boot_files)?;
+        let restore = self.hibernated(&instance);
+        let process = self.start_vmm(&instance, boot_files, restore)?;
+        if restore {
+            self.runtime
+                .spawn(self.clone().finish_restore(id.to_string(), process));
+        }
         match self.apply(id, &Event::VmmStarted) {
             Ok(_) => Ok(()),
             // Terminated or stopped while we were starting it: undo.
@@ -490,10 +499,13 @@ impl Lab {
 
     /// Starts the VMM of `instance` on its (prepared) root volume, records
     /// it, and watches it.
+    /// With `restore`, the VMM resumes the instance's hibernation instead
+    /// of booting.
     fn start_vmm(
         self: &Arc<Self>,
         instance: &Instance,
         boot_files: BootFiles,
+        restore: bool,
     ) -> Result<VmProcess, LabError> {
         let id = instance.id.as_str();
         let itype = instance_types::lookup(&instance.instance_type)
@@ -514,16 +526,24 @@ impl Lab {
             vsock_cid: Some(checkin::GUEST_CID),
             stall_timeout: self.stall_timeout,
             metadata,
+            hibernation: instance.hibernation_configured,
+            restore,
         };
-        // A new boot: the last one's check-in says nothing about this one.
-        self.db.reset_checkin(
-            id,
-            &CheckinRecord::started(Self::now(), self.checkin_timeout),
-        )?;
+        if restore {
+            // The same boot goes on: its agent's check-in still stands.
+            crate::lock(&self.restoring).insert(id.to_string());
+        } else {
+            // A new boot: the last one's check-in says nothing about this one.
+            self.db.reset_checkin(
+                id,
+                &CheckinRecord::started(Self::now(), self.checkin_timeout),
+            )?;
+        }
         self.open_checkins(id);
         let process = self.supervisor.launch(&spec).map_err(|e| {
             // No VMM, so no guest to check in: leave no socket behind.
             self.close_checkins(id);
+            crate::lock(&self.restoring).remove(id);
             BootError::from(e)
         })?;
         self.record_vmm(id, process)?;
@@ -674,6 +694,11 @@ impl Lab {
     /// no VMM until the daemon's next start.
     pub fn on_exit(self: &Arc<Self>, id: &str, info: &ExitInfo) {
         let rebooting = crate::lock(&self.rebooting).remove(id);
+        if crate::lock(&self.restoring).remove(id) && !info.is_api_shutdown() {
+            // The resume failed before the VMM ever answered.
+            self.restore_failed(id, &info.reason);
+            return;
+        }
         let Err(e) = self.handle_exit(id, info, rebooting) else {
             return;
         };
@@ -732,7 +757,7 @@ impl Lab {
         }
     }
 
-    fn relaunch(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
+    pub(crate) fn relaunch(self: &Arc<Self>, id: &str) -> Result<(), LabError> {
         self.db.set_vmm(id, None)?;
         let delay = crate::lock(&self.restarts).next_delay(id, std::time::Instant::now());
         if !delay.is_zero() {
@@ -760,7 +785,7 @@ impl Lab {
             return Ok(());
         }
         let boot_files = self.image_paths(&instance)?;
-        self.start_vmm(&instance, boot_files)?;
+        self.start_vmm(&instance, boot_files, false)?;
         if instance.state == InstanceState::Pending {
             self.apply(id, &Event::VmmStarted)?;
         }
@@ -798,6 +823,7 @@ impl Lab {
             for f in [files.config(), files.api_sock(), files.exit_file()] {
                 let _ = std::fs::remove_file(f);
             }
+            self.supervisor.discard_hibernation(&instance.id);
         }
     }
 
@@ -915,11 +941,19 @@ impl Lab {
                     self.adopt_checkins(&id)?;
                     self.watch(id.clone(), p);
                     let _ = self.apply(&id, &Event::VmmStarted);
+                    self.forget_resumed_hibernation(&id, p);
                 }
                 (InstanceState::Pending, None) if instance.vmm.is_none() => self.spawn_boot(id),
                 (InstanceState::Running, Some(p)) => {
                     self.adopt_checkins(&id)?;
-                    self.watch(id, p);
+                    self.watch(id.clone(), p);
+                    self.forget_resumed_hibernation(&id, p);
+                }
+                (InstanceState::Stopping, Some(p)) if Self::hibernating(&instance) => {
+                    // Killed mid-hibernation: save it again (pausing a
+                    // paused VM and overwriting a snapshot are harmless).
+                    self.watch(id.clone(), p);
+                    self.spawn_hibernate(&id);
                 }
                 (InstanceState::Stopping | InstanceState::ShuttingDown, Some(p)) => {
                     self.watch(id.clone(), p);

@@ -116,6 +116,10 @@ enum Command {
         /// Do not give the guest time to shut down.
         #[arg(long)]
         force: bool,
+        /// Hibernate: save the memory so that `start` resumes the running
+        /// processes (the instance needs HibernationOptions at launch).
+        #[arg(long, conflicts_with = "force")]
+        hibernate: bool,
     },
     /// Start stopped instances (and wait).
     Start { instance_ids: Vec<String> },
@@ -478,10 +482,14 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
         Command::Stop {
             instance_ids,
             force,
+            hibernate,
         } => {
             let mut p = ids("InstanceId", instance_ids);
             if *force {
                 p.push(("Force".into(), "true".into()));
+            }
+            if *hibernate {
+                p.push(("Hibernate".into(), "true".into()));
             }
             call("StopInstances", p)?;
             wait_for(&call, instance_ids, "stopped")?;

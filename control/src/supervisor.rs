@@ -13,16 +13,20 @@
 //! itself is built on, so the two cannot drift apart.
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ec2lab_vmm_api::api::{ActionType, ApiRequest, VmInfo};
+use ec2lab_vmm_api::api::{ActionType, ApiRequest, VmInfo, VmStateRequest};
 use ec2lab_vmm_api::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm_api::exit::{ExitRecord, ExitStatus};
 use ec2lab_vmm_api::flags;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a VMM may take to write a hibernation (guest memory to disk).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Errors of the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +184,11 @@ pub struct VmSpec {
     /// What the VMM serves at 169.254.169.254 on eth0 (None without a
     /// network card).
     pub metadata: Option<ec2lab_vmm_api::metadata::InstanceMetadata>,
+    /// Launched with HibernationOptions: the VMM may save the VM into the
+    /// instance's hibernation directory.
+    pub hibernation: bool,
+    /// Resume the VM saved in the hibernation directory instead of booting.
+    pub restore: bool,
 }
 
 /// A running VMM process, identified robustly: a pid alone could be reused
@@ -281,6 +290,15 @@ impl InstanceFiles {
     pub fn root_volume(&self) -> PathBuf {
         self.dir.join("root.img")
     }
+    /// Where a hibernated instance's memory and VM state are kept, beside
+    /// its root volume (the VMM's snapshot directory).
+    pub fn hibernation_dir(&self) -> PathBuf {
+        self.dir.join("hibernation")
+    }
+    /// The hibernation's VM state: present once a hibernation completed.
+    pub fn hibernation_state(&self) -> PathBuf {
+        self.hibernation_dir().join("state")
+    }
 }
 
 /// Starts, watches and stops VMM processes.
@@ -366,6 +384,14 @@ impl Supervisor {
         for stale in [files.exit_file(), files.api_sock()] {
             let _ = std::fs::remove_file(stale);
         }
+        if spec.hibernation {
+            let dir = files.hibernation_dir();
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&dir)
+                .map_err(io_error("create", &dir))?;
+        }
         let config = vm_config(spec, &files);
         let path = files.config();
         let text =
@@ -391,7 +417,13 @@ impl Supervisor {
             .arg(format!("--{}", flags::CONFIG))
             .arg(&path)
             .arg(format!("--{}", flags::EXIT_FILE))
-            .arg(files.exit_file())
+            .arg(files.exit_file());
+        if spec.restore {
+            command
+                .arg(format!("--{}", flags::RESTORE_FROM))
+                .arg(files.hibernation_dir());
+        }
+        command
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -566,6 +598,72 @@ impl Supervisor {
         waiter.await
     }
 
+    /// Hibernates the VM: pauses it, saves it into the hibernation
+    /// directory and ends the VMM. An error leaves the VM running as it
+    /// was (resumed), for the caller to stop it the ordinary way.
+    pub async fn save_and_stop(
+        &self,
+        instance_id: &str,
+        process: VmProcess,
+    ) -> Result<ExitInfo, SupervisorError> {
+        let sock = self.files(instance_id).api_sock();
+        let checked = |(status, body): (u16, String)| {
+            if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(SupervisorError::Api {
+                    sock: sock.clone(),
+                    detail: format!("status {status}: {}", body.trim()),
+                })
+            }
+        };
+        vmm_api(&sock, ApiRequest::SetState(VmStateRequest::Paused))
+            .await
+            .and_then(checked)?;
+        let saved =
+            tokio::time::timeout(SNAPSHOT_TIMEOUT, vmm_api(&sock, ApiRequest::CreateSnapshot))
+                .await
+                .map_err(|_| SupervisorError::Api {
+                    sock: sock.clone(),
+                    detail: format!("no snapshot after {SNAPSHOT_TIMEOUT:?}"),
+                })
+                .and_then(|r| r.and_then(checked));
+        if let Err(e) = saved {
+            let _ = vmm_api(&sock, ApiRequest::SetState(VmStateRequest::Resumed)).await;
+            return Err(e);
+        }
+        Ok(self.stop(instance_id, process, Duration::ZERO).await)
+    }
+
+    /// Forgets a hibernation: the saved state and memory (and a partial
+    /// save's temporary files) go, so the next start boots from the volume.
+    pub fn discard_hibernation(&self, instance_id: &str) {
+        let dir = self.files(instance_id).hibernation_dir();
+        for name in ["state", "memory", "state.tmp", "memory.tmp"] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("{instance_id}: cannot remove {name}: {e}"),
+            }
+        }
+    }
+
+    /// Waits until the VMM answers on its API or ends; true when it answers.
+    pub async fn wait_api(&self, instance_id: &str, process: VmProcess, timeout: Duration) -> bool {
+        let sock = self.files(instance_id).api_sock();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if !self.is_alive(process) {
+                return false;
+            }
+            if vmm_describe(&sock).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// Removes everything of a terminated instance.
     pub fn remove_files(&self, instance_id: &str) -> Result<(), SupervisorError> {
         let dir = self.files(instance_id).dir;
@@ -604,6 +702,7 @@ fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> VmConfig {
             uds: files.vsock(),
         }),
         metadata: spec.metadata.clone().filter(|_| !spec.nets.is_empty()),
+        snapshot_dir: spec.hibernation.then(|| files.hibernation_dir()),
         ..defaults
     }
 }
@@ -762,6 +861,8 @@ mod tests {
             vsock_cid: Some(3),
             stall_timeout: Some(Duration::from_secs(120)),
             metadata: None,
+            hibernation: false,
+            restore: false,
         }
     }
 
@@ -800,6 +901,50 @@ mod tests {
         assert_eq!(config.stall_timeout_secs, defaults.stall_timeout_secs);
         assert_eq!(config.vsock, None);
         assert!(config.nets.is_empty());
+    }
+
+    #[test]
+    fn only_an_instance_launched_for_hibernation_gets_a_snapshot_directory() {
+        assert_eq!(vm_config(&spec(), &files()).snapshot_dir, None);
+        let spec = VmSpec {
+            hibernation: true,
+            ..spec()
+        };
+        assert_eq!(
+            vm_config(&spec, &files()).snapshot_dir,
+            Some(files().hibernation_dir())
+        );
+    }
+
+    #[test]
+    fn a_resume_passes_the_hibernation_directory_and_launch_makes_it_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // `echo` stands in for the VMM and prints the arguments it got.
+        let supervisor = Supervisor::new("echo".into(), dir.path().to_path_buf());
+        let spec = VmSpec {
+            hibernation: true,
+            restore: true,
+            ..spec()
+        };
+        supervisor.launch(&spec).expect("launches");
+        let files = supervisor.files(&spec.instance_id);
+        let mode = std::fs::metadata(files.hibernation_dir())
+            .expect("hibernation directory")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let log = files.vmm_log();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let args = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains('\n') || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let expected = format!("--restore-from {}", files.hibernation_dir().display());
+        assert!(args.contains(&expected), "{args}");
     }
 
     #[test]

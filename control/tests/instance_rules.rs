@@ -50,7 +50,7 @@ fn a_stop_protected_instance_refuses_stop_until_the_protection_is_lifted() {
     let (lab, id) = lab_with_running_instance(&runtime, true);
     let ids = vec![id.clone()];
     for force in [false, true] {
-        match lab.stop(&ids, force) {
+        match lab.stop(&ids, force, false) {
             Err(e @ InstanceError::StopProtected(_)) => assert_eq!(
                 e.to_string(),
                 format!(
@@ -66,7 +66,7 @@ fn a_stop_protected_instance_refuses_stop_until_the_protection_is_lifted() {
         InstanceState::Running
     );
     lab.db.set_disable_api_stop(&id, false).expect("lift");
-    let changes = lab.stop(&ids, false).expect("stop");
+    let changes = lab.stop(&ids, false, false).expect("stop");
     assert_eq!(changes[0].current, InstanceState::Stopping);
 }
 

@@ -425,6 +425,9 @@ impl From<InstanceError> for Ec2Error {
                 Self::operation_not_permitted(e.to_string())
             }
             InstanceError::ImageNotFound(id) => Self::image_not_found(&id),
+            InstanceError::HibernationNotConfigured(_) => {
+                Self::bad_request("UnsupportedHibernationConfiguration", e.to_string())
+            }
             InstanceError::InvalidAvailabilityZone(_)
             | InstanceError::SubnetInAnotherZone { .. }
             | InstanceError::UnknownInstanceType(_) => Self::invalid_parameter_value(e.to_string()),

@@ -347,6 +347,16 @@ impl Db {
         )
     }
 
+    /// Replaces `stateTransitionReason` without a state change (a resume
+    /// from hibernation that fell back to a boot says so here).
+    pub fn set_state_transition_reason(&self, id: &str, reason: &str) -> Result<(), DbError> {
+        self.update_instance_column(
+            id,
+            "UPDATE instances SET state_transition_reason = ?2 WHERE id = ?1",
+            params![id, reason],
+        )
+    }
+
     /// ModifyInstanceAttribute DisableApiStop.
     pub fn set_disable_api_stop(&self, id: &str, disable: bool) -> Result<(), DbError> {
         self.update_instance_column(

@@ -10,7 +10,7 @@
 //! | from \ event    | VmmStarted | Stop        | VmmExited  | Start   | Reboot  | Terminate     | GuestPoweredOff      | Collected |
 //! |-----------------|------------|-------------|------------|---------|---------|---------------|----------------------|-----------|
 //! | pending         | running    | ✗           | stopped¹   | pending | ✗       | shutting-down | stopping/shutting-down² | –      |
-//! | running         | running    | stopping    | stopped¹   | running | running | shutting-down | stopping/shutting-down² | –      |
+//! | running         | running    | stopping⁴   | stopped¹   | running | running | shutting-down | stopping/shutting-down² | –      |
 //! | stopping        | –          | stopping    | stopped    | ✗       | ✗       | shutting-down | stopping             | –         |
 //! | stopped         | –          | stopped     | stopped    | pending | ✗       | shutting-down | –                    | –         |
 //! | shutting-down   | –          | ✗           | terminated | ✗       | ✗       | shutting-down | shutting-down        | –         |
@@ -26,6 +26,8 @@
 //!   again, as EC2 does when a start fails.
 //! ² By InstanceInitiatedShutdownBehavior.
 //! ³ The record is deleted: `Transition::delete_record`.
+//! ⁴ Hibernate (a stop whose memory is saved) moves the same way, with EC2's
+//!   `Client.UserInitiatedHibernate` reason.
 
 use std::fmt;
 
@@ -123,6 +125,13 @@ impl StateReason {
         )
     }
 
+    pub fn user_initiated_hibernate() -> StateReason {
+        StateReason::new(
+            "Client.UserInitiatedHibernate",
+            "Client.UserInitiatedHibernate: User initiated hibernate",
+        )
+    }
+
     pub fn instance_initiated_shutdown() -> StateReason {
         StateReason::new(
             "Client.InstanceInitiatedShutdown",
@@ -160,6 +169,9 @@ pub enum Event {
     /// StopInstances; `force` asks the supervisor to kill instead of asking
     /// the guest, which does not change the state machine.
     StopRequested { force: bool },
+    /// StopInstances with Hibernate: stops like a stop, its memory saved
+    /// (HibernationOptions are checked before this).
+    HibernateRequested,
     /// The VMM process is gone.
     VmmExited { reason: VmmExit },
     /// StartInstances.
@@ -182,6 +194,7 @@ impl Event {
             Event::VmmStarted,
             Event::StopRequested { force: false },
             Event::StopRequested { force: true },
+            Event::HibernateRequested,
             Event::VmmExited {
                 reason: VmmExit::Clean,
             },
@@ -204,7 +217,7 @@ impl Event {
     /// The verb of EC2's IncorrectInstanceState message, for user requests.
     fn user_action(&self) -> Option<UserAction> {
         match self {
-            Event::StopRequested { .. } => Some(UserAction::Stop),
+            Event::StopRequested { .. } | Event::HibernateRequested => Some(UserAction::Stop),
             Event::StartRequested => Some(UserAction::Start),
             Event::RebootRequested => Some(UserAction::Reboot),
             Event::TerminateRequested => Some(UserAction::Terminate),
@@ -372,6 +385,10 @@ pub fn transition(
         // Repeating a stop is fine; `force` escalates in the supervisor.
         (Stopping, Event::StopRequested { .. }) => Transition::unchanged(Stopping),
         (Stopped, Event::StopRequested { .. }) => Transition::unchanged(Stopped),
+        (Running, Event::HibernateRequested) => Transition::to(Running, Stopping)
+            .reason(StateReason::user_initiated_hibernate())
+            .transition_reason(user_initiated(now)),
+        (Stopping | Stopped, Event::HibernateRequested) => Transition::unchanged(from),
 
         (Pending | Running, Event::VmmExited { reason }) => {
             let detail = match reason {
@@ -454,7 +471,7 @@ mod tests {
                 Pending | Running => To(Running),
                 _ => Unexpected,
             },
-            Event::StopRequested { .. } => match from {
+            Event::StopRequested { .. } | Event::HibernateRequested => match from {
                 Running | Stopping => To(Stopping),
                 Stopped => To(Stopped),
                 Pending | ShuttingDown | Terminated => Refused,
@@ -513,7 +530,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 6 * 12);
+        assert_eq!(checked, 6 * 13);
     }
 
     #[test]
@@ -562,6 +579,26 @@ mod tests {
         assert_eq!(
             t.state_transition_reason,
             Update::Set("User initiated (2026-11-25 23:00:00 GMT)".into())
+        );
+    }
+
+    #[test]
+    fn hibernate_records_ec2_s_hibernate_reason() {
+        let t = transition("i-1", Running, &Event::HibernateRequested, now())
+            .expect("running can hibernate");
+        assert_eq!(t.to, Stopping);
+        assert_eq!(
+            t.state_reason,
+            Update::Set(StateReason {
+                code: "Client.UserInitiatedHibernate".into(),
+                message: "Client.UserInitiatedHibernate: User initiated hibernate".into(),
+            })
+        );
+        let err = transition("i-1", Pending, &Event::HibernateRequested, now())
+            .expect_err("pending cannot hibernate");
+        assert!(
+            err.to_string().contains("from which it can be stopped"),
+            "{err}"
         );
     }
 

@@ -2,6 +2,10 @@
 README's commands verbatim through the aws CLI, boto3's waiters, and the
 error cases EC2 users run into."""
 import base64
+import os
+import re
+import subprocess
+import time
 
 import botocore
 import pytest
@@ -28,11 +32,23 @@ def state(ec2, instance_id):
     return r[0]["Instances"][0]
 
 
-def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, key_pair, tmp_path):
+def connect(iid, *command):
+    """Runs one command in the instance over `ec2lab connect` (vsock)."""
+    return subprocess.run([os.environ["EC2LAB_CLI"], "connect", iid, "--", *command],
+                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+
+
+def counters(text):
+    return [int(n) for n in re.findall(r"^counter (\d+)$", text, re.MULTILINE)]
+
+
+def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_minimal_ami, key_pair,
+                                                                    tmp_path):
     init = tmp_path / "init.sh"
     init.write_text(INIT_SH)
     run = aws("run-instances", "--image-id", lab_minimal_ami, "--instance-type", "t2.micro",
               "--key-name", key_pair, "--user-data", f"file://{init}",
+              "--hibernation-options", "Configured=true",
               "--tag-specifications", "ResourceType=instance,Tags=[{Key=Name,Value=web}]")
     instance = run["Instances"][0]
     iid = instance["InstanceId"]
@@ -41,6 +57,7 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     assert instance["InstanceType"] == "t2.micro"
     assert instance["KeyName"] == key_pair
     assert {"Key": "Name", "Value": "web"} in instance["Tags"]
+    assert instance["HibernationOptions"] == {"Configured": True}
 
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
     running = aws("describe-instances", "--filters", "Name=instance-state-name,Values=running",
@@ -121,6 +138,51 @@ def test_run_describe_console_stop_start_reboot_terminate(ec2, lab_minimal_ami, 
     assert state(ec2, iid)["PublicIpAddress"] == second_public, "a reboot changed the public address"
     assert once in console(iid) and "user data script exited" not in console(iid), console(iid)
 
+    # Hibernate: a process counting on the console every second (it ignores
+    # the hang-up that ends the session it was started from), a file in
+    # /tmp (RAM: tmpfs), then stop --hibernate and start. The same counter
+    # goes on, the file is there, nothing booted, and the guest's clock is
+    # the host's again although it stood still on disk.
+    started = connect(iid, "sh", "-c",
+                      "echo in-memory > /tmp/hibernated; "
+                      "(trap '' HUP; i=0; while true; do i=$((i+1)); echo counter $i > /dev/console;"
+                      " sleep 1; done)"
+                      " </dev/null >/dev/null 2>&1 &")
+    assert started.returncode == 0, started
+    wait_for(lambda: len(counters(console(iid))) >= 3, 300, "the guest's counter")
+    private_ip = state(ec2, iid)["PrivateIpAddress"]
+    hibernating = aws("stop-instances", "--instance-ids", iid, "--hibernate")["StoppingInstances"][0]
+    assert hibernating["CurrentState"]["Name"] == "stopping"
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    stopped = state(ec2, iid)
+    assert stopped["StateReason"] == {"Code": "Client.UserInitiatedHibernate",
+                                      "Message": "Client.UserInitiatedHibernate: User initiated hibernate"}
+    assert "PublicIpAddress" not in stopped, "a hibernated instance keeps no pool address"
+    before = counters(console(iid))
+    assert before and "lab-minimal: shutting down" not in console(iid), "hibernate shut the guest down"
+    time.sleep(20)  # on disk for a while: the guest's clock stands still meanwhile
+    aws("start-instances", "--instance-ids", iid)
+    ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    resumed = state(ec2, iid)
+    assert resumed["PrivateIpAddress"] == private_ip
+    assert "PublicIpAddress" in resumed
+    after = wait_for(lambda: (c := counters(console(iid))) and len(c) >= 3 and c, 300,
+                     "the counter after the resume")
+    # The first whole line after the resume is the next count (or the one
+    # after, when the pause fell in the middle of a line).
+    assert after[0] in (before[-1] + 1, before[-1] + 2), (before, after)
+    assert after == list(range(after[0], after[0] + len(after))), after
+    assert "lab-minimal: ready" not in console(iid) and "Linux version" not in console(iid), console(iid)
+    kept = connect(iid, "cat", "/tmp/hibernated")
+    assert (kept.returncode, kept.stdout) == (0, "in-memory\n"), kept
+    # The daemon sets the resumed guest's clock through the agent; allow it
+    # a moment (the guest is slow where its kernel is emulated).
+    def guest_clock_skew():
+        now = connect(iid, "date", "+%s")
+        return now.returncode == 0 and abs(int(now.stdout) - time.time()) < 15 and now
+    wait_for(guest_clock_skew, 120, "the guest's clock to be set after the resume", interval=5)
+    assert not resumed.get("StateTransitionReason"), resumed["StateTransitionReason"]
+
     terminating = aws("terminate-instances", "--instance-ids", iid)["TerminatingInstances"][0]
     assert terminating["CurrentState"]["Name"] == "shutting-down"
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
@@ -158,6 +220,11 @@ def test_termination_protection_and_client_token(ec2, lab_minimal_ami):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         ec2.terminate_instances(InstanceIds=[iid])
     assert e.value.response["Error"]["Code"] == "OperationNotPermitted"
+    # Hibernation must be chosen at launch, as on EC2.
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.stop_instances(InstanceIds=[iid], Hibernate=True)
+    assert e.value.response["Error"]["Code"] == "UnsupportedHibernationConfiguration"
+    assert iid in e.value.response["Error"]["Message"]
     ec2.modify_instance_attribute(InstanceId=iid, DisableApiTermination={"Value": False})
     ec2.terminate_instances(InstanceIds=[iid])
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})

@@ -420,12 +420,8 @@ pub fn stop_instances(ctx: &Ctx<'_>, params: &Params) -> Result<Vec<XmlNode>, Ec
     params.reject_unknown(&["InstanceId", "Force", "Hibernate", "DryRun"])?;
     let ids = instance_ids(params)?;
     let force = params.bool("Force")?.unwrap_or(false);
-    if params.bool("Hibernate")?.unwrap_or(false) {
-        return Err(Ec2Error::unsupported_operation(
-            "Hibernation is not supported by ec2lab yet",
-        ));
-    }
-    Ok(state_changes(&ctx.lab()?.stop(&ids, force)?))
+    let hibernate = params.bool("Hibernate")?.unwrap_or(false);
+    Ok(state_changes(&ctx.lab()?.stop(&ids, force, hibernate)?))
 }
 
 /// `StartInstances`.
