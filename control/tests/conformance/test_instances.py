@@ -39,7 +39,7 @@ def connect(iid, *command):
 
 
 def counters(text):
-    return [int(n) for n in re.findall(r"^counter (\d+)$", text, re.MULTILINE)]
+    return [int(n) for n in re.findall(r"^counter (\d+)$", text.replace("\r", ""), re.MULTILINE)]
 
 
 def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_minimal_ami, key_pair,
@@ -182,6 +182,24 @@ def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_min
         return now.returncode == 0 and abs(int(now.stdout) - time.time()) < 15 and now
     wait_for(guest_clock_skew, 120, "the guest's clock to be set after the resume", interval=5)
     assert not resumed.get("StateTransitionReason"), resumed["StateTransitionReason"]
+    saved = os.path.join(os.environ["EC2LAB_DATA_DIR"], "instances", iid, "hibernation")
+    assert not os.path.exists(os.path.join(saved, "state")), "the resumed hibernation was kept"
+
+    # A hibernation that cannot be resumed (its state damaged on disk) boots
+    # the instance from its volume instead, and says so.
+    aws("stop-instances", "--instance-ids", iid, "--hibernate")
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    with open(os.path.join(saved, "state"), "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xff]))
+    aws("start-instances", "--instance-ids", iid)
+    ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the boot after a failed resume")
+    reason = state(ec2, iid)["StateTransitionReason"]
+    assert reason.startswith("Resume from hibernation failed (") and "checksum mismatch" in reason, reason
+    assert not os.path.exists(os.path.join(saved, "state"))
 
     terminating = aws("terminate-instances", "--instance-ids", iid)["TerminatingInstances"][0]
     assert terminating["CurrentState"]["Name"] == "shutting-down"
