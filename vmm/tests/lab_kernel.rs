@@ -320,7 +320,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 last=$(($(nproc) - 1))
-echo "SNAP-INIT cpus=$(nproc)"
+echo "SNAP-INIT cpus=$(nproc) year=$(date -u +%Y)"
 i=0
 while true; do
     i=$((i + 1))
@@ -416,6 +416,20 @@ fn a_linux_guest_on_two_vcpus_resumes_from_a_snapshot_with_its_timers_disk_and_r
     wait_for_tick(&mut vmm, 3, BOOT_TIMEOUT);
     let first = snapshot_and_stop(&sock, vmm);
     assert!(first.contains("SNAP-INIT cpus=2"), "{first}");
+    // The guest read the date from the CMOS clock at boot (as BCD, the
+    // way x86 Linux always reads it).
+    let year = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y"])
+            .output()
+            .expect("date")
+            .stdout,
+    )
+    .expect("utf-8");
+    assert!(
+        first.contains(&format!("year={}", year.trim())),
+        "the guest's clock is not the host's:\n{first}"
+    );
     let last_before = ticks(&first).last().map_or(0, |t| t.0);
 
     let mut restore = extra.to_vec();

@@ -132,8 +132,10 @@ def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_min
     before_reboot = console(iid)
     aws("reboot-instances", "--instance-ids", iid)
     # Each boot starts a fresh console: wait for a different, complete one.
+    # (The old console changes too while the old guest shuts down.)
     wait_for(lambda: state(ec2, iid)["State"]["Name"] == "running"
-             and "lab-minimal: ready" in (now := console(iid)) and now != before_reboot,
+             and "lab-minimal: ready" in (now := console(iid)) and now != before_reboot
+             and "lab-minimal: shutting down" not in now,
              600, "the reboot")
     assert state(ec2, iid)["PublicIpAddress"] == second_public, "a reboot changed the public address"
     assert once in console(iid) and "user data script exited" not in console(iid), console(iid)
@@ -143,6 +145,8 @@ def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_min
     # /tmp (RAM: tmpfs), then stop --hibernate and start. The same counter
     # goes on, the file is there, nothing booted, and the guest's clock is
     # the host's again although it stood still on disk.
+    wait_for(lambda: "session: ok: listening on vsock port 9001" in console(iid), 300,
+             "the agent's session service")
     started = connect(iid, "sh", "-c",
                       "echo in-memory > /tmp/hibernated; "
                       "(trap '' HUP; i=0; while true; do i=$((i+1)); echo counter $i > /dev/console;"

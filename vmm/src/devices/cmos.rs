@@ -25,8 +25,10 @@ const REG_STATUS_C: u8 = 0x0c;
 const REG_STATUS_D: u8 = 0x0d;
 const REG_CENTURY: u8 = 0x32;
 
-/// Status B: 24-hour mode, binary (not BCD) values.
-const STATUS_B_24H_BINARY: u8 = (1 << 1) | (1 << 2);
+/// Status B: 24-hour mode, BCD values. x86 Linux decodes the clock as BCD
+/// whatever this register says (`RTC_ALWAYS_BCD`), so binary values would
+/// make a guest boot with a wrong date (2026 read as 2020).
+const STATUS_B_24H_BCD: u8 = 1 << 1;
 /// Status D: valid RAM and time.
 const STATUS_D_VALID: u8 = 1 << 7;
 
@@ -88,7 +90,8 @@ impl CmosRtc {
     }
 
     fn register(&self, now: &DateTime) -> u8 {
-        let v = |x: u32| x as u8;
+        // Two BCD digits.
+        let v = |x: u32| (((x / 10) % 10) << 4 | (x % 10)) as u8;
         match self.index {
             REG_SECONDS => v(now.second),
             REG_MINUTES => v(now.minute),
@@ -99,7 +102,7 @@ impl CmosRtc {
             REG_YEAR => v(now.year % 100),
             REG_CENTURY => v(now.year / 100),
             REG_STATUS_A => 0x26, // 32.768 kHz time base, 1024 Hz rate, no update in progress
-            REG_STATUS_B => STATUS_B_24H_BINARY,
+            REG_STATUS_B => STATUS_B_24H_BCD,
             REG_STATUS_C => 0,
             REG_STATUS_D => STATUS_D_VALID,
             _ => 0,
@@ -168,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn registers_are_binary_24h_and_never_updating() {
+    fn registers_are_bcd_24h_and_never_updating() {
         let mut rtc = CmosRtc::new();
         let read = |rtc: &mut CmosRtc, index: u8| {
             rtc.write(0, &[index | 0x80]);
@@ -177,9 +180,22 @@ mod tests {
             b[0]
         };
         assert_eq!(read(&mut rtc, REG_STATUS_A) & 0x80, 0, "UIP clear");
-        assert_eq!(read(&mut rtc, REG_STATUS_B), STATUS_B_24H_BINARY);
-        assert_eq!(read(&mut rtc, REG_CENTURY), 20);
-        assert!(read(&mut rtc, REG_MONTH) >= 1 && read(&mut rtc, REG_MONTH) <= 12);
-        assert!(read(&mut rtc, REG_SECONDS) < 60);
+        assert_eq!(read(&mut rtc, REG_STATUS_B), STATUS_B_24H_BCD);
+        assert_eq!(read(&mut rtc, REG_CENTURY), 0x20);
+        let bcd = |b: u8| u32::from(b >> 4) * 10 + u32::from(b & 0xf);
+        let month = read(&mut rtc, REG_MONTH);
+        assert!(
+            month & 0xf < 10 && (1..=12).contains(&bcd(month)),
+            "{month:#x}"
+        );
+        let second = read(&mut rtc, REG_SECONDS);
+        assert!(second & 0xf < 10 && bcd(second) < 60, "{second:#x}");
+        // The year the host's clock says, as the guest decodes it.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let year = bcd(read(&mut rtc, REG_CENTURY)) * 100 + bcd(read(&mut rtc, REG_YEAR));
+        assert_eq!(year, datetime_from_unix(now).year);
     }
 }
