@@ -8,8 +8,9 @@
 //!   to the socket `<path>_<P>`, if a host program listens there.
 //!
 //! Queues: rx (0) carries packets to the guest, tx (1) from it; the event
-//! queue (2) is only for transport resets, which we never send, so its
-//! buffers stay where the guest put them.
+//! queue (2) is only for transport resets, sent once after a restore from a
+//! snapshot (the host ends of every connection are gone), as Firecracker
+//! does; otherwise its buffers stay where the guest put them.
 //!
 //! The layers: [`packet`] is the wire header, [`connection`] one stream's
 //! state and credit, [`unix`] the host sockets, [`muxer`] the routing
@@ -41,8 +42,10 @@ pub const MIN_GUEST_CID: u64 = 3;
 pub const RX_QUEUE: usize = 0;
 /// Packets from the guest.
 pub const TX_QUEUE: usize = 1;
-/// Transport events (unused).
+/// Transport events (a reset after a restore).
 pub const EVENT_QUEUE: usize = 2;
+/// `struct virtio_vsock_event`'s id for a transport reset (spec 5.10.6.7).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZES: &[u16] = &[256, 256, 256];
 
 /// Errors creating the device.
@@ -255,6 +258,30 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.muxer.reset();
+    }
+
+    /// After a restore the guest still has connections whose host ends
+    /// belonged to another process: the transport-reset event makes its
+    /// driver drop them all (and re-read the CID), so its sockets fail
+    /// at once instead of waiting on peers that are gone.
+    fn restored(&mut self, mem: &GuestMemoryMmap, queues: &mut [Queue]) -> UsedQueues {
+        let mut used = UsedQueues::NONE;
+        if let Some(events) = ready_queue(queues, EVENT_QUEUE) {
+            if let Some(chain) = events.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let written = match Writer::new(mem, chain) {
+                    Ok(mut w) => w.write_obj(EVENT_TRANSPORT_RESET.to_le()).map_or(0, |()| 4),
+                    Err(_) => 0,
+                };
+                if events.add_used(mem, head, written).is_err() || written == 0 {
+                    self.muxer.counters().error();
+                }
+                used |= UsedQueues::one(EVENT_QUEUE);
+            } else {
+                log::warn!("virtio-vsock: no event buffer for the transport reset after a restore");
+            }
+        }
+        used | self.activate(mem, queues)
     }
 }
 

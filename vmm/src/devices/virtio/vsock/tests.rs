@@ -872,6 +872,34 @@ fn the_event_queue_keeps_its_buffers() {
 }
 
 #[test]
+fn a_restore_sends_one_transport_reset_event() {
+    let m = memory();
+    let mut g = Guest::new(&m);
+    let mut f = fixture();
+    let addr = g.alloc(8);
+    m.write_slice(&[0xaa; 4], GuestAddress(addr))
+        .expect("poison");
+    g.push_chain(EVENT_QUEUE, &[(addr, 8, true)]);
+    let spare = g.alloc(8);
+    g.push_chain(EVENT_QUEUE, &[(spare, 8, true)]);
+    let used = f.dev.restored(&m, &mut g.queues);
+    assert!(used.contains(EVENT_QUEUE), "{used:?}");
+    assert_eq!(
+        g.used_idx(EVENT_QUEUE),
+        1,
+        "one event, the other buffer kept"
+    );
+    let mut id = [0u8; 4];
+    m.read_slice(&mut id, GuestAddress(addr))
+        .expect("read event");
+    assert_eq!(
+        u32::from_le_bytes(id),
+        0,
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+}
+
+#[test]
 fn hostile_packets_are_counted_or_reset_and_never_panic() {
     let m = memory();
     let mut g = Guest::new(&m);
