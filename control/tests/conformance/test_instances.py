@@ -154,6 +154,20 @@ def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_min
                       " </dev/null >/dev/null 2>&1 &")
     assert started.returncode == 0, started
     wait_for(lambda: len(counters(console(iid))) >= 3, 300, "the guest's counter")
+    # An IMDSv2 token from before the hibernation (over the network card,
+    # whose metadata service lives in the VMM).
+    def imds(request):
+        """One raw HTTP/1.0 request to 169.254.169.254 from inside the
+        instance (busybox nc): the status line's code and the body."""
+        done = connect(iid, "sh", "-c", f"printf '{request}' | nc 169.254.169.254 80")
+        assert done.returncode == 0, done
+        head, _, body = done.stdout.replace("\r", "").partition("\n\n")
+        return head.split()[1] if head else "", body
+    put_token = ("PUT /latest/api/token HTTP/1.0\\r\\n"
+                 "X-aws-ec2-metadata-token-ttl-seconds: 21600\\r\\n\\r\\n")
+    get_id = "GET /latest/meta-data/instance-id HTTP/1.0\\r\\nX-aws-ec2-metadata-token: {}\\r\\n\\r\\n"
+    status, old_token = imds(put_token)
+    assert status == "200" and old_token, (status, old_token)
     private_ip = state(ec2, iid)["PrivateIpAddress"]
     hibernating = aws("stop-instances", "--instance-ids", iid, "--hibernate")["StoppingInstances"][0]
     assert hibernating["CurrentState"]["Name"] == "stopping"
@@ -179,6 +193,12 @@ def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_min
     assert "lab-minimal: ready" not in console(iid) and "Linux version" not in console(iid), console(iid)
     kept = connect(iid, "cat", "/tmp/hibernated")
     assert (kept.returncode, kept.stdout) == (0, "in-memory\n"), kept
+    # The network card works after the resume; the old token does not (a
+    # new VMM signs with a new key, as EC2 invalidates tokens), a new one does.
+    assert imds(get_id.format(old_token))[0] == "401"
+    status, new_token = imds(put_token)
+    assert status == "200" and new_token != old_token, (status, new_token)
+    assert imds(get_id.format(new_token)) == ("200", iid)
     # The daemon sets the resumed guest's clock through the agent; allow it
     # a moment (the guest is slow where its kernel is emulated).
     def guest_clock_skew():
