@@ -20,7 +20,7 @@ use std::time::Duration;
 use ec2lab_vmm_api::api::{ActionType, ApiRequest, VmInfo, VmStateRequest};
 use ec2lab_vmm_api::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm_api::exit::{ExitRecord, ExitStatus};
-use ec2lab_vmm_api::flags;
+use ec2lab_vmm_api::{flags, snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,7 +297,7 @@ impl InstanceFiles {
     }
     /// The hibernation's VM state: present once a hibernation completed.
     pub fn hibernation_state(&self) -> PathBuf {
-        self.hibernation_dir().join("state")
+        self.hibernation_dir().join(snapshot::STATE_FILE)
     }
 }
 
@@ -639,7 +639,7 @@ impl Supervisor {
     /// save's temporary files) go, so the next start boots from the volume.
     pub fn discard_hibernation(&self, instance_id: &str) {
         let dir = self.files(instance_id).hibernation_dir();
-        for name in ["state", "memory", "state.tmp", "memory.tmp"] {
+        for name in snapshot::ALL_FILES {
             match std::fs::remove_file(dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

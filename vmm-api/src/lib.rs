@@ -26,3 +26,4 @@ pub mod config;
 pub mod exit;
 pub mod flags;
 pub mod metadata;
+pub mod snapshot;

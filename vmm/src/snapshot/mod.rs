@@ -36,10 +36,7 @@ use crate::devices::serial::SerialSnapshot;
 use crate::devices::virtio::mmio::TransportSnapshot;
 use crate::vstate::persist::{VcpuState, VmState};
 
-/// The state file's name in a snapshot directory.
-pub const STATE_FILE: &str = "state";
-/// The memory file's name in a snapshot directory.
-pub const MEMORY_FILE: &str = "memory";
+pub use ec2lab_vmm_api::snapshot::{MEMORY_FILE, MEMORY_TMP_FILE, STATE_FILE, STATE_TMP_FILE};
 /// The flags every snapshot file is created with (the main thread's
 /// seccomp filter allows `openat` in the snapshot directory with exactly
 /// these).
@@ -381,21 +378,19 @@ impl SnapshotDir {
         mem: &vm_memory::GuestMemoryMmap,
         memory_id: u64,
     ) -> Result<memory::SaveStats, SnapshotError> {
-        const MEMORY_TMP: &str = "memory.tmp";
-        const STATE_TMP: &str = "state.tmp";
-        let file = self.create(MEMORY_TMP)?;
-        let stats = memory::save(mem, &file, &self.path.join(MEMORY_TMP), memory_id)?;
+        let file = self.create(MEMORY_TMP_FILE)?;
+        let stats = memory::save(mem, &file, &self.path.join(MEMORY_TMP_FILE), memory_id)?;
         drop(file);
         let io = |source| SnapshotError::Io {
-            path: self.path.join(STATE_TMP),
+            path: self.path.join(STATE_TMP_FILE),
             source,
         };
-        let mut file = self.create(STATE_TMP)?;
+        let mut file = self.create(STATE_TMP_FILE)?;
         std::io::Write::write_all(&mut file, state).map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);
-        self.rename(MEMORY_TMP, MEMORY_FILE)?;
-        self.rename(STATE_TMP, STATE_FILE)?;
+        self.rename(MEMORY_TMP_FILE, MEMORY_FILE)?;
+        self.rename(STATE_TMP_FILE, STATE_FILE)?;
         // SAFETY: fsync on a descriptor `self` owns.
         if unsafe { libc::fsync(self.fd.as_raw_fd()) } != 0 {
             log::warn!(
