@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::connect;
 use crate::lifecycle::Lab;
-use crate::model::state::InstanceState;
+use crate::model::state::{InstanceState, StateReason};
 use crate::model::Instance;
 
 /// How long a resuming VMM has to answer on its API.
@@ -58,7 +58,7 @@ impl Lab {
             && instance
                 .state_reason
                 .as_ref()
-                .is_some_and(|r| r.code == "Client.UserInitiatedHibernate")
+                .is_some_and(|r| *r == StateReason::user_initiated_hibernate())
     }
 
     /// StopInstances Hibernate's side effect (the state machine agreed):
@@ -108,7 +108,7 @@ impl Lab {
         log::info!("{id}: resumed from hibernation");
         let vsock = self.supervisor.files(&id).vsock();
         let lab = self.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = match tokio::task::spawn_blocking(move || {
             let mut last = None;
             for attempt in 0..CLOCK_STEP_TRIES {
                 if attempt > 0 {
@@ -133,10 +133,13 @@ impl Lab {
             }
             Err(last.unwrap_or_default())
         })
-        .await;
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => Err(e.to_string()),
+        };
         match outcome {
-            Ok(Ok(now)) => log::info!("guest clock set to {now} after the resume"),
-            Ok(Err(e)) => log::warn!("cannot set the guest's clock after the resume: {e}"),
+            Ok(now) => log::info!("guest clock set to {now} after the resume"),
             Err(e) => log::warn!("cannot set the guest's clock after the resume: {e}"),
         }
     }

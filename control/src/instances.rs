@@ -460,10 +460,10 @@ impl Lab {
     /// StopInstances: the guest gets the stop timeout to power off, or
     /// none with `force` (which also applies to an instance already
     /// stopping). Refused for all if one that would stop is protected, as
-    /// termination protection refuses a termination.
-    /// StopInstances; with `hibernate`, every instance must have been
-    /// launched with HibernationOptions, and its memory is saved with its
-    /// root volume so that StartInstances resumes it.
+    /// termination protection refuses a termination. With `hibernate`,
+    /// every instance must have been launched with HibernationOptions, and
+    /// its memory is saved with its root volume so that StartInstances
+    /// resumes it.
     pub fn stop(
         self: &Arc<Self>,
         ids: &[String],

@@ -498,9 +498,8 @@ impl Lab {
     }
 
     /// Starts the VMM of `instance` on its (prepared) root volume, records
-    /// it, and watches it.
-    /// With `restore`, the VMM resumes the instance's hibernation instead
-    /// of booting.
+    /// it, and watches it; with `restore`, the VMM resumes the instance's
+    /// hibernation instead of booting.
     fn start_vmm(
         self: &Arc<Self>,
         instance: &Instance,

@@ -249,7 +249,9 @@ pub fn build(
         }
         None => None,
     };
-    let loaded = restore_from.map(snapshot::load).transpose()?;
+    let loaded = restore_from
+        .map(|dir| snapshot::load(dir).map(|loaded| (loaded, dir.to_path_buf())))
+        .transpose()?;
     let virtio_devices = open_virtio_devices(config)?;
     let machine = Machine {
         vendor: vendor.name().to_string(),
@@ -271,12 +273,11 @@ pub fn build(
     // Guest memory, and what the guest starts from: a kernel loaded into
     // fresh memory, or a snapshot's memory and state.
     let (mem, start) = match loaded {
-        Some(loaded) => {
+        Some((loaded, dir)) => {
             loaded.snapshot.machine.check_fits(&machine)?;
             let ranges = layout::ram_regions(mem_size);
             let mem = snapshot::memory::map(&loaded.memory, &ranges)
                 .map_err(snapshot::SnapshotError::from)?;
-            let dir = restore_from.map(Path::to_path_buf).unwrap_or_default();
             (mem, Start::Restore(Box::new(loaded.snapshot), dir))
         }
         None => {
@@ -375,13 +376,17 @@ pub fn build(
     }
 
     vcpu::install_kick_handler()?;
-    let msr_index: Arc<[u32]> = match vm.kvm().get_msr_index_list() {
-        Ok(list) => list.as_slice().into(),
-        Err(e) => {
-            log::warn!("KVM lists no MSRs ({e}); snapshots will hold none");
-            Arc::from(Vec::new())
-        }
-    };
+    // Only a VM with somewhere to write a snapshot reads state for one.
+    let snapshot_msrs: Option<Arc<[u32]>> =
+        snapshot_dir
+            .as_ref()
+            .map(|_| match vm.kvm().get_msr_index_list() {
+                Ok(list) => list.as_slice().into(),
+                Err(e) => {
+                    log::warn!("KVM lists no MSRs ({e}); snapshots will hold none");
+                    Arc::from(Vec::new())
+                }
+            });
     let ctx = VcpuContext {
         mem: mem.clone(),
         pio,
@@ -391,7 +396,7 @@ pub fn build(
         stopping: stopping.clone(),
         count: vcpu_count,
         hide_tsc_leaves: config.hide_tsc_leaves,
-        msr_index,
+        snapshot_msrs,
     };
     let entry = match &start {
         Start::Boot { kernel, .. } => Some(kernel.entry),

@@ -265,7 +265,7 @@ pub struct Vcpu {
     stopping: Arc<AtomicBool>,
     control: Arc<VcpuControl>,
     tsc_khz: Option<u32>,
-    msr_index: Arc<[u32]>,
+    snapshot_msrs: Option<Arc<[u32]>>,
 }
 
 /// Everything vCPUs share.
@@ -287,8 +287,11 @@ pub struct VcpuContext {
     pub count: u8,
     /// Withhold the TSC frequency CPUID leaves (see `CpuidParams`).
     pub hide_tsc_leaves: bool,
-    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
-    pub msr_index: Arc<[u32]>,
+    /// For a VM that can be snapshotted, the MSRs a snapshot saves
+    /// (KVM_GET_MSR_INDEX_LIST); each vCPU then reads its state whenever
+    /// it parks for a pause. `None`: the VM has no snapshot directory and
+    /// a pause reads nothing.
+    pub snapshot_msrs: Option<Arc<[u32]>>,
 }
 
 impl Vcpu {
@@ -375,7 +378,7 @@ impl Vcpu {
             stopping: ctx.stopping.clone(),
             control: Arc::new(VcpuControl::new()),
             tsc_khz,
-            msr_index: ctx.msr_index.clone(),
+            snapshot_msrs: ctx.snapshot_msrs.clone(),
         })
     }
 
@@ -474,8 +477,10 @@ impl Vcpu {
     /// longer changes until the VM resumes, and the VMM cannot read it
     /// itself (the vCPU's descriptor belongs to this thread).
     fn save_parked_state(&self) {
-        let state = persist::save_vcpu(&self.fd, &self.msr_index)
-            .map_err(|e| format!("vcpu{}: {e}", self.id));
+        let Some(msrs) = &self.snapshot_msrs else {
+            return;
+        };
+        let state = persist::save_vcpu(&self.fd, msrs).map_err(|e| format!("vcpu{}: {e}", self.id));
         *lock(&self.control.saved) = Some(state);
     }
 
