@@ -17,7 +17,8 @@
 //!   memory only), so the resumed guest must fetch new ones, as on EC2.
 //! - A daemon killed at any point converges on its next start: a VMM
 //!   still in `stopping` with the hibernate reason is saved again, and a
-//!   resumed VMM found running has its saved files forgotten.
+//!   resuming VMM found running has its resume finished (files forgotten,
+//!   clock set, or a cold boot if it fails).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,28 +164,28 @@ impl Lab {
         }
     }
 
-    /// A daemon restarted while a resumed VMM runs: once it answers, the
-    /// saved files it resumed from are forgotten (a later start must boot
-    /// from the volume, not resume this hibernation a second time).
-    pub(crate) fn forget_resumed_hibernation(
-        self: &Arc<Self>,
-        id: &str,
-        process: crate::supervisor::VmProcess,
-    ) {
+    /// A daemon restarted while a resuming VMM runs (it was killed during
+    /// StartInstances): the resume is finished as if it had never died.
+    /// The VMM's end before it answers boots the instance cold, and once it
+    /// answers, the saved files are forgotten (a later start must boot from
+    /// the volume, not resume this hibernation a second time) and the
+    /// guest's clock is set.
+    ///
+    /// A pending or running instance whose saved files are still there can
+    /// only be running a resume: a start resumes whenever they exist, and a
+    /// hibernation saves them only while the instance is `stopping`. Called
+    /// before the VMM is watched, so that its end is seen as a failed resume.
+    pub(crate) fn adopt_resume(self: &Arc<Self>, id: &str, process: crate::supervisor::VmProcess) {
         if !self.supervisor.files(id).hibernation_state().exists() {
             return;
         }
-        let lab = self.clone();
-        let id = id.to_string();
-        self.runtime.spawn(async move {
-            if lab
-                .supervisor
-                .wait_api(&id, process, RESTORE_ANSWER_TIMEOUT)
-                .await
-            {
-                lab.supervisor.discard_hibernation(&id);
-            }
-        });
+        log::info!(
+            "{id}: adopting the resume of its hibernation by VMM pid {}",
+            process.pid
+        );
+        crate::lock(&self.restoring).insert(id.to_string());
+        self.runtime
+            .spawn(self.clone().finish_restore(id.to_string(), process));
     }
 
     fn live_process_of(&self, id: &str) -> Option<crate::supervisor::VmProcess> {

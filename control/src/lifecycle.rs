@@ -456,6 +456,11 @@ impl Lab {
             return self.abandon_boot(id);
         }
         let restore = self.hibernated(&instance);
+        if !restore {
+            // A save cut short (the memory written, the state not) left
+            // temporary files that no start can resume.
+            self.supervisor.discard_hibernation(id);
+        }
         let process = self.start_vmm(&instance, boot_files, restore)?;
         if restore {
             self.runtime
@@ -938,15 +943,15 @@ impl Lab {
             match (instance.state, live) {
                 (InstanceState::Pending, Some(p)) => {
                     self.adopt_checkins(&id)?;
+                    self.adopt_resume(&id, p);
                     self.watch(id.clone(), p);
                     let _ = self.apply(&id, &Event::VmmStarted);
-                    self.forget_resumed_hibernation(&id, p);
                 }
                 (InstanceState::Pending, None) if instance.vmm.is_none() => self.spawn_boot(id),
                 (InstanceState::Running, Some(p)) => {
                     self.adopt_checkins(&id)?;
+                    self.adopt_resume(&id, p);
                     self.watch(id.clone(), p);
-                    self.forget_resumed_hibernation(&id, p);
                 }
                 (InstanceState::Stopping, Some(p)) if Self::hibernating(&instance) => {
                     // Killed mid-hibernation: save it again (pausing a
@@ -980,6 +985,11 @@ impl Lab {
                         );
                         self.relaunch(&id)?;
                     } else {
+                        if running && info.is_refusal() && self.hibernated(&instance) {
+                            // A resume the VMM refused while no daemon
+                            // watched: boot the instance cold, as when seen.
+                            crate::lock(&self.restoring).insert(id.clone());
+                        }
                         self.on_exit(&id, &info);
                     }
                 }

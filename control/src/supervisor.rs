@@ -228,6 +228,12 @@ impl ExitInfo {
         self.status() == Some(ExitStatus::Reboot)
     }
 
+    /// The VMM refused what it was given (a bad configuration or a
+    /// snapshot it cannot restore) and started nothing.
+    pub fn is_refusal(&self) -> bool {
+        self.status() == Some(ExitStatus::BadInput)
+    }
+
     /// The VMM was stopped through its API (`Shutdown`).
     pub fn is_api_shutdown(&self) -> bool {
         self.status() == Some(ExitStatus::ApiShutdown)

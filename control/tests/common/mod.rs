@@ -211,6 +211,11 @@ impl Daemon {
         }
     }
 
+    /// The VMM binary the next `restart` hands the daemon.
+    pub fn set_vmm(&mut self, vmm: PathBuf) {
+        self.vmm = vmm;
+    }
+
     /// Kills the serve process with SIGKILL (instances must survive it).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
