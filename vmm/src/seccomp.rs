@@ -441,7 +441,8 @@ pub struct MainDirs {
 
 /// Writing a snapshot: files are created only in the snapshot directory
 /// `fd`, with exactly the flags `snapshot::SnapshotDir` uses, sized,
-/// written at offsets, synced, and renamed into place within it.
+/// written at offsets, synced, and renamed into place within it; the page
+/// map and the restored memory file are read at offsets.
 fn snapshot_files(rules: &mut Rules, fd: i32) {
     use libc::*;
     let dir = |arg| cond(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fd as u64);
@@ -459,6 +460,9 @@ fn snapshot_files(rules: &mut Rules, fd: i32) {
         add(rules, rename, vec![within]);
     }
     allow_all(rules, &[SYS_ftruncate, SYS_pwrite64, SYS_fsync]);
+    // Which pages to skip unread (`snapshot::residency`): the page map,
+    // opened at start, and the data ranges of a restored VM's memory file.
+    allow_all(rules, &[SYS_pread64, SYS_lseek]);
 }
 
 /// The allowlist of `kind`. `dirs` only matters for the main thread.

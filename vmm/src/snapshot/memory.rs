@@ -5,6 +5,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::residency::{self, PageMap, PAGE};
+
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -15,7 +17,6 @@ use vm_memory::{
 /// can be mapped straight from it.
 pub const HEADER_LEN: u64 = 4096;
 const MAGIC: &[u8; 8] = b"EC2LABME";
-const PAGE: usize = 4096;
 
 /// A memory file that does not belong to its state, or cannot be mapped.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +57,15 @@ pub struct SaveStats {
 }
 
 /// Writes `mem` into `file` (empty, just created) under memory id `id`.
-/// Every thread that writes guest memory must be parked.
+/// Every thread that writes guest memory must be parked. With `pagemap`,
+/// pages known to be zero without reading them (never touched, or holes of
+/// the file a restored VM maps) are skipped unread.
 pub fn save(
     mem: &GuestMemoryMmap,
     file: &File,
     path: &Path,
     id: u64,
+    pagemap: Option<&PageMap>,
 ) -> Result<SaveStats, MemoryFileError> {
     let io = |source| MemoryFileError::Io {
         path: path.to_path_buf(),
@@ -78,7 +82,8 @@ pub fn save(
         // `mem`; the vCPUs and the device thread, the only writers, are
         // parked, so nothing changes it while the slice is alive.
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len) };
-        written += write_nonzero(file, bytes, offset).map_err(io)?;
+        let may_hold = residency::pages_that_may_hold_data(pagemap, region);
+        written += write_nonzero(file, bytes, &may_hold, offset).map_err(io)?;
         offset += len as u64;
     }
     file.sync_all().map_err(io)?;
@@ -94,8 +99,9 @@ fn header(id: u64, total: u64) -> Vec<u8> {
 }
 
 /// Writes the runs of pages of `bytes` that are not all zeros at `base`
-/// onwards; the rest stays a hole. Returns the bytes written.
-fn write_nonzero(file: &File, bytes: &[u8], base: u64) -> std::io::Result<u64> {
+/// onwards; the rest stays a hole. A page whose `may_hold` flag is false is
+/// zero without being read. Returns the bytes written.
+fn write_nonzero(file: &File, bytes: &[u8], may_hold: &[bool], base: u64) -> std::io::Result<u64> {
     let mut written = 0;
     let mut run: Option<usize> = None;
     let mut flush = |start: usize, end: usize| -> std::io::Result<()> {
@@ -104,7 +110,8 @@ fn write_nonzero(file: &File, bytes: &[u8], base: u64) -> std::io::Result<u64> {
         Ok(())
     };
     for (i, page) in bytes.chunks(PAGE).enumerate() {
-        match (is_zero(page), run) {
+        let zero = !may_hold.get(i).copied().unwrap_or(true) || is_zero(page);
+        match (zero, run) {
             (false, None) => run = Some(i * PAGE),
             (true, Some(start)) => {
                 flush(start, i * PAGE)?;
@@ -210,7 +217,7 @@ mod tests {
         mem.write_slice(b"high", GuestAddress((4 << 30) + 0xf_fffc))
             .expect("write");
         let file = File::create(&path).expect("create");
-        let stats = save(&mem, &file, &path, 7).expect("save");
+        let stats = save(&mem, &file, &path, 7, None).expect("save");
         assert_eq!(stats.total, 2 << 20);
         assert_eq!(stats.written, 3 * PAGE as u64, "three touched pages");
 
@@ -243,7 +250,7 @@ mod tests {
         let path = dir.path().join("memory");
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
         let file = File::create(&path).expect("create");
-        save(&mem, &file, &path, 41).expect("save");
+        save(&mem, &file, &path, 41, None).expect("save");
         let file = File::options()
             .read(true)
             .write(true)
@@ -260,5 +267,71 @@ mod tests {
             check_header(&file, &empty, 41, 1 << 20),
             Err(MemoryFileError::NotOurs(_))
         ));
+    }
+
+    fn read_back(mem: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(at)).expect("read");
+        buf
+    }
+
+    #[test]
+    fn untouched_pages_are_skipped_unread_and_touched_ones_kept() {
+        let Some(pagemap) = PageMap::open() else {
+            panic!("/proc/self/pagemap cannot be read");
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let len = 64usize << 20;
+        let ranges = [(0u64, len as u64)];
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).expect("memory");
+        let writes: [(u64, &[u8]); 3] = [
+            (0x1000, b"low"),
+            (0x200_0000 + 0x77, b"middle"),
+            (len as u64 - 4, b"high"),
+        ];
+        for (at, bytes) in writes {
+            mem.write_slice(bytes, GuestAddress(at)).expect("write");
+        }
+        let region = mem.iter().next().expect("a region");
+        let may_hold = residency::pages_that_may_hold_data(Some(&pagemap), region);
+        let candidates = may_hold.iter().filter(|m| **m).count();
+        // At least the written pages; at most their transparent huge pages.
+        assert!(
+            (3..=3 * 512).contains(&candidates),
+            "{candidates} of {} pages would be read",
+            may_hold.len()
+        );
+        for (at, _) in writes {
+            assert!(may_hold[at as usize / PAGE], "written page {at:#x} skipped");
+        }
+
+        let first = dir.path().join("first");
+        let file = File::create(&first).expect("create");
+        let stats = save(&mem, &file, &first, 1, Some(&pagemap)).expect("save");
+        assert_eq!(stats.written, 3 * PAGE as u64);
+
+        // Restored from that file: two pages changed, one added; the
+        // untouched ones are not in this process's page tables, yet the
+        // next save keeps them (the file has data there).
+        let file = File::open(&first).expect("open");
+        let restored = map(&file, &ranges).expect("map");
+        restored
+            .write_slice(b"LOW", GuestAddress(0x1000))
+            .expect("write");
+        restored
+            .write_slice(b"new", GuestAddress(0x300_0000))
+            .expect("write");
+        let second = dir.path().join("second");
+        let out = File::create(&second).expect("create");
+        let stats = save(&restored, &out, &second, 2, Some(&pagemap)).expect("save");
+        assert_eq!(stats.written, 4 * PAGE as u64);
+        let file = File::open(&second).expect("open");
+        check_header(&file, &second, 2, len as u64).expect("header");
+        let back = map(&file, &ranges).expect("map");
+        assert_eq!(read_back(&back, 0x1000, 3), b"LOW");
+        assert_eq!(read_back(&back, 0x200_0077, 6), b"middle");
+        assert_eq!(read_back(&back, len as u64 - 4, 4), b"high");
+        assert_eq!(read_back(&back, 0x300_0000, 3), b"new");
+        assert_eq!(read_back(&back, 0x100_0000, 8), [0u8; 8]);
     }
 }

@@ -21,6 +21,7 @@
 //! while the VM runs.
 
 pub mod memory;
+pub mod residency;
 
 use std::fs::File;
 use std::io::Read;
@@ -317,6 +318,8 @@ pub fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
 pub struct SnapshotDir {
     path: PathBuf,
     fd: OwnedFd,
+    /// Opened with the directory, while files may still be opened.
+    pagemap: Option<residency::PageMap>,
 }
 
 impl SnapshotDir {
@@ -338,6 +341,7 @@ impl SnapshotDir {
             path: path.to_path_buf(),
             // SAFETY: `fd` was just opened and is owned by nothing else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            pagemap: residency::PageMap::open(),
         })
     }
 
@@ -379,7 +383,13 @@ impl SnapshotDir {
         memory_id: u64,
     ) -> Result<memory::SaveStats, SnapshotError> {
         let file = self.create(MEMORY_TMP_FILE)?;
-        let stats = memory::save(mem, &file, &self.path.join(MEMORY_TMP_FILE), memory_id)?;
+        let stats = memory::save(
+            mem,
+            &file,
+            &self.path.join(MEMORY_TMP_FILE),
+            memory_id,
+            self.pagemap.as_ref(),
+        )?;
         drop(file);
         let io = |source| SnapshotError::Io {
             path: self.path.join(STATE_TMP_FILE),
