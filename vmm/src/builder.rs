@@ -341,11 +341,15 @@ pub fn build(
     }
     let i8042 = Arc::new(Mutex::new(keyboard));
     let power = Arc::new(Mutex::new(AcpiPowerRegister::new(Box::new(sink()))));
-    let rtc = Arc::new(Mutex::new(CmosRtc::new()));
+    let mut clock = CmosRtc::new();
+    if let Start::Restore(snapshot, _) = &start {
+        clock.restore(&snapshot.rtc);
+    }
+    let rtc = Arc::new(Mutex::new(clock));
 
     let mut pio = Bus::new();
     pio.insert(serial.clone(), serial::COM1_PORT, serial::COM1_PORT_LEN)?;
-    pio.insert(rtc, cmos::PORT, cmos::PORT_LEN)?;
+    pio.insert(rtc.clone(), cmos::PORT, cmos::PORT_LEN)?;
     pio.insert(
         i8042.clone(),
         i8042::DATA_PORT,
@@ -491,6 +495,7 @@ pub fn build(
         devices,
         serial,
         i8042,
+        rtc,
         events_tx,
         events_rx,
         api,

@@ -20,6 +20,7 @@ use crate::arch::x86_64::regs::EntryMode;
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::devices::bus::lock;
+use crate::devices::cmos::CmosRtc;
 use crate::devices::i8042::I8042;
 use crate::devices::manager::{DeviceManager, VirtioSlot};
 use crate::devices::serial::SerialDevice;
@@ -94,6 +95,7 @@ pub(crate) struct BuiltVm {
     pub(crate) devices: DeviceManager,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) rtc: Arc<Mutex<CmosRtc>>,
     pub(crate) events_tx: Sender<VmmEvent>,
     pub(crate) events_rx: Receiver<VmmEvent>,
     pub(crate) api: Option<ApiServer>,
@@ -121,6 +123,7 @@ pub struct Vmm {
     devices: DeviceManager,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042>>,
+    rtc: Arc<Mutex<CmosRtc>>,
     events_tx: Sender<VmmEvent>,
     events_rx: Receiver<VmmEvent>,
     api: Option<ApiServer>,
@@ -153,6 +156,7 @@ impl Vmm {
             devices: built.devices,
             serial: built.serial,
             i8042: built.i8042,
+            rtc: built.rtc,
             events_tx: built.events_tx,
             events_rx: built.events_rx,
             api: built.api,
@@ -275,6 +279,7 @@ impl Vmm {
             vcpus,
             serial: lock(&self.serial).snapshot(),
             i8042: lock(&self.i8042).snapshot(),
+            rtc: lock(&self.rtc).snapshot(),
             virtio,
         };
         let state = snapshot::encode(&snapshot)?;

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::devices::cmos::CmosSnapshot;
 use crate::devices::i8042::I8042Snapshot;
 use crate::devices::serial::SerialSnapshot;
 use crate::devices::virtio::mmio::TransportSnapshot;
@@ -193,6 +194,9 @@ pub struct Snapshot {
     pub serial: SerialSnapshot,
     /// The keyboard controller.
     pub i8042: I8042Snapshot,
+    /// The CMOS clock (absent from snapshots written before it was saved).
+    #[serde(default)]
+    pub rtc: CmosSnapshot,
     /// Every virtio transport, in guest order.
     pub virtio: Vec<TransportSnapshot>,
 }

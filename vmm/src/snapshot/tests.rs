@@ -72,6 +72,7 @@ fn snapshot() -> Snapshot {
         vcpus: vec![vcpu(0x1000), vcpu(0x2000)],
         serial: serial.snapshot(),
         i8042: kbd.snapshot(),
+        rtc: crate::devices::cmos::CmosSnapshot { index: 0x0b },
         virtio: Vec::new(),
     }
 }
