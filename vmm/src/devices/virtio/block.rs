@@ -568,4 +568,34 @@ mod tests {
         b.read_config(64, &mut past);
         assert_eq!(past, [0; 4]);
     }
+
+    /// A driver gone wrong (random descriptor chains, request headers and
+    /// sectors, indices past the ring) gets error statuses, never a panic,
+    /// and the device returns only what it was offered.
+    #[test]
+    fn a_driver_gone_wrong_gets_errors_not_panics() {
+        let (_f, mut b) = disk(128, false);
+        let header = |request_type: u32, sector: u64| {
+            let mut h = request_type.to_le_bytes().to_vec();
+            h.extend(0u32.to_le_bytes());
+            h.extend(sector.to_le_bytes());
+            h
+        };
+        let seeds = [
+            header(VIRTIO_BLK_T_IN, 0),
+            header(VIRTIO_BLK_T_IN, 127),
+            header(VIRTIO_BLK_T_OUT, 5),
+            header(VIRTIO_BLK_T_OUT, u64::MAX / 512),
+            header(VIRTIO_BLK_T_FLUSH, 0),
+            header(VIRTIO_BLK_T_GET_ID, 0),
+        ];
+        let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+        crate::devices::virtio::fuzz::drive(
+            &mut b,
+            crate::devices::virtio::fuzz::iterations(20_000),
+            0xb10c,
+            &seeds,
+        )
+        .assert_returns_most();
+    }
 }

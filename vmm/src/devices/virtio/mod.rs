@@ -15,6 +15,9 @@ pub mod net;
 pub mod rng;
 pub mod vsock;
 
+#[cfg(test)]
+pub(crate) mod fuzz;
+
 pub use event::BackendEvents;
 
 use std::sync::atomic::{AtomicU32, Ordering};

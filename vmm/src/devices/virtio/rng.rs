@@ -150,4 +150,16 @@ mod tests {
             1
         );
     }
+
+    /// A driver gone wrong gets no panic and only its own buffers back.
+    #[test]
+    fn a_driver_gone_wrong_gets_no_panic() {
+        crate::devices::virtio::fuzz::drive(
+            &mut Rng::new(),
+            crate::devices::virtio::fuzz::iterations(20_000),
+            0x5eed,
+            &[],
+        )
+        .assert_returns_most();
+    }
 }

@@ -1011,3 +1011,50 @@ fn rx_buffers_that_cannot_hold_a_header_are_returned_empty() {
     g.post_rx(&mut f.dev, 1);
     assert_eq!(g.recv()[0].data, b"data");
 }
+
+/// A driver gone wrong: random chains, and packet headers of every op with
+/// random lengths, ports and credit, on all three queues. No panic, only
+/// offered buffers used, and the host side (its listening socket in a
+/// temporary directory) keeps nothing it should not.
+#[test]
+fn a_driver_gone_wrong_gets_resets_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uds = dir.path().join("v.sock");
+    let mut dev = Vsock::new(GUEST_CID, &uds).expect("vsock");
+    let _listener = UnixListener::bind(port_path(&uds, 52)).expect("listen");
+    let header = |op: u16, dst_port: u32, len: u32| {
+        let mut h = Vec::with_capacity(HDR_LEN);
+        h.extend(GUEST_CID.to_le_bytes());
+        h.extend(2u64.to_le_bytes());
+        h.extend(1024u32.to_le_bytes());
+        h.extend(dst_port.to_le_bytes());
+        h.extend(len.to_le_bytes());
+        h.extend(TYPE_STREAM.to_le_bytes());
+        h.extend(op.to_le_bytes());
+        h.extend(0u32.to_le_bytes());
+        h.extend(CONN_BUF_ALLOC.to_le_bytes());
+        h.extend(0u32.to_le_bytes());
+        h.extend(b"payload");
+        h
+    };
+    let seeds: Vec<Vec<u8>> = [
+        op::REQUEST,
+        op::RESPONSE,
+        op::RST,
+        op::SHUTDOWN,
+        op::RW,
+        op::CREDIT_UPDATE,
+        op::CREDIT_REQUEST,
+    ]
+    .iter()
+    .flat_map(|&o| [header(o, 52, 7), header(o, 53, 0), header(o, 52, u32::MAX)])
+    .collect();
+    let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    crate::devices::virtio::fuzz::drive(
+        &mut dev,
+        crate::devices::virtio::fuzz::iterations(20_000),
+        0x50c4,
+        &seeds,
+    )
+    .assert_returns_most();
+}
