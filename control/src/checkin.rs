@@ -404,4 +404,60 @@ mod tests {
         ));
         assert!(path.exists());
     }
+
+    /// Random lines through the real socket, as a guest could send them
+    /// (each connection's write side closed after the line, as a guest that
+    /// hangs up does): every answer is one bounded line, `ok` exactly for
+    /// the lines the parser accepts, and the sink records exactly those.
+    #[tokio::test]
+    async fn fuzzed_check_ins_get_one_bounded_answer_and_only_valid_ones_are_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = socket_path(&dir.path().join("vsock.sock"));
+        let (sink, seen) = recording_sink();
+        let listeners = CheckinListeners::default();
+        let rt = tokio::runtime::Handle::current();
+        listeners.listen(&rt, "i-1", &path, sink).expect("listen");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = CheckIn::new("0b9c6c2e-5d1f")
+            .expect("id")
+            .line()
+            .into_bytes();
+        let alphabet = b"ec2lab-checkin v1 0123456789abcdefXYZ \t\n\r\0\xff";
+        let mut valid_sent = 0;
+        for _ in 0..300 {
+            let mut line = valid.clone();
+            for _ in 0..(next() % 3) {
+                let at = (next() as usize) % line.len();
+                line[at] = alphabet[(next() as usize) % alphabet.len()];
+            }
+            if next() % 5 == 0 {
+                line.truncate((next() as usize) % (line.len() + 1));
+            }
+            let ok = CheckIn::parse(&line).is_ok();
+            valid_sent += usize::from(ok);
+            let mut stream = UnixStream::connect(&path).await.expect("connect");
+            stream.write_all(&line).await.expect("send");
+            stream.shutdown().await.expect("hang up");
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.expect("answer");
+            let answer = String::from_utf8(answer).expect("utf-8");
+            assert!(
+                answer.len() <= MAX_LINE
+                    && answer.ends_with('\n')
+                    && answer.matches('\n').count() == 1,
+                "{line:?} → {answer:?}"
+            );
+            assert_eq!(answer == "ok\n", ok, "{line:?} → {answer:?}");
+            assert!(ok || answer.starts_with("error "), "{line:?} → {answer:?}");
+        }
+        assert!(valid_sent > 0, "no valid line was sent");
+        assert_eq!(crate::lock(&seen).len(), valid_sent);
+        listeners.close("i-1", &path);
+    }
 }

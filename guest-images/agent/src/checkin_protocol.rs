@@ -251,4 +251,74 @@ mod tests {
             Err(ProtocolError::BadAnswer("okay".into()))
         );
     }
+
+    /// Random bytes and mutations of a valid line, as a guest could send
+    /// them: parsing never panics, and what it accepts is a line of at most
+    /// MAX_LINE bytes whose boot id is short lowercase hex and dashes. Any
+    /// reason the host may give becomes one bounded line that parses back.
+    /// `EC2LAB_FUZZ_ITERATIONS` rounds (default 100,000).
+    #[test]
+    fn fuzzed_lines_never_panic_and_only_well_formed_ones_pass() {
+        let rounds: u32 = std::env::var("EC2LAB_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = format!("ec2lab-checkin v1 {BOOT_ID}\n").into_bytes();
+        let alphabet = b"ec2lab-checkin v1 0123456789abcdefABCDEF \t\n\r\0\xff/.";
+        let mut accepted = 0;
+        for _ in 0..rounds {
+            let mut line = valid.clone();
+            match next() % 4 {
+                0 => line.truncate((next() as usize) % (valid.len() + 1)),
+                1 => {
+                    for _ in 0..=(next() % 4) {
+                        let at = (next() as usize) % line.len();
+                        line[at] = alphabet[(next() as usize) % alphabet.len()];
+                    }
+                }
+                2 => {
+                    let at = (next() as usize) % (line.len() + 1);
+                    let extra: Vec<u8> = (0..(next() % 200))
+                        .map(|_| alphabet[(next() as usize) % alphabet.len()])
+                        .collect();
+                    line.splice(at..at, extra);
+                }
+                _ => line = (0..(next() % 300)).map(|_| next() as u8).collect(),
+            }
+            if let Ok(checkin) = CheckIn::parse(&line) {
+                accepted += 1;
+                let id = checkin.boot_id();
+                assert!(line.len() <= MAX_LINE, "{line:?}");
+                assert!(
+                    !id.is_empty()
+                        && id.len() <= MAX_BOOT_ID
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-'),
+                    "{line:?} gave boot id {id:?}"
+                );
+            }
+            let _ = Answer::parse(&line);
+            let reason = String::from_utf8_lossy(&line).into_owned();
+            let answer = Answer::Error(reason).line();
+            assert!(
+                answer.len() <= MAX_LINE && answer.ends_with('\n'),
+                "{answer:?}"
+            );
+            assert_eq!(answer.matches('\n').count(), 1, "{answer:?}");
+            assert!(
+                matches!(Answer::parse(answer.as_bytes()), Ok(Answer::Error(_))),
+                "{answer:?}"
+            );
+        }
+        // The mutations keep some lines valid: the accepting path ran too.
+        assert!(accepted > 0);
+    }
 }

@@ -3,8 +3,8 @@
 //! past the table, indirect tables inside indirect tables, buffers past
 //! the end of guest memory or over the rings, available indices that run
 //! ahead of the queue), and the device is asked to serve them. A device
-//! must neither panic nor loop, must return only the heads it was offered,
-//! and must never claim more used entries than were made available.
+//! must neither panic nor loop, and must never return more buffers than it
+//! took.
 //!
 //! Stable Rust, no fuzzing engine: a seeded xorshift drives the inputs, so
 //! a failure names its round and replays; `EC2LAB_FUZZ_ITERATIONS` sets the
@@ -164,8 +164,10 @@ fn queues(mem: &GuestMemoryMmap, device: &dyn VirtioDevice) -> Vec<Queue> {
 
 /// Drives `device` through `rounds` random driver states on all its queues,
 /// checking after every call that no queue has used more entries than the
-/// device took from its available ring, and that each used entry names a
-/// head within the table. `seeds` are well-formed device headers to mutate.
+/// device took from its available ring. (A head outside the table cannot
+/// be returned: virtio-queue's `add_used` refuses it. The used ring itself
+/// is not read back: a guest may point buffers at it, and the device then
+/// writes there as told.) `seeds` are well-formed device headers to mutate.
 /// Every 64 rounds the queues start over, as after a device reset.
 /// Returns how many entries the device took and returned in all.
 pub fn drive(device: &mut dyn VirtioDevice, rounds: u32, seed: u64, seeds: &[&[u8]]) -> Served {
@@ -196,19 +198,6 @@ pub fn drive(device: &mut dyn VirtioDevice, rounds: u32, seed: u64, seeds: &[&[u
                 queue.next_used(),
                 queue.next_avail()
             );
-            let used = MockSplitQueue::create(&mem, GuestAddress(ring_base(q)), QSIZE)
-                .used_addr()
-                .0;
-            for k in 0..queue.next_used().wrapping_sub(used_before[q]) {
-                let slot = used_before[q].wrapping_add(k) % QSIZE;
-                let id: u32 = mem
-                    .read_obj(GuestAddress(used + 4 + u64::from(slot) * 8))
-                    .unwrap_or(u32::MAX);
-                assert!(
-                    id < u32::from(QSIZE),
-                    "round {round} (seed {seed:#x}): queue {q} returned head {id}"
-                );
-            }
         }
     }
     Served { taken, used }
