@@ -22,6 +22,10 @@ use super::HOST_CID;
 /// Receive buffer we advertise per connection: the most guest data we hold
 /// for a host socket that does not keep up.
 pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
+/// The most a connection holds for its host socket: the guest's credit and
+/// our own "OK <port>" line. Allocated when data waits, freed when it has
+/// all been written, so an idle connection holds nothing.
+pub const MAX_HELD: usize = CONN_BUF_ALLOC as usize + 32;
 /// Consumed bytes after which we tell the guest about its new credit
 /// without waiting for it to ask (every packet we send also carries it).
 pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
@@ -265,7 +269,7 @@ impl Connection {
                 }
                 self.state = State::Established;
                 let line = format!("OK {}\n", self.local_port);
-                self.to_host.extend(line.as_bytes());
+                self.hold(line.as_bytes());
                 self.to_host_ours = line.len();
                 // Data the host wrote after its CONNECT line is waiting.
                 self.host_readable = true;
@@ -294,8 +298,23 @@ impl Connection {
             return Verdict::Violation;
         }
         self.rx_cnt += Wrapping(payload.len() as u32);
-        self.to_host.extend(payload);
+        self.hold(payload);
         self.flush_to_host()
+    }
+
+    /// Keeps `bytes` for the host socket, in a buffer of [`MAX_HELD`] bytes
+    /// allocated once (it never grows past it: the credit bounds the
+    /// guest's bytes, and ours come before any of them).
+    fn hold(&mut self, bytes: &[u8]) {
+        if self.to_host.capacity() == 0 {
+            self.to_host = VecDeque::with_capacity(MAX_HELD);
+        }
+        self.to_host.extend(bytes);
+    }
+
+    /// Bytes of memory the connection holds for its host socket.
+    pub fn held_bytes(&self) -> usize {
+        self.to_host.capacity()
     }
 
     fn guest_shutdown(&mut self, flags: u32) -> Verdict {
@@ -320,6 +339,10 @@ impl Connection {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Verdict::Violation,
             }
+        }
+        if self.to_host.is_empty() && self.to_host.capacity() > 0 {
+            // All written: give the buffer back.
+            self.to_host = VecDeque::new();
         }
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD {
             self.send_credit_update = true;

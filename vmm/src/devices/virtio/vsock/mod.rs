@@ -110,6 +110,12 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
+    /// Bytes of memory the connections hold for their host sockets (at
+    /// most `muxer::BUFFER_BUDGET`).
+    pub fn held_bytes(&self) -> usize {
+        self.muxer.held_bytes()
+    }
+
     /// Serves every backend descriptor that is ready now, found with
     /// poll(2) instead of the event thread's epoll: for tests, and for a
     /// caller that runs the device without an event thread.

@@ -17,7 +17,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{Connection, RxOutcome, Verdict, MAX_PKT_PAYLOAD};
+use super::connection::{Connection, RxOutcome, Verdict, MAX_HELD, MAX_PKT_PAYLOAD};
 use super::packet::{op, PacketHeader, HDR_LEN, TYPE_STREAM};
 use super::unix::{connect_nonblocking, port_path, ConnectLine, PendingHost};
 use super::HOST_CID;
@@ -25,9 +25,16 @@ use crate::devices::virtio::{BackendEvents, DeviceCounters};
 
 /// Epoll token of the listener; streams get the others.
 pub const LISTENER_TOKEN: u32 = 0;
+/// Most memory one device's connections may hold for their host sockets.
+/// Each holds at most [`MAX_HELD`] (the credit it gives the guest), so the
+/// connection limit follows from it: a guest that fills every connection
+/// it may open, to host sockets that never read, pins at most this much
+/// of the VMM's memory.
+pub const BUFFER_BUDGET: usize = 32 << 20;
 /// Most connections, established or still reading their CONNECT line;
 /// beyond that, host connections are closed and guest requests reset.
-pub const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = BUFFER_BUDGET / MAX_HELD;
+const _: () = assert!(MAX_CONNECTIONS >= 64 && MAX_CONNECTIONS * MAX_HELD <= BUFFER_BUDGET);
 /// Most RSTs waiting for rx buffers for connections that no longer exist.
 /// Packets owed by live connections are flags on the connection and need
 /// no room; these are the only ones a guest can multiply at will (by
@@ -98,6 +105,11 @@ impl Muxer {
     /// Connections, established or pending.
     pub fn connection_count(&self) -> usize {
         self.conns.len() + self.pending_hosts.len()
+    }
+
+    /// Bytes of memory the connections hold for their host sockets.
+    pub fn held_bytes(&self) -> usize {
+        self.conns.values().map(Connection::held_bytes).sum()
     }
 
     /// Starts having the listener watched.

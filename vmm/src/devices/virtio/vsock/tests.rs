@@ -16,7 +16,7 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::connection::CONN_BUF_ALLOC;
+use super::connection::{CONN_BUF_ALLOC, MAX_HELD};
 use super::muxer::FIRST_HOST_PORT;
 use super::packet::{op, PacketHeader, HDR_LEN, SHUTDOWN_BOTH, SHUTDOWN_SEND, TYPE_STREAM};
 use super::unix::port_path;
@@ -1057,4 +1057,49 @@ fn a_driver_gone_wrong_gets_resets_not_panics() {
         &seeds,
     )
     .assert_returns_most();
+}
+
+/// What a connection holds for a host socket that does not read is bounded
+/// by the credit it gave the guest, and given back once written: an idle
+/// connection holds nothing, so the device's memory is bounded by its
+/// connection limit (`muxer::BUFFER_BUDGET`).
+#[test]
+fn held_data_is_bounded_by_the_credit_and_freed_once_written() {
+    let m = memory();
+    let mut g = Guest::new(&m);
+    let mut f = fixture();
+    let (mut host, hport) = host_to_guest(&mut g, &mut f, 5003);
+    assert_eq!(f.dev.held_bytes(), 0, "an idle connection holds nothing");
+    host.set_nonblocking(true).expect("nonblocking");
+    // The guest sends its whole credit; the host reads nothing yet (its
+    // socket buffer takes less than 256 KiB of 4 KiB writes).
+    let data = pattern(CONN_BUF_ALLOC as usize, 9);
+    for chunk in data.chunks(4096) {
+        g.send(&mut f.dev, rw(5003, hport, chunk.len()), chunk);
+    }
+    let held = f.dev.held_bytes();
+    assert!(held > 0 && held <= MAX_HELD, "held {held}");
+    assert_eq!(errors(&f.dev), 0);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..1000 {
+        match host.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => {
+                g.post_rx_quietly(4);
+                g.poll(&mut f.dev);
+                let _ = g.recv();
+            }
+        }
+        if got.len() == data.len() {
+            break;
+        }
+    }
+    assert!(
+        got == data,
+        "{} of {} bytes reached the host",
+        got.len(),
+        data.len()
+    );
+    assert_eq!(f.dev.held_bytes(), 0, "the written buffer was kept");
 }
