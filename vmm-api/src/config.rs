@@ -112,6 +112,12 @@ pub struct VmConfig {
     /// API itself never takes a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_dir: Option<PathBuf>,
+    /// Confine the VMM to this directory once the VM is built: a mount
+    /// namespace of its own whose root is the directory, so that no other
+    /// host path is in its reach. The API and vsock sockets must be inside
+    /// it. Needs CAP_SYS_ADMIN (root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -136,6 +142,7 @@ impl VmConfig {
             vsock: None,
             metadata: None,
             snapshot_dir: None,
+            jail: None,
         }
     }
 

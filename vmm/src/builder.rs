@@ -34,6 +34,7 @@ use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
+use crate::jail::{Jail, JailError};
 use crate::privilege::{self, PrivilegeError};
 use crate::seccomp::{Policy, SeccompError, ThreadFilters, ThreadKind};
 use crate::snapshot::{self, Machine, Snapshot, SnapshotDir, SnapshotError};
@@ -98,6 +99,9 @@ pub enum BuildError {
     /// Dropping capabilities.
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
+    /// The jail directory, a socket outside it, or entering it.
+    #[error(transparent)]
+    Jail(#[from] JailError),
     /// The snapshot directory could not be opened.
     #[error("cannot open the snapshot directory {0}: {1}")]
     SnapshotDir(PathBuf, std::io::Error),
@@ -131,6 +135,7 @@ impl BuildError {
                 | BuildError::Snapshot(_)
                 | BuildError::RestoreSerial(_)
                 | BuildError::RestoreTransport(_)
+                | BuildError::Jail(JailError::Root { .. } | JailError::Outside { .. })
         )
     }
 }
@@ -180,7 +185,11 @@ const FIRST_VIRTIO_GSI: u32 = 5;
 
 /// Opens every configured virtio device's backend, in guest order: disks
 /// (vda, vdb, ...), network cards (eth0, ...), the entropy device, vsock.
-fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
+/// With a `jail`, vsock connects to its sockets by their paths inside it.
+fn open_virtio_devices(
+    config: &VmConfig,
+    jail: Option<&Jail>,
+) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
         devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
@@ -197,7 +206,16 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, 
         devices.push(Box::new(Rng::new()));
     }
     if let Some(vsock) = &config.vsock {
-        devices.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));
+        // Checked before the device binds its socket, so that a refusal
+        // leaves no socket behind.
+        let jailed = jail
+            .map(|jail| jail.inside("vsock socket", &vsock.uds))
+            .transpose()?;
+        let mut device = Vsock::new(vsock.cid, &vsock.uds)?;
+        if let Some(path) = jailed {
+            device.connect_through(path);
+        }
+        devices.push(Box::new(device));
     }
     Ok(devices)
 }
@@ -252,7 +270,15 @@ pub fn build(
     let loaded = restore_from
         .map(|dir| snapshot::load(dir).map(|loaded| (loaded, dir.to_path_buf())))
         .transpose()?;
-    let virtio_devices = open_virtio_devices(config)?;
+    // Checked before anything is built: the jail, and that the sockets
+    // used by path at run time lie inside it.
+    let jail = config.jail.as_deref().map(Jail::new).transpose()?;
+    let api_sock = match (&config.api_sock, &jail) {
+        (Some(path), Some(jail)) => Some(jail.inside("API socket", path)?),
+        (path, None) => path.clone(),
+        (None, Some(_)) => None,
+    };
+    let virtio_devices = open_virtio_devices(config, jail.as_ref())?;
     let machine = Machine {
         vendor: vendor.name().to_string(),
         emulated_kernel: workarounds.emulated_kernel,
@@ -458,6 +484,17 @@ pub fn build(
         }
     };
 
+    // Everything is open (KVM, taps, disks, memory, the console): with a
+    // jail, the host's file system goes from view now, while this is the
+    // only thread and still privileged.
+    if let Some(jail) = &jail {
+        jail.enter()?;
+        log::info!(
+            "confined to {} (a mount namespace of its own)",
+            jail.root().display()
+        );
+    }
+
     // Everything privileged is done (KVM, taps, disks, memory): no thread
     // but this one exists yet, and every thread started from here on
     // inherits an empty capability set.
@@ -469,7 +506,7 @@ pub fn build(
         );
     }
 
-    let api = match &config.api_sock {
+    let api = match &api_sock {
         Some(path) => Some(api::start(
             path,
             events_tx.clone(),

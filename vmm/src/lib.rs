@@ -15,6 +15,7 @@ pub mod diag;
 pub mod exit;
 pub mod host;
 pub mod imds;
+pub mod jail;
 pub mod pause;
 pub mod privilege;
 pub mod rlimit;

@@ -23,7 +23,7 @@ use ec2lab_vmm_api::flags;
 #[command(version, about, long_about)]
 struct Args {
     /// JSON VM config (same fields as the flags); excludes the other VM flags.
-    #[arg(long = flags::CONFIG, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock", "snapshot_dir"])]
+    #[arg(long = flags::CONFIG, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock", "snapshot_dir", "jail"])]
     config: Option<PathBuf>,
     /// Kernel image.
     #[arg(long, required_unless_present = "config")]
@@ -75,6 +75,11 @@ struct Args {
     /// into (files `state` and `memory`).
     #[arg(long)]
     snapshot_dir: Option<PathBuf>,
+    /// Once the VM is built, confine the VMM to this directory (a mount
+    /// namespace whose root it is, as Firecracker's jailer does); the
+    /// --api-sock and vsock sockets must be inside it. Needs root.
+    #[arg(long)]
+    jail: Option<PathBuf>,
     /// Start from the snapshot in this directory instead of booting the
     /// kernel; the VM (from --config or the flags) must have the same vCPUs,
     /// memory and devices, and gets new backends for them. The guest runs
@@ -134,6 +139,7 @@ impl Args {
             // Instance metadata comes only with a config file.
             metadata: None,
             snapshot_dir: self.snapshot_dir,
+            jail: self.jail,
         })
     }
 }

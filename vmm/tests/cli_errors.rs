@@ -235,3 +235,39 @@ fn missing_config_file_is_refused() {
     let missing = path(&guest.scratch("no-such-vm.json"));
     assert_refused(&run_vmm(["--config", &missing]), "missing config");
 }
+
+#[test]
+fn a_jail_that_leaves_a_socket_outside_or_is_not_a_directory_is_refused() {
+    require_kvm!("a_jail_that_leaves_a_socket_outside_or_is_not_a_directory_is_refused");
+    let guest = build_guest("hello");
+    let jail = guest.scratch("jail");
+    std::fs::create_dir_all(&jail).expect("jail dir");
+    // The API socket (refuse_with_socket's, beside the jail) is outside it.
+    let out = refuse_with_socket(
+        &guest,
+        "API socket outside the jail",
+        &["--kernel", &path(&guest.elf), "--jail", &path(&jail)],
+    );
+    assert!(
+        out.stderr.contains("API socket") && out.stderr.contains("is not inside the jail"),
+        "{out}"
+    );
+    let vsock = format!("cid=3,uds={}", path(&guest.scratch("v.sock")));
+    let out = run_vmm([
+        "--kernel",
+        &path(&guest.elf),
+        "--jail",
+        &path(&jail),
+        "--vsock",
+        &vsock,
+    ]);
+    assert_refused(&out, "vsock socket outside the jail");
+    assert!(out.stderr.contains("vsock socket"), "{out}");
+    assert!(
+        !guest.scratch("v.sock").exists(),
+        "vsock socket left behind\n{out}"
+    );
+    let out = run_vmm(["--kernel", &path(&guest.elf), "--jail", &path(&guest.elf)]);
+    assert_refused(&out, "a file as the jail");
+    assert!(out.stderr.contains("not a directory"), "{out}");
+}

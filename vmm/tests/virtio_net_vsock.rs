@@ -11,6 +11,9 @@
 //!   `CONNECT 5000` to reach a guest echo server (several connections at
 //!   once); then the guest connects out to host port 6000, which the VMM
 //!   maps to `<uds>_6000`, where the test echoes.
+//! - jail: the VMM runs with `--jail` on the test's directory; its mount
+//!   table is that one directory (nosuid, noexec) as its root, and the
+//!   guest's outgoing vsock connections still reach `<uds>_6000`.
 
 mod common;
 
@@ -314,10 +317,31 @@ fn exchange(
             &net,
             "--vsock",
             &vsock,
+            // Jailed: the guest's outgoing connections below reach <uds>_6000
+            // as the VMM sees it, inside its own mount namespace.
+            "--jail",
+            &dir.display().to_string(),
         ],
     );
 
     vmm.wait_for_stdout("NET-INIT received", BOOT_TIMEOUT);
+    // The jailed VMM sees one mount: this test's directory, as its root.
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", vmm.pid()))
+        .expect("the VMM's mounts");
+    let dir_real = std::fs::canonicalize(dir).expect("canonical dir");
+    let fields: Vec<Vec<&str>> = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        fields.len() == 1
+            && fields[0].get(3) == Some(&dir_real.to_str().unwrap_or_default())
+            && fields[0].get(4) == Some(&"/")
+            && fields[0]
+                .get(5)
+                .is_some_and(|o| o.contains("nosuid") && o.contains("noexec")),
+        "the VMM's mounts:\n{mounts}"
+    );
     // The guest now waits on port 5003: ping it from the namespace first.
     let ping = ns
         .command(&[

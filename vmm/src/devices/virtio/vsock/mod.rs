@@ -104,6 +104,12 @@ impl Vsock {
         self.guest_cid
     }
 
+    /// Guest connections to port P go to `<uds_path>_P` from now on (the
+    /// same sockets, named as a jailed VMM sees them).
+    pub fn connect_through(&mut self, uds_path: PathBuf) {
+        self.muxer.connect_through(uds_path);
+    }
+
     /// Open connections, including host connections that have not yet sent
     /// their CONNECT line.
     pub fn connection_count(&self) -> usize {

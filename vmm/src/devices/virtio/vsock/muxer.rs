@@ -96,10 +96,15 @@ impl Muxer {
         &self.counters
     }
 
-    /// Lowers the connection limit (tests cannot open 1024 sockets).
+    /// Lowers the connection limit (for tests).
     #[cfg(test)]
     pub fn set_max_connections(&mut self, max: usize) {
         self.max_connections = max;
+    }
+
+    /// Where guest connections go: `<uds_path>_<port>`.
+    pub fn connect_through(&mut self, uds_path: PathBuf) {
+        self.uds_path = uds_path;
     }
 
     /// Connections, established or pending.
