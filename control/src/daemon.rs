@@ -153,6 +153,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         path: db_path.clone(),
         source,
     })?;
+    // Room for the database's writes when the disk fills; taken again
+    // whenever the disk has space for it.
+    let reserve = std::sync::Arc::new(crate::reserve::DiskReserve::new(&options.data_dir));
+    reserve.replenish();
+    db.keep_room(reserve.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            reserve.replenish();
+        }
+    });
     let instances_dir = options.data_dir.join("instances");
     let supervisor = Supervisor::new(options.vmm.clone(), instances_dir);
     let lab = Lab::new(

@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod model;
 pub mod network;
+pub mod reserve;
 pub mod supervisor;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it:

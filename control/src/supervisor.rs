@@ -312,6 +312,9 @@ impl InstanceFiles {
 pub struct Supervisor {
     vmm_bin: PathBuf,
     instances_dir: PathBuf,
+    /// Whether VMMs are confined to their instance directory (`jail`):
+    /// that needs root, which a daemon that manages taps has.
+    jail: bool,
 }
 
 impl Supervisor {
@@ -321,6 +324,8 @@ impl Supervisor {
         Self {
             vmm_bin,
             instances_dir,
+            // SAFETY: geteuid only reads the process's credentials.
+            jail: unsafe { libc::geteuid() } == 0,
         }
     }
 
@@ -398,7 +403,7 @@ impl Supervisor {
                 .create(&dir)
                 .map_err(io_error("create", &dir))?;
         }
-        let config = vm_config(spec, &files);
+        let config = vm_config(spec, &files, self.jail);
         let path = files.config();
         let text =
             serde_json::to_string_pretty(&config).map_err(|source| SupervisorError::Encode {
@@ -684,7 +689,9 @@ impl Supervisor {
 /// The VMM's config for `spec` (what `ec2lab-vmm --config` reads): the
 /// instance's files, its root volume as /dev/vda, an entropy device, and
 /// the VMM's defaults for everything an instance does not choose.
-fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> VmConfig {
+/// With `jail`, the VMM is confined to the instance's directory once built:
+/// every file it uses by path is there.
+fn vm_config(spec: &VmSpec, files: &InstanceFiles, jail: bool) -> VmConfig {
     let defaults = VmConfig::new(spec.kernel.clone());
     VmConfig {
         initrd: spec.initrd.clone(),
@@ -709,6 +716,7 @@ fn vm_config(spec: &VmSpec, files: &InstanceFiles) -> VmConfig {
         }),
         metadata: spec.metadata.clone().filter(|_| !spec.nets.is_empty()),
         snapshot_dir: spec.hibernation.then(|| files.hibernation_dir()),
+        jail: jail.then(|| files.dir.clone()),
         ..defaults
     }
 }
@@ -890,7 +898,19 @@ mod tests {
     #[test]
     fn the_typed_config_means_what_the_former_json_said() {
         let former: VmConfig = serde_json::from_str(FORMER_CONFIG).expect("parses");
-        assert_eq!(vm_config(&spec(), &files()), former);
+        assert_eq!(vm_config(&spec(), &files(), false), former);
+    }
+
+    #[test]
+    fn a_jailed_vmm_is_confined_to_the_instance_directory() {
+        let config = vm_config(&spec(), &files(), true);
+        assert_eq!(config.jail.as_deref(), Some(Path::new("/i")));
+        for path in [config.api_sock, config.vsock.map(|v| v.uds)]
+            .into_iter()
+            .flatten()
+        {
+            assert!(path.starts_with("/i"), "{path:?} is outside the jail");
+        }
     }
 
     #[test]
@@ -902,7 +922,7 @@ mod tests {
             nets: Vec::new(),
             ..spec()
         };
-        let config = vm_config(&spec, &files());
+        let config = vm_config(&spec, &files(), false);
         let defaults = VmConfig::new(spec.kernel.clone());
         assert_eq!(config.stall_timeout_secs, defaults.stall_timeout_secs);
         assert_eq!(config.vsock, None);
@@ -911,13 +931,13 @@ mod tests {
 
     #[test]
     fn only_an_instance_launched_for_hibernation_gets_a_snapshot_directory() {
-        assert_eq!(vm_config(&spec(), &files()).snapshot_dir, None);
+        assert_eq!(vm_config(&spec(), &files(), false).snapshot_dir, None);
         let spec = VmSpec {
             hibernation: true,
             ..spec()
         };
         assert_eq!(
-            vm_config(&spec, &files()).snapshot_dir,
+            vm_config(&spec, &files(), false).snapshot_dir,
             Some(files().hibernation_dir())
         );
     }
@@ -960,7 +980,7 @@ mod tests {
             metadata: None,
             ..spec()
         };
-        assert_eq!(vm_config(&spec, &files()).stall_timeout_secs, 1);
+        assert_eq!(vm_config(&spec, &files(), false).stall_timeout_secs, 1);
     }
 
     #[test]
@@ -973,7 +993,7 @@ mod tests {
         let files = supervisor.files(&spec.instance_id);
         let text = std::fs::read_to_string(files.config()).expect("config written");
         let written: VmConfig = serde_json::from_str(&text).expect("a VM config");
-        assert_eq!(written, vm_config(&spec, &files));
+        assert_eq!(written, vm_config(&spec, &files, supervisor.jail));
         assert!(text.ends_with("}\n"), "{text}");
     }
 

@@ -20,68 +20,14 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Prereqs};
 
-fn aws(prereqs: &Prereqs, daemon: &Daemon, args: &[&str]) -> serde_json::Value {
-    let out = prereqs
-        .python()
-        .args([
-            "-m",
-            "awscli",
-            "--endpoint-url",
-            &daemon.endpoint,
-            "--output",
-            "json",
-            "ec2",
-        ])
-        .args(args)
-        .envs(daemon.client_env())
-        .output()
-        .expect("run aws");
-    assert!(
-        out.status.success(),
-        "aws ec2 {args:?}: {}\n--- daemon log ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-fn state(prereqs: &Prereqs, daemon: &Daemon, id: &str) -> String {
-    let v = aws(
-        prereqs,
-        daemon,
-        &["describe-instances", "--instance-ids", id],
-    );
-    v["Reservations"][0]["Instances"][0]["State"]["Name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn wait_state(prereqs: &Prereqs, daemon: &Daemon, id: &str, want: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let now = state(prereqs, daemon, id);
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} is {now}, not {want}, after {timeout:?}\n--- daemon log ---\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 #[test]
 fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() {
     let Some(prereqs) = Prereqs::check("crash") else {
         return;
     };
     let mut daemon = Daemon::start(&prereqs);
-    let images = aws(
+    let images = daemon.aws(
         &prereqs,
-        &daemon,
         &[
             "describe-images",
             "--filters",
@@ -94,9 +40,8 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
         .to_string();
 
     // Killed right after RunInstances answered: the instance is pending.
-    let run = aws(
+    let run = daemon.aws(
         &prereqs,
-        &daemon,
         &[
             "run-instances",
             "--image-id",
@@ -113,7 +58,7 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
         .to_string();
     daemon.kill9();
     daemon.restart();
-    wait_state(&prereqs, &daemon, &id, "running", Duration::from_secs(120));
+    daemon.wait_state(&prereqs, &id, "running", Duration::from_secs(120));
     assert_eq!(
         daemon.live_vmms().len(),
         1,
@@ -126,11 +71,8 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
     // restarted daemon runs the same instance again on a new VMM: same
     // id, same private address, still running.
     let describe = |daemon: &Daemon| {
-        aws(
-            &prereqs,
-            daemon,
-            &["describe-instances", "--instance-ids", &id],
-        )["Reservations"][0]["Instances"][0]
+        daemon.aws(&prereqs, &["describe-instances", "--instance-ids", &id])["Reservations"][0]
+            ["Instances"][0]
             .clone()
     };
     let private_ip = describe(&daemon)["PrivateIpAddress"].clone();
@@ -159,7 +101,7 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!(state(&prereqs, &daemon, &id), "running");
+    assert_eq!(daemon.state(&prereqs, &id), "running");
     assert_eq!(describe(&daemon)["PrivateIpAddress"], private_ip);
     assert!(
         daemon.log().contains("recovering it on a new VMM"),
@@ -169,15 +111,11 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
     assert_eq!(daemon.live_vmms(), vec![recovered]);
 
     // Killed while stopping.
-    aws(
-        &prereqs,
-        &daemon,
-        &["stop-instances", "--instance-ids", &id],
-    );
+    daemon.aws(&prereqs, &["stop-instances", "--instance-ids", &id]);
     daemon.kill9();
     assert_eq!(daemon.live_vmms().len(), 1, "the VMM outlives the daemon");
     daemon.restart();
-    wait_state(&prereqs, &daemon, &id, "stopped", Duration::from_secs(300));
+    daemon.wait_state(&prereqs, &id, "stopped", Duration::from_secs(300));
     assert!(
         daemon.live_vmms().is_empty(),
         "a stopped instance has no VMM"
@@ -185,18 +123,8 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
 
     hibernate_and_resume_across_kills(&prereqs, &mut daemon, &id);
 
-    aws(
-        &prereqs,
-        &daemon,
-        &["terminate-instances", "--instance-ids", &id],
-    );
-    wait_state(
-        &prereqs,
-        &daemon,
-        &id,
-        "terminated",
-        Duration::from_secs(120),
-    );
+    daemon.aws(&prereqs, &["terminate-instances", "--instance-ids", &id]);
+    daemon.wait_state(&prereqs, &id, "terminated", Duration::from_secs(120));
     let leftovers = daemon.stop_and_list_leftovers(Duration::from_secs(10));
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
@@ -213,8 +141,8 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
             .matches("Linux version")
             .count()
     };
-    aws(prereqs, daemon, &["start-instances", "--instance-ids", id]);
-    wait_state(prereqs, daemon, id, "running", Duration::from_secs(120));
+    daemon.aws(&prereqs, &["start-instances", "--instance-ids", id]);
+    daemon.wait_state(prereqs, id, "running", Duration::from_secs(120));
     // Let the guest get going, so that there is a boot on the console.
     let deadline = Instant::now() + Duration::from_secs(120);
     while boots() == 0 {
@@ -233,9 +161,8 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
     // pause request cannot be answered, so it dies with the save under way.
     // SAFETY: kill(2) on the VMM this test's daemon started.
     unsafe { libc::kill(vmm, libc::SIGSTOP) };
-    let stopping = aws(
-        prereqs,
-        daemon,
+    let stopping = daemon.aws(
+        &prereqs,
         &["stop-instances", "--hibernate", "--instance-ids", id],
     );
     assert_eq!(
@@ -248,12 +175,8 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
     // SAFETY: as above.
     unsafe { libc::kill(vmm, libc::SIGCONT) };
     daemon.restart();
-    wait_state(prereqs, daemon, id, "stopped", Duration::from_secs(120));
-    let described = aws(
-        prereqs,
-        daemon,
-        &["describe-instances", "--instance-ids", id],
-    );
+    daemon.wait_state(prereqs, id, "stopped", Duration::from_secs(120));
+    let described = daemon.aws(&prereqs, &["describe-instances", "--instance-ids", id]);
     let instance = &described["Reservations"][0]["Instances"][0];
     assert_eq!(
         instance["StateReason"]["Code"], "Client.UserInitiatedHibernate",
@@ -296,7 +219,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
         .expect("chmod the held VMM");
     daemon.set_vmm(held_vmm.clone());
     daemon.restart();
-    assert_eq!(state(prereqs, daemon, id), "stopped");
+    assert_eq!(daemon.state(prereqs, id), "stopped");
     assert!(
         saved_state.exists(),
         "the daemon's restart lost the hibernation"
@@ -308,7 +231,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
 
     // Killed during the resume: the restarted daemon finishes it.
     // (Each VMM starts its console file anew.)
-    aws(prereqs, daemon, &["start-instances", "--instance-ids", id]);
+    daemon.aws(&prereqs, &["start-instances", "--instance-ids", id]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !held_resume_started(&held_vmm) {
         assert!(
@@ -321,7 +244,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
     daemon.kill9();
     std::fs::write(&gate, "").expect("open the gate");
     daemon.restart();
-    wait_state(prereqs, daemon, id, "running", Duration::from_secs(120));
+    daemon.wait_state(prereqs, id, "running", Duration::from_secs(120));
     let [resumed] = daemon.live_vmms()[..] else {
         panic!("not one VMM: {:?}", daemon.live_vmms());
     };
@@ -357,11 +280,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(boots(), 0, "the instance booted again instead of resuming");
-    let described = aws(
-        prereqs,
-        daemon,
-        &["describe-instances", "--instance-ids", id],
-    );
+    let described = daemon.aws(&prereqs, &["describe-instances", "--instance-ids", id]);
     let reason = described["Reservations"][0]["Instances"][0]["StateTransitionReason"].clone();
     assert!(
         !reason

@@ -280,9 +280,42 @@ pub enum DbError {
     },
 }
 
+impl DbError {
+    /// SQLite found no room on the disk for the write.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
+/// Disk space kept so that the database can still be written when the
+/// disk fills (`crate::reserve::DiskReserve`).
+pub trait KeptRoom: Send + Sync {
+    /// Called before every write: gives the space back if the disk is
+    /// nearly full.
+    fn before_write(&self);
+    /// Gives the space back now (a write found the disk full).
+    fn release(&self);
+}
+
+impl<T: KeptRoom> KeptRoom for std::sync::Arc<T> {
+    fn before_write(&self) {
+        (**self).before_write();
+    }
+
+    fn release(&self) {
+        (**self).release();
+    }
+}
+
 /// The repository. Cheap to share behind an `Arc`.
 pub struct Db {
     conn: Mutex<Connection>,
+    /// Disk space kept for the database's writes on a full disk.
+    room: std::sync::OnceLock<Box<dyn KeptRoom>>,
 }
 
 impl Db {
@@ -319,6 +352,7 @@ impl Db {
         tx.commit()?;
         Ok(Db {
             conn: Mutex::new(conn),
+            room: std::sync::OnceLock::new(),
         })
     }
 
@@ -340,15 +374,37 @@ impl Db {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` in an immediate transaction and commits it. Before it, a
+    /// nearly full disk gets back the room kept for the database
+    /// ([`Db::keep_room`]), so that terminating instances (which frees
+    /// their volumes) works on a full disk; a write that finds the disk
+    /// full gives it back for the next one.
     fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let room = self.room.get();
+        if let Some(room) = room {
+            room.before_write();
+        }
+        let result = (|| -> Result<T, DbError> {
+            let mut conn = self.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if let (Err(e), Some(room)) = (&result, room) {
+            if e.is_disk_full() {
+                room.release();
+            }
+        }
+        result
+    }
+
+    /// Has `room` keep disk space for the database's writes.
+    pub fn keep_room(&self, room: impl KeptRoom + 'static) {
+        let _ = self.room.set(Box::new(room));
     }
 }
 

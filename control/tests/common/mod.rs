@@ -132,7 +132,12 @@ fn free_port() -> u16 {
 impl Daemon {
     /// `ec2lab init` then `ec2lab serve`, waiting until it answers.
     pub fn start(prereqs: &Prereqs) -> Daemon {
-        let dir = tempfile::tempdir().expect("data dir");
+        Self::start_on(prereqs, tempfile::tempdir().expect("data dir"))
+    }
+
+    /// As [`Daemon::start`], on the data directory `dir` (which may be a
+    /// file system the test mounted there).
+    pub fn start_on(prereqs: &Prereqs, dir: tempfile::TempDir) -> Daemon {
         let init = Command::new(&prereqs.ec2lab)
             .args(["init", "--data-dir"])
             .arg(dir.path())
@@ -245,6 +250,63 @@ impl Daemon {
                 self.dir.path().display().to_string(),
             ),
         ]
+    }
+
+    /// `aws ec2 ARGS` against this daemon, which must succeed; its JSON.
+    pub fn aws(&self, prereqs: &Prereqs, args: &[&str]) -> serde_json::Value {
+        let out = self.aws_output(prereqs, args);
+        assert!(
+            out.status.success(),
+            "aws ec2 {args:?}: {}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `aws ec2 ARGS` against this daemon, whatever its outcome.
+    pub fn aws_output(&self, prereqs: &Prereqs, args: &[&str]) -> std::process::Output {
+        prereqs
+            .python()
+            .args([
+                "-m",
+                "awscli",
+                "--endpoint-url",
+                &self.endpoint,
+                "--output",
+                "json",
+                "ec2",
+            ])
+            .args(args)
+            .envs(self.client_env())
+            .output()
+            .expect("run aws")
+    }
+
+    /// The state of instance `id`.
+    pub fn state(&self, prereqs: &Prereqs, id: &str) -> String {
+        let v = self.aws(prereqs, &["describe-instances", "--instance-ids", id]);
+        v["Reservations"][0]["Instances"][0]["State"]["Name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until instance `id` is in state `want`.
+    pub fn wait_state(&self, prereqs: &Prereqs, id: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.state(prereqs, id);
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} is {now}, not {want}, after {timeout:?}\n--- daemon log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 
     /// The serve process's pid, while it runs.
