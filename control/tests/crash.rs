@@ -141,7 +141,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
             .matches("Linux version")
             .count()
     };
-    daemon.aws(&prereqs, &["start-instances", "--instance-ids", id]);
+    daemon.aws(prereqs, &["start-instances", "--instance-ids", id]);
     daemon.wait_state(prereqs, id, "running", Duration::from_secs(120));
     // Let the guest get going, so that there is a boot on the console.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -162,7 +162,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
     // SAFETY: kill(2) on the VMM this test's daemon started.
     unsafe { libc::kill(vmm, libc::SIGSTOP) };
     let stopping = daemon.aws(
-        &prereqs,
+        prereqs,
         &["stop-instances", "--hibernate", "--instance-ids", id],
     );
     assert_eq!(
@@ -176,7 +176,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
     unsafe { libc::kill(vmm, libc::SIGCONT) };
     daemon.restart();
     daemon.wait_state(prereqs, id, "stopped", Duration::from_secs(120));
-    let described = daemon.aws(&prereqs, &["describe-instances", "--instance-ids", id]);
+    let described = daemon.aws(prereqs, &["describe-instances", "--instance-ids", id]);
     let instance = &described["Reservations"][0]["Instances"][0];
     assert_eq!(
         instance["StateReason"]["Code"], "Client.UserInitiatedHibernate",
@@ -231,7 +231,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
 
     // Killed during the resume: the restarted daemon finishes it.
     // (Each VMM starts its console file anew.)
-    daemon.aws(&prereqs, &["start-instances", "--instance-ids", id]);
+    daemon.aws(prereqs, &["start-instances", "--instance-ids", id]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !held_resume_started(&held_vmm) {
         assert!(
@@ -280,7 +280,7 @@ fn hibernate_and_resume_across_kills(prereqs: &Prereqs, daemon: &mut Daemon, id:
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(boots(), 0, "the instance booted again instead of resuming");
-    let described = daemon.aws(&prereqs, &["describe-instances", "--instance-ids", id]);
+    let described = daemon.aws(prereqs, &["describe-instances", "--instance-ids", id]);
     let reason = described["Reservations"][0]["Instances"][0]["StateTransitionReason"].clone();
     assert!(
         !reason
