@@ -165,7 +165,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         }
     });
     let instances_dir = options.data_dir.join("instances");
-    let supervisor = Supervisor::new(options.vmm.clone(), instances_dir);
+    let mut supervisor = Supervisor::new(options.vmm.clone(), instances_dir);
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } == 0 {
+        supervisor = supervisor.with_cgroups(crate::cgroup::Cgroups::detect());
+    }
     let lab = Lab::new(
         db,
         supervisor,

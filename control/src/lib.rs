@@ -10,6 +10,7 @@
 pub mod addresses;
 pub mod api;
 pub mod backoff;
+pub mod cgroup;
 pub mod checkin;
 pub mod client;
 pub mod config;

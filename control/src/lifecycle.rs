@@ -697,6 +697,7 @@ impl Lab {
     /// and an exit left unhandled would leave the instance `running` with
     /// no VMM until the daemon's next start.
     pub fn on_exit(self: &Arc<Self>, id: &str, info: &ExitInfo) {
+        let info = &self.supervisor.account_exit(id, info);
         let rebooting = crate::lock(&self.rebooting).remove(id);
         if crate::lock(&self.restoring).remove(id) && !info.is_api_shutdown() {
             // The resume failed before the VMM ever answered.

@@ -20,6 +20,8 @@ use std::time::Duration;
 use ec2lab_vmm_api::api::{ActionType, ApiRequest, VmInfo, VmStateRequest};
 use ec2lab_vmm_api::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use ec2lab_vmm_api::exit::{ExitRecord, ExitStatus};
+
+use crate::cgroup::{Cgroups, Limits};
 use ec2lab_vmm_api::{flags, snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -315,6 +317,8 @@ pub struct Supervisor {
     /// Whether VMMs are confined to their instance directory (`jail`):
     /// that needs root, which a daemon that manages taps has.
     jail: bool,
+    /// The cgroups VMMs run in (none unless [`Supervisor::with_cgroups`]).
+    cgroups: Cgroups,
 }
 
 impl Supervisor {
@@ -326,7 +330,31 @@ impl Supervisor {
             instances_dir,
             // SAFETY: geteuid only reads the process's credentials.
             jail: unsafe { libc::geteuid() } == 0,
+            cgroups: Cgroups::default(),
         }
+    }
+
+    /// Runs each VMM in cgroups of its own in `cgroups`.
+    pub fn with_cgroups(mut self, cgroups: Cgroups) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
+    /// After a VMM of `instance_id` ended: its cgroups go, and an end by
+    /// the OOM killer of its memory group says so.
+    pub fn account_exit(&self, instance_id: &str, info: &ExitInfo) -> ExitInfo {
+        let mut info = info.clone();
+        let kills = self.cgroups.oom_kills(instance_id);
+        if kills > 0 && info.ended_from_outside() {
+            info.reason = format!(
+                "the VMM went past its memory limit (guest memory + {} MiB) and the \
+                 out-of-memory killer ended it ({})",
+                crate::cgroup::MEMORY_OVERHEAD_BYTES >> 20,
+                info.reason
+            );
+        }
+        self.cgroups.remove(instance_id);
+        info
     }
 
     /// Bytes free for instance files (root volumes grow as guests write),
@@ -439,6 +467,11 @@ impl Supervisor {
             .stdout(log)
             .stderr(log_err);
         crate::network::netns::exec_in(&mut command, netns.as_ref(), true);
+        let limits = Limits::for_instance(spec.vcpus, spec.memory_mib);
+        match self.cgroups.prepare(&spec.instance_id, &limits) {
+            Ok(prepared) => prepared.join_in(&mut command),
+            Err(e) => log::warn!("{}: the VMM runs without cgroups: {e}", spec.instance_id),
+        }
         let child = command.spawn().map_err(|source| SupervisorError::Spawn {
             vmm: self.vmm_bin.clone(),
             source,
@@ -1121,5 +1154,51 @@ mod tests {
             info.ended_from_outside(),
             "no record at all: power loss or SIGKILL"
         );
+    }
+
+    #[test]
+    fn a_vmm_the_oom_killer_ended_says_so_and_its_cgroups_go() {
+        use crate::cgroup::{Cgroups, Layout};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::V1 {
+            memory: dir.path().join("memory"),
+            pids: dir.path().join("pids"),
+            cpu: dir.path().join("cpu"),
+        };
+        for group in layout.groups("i-1") {
+            std::fs::create_dir_all(&group).expect("group");
+        }
+        let oom = dir.path().join("memory/ec2lab/i-1/memory.oom_control");
+        std::fs::write(&oom, "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").expect("write");
+        let supervisor = Supervisor::new("true".into(), dir.path().join("instances"))
+            .with_cgroups(Cgroups::with_layout(Some(layout.clone())));
+        let killed = ExitInfo {
+            code: None,
+            reason: "killed by signal 9".into(),
+        };
+        let info = supervisor.account_exit("i-1", &killed);
+        assert!(
+            info.reason
+                .starts_with("the VMM went past its memory limit")
+                && info.reason.ends_with("(killed by signal 9)"),
+            "{}",
+            info.reason
+        );
+        // An exit of its own is not blamed on the OOM killer.
+        std::fs::write(&oom, "oom_kill 1\n").expect("write");
+        let poweroff = ExitInfo {
+            code: Some(ExitStatus::Poweroff.code()),
+            reason: "guest powered off".into(),
+        };
+        assert_eq!(
+            supervisor.account_exit("i-1", &poweroff).reason,
+            "guest powered off"
+        );
+        // Empty groups are removed (the memory one holds the test's file).
+        std::fs::remove_file(&oom).expect("remove");
+        supervisor.account_exit("i-1", &poweroff);
+        for group in layout.groups("i-1") {
+            assert!(!group.exists(), "{} is left", group.display());
+        }
     }
 }

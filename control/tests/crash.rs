@@ -64,6 +64,9 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
         1,
         "exactly one VMM for the instance"
     );
+    // lab.micro: 1 vCPU, 256 MiB.
+    let checked = daemon.assert_vmm_cgroups(daemon.live_vmms()[0], &id, 1, 256);
+    println!("cgroups checked: {checked}");
 
     // The host goes down: the daemon dies, and the VMM gets the SIGTERM a
     // shutting-down host sends (it records "stopped by signal 15"; power

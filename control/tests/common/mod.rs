@@ -348,6 +348,45 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The instances of this daemon's database.
+    pub fn instance_ids(&self) -> Vec<String> {
+        ec2lab_control::db::Db::open(&self.dir.path().join("ec2lab.db"))
+            .and_then(|db| db.all_instances())
+            .map(|all| all.into_iter().map(|i| i.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Checks that VMM `pid` of instance `id` runs in the instance's
+    /// cgroups with its caps (`vcpus`, `memory_mib`), when the host has a
+    /// usable hierarchy and the daemon runs as root. Returns whether it
+    /// checked.
+    pub fn assert_vmm_cgroups(&self, pid: i32, id: &str, vcpus: u32, memory_mib: u64) -> bool {
+        use ec2lab_control::cgroup::{Cgroups, Limits};
+        let cgroups = Cgroups::detect();
+        // SAFETY: geteuid only reads the process's credentials.
+        let (Some(layout), true) = (cgroups.layout(), unsafe { libc::geteuid() } == 0) else {
+            return false;
+        };
+        let member = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let lines = member
+            .lines()
+            .filter(|l| l.ends_with(&format!("/ec2lab/{id}")))
+            .count();
+        assert!(
+            lines >= layout.groups(id).len(),
+            "VMM {pid} is not in {id}'s cgroups:\n{member}"
+        );
+        for (path, value) in layout.settings(id, &Limits::for_instance(vcpus, memory_mib)) {
+            if path.ends_with("memory.swap.max") && !path.exists() {
+                continue;
+            }
+            let found = std::fs::read_to_string(&path).unwrap_or_default();
+            let found = found.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(found, value, "{}", path.display());
+        }
+        true
+    }
+
     /// dnsmasq processes serving this daemon's VPCs that are still alive.
     pub fn live_dnsmasqs(&self) -> Vec<i32> {
         let needle = self.dir.path().display().to_string();
@@ -460,6 +499,16 @@ impl Daemon {
             let links = ec2lab_control::network::fabric::link_names(ns).unwrap_or_default();
             if links.iter().any(|l| l != "lo") {
                 left.push(format!("links {links:?} in the uplink namespace {ns}"));
+            }
+        }
+        if let Some(layout) = ec2lab_control::cgroup::Cgroups::detect().layout() {
+            for id in self.instance_ids() {
+                for group in layout.groups(&id) {
+                    if group.exists() {
+                        left.push(format!("cgroup {}", group.display()));
+                        let _ = std::fs::remove_dir(&group);
+                    }
+                }
             }
         }
         self.remove_fabric();

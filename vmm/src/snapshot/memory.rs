@@ -17,6 +17,10 @@ use vm_memory::{
 /// can be mapped straight from it.
 pub const HEADER_LEN: u64 = 4096;
 const MAGIC: &[u8; 8] = b"EC2LABME";
+/// Bytes written between syncs: the dirty page cache a save leaves behind
+/// stays this small, within the memory cap of the VMM's cgroup (page
+/// cache counts against it) however much of the guest is written.
+const SYNC_EVERY: usize = 32 << 20;
 
 /// A memory file that does not belong to its state, or cannot be mapped.
 #[derive(Debug, thiserror::Error)]
@@ -103,10 +107,19 @@ fn header(id: u64, total: u64) -> Vec<u8> {
 /// zero without being read. Returns the bytes written.
 fn write_nonzero(file: &File, bytes: &[u8], may_hold: &[bool], base: u64) -> std::io::Result<u64> {
     let mut written = 0;
+    let mut unsynced = 0;
     let mut run: Option<usize> = None;
     let mut flush = |start: usize, end: usize| -> std::io::Result<()> {
-        file.write_all_at(&bytes[start..end], base + start as u64)?;
-        written += (end - start) as u64;
+        for at in (start..end).step_by(SYNC_EVERY) {
+            let chunk = &bytes[at..end.min(at + SYNC_EVERY)];
+            file.write_all_at(chunk, base + at as u64)?;
+            written += chunk.len() as u64;
+            unsynced += chunk.len();
+            if unsynced >= SYNC_EVERY {
+                file.sync_all()?;
+                unsynced = 0;
+            }
+        }
         Ok(())
     };
     for (i, page) in bytes.chunks(PAGE).enumerate() {
