@@ -26,36 +26,15 @@ fn daemon_killed_while_pending_or_stopping_and_a_host_going_down_lose_nothing() 
         return;
     };
     let mut daemon = Daemon::start(&prereqs);
-    let images = daemon.aws(
-        &prereqs,
-        &[
-            "describe-images",
-            "--filters",
-            "Name=name,Values=lab-minimal",
-        ],
-    );
-    let ami = images["Images"][0]["ImageId"]
-        .as_str()
-        .expect("lab-minimal registered")
-        .to_string();
+    let ami = daemon.lab_minimal_ami(&prereqs);
 
     // Killed right after RunInstances answered: the instance is pending.
-    let run = daemon.aws(
+    let id = daemon.run_instance(
         &prereqs,
-        &[
-            "run-instances",
-            "--image-id",
-            &ami,
-            "--instance-type",
-            "lab.micro",
-            "--hibernation-options",
-            "Configured=true",
-        ],
+        &ami,
+        "lab.micro",
+        &["--hibernation-options", "Configured=true"],
     );
-    let id = run["Instances"][0]["InstanceId"]
-        .as_str()
-        .expect("instance id")
-        .to_string();
     daemon.kill9();
     daemon.restart();
     daemon.wait_state(&prereqs, &id, "running", Duration::from_secs(120));

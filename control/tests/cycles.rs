@@ -39,35 +39,11 @@ fn launch_terminate_cycles_leave_nothing_behind() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let daemon = Daemon::start(&prereqs);
-    let images = daemon.aws(
-        &prereqs,
-        &[
-            "describe-images",
-            "--filters",
-            "Name=name,Values=lab-minimal",
-        ],
-    );
-    let ami = images["Images"][0]["ImageId"]
-        .as_str()
-        .expect("lab-minimal registered")
-        .to_string();
+    let ami = daemon.lab_minimal_ami(&prereqs);
     let pid = daemon.pid().expect("daemon pid");
     let mut baseline = None;
     for cycle in 0..cycles {
-        let run = daemon.aws(
-            &prereqs,
-            &[
-                "run-instances",
-                "--image-id",
-                &ami,
-                "--instance-type",
-                "lab.nano",
-            ],
-        );
-        let id = run["Instances"][0]["InstanceId"]
-            .as_str()
-            .expect("instance id")
-            .to_string();
+        let id = daemon.run_instance(&prereqs, &ami, "lab.nano", &[]);
         daemon.wait_state(&prereqs, &id, "running", Duration::from_secs(120));
         daemon.aws(&prereqs, &["terminate-instances", "--instance-ids", &id]);
         daemon.wait_state(&prereqs, &id, "terminated", Duration::from_secs(120));

@@ -73,6 +73,15 @@ fn fill(path: &std::path::Path) {
     while file.write(&byte).is_ok_and(|n| n == 1) {}
 }
 
+/// Waits (30 s at most) for the daemon's reserve file at `path`.
+fn wait_for_reserve(daemon: &Daemon, path: &std::path::Path, missing: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{missing}\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn terminate_and_describe_work_on_a_full_disk() {
     let Some(prereqs) = Prereqs::check("full_disk") else {
@@ -89,37 +98,9 @@ fn terminate_and_describe_work_on_a_full_disk() {
         let data = dir.path().to_path_buf();
         let daemon = Daemon::start_on(&prereqs, dir);
         let reserve = data.join("reserve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !reserve.exists() {
-            assert!(Instant::now() < deadline, "no reserve\n{}", daemon.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let images = daemon.aws(
-            &prereqs,
-            &[
-                "describe-images",
-                "--filters",
-                "Name=name,Values=lab-minimal",
-            ],
-        );
-        let ami = images["Images"][0]["ImageId"]
-            .as_str()
-            .expect("lab-minimal registered")
-            .to_string();
-        let run = daemon.aws(
-            &prereqs,
-            &[
-                "run-instances",
-                "--image-id",
-                &ami,
-                "--instance-type",
-                "lab.nano",
-            ],
-        );
-        let id = run["Instances"][0]["InstanceId"]
-            .as_str()
-            .expect("instance id")
-            .to_string();
+        wait_for_reserve(&daemon, &reserve, "no reserve");
+        let ami = daemon.lab_minimal_ami(&prereqs);
+        let id = daemon.run_instance(&prereqs, &ami, "lab.nano", &[]);
         daemon.wait_state(&prereqs, &id, "running", Duration::from_secs(120));
 
         // The disk fills (a guest writing into its volume would do it more
@@ -160,15 +141,7 @@ fn terminate_and_describe_work_on_a_full_disk() {
 
         // Room again: the reserve comes back.
         std::fs::remove_file(&filler).expect("remove filler");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !reserve.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the reserve did not come back\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_reserve(&daemon, &reserve, "the reserve did not come back");
         let leftovers = daemon.stop_and_list_leftovers(Duration::from_secs(10));
         assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
         let target = CString::new(data.as_os_str().as_encoded_bytes()).expect("path");

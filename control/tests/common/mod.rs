@@ -283,6 +283,46 @@ impl Daemon {
             .expect("run aws")
     }
 
+    /// The id of the lab-minimal image the daemon registered.
+    pub fn lab_minimal_ami(&self, prereqs: &Prereqs) -> String {
+        let images = self.aws(
+            prereqs,
+            &[
+                "describe-images",
+                "--filters",
+                "Name=name,Values=lab-minimal",
+            ],
+        );
+        images["Images"][0]["ImageId"]
+            .as_str()
+            .expect("lab-minimal registered")
+            .to_string()
+    }
+
+    /// RunInstances of one `instance_type` from `ami` (with `more`
+    /// arguments); its instance id, as soon as the call answers.
+    pub fn run_instance(
+        &self,
+        prereqs: &Prereqs,
+        ami: &str,
+        instance_type: &str,
+        more: &[&str],
+    ) -> String {
+        let mut args = vec![
+            "run-instances",
+            "--image-id",
+            ami,
+            "--instance-type",
+            instance_type,
+        ];
+        args.extend_from_slice(more);
+        let run = self.aws(prereqs, &args);
+        run["Instances"][0]["InstanceId"]
+            .as_str()
+            .expect("instance id")
+            .to_string()
+    }
+
     /// The state of instance `id`.
     pub fn state(&self, prereqs: &Prereqs, id: &str) -> String {
         let v = self.aws(prereqs, &["describe-instances", "--instance-ids", id]);

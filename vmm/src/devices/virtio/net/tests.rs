@@ -594,15 +594,22 @@ fn arp_request(mac: [u8; 6], target: [u8; 4]) -> Vec<u8> {
     f
 }
 
+/// [`lab`] with the metadata service on the card, as on an instance's
+/// primary interface.
+fn metadata_lab() -> (Net, PacketSocket) {
+    let (mut net, sock) = lab();
+    net.serve_metadata(ec2lab_vmm_api::metadata::InstanceMetadata {
+        instance_id: "i-0a1b2c3d4e5f60718".into(),
+        ..Default::default()
+    })
+    .expect("metadata service");
+    (net, sock)
+}
+
 #[test]
 fn frames_for_the_metadata_service_stay_in_the_vmm_and_its_answers_reach_the_guest() {
     in_netns(|| {
-        let (mut net, sock) = lab();
-        net.serve_metadata(ec2lab_vmm_api::metadata::InstanceMetadata {
-            instance_id: "i-0a1b2c3d4e5f60718".into(),
-            ..Default::default()
-        })
-        .expect("metadata service");
+        let (mut net, sock) = metadata_lab();
         let mac = net.mac();
         let m = mem();
         let (rx, tx, mut qs) = queues(&m);
@@ -672,12 +679,7 @@ fn frames_for_the_metadata_service_stay_in_the_vmm_and_its_answers_reach_the_gue
 #[test]
 fn a_driver_gone_wrong_gets_no_panic() {
     in_netns(|| {
-        let (mut net, sock) = lab();
-        net.serve_metadata(ec2lab_vmm_api::metadata::InstanceMetadata {
-            instance_id: "i-0a1b2c3d4e5f60718".into(),
-            ..Default::default()
-        })
-        .expect("metadata service");
+        let (mut net, sock) = metadata_lab();
         let mac = net.mac();
         for i in 0..64 {
             sock.send(&frame(i, 60 + usize::from(i) * 16));
