@@ -13,6 +13,8 @@ pub mod console;
 pub mod devices;
 pub mod diag;
 pub mod exit;
+#[cfg(test)]
+mod fuzzing;
 pub mod host;
 pub mod imds;
 pub mod jail;

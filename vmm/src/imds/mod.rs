@@ -249,14 +249,3 @@ impl Imds {
 mod stack_tests;
 #[cfg(test)]
 mod tests;
-
-/// How many inputs each fuzz test feeds: 20,000 in a normal run;
-/// `EC2LAB_FUZZ_ITERATIONS=1000000 cargo test --release -p ec2lab-vmm
-/// imds::` for the long run.
-#[cfg(test)]
-fn fuzz_iterations() -> u32 {
-    std::env::var("EC2LAB_FUZZ_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
-}

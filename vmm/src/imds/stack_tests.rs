@@ -287,14 +287,9 @@ fn connections_beyond_the_pool_are_refused_and_idle_ones_reset() {
 fn fuzzed_frames_never_panic_or_pile_up() {
     let now = Instant::now();
     let mut stack = ImdsStack::new(doc(), GUEST_MAC, now).expect("stack");
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    for round in 0..super::fuzz_iterations() {
+    let mut rand = crate::fuzzing::Rand::new(0x2545_f491_4f6c_dd1du64);
+    let mut next = move || rand.next();
+    for round in 0..crate::fuzzing::iterations() {
         let len = (next() % 200) as usize;
         let mut frame: Vec<u8> = (0..len.max(42)).map(|_| next() as u8).collect();
         // Most frames look like ours, so they get past the classifier.

@@ -480,19 +480,14 @@ fn fuzzed_requests_never_panic() {
     let mut with_tokens = doc();
     with_tokens.options.http_tokens = HttpTokens::Required;
     let c = Client::new(with_tokens);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rand = crate::fuzzing::Rand::new(0x9e37_79b9_7f4a_7c15u64);
+    let mut next = move || rand.next();
     let seeds: [&[u8]; 3] = [
         b"GET /latest/meta-data/network/interfaces/macs/02:aa:bb:cc:dd:ee/ HTTP/1.1\r\nHost: a\r\n\r\n",
         b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 5\r\nContent-Length: 2\r\n\r\nab",
         b"GET /latest/user-data HTTP/1.1\r\nX-aws-ec2-metadata-token: AQAAAAAA\r\n\r\n",
     ];
-    for round in 0..super::fuzz_iterations() as usize {
+    for round in 0..crate::fuzzing::iterations() as usize {
         let seed = seeds[round % seeds.len()];
         let mut input = seed.to_vec();
         match next() % 4 {

@@ -590,12 +590,7 @@ mod tests {
             header(VIRTIO_BLK_T_GET_ID, 0),
         ];
         let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
-        crate::devices::virtio::fuzz::drive(
-            &mut b,
-            crate::devices::virtio::fuzz::iterations(20_000),
-            0xb10c,
-            &seeds,
-        )
-        .assert_returns_most();
+        crate::devices::virtio::fuzz::drive(&mut b, crate::fuzzing::iterations(), 0xb10c, &seeds)
+            .assert_returns_most();
     }
 }

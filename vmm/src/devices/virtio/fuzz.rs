@@ -6,15 +6,14 @@
 //! must neither panic nor loop, and must never return more buffers than it
 //! took.
 //!
-//! Stable Rust, no fuzzing engine: a seeded xorshift drives the inputs, so
-//! a failure names its round and replays; `EC2LAB_FUZZ_ITERATIONS` sets the
-//! number of rounds (1,000,000 for a long run).
+//! The rounds come from `crate::fuzzing` (seeded, `EC2LAB_FUZZ_ITERATIONS`).
 
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::VirtioDevice;
+use crate::fuzzing::Rand;
 
 /// Queue size the fuzzer uses: small, so random indices often hit.
 const QSIZE: u16 = 16;
@@ -24,37 +23,6 @@ const BUF: u64 = 0x10_0000;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
-
-/// Rounds per device: `EC2LAB_FUZZ_ITERATIONS`, or `default`.
-pub fn iterations(default: u32) -> u32 {
-    std::env::var("EC2LAB_FUZZ_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// xorshift64: reproducible from its seed.
-pub struct Rand(u64);
-
-impl Rand {
-    /// A generator from a non-zero seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number below `n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Where queue `i`'s rings live.
 fn ring_base(i: usize) -> u64 {

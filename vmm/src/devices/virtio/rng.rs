@@ -156,7 +156,7 @@ mod tests {
     fn a_driver_gone_wrong_gets_no_panic() {
         crate::devices::virtio::fuzz::drive(
             &mut Rng::new(),
-            crate::devices::virtio::fuzz::iterations(20_000),
+            crate::fuzzing::iterations(),
             0x5eed,
             &[],
         )

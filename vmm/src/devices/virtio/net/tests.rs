@@ -697,7 +697,7 @@ fn a_driver_gone_wrong_gets_no_panic() {
         let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
         let served = crate::devices::virtio::fuzz::drive(
             &mut net,
-            crate::devices::virtio::fuzz::iterations(20_000),
+            crate::fuzzing::iterations(),
             0x4e7,
             &seeds,
         );

@@ -1050,13 +1050,8 @@ fn a_driver_gone_wrong_gets_resets_not_panics() {
     .flat_map(|&o| [header(o, 52, 7), header(o, 53, 0), header(o, 52, u32::MAX)])
     .collect();
     let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
-    crate::devices::virtio::fuzz::drive(
-        &mut dev,
-        crate::devices::virtio::fuzz::iterations(20_000),
-        0x50c4,
-        &seeds,
-    )
-    .assert_returns_most();
+    crate::devices::virtio::fuzz::drive(&mut dev, crate::fuzzing::iterations(), 0x50c4, &seeds)
+        .assert_returns_most();
 }
 
 /// What a connection holds for a host socket that does not read is bounded
