@@ -126,10 +126,10 @@ impl Layout {
     /// The instance's group in each hierarchy.
     pub fn groups(&self, instance_id: &str) -> Vec<PathBuf> {
         match self {
-            Layout::V2(root) => vec![root.join(PARENT).join(instance_id)],
+            Layout::V2(root) => vec![group(root, instance_id)],
             Layout::V1 { memory, pids, cpu } => [memory, pids, cpu]
                 .iter()
-                .map(|h| h.join(PARENT).join(instance_id))
+                .map(|h| group(h, instance_id))
                 .collect(),
         }
     }
@@ -140,7 +140,7 @@ impl Layout {
         let quota = format!("{} {CPU_PERIOD_US}", limits.cpu_quota_us);
         match self {
             Layout::V2(root) => {
-                let group = root.join(PARENT).join(instance_id);
+                let group = group(root, instance_id);
                 vec![
                     (group.join("memory.max"), limits.memory_bytes.to_string()),
                     // No swap: a VMM's guest memory is not paged out behind
@@ -151,7 +151,7 @@ impl Layout {
                 ]
             }
             Layout::V1 { memory, pids, cpu } => {
-                let group = |h: &Path| h.join(PARENT).join(instance_id);
+                let group = |h: &Path| group(h, instance_id);
                 vec![
                     (
                         group(memory).join("memory.limit_in_bytes"),
@@ -171,22 +171,18 @@ impl Layout {
         }
     }
 
-    /// The file that counts the group's OOM kills, and the key on its line.
-    fn oom_counter(&self, instance_id: &str) -> (PathBuf, &'static str) {
+    /// The file whose `oom_kill N` line counts the group's OOM kills.
+    fn oom_counter(&self, instance_id: &str) -> PathBuf {
         match self {
-            Layout::V2(root) => (
-                root.join(PARENT).join(instance_id).join("memory.events"),
-                "oom_kill",
-            ),
-            Layout::V1 { memory, .. } => (
-                memory
-                    .join(PARENT)
-                    .join(instance_id)
-                    .join("memory.oom_control"),
-                "oom_kill",
-            ),
+            Layout::V2(root) => group(root, instance_id).join("memory.events"),
+            Layout::V1 { memory, .. } => group(memory, instance_id).join("memory.oom_control"),
         }
     }
+}
+
+/// The instance's group in `hierarchy`.
+fn group(hierarchy: &Path, instance_id: &str) -> PathBuf {
+    hierarchy.join(PARENT).join(instance_id)
 }
 
 /// The cgroups of a daemon's VMMs.
@@ -285,13 +281,12 @@ impl Cgroups {
         let Some(layout) = &self.layout else {
             return 0;
         };
-        let (path, key) = layout.oom_counter(instance_id);
-        std::fs::read_to_string(path)
+        std::fs::read_to_string(layout.oom_counter(instance_id))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| {
-                l.strip_prefix(key)
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+            .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                ["oom_kill", n] => n.parse::<u64>().ok(),
+                _ => None,
             })
             .unwrap_or(0)
     }

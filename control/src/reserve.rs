@@ -7,8 +7,8 @@
 //! allocated (not sparse) in the data directory. Before each database
 //! write, if the disk has less than [`DiskReserve::LOW_WATER`] free, the
 //! file is removed: the write, and the ones after it, find that space. The
-//! file comes back once the disk has room for it again (checked with the
-//! periodic collection and after terminations). Launches already stop
+//! file comes back once the disk has room for it again (the daemon checks
+//! every 5 s). Launches already stop
 //! below `lifecycle::DISK_RESERVE_BYTES` free, so only guests writing into
 //! their volumes, or other programs, can bring the disk this far.
 
@@ -59,7 +59,7 @@ impl DiskReserve {
         if self.held() {
             return true;
         }
-        match free_bytes(&self.path) {
+        match self.free() {
             Some(free) if free >= Self::SIZE + Self::REFILL_MARGIN => {}
             _ => return false,
         }
@@ -80,6 +80,11 @@ impl DiskReserve {
         }
     }
 
+    /// Free bytes on the disk that holds the reserve.
+    fn free(&self) -> Option<u64> {
+        free_bytes(self.path.parent()?)
+    }
+
     fn give_back(&self, why: &str) {
         let _guard = crate::lock(&self.lock);
         match std::fs::remove_file(&self.path) {
@@ -96,7 +101,7 @@ impl DiskReserve {
 
 impl KeptRoom for DiskReserve {
     fn before_write(&self) {
-        if self.held() && free_bytes(&self.path).is_some_and(|free| free < Self::LOW_WATER) {
+        if self.held() && self.free().is_some_and(|free| free < Self::LOW_WATER) {
             self.give_back("the disk is nearly full");
         }
     }
@@ -106,12 +111,11 @@ impl KeptRoom for DiskReserve {
     }
 }
 
-/// Free bytes (for unprivileged users: root's own reserve is not counted
-/// on, as the guests' volumes are written by root too) on the file system
-/// holding `path`'s directory.
-fn free_bytes(path: &Path) -> Option<u64> {
-    let dir = path.parent()?;
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())).ok()?;
+/// Free bytes on the file system holding the existing directory `dir`, as
+/// unprivileged users see them: root's own reserve is not counted on, as
+/// the guests' volumes are written by root too.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statvfs is plain old data, filled in by the call below.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a pointer to a statvfs we own.

@@ -361,19 +361,8 @@ impl Supervisor {
     /// on the file system that holds them, or None when it cannot be read
     /// (the directory does not exist yet: its parent is asked).
     pub fn free_disk_bytes(&self) -> Option<u64> {
-        let dir = self
-            .instances_dir
-            .ancestors()
-            .find(|d| d.exists())?
-            .to_path_buf();
-        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: statvfs is plain old data, filled in by the call below.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: a NUL-terminated path and a pointer to a statvfs we own.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-            return None;
-        }
-        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+        let dir = self.instances_dir.ancestors().find(|d| d.exists())?;
+        crate::reserve::free_bytes(dir)
     }
 
     /// The files of `instance_id`.
