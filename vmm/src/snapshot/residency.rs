@@ -46,29 +46,21 @@ impl PageMap {
 
     /// Marks in `may_hold` (one entry per page of `region`) the pages the
     /// process has present or swapped out. Returns false if the map could
-    /// not be read; `may_hold` is then left as it was.
+    /// not be read (the caller then reads every page).
     fn mark_resident(&self, region: &GuestRegionMmap, may_hold: &mut [bool]) -> bool {
         let first = region.as_ptr() as u64 / PAGE as u64;
         let mut buf = vec![0u8; ENTRIES_PER_READ * 8];
-        let mut marks = Vec::with_capacity(may_hold.len());
-        for chunk in (0..may_hold.len()).step_by(ENTRIES_PER_READ) {
-            let count = ENTRIES_PER_READ.min(may_hold.len() - chunk);
-            let bytes = &mut buf[..count * 8];
-            if self
-                .0
-                .read_exact_at(bytes, (first + chunk as u64) * 8)
-                .is_err()
-            {
+        for (n, slots) in may_hold.chunks_mut(ENTRIES_PER_READ).enumerate() {
+            let bytes = &mut buf[..slots.len() * 8];
+            let at = (first + (n * ENTRIES_PER_READ) as u64) * 8;
+            if self.0.read_exact_at(bytes, at).is_err() {
                 return false;
             }
-            marks.extend(bytes.chunks_exact(8).map(|e| {
+            for (slot, entry) in slots.iter_mut().zip(bytes.chunks_exact(8)) {
                 let mut word = [0u8; 8];
-                word.copy_from_slice(e);
-                u64::from_le_bytes(word) & (PM_PRESENT | PM_SWAPPED) != 0
-            }));
-        }
-        for (slot, resident) in may_hold.iter_mut().zip(marks) {
-            *slot |= resident;
+                word.copy_from_slice(entry);
+                *slot |= u64::from_le_bytes(word) & (PM_PRESENT | PM_SWAPPED) != 0;
+            }
         }
         true
     }
