@@ -20,7 +20,7 @@
 //! other thread starts. Descriptors opened before (KVM, taps, disks, the
 //! console, the exit file, the snapshot directory) keep working.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -123,74 +123,56 @@ impl Jail {
         })?;
         let slash = c"/";
         let dot = c".";
+        let check = |ok: bool, step| if ok { Ok(()) } else { Err(fail(step)) };
         // SAFETY: unshare takes no pointers; it gives this (single-threaded)
         // process a copy of the mount table.
-        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-            return Err(fail("unshare(CLONE_NEWNS)"));
-        }
-        // SAFETY: NUL-terminated strings that outlive the call; null
-        // source, type and data are allowed for a propagation change.
-        if unsafe {
-            libc::mount(
-                std::ptr::null(),
-                slash.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(fail("making mounts private"));
-        }
-        // SAFETY: as above; a bind mount of the directory onto itself.
-        if unsafe {
-            libc::mount(
-                root.as_ptr(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(fail("bind-mounting the directory"));
-        }
-        // SAFETY: as above; the bind mount made just now gets its flags.
-        if unsafe {
-            libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(fail("remounting it nosuid,nodev,noexec"));
-        }
+        let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) } == 0;
+        check(unshared, "unshare(CLONE_NEWNS)")?;
+        check(
+            mount(None, slash, libc::MS_REC | libc::MS_PRIVATE),
+            "making mounts private",
+        )?;
+        check(
+            mount(Some(&root), &root, libc::MS_BIND | libc::MS_REC),
+            "bind-mounting the directory",
+        )?;
+        let locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        check(
+            mount(None, &root, libc::MS_REMOUNT | libc::MS_BIND | locked),
+            "remounting it nosuid,nodev,noexec",
+        )?;
         // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::chdir(root.as_ptr()) } != 0 {
-            return Err(fail("chdir"));
-        }
+        let entered = unsafe { libc::chdir(root.as_ptr()) } == 0;
+        check(entered, "chdir")?;
         // SAFETY: pivot_root has no libc wrapper; both arguments are
         // NUL-terminated strings that outlive the call.
-        if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
-            return Err(fail("pivot_root"));
-        }
+        let pivoted =
+            unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } == 0;
+        check(pivoted, "pivot_root")?;
         // The old root is stacked on "." now: detach it.
         // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return Err(fail("detaching the old root"));
-        }
+        let detached = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } == 0;
+        check(detached, "detaching the old root")?;
         // SAFETY: as above.
-        if unsafe { libc::chdir(slash.as_ptr()) } != 0 {
-            return Err(fail("chdir /"));
-        }
+        let at_root = unsafe { libc::chdir(slash.as_ptr()) } == 0;
+        check(at_root, "chdir /")?;
         Ok(())
+    }
+}
+
+/// mount(2) with no file system type or data (a propagation change, a bind
+/// mount, or a bind remount's flags); whether it succeeded.
+fn mount(source: Option<&CStr>, target: &CStr, flags: libc::c_ulong) -> bool {
+    // SAFETY: NUL-terminated strings that outlive the call; a null source,
+    // type and data are what these kinds of mount take.
+    unsafe {
+        libc::mount(
+            source.map_or(std::ptr::null(), CStr::as_ptr),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        ) == 0
     }
 }
 
