@@ -101,7 +101,9 @@ impl DiskReserve {
 
 impl KeptRoom for DiskReserve {
     fn before_write(&self) {
-        if self.held() && self.free().is_some_and(|free| free < Self::LOW_WATER) {
+        // One statvfs per write; the file itself is looked at only when the
+        // disk is nearly full (giving back a reserve already gone is a no-op).
+        if self.free().is_some_and(|free| free < Self::LOW_WATER) {
             self.give_back("the disk is nearly full");
         }
     }
