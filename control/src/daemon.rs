@@ -79,6 +79,9 @@ pub struct ServeOptions {
     pub dnsmasq: PathBuf,
     /// Where internet gateways lead, and the public pool.
     pub uplink: crate::network::uplink::Uplink,
+    /// Where VPCs' DNS forwards names outside the VPC, in order (empty:
+    /// nowhere, only the VPC's names resolve).
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 /// SigV4 against the data directory's one set of credentials.
@@ -180,10 +183,22 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             stall_timeout: options.stall_timeout,
         },
     );
-    lab.set_network(
+    let mut network =
         crate::network::Network::new(options.data_dir.join("network"), options.dnsmasq.clone())
-            .with_uplink(options.uplink.clone()),
-    );
+            .with_uplink(options.uplink.clone());
+    if options.dns_upstreams.is_empty() {
+        log::info!("DNS: only names inside a VPC resolve (no upstream)");
+    } else {
+        log::info!(
+            "DNS: names outside a VPC are forwarded to {:?}",
+            options.dns_upstreams
+        );
+        network = network.with_forwarder(crate::network::dns_forward::Forwarder::new(
+            options.dns_upstreams.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+    }
+    lab.set_network(network);
     match lab.register_catalog() {
         Ok(n) => log::info!(
             "{n} images registered from {}",

@@ -81,6 +81,12 @@ enum Command {
         /// the internet gateways' far side.
         #[arg(long, default_value = "198.51.100.0/24", value_parser = parse_pool)]
         public_pool: ec2lab_control::model::vpc::Cidr,
+        /// Where each VPC's DNS sends names outside the VPC: ADDRESS or
+        /// ADDRESS:PORT, repeated to try several in order, or `none` (only
+        /// the VPC's own names resolve). Default: the name servers of
+        /// /etc/resolv.conf, as the host resolves.
+        #[arg(long = "dns-upstream", value_parser = parse_upstream)]
+        dns_upstreams: Vec<Upstream>,
     },
     /// Launch instances and wait until they run.
     Run {
@@ -190,6 +196,7 @@ fn main() -> ExitCode {
             dnsmasq,
             uplink_netns,
             public_pool,
+            dns_upstreams,
         } => serve(ServeOptions {
             data_dir,
             images_dir: images.unwrap_or_else(config::default_images_dir),
@@ -205,6 +212,7 @@ fn main() -> ExitCode {
                 }),
                 pool: public_pool,
             },
+            dns_upstreams: dns_upstreams_or_host(dns_upstreams),
         }),
         Command::BenchSeed { count } => bench_seed(&data_dir, count),
         Command::Rules { ref instance_id } => print_rules(&data_dir, instance_id),
@@ -308,6 +316,52 @@ fn parse_netns_name(text: &str) -> Result<String, String> {
         Ok(text.to_string())
     } else {
         Err(format!("{text:?} is not a network namespace name"))
+    }
+}
+
+/// One `--dns-upstream`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Upstream {
+    /// A name server.
+    At(std::net::SocketAddr),
+    /// No forwarding.
+    None,
+}
+
+/// `--dns-upstream`: `none`, an address (port 53), or address and port.
+fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    if text == "none" {
+        return Ok(Upstream::None);
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(Upstream::At((ip, 53).into()));
+    }
+    text.parse()
+        .map(Upstream::At)
+        .map_err(|_| format!("{text:?} is not an address, ADDRESS:PORT or none"))
+}
+
+/// The upstreams named, or the host's (its resolv.conf) when none was.
+fn dns_upstreams_or_host(named: Vec<Upstream>) -> Vec<std::net::SocketAddr> {
+    use ec2lab_control::network::dns_forward;
+    if named.contains(&Upstream::None) {
+        return Vec::new();
+    }
+    if !named.is_empty() {
+        return named
+            .into_iter()
+            .filter_map(|u| match u {
+                Upstream::At(at) => Some(at),
+                Upstream::None => None,
+            })
+            .collect();
+    }
+    match dns_forward::upstreams_from(std::path::Path::new("/etc/resolv.conf")) {
+        Ok(found) => found,
+        Err(e) => {
+            log::warn!("{e}: names outside a VPC will not resolve (see --dns-upstream)");
+            Vec::new()
+        }
     }
 }
 
@@ -667,4 +721,36 @@ fn ssh_in_vpc(
     ec2lab_control::network::netns::exec_in(&mut ssh, Some(&netns), false);
     let err = ssh.exec();
     Err(format!("cannot run ssh in {ns}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_upstreams_are_addresses_with_an_optional_port_or_none() {
+        let at = |s: &str| Upstream::At(s.parse().expect("socket address"));
+        assert_eq!(parse_upstream("192.0.2.53"), Ok(at("192.0.2.53:53")));
+        assert_eq!(parse_upstream("127.0.0.1:5353"), Ok(at("127.0.0.1:5353")));
+        assert_eq!(parse_upstream("2001:db8::1"), Ok(at("[2001:db8::1]:53")));
+        assert_eq!(
+            parse_upstream("[2001:db8::1]:54"),
+            Ok(at("[2001:db8::1]:54"))
+        );
+        assert_eq!(parse_upstream("none"), Ok(Upstream::None));
+        assert!(parse_upstream("dns.example").is_err());
+        assert!(parse_upstream("192.0.2.53:99999").is_err());
+        let named = vec![at("192.0.2.1:53"), at("192.0.2.2:53")];
+        assert_eq!(
+            dns_upstreams_or_host(named),
+            vec![
+                "192.0.2.1:53".parse().expect("a"),
+                "192.0.2.2:53".parse().expect("b")
+            ]
+        );
+        assert_eq!(
+            dns_upstreams_or_host(vec![at("192.0.2.1:53"), Upstream::None]),
+            Vec::new()
+        );
+    }
 }

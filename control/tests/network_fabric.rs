@@ -19,6 +19,8 @@ use ec2lab_control::model::security_group::{GroupRef, RuleRequest};
 use ec2lab_control::model::vpc::{
     Cidr, GroupIdentifier, NetworkInterface, RuleDirection, RulePeer, ANYWHERE,
 };
+mod common;
+
 use ec2lab_control::network::uplink::Uplink;
 use ec2lab_control::network::{
     self, bridge_name, fabric, netns, InterfacePlan, Network, SubnetPlan, VpcPlan,
@@ -741,4 +743,146 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
         .apply_rules(&plan.namespace, &groups, &nics)
         .expect("apply");
     assert!(a.connects(c_public, 22), "no hairpin to a public address");
+}
+
+/// A DNS question for the A record of `name`, as a client sends it.
+fn a_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).expect("short label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+#[test]
+fn names_outside_the_vpc_go_to_the_upstream_over_udp_and_tcp_and_its_own_names_stay_inside() {
+    let test = "network_fabric";
+    if !prerequisites(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = common::StandInResolver::start(dir.path());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let pid = std::process::id();
+    let vpc_id = format!("vpc-0d{pid:015x}");
+    let network = Network::new(dir.path().join("network"), "dnsmasq".into()).with_forwarder(
+        network::dns_forward::Forwarder::new(vec![upstream.at], runtime.handle().clone()),
+    );
+    let cleanup = Cleanup {
+        network: &network,
+        vpc_id: vpc_id.clone(),
+        guest_ns: format!("ec2lab-test-dns-{pid}"),
+    };
+    let subnet = SubnetPlan {
+        subnet_id: format!("subnet-0d{pid:015x}"),
+        cidr: Cidr::parse("10.78.16.0/20").expect("cidr"),
+        bridge: bridge_name(&format!("subnet-0d{pid:015x}")),
+    };
+    let plan = VpcPlan {
+        subnets: vec![subnet.clone()],
+        interfaces: vec![InterfacePlan {
+            eni_id: format!("eni-0d{pid:015x}"),
+            subnet_id: subnet.subnet_id.clone(),
+            mac: "02:42:ac:1f:10:4e".into(),
+            ip: Ipv4Addr::new(10, 78, 16, 9),
+            public_ip: None,
+            tap: network::tap_name(&format!("eni-0d{pid:015x}")),
+        }],
+        ..VpcPlan::new(&vpc_id)
+    };
+    let vpc_ns = plan.namespace.clone();
+    network.ensure_vpc(&plan).expect("VPC fabric");
+    network.ensure_vpc(&plan).expect("again: the relay is kept");
+    let forwarder = network.forwarder().expect("a forwarder");
+    assert!(forwarder.relays(&vpc_ns));
+
+    let guest_ns = cleanup.guest_ns.clone();
+    netns::ensure(&guest_ns).expect("guest namespace");
+    let veth = format!("vd{pid}");
+    run_in(
+        &vpc_ns,
+        &[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &guest_ns,
+        ],
+    );
+    fabric::attach_to_bridge(&vpc_ns, &veth, &subnet.bridge).expect("veth on the bridge");
+    run_in(
+        &guest_ns,
+        &["ip", "addr", "add", "10.78.16.9/20", "dev", "eth0"],
+    );
+    run_in(&guest_ns, &["ip", "link", "set", "eth0", "up"]);
+
+    // Over UDP, as a guest's resolver asks.
+    let outside = run_in(
+        &guest_ns,
+        &[
+            "busybox",
+            "nslookup",
+            "-type=a",
+            "www.example.test",
+            "10.78.16.2",
+        ],
+    );
+    assert!(outside.contains("192.0.2.44"), "{outside}");
+    let inside = run_in(
+        &guest_ns,
+        &[
+            "busybox",
+            "nslookup",
+            "-type=a",
+            "ip-10-78-16-9.ec2.internal",
+            "10.78.16.2",
+        ],
+    );
+    assert!(inside.contains("10.78.16.9"), "{inside}");
+    // A name of the VPC's domain that does not exist is not asked outside.
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &guest_ns, "busybox", "nslookup"])
+        .args(["ip-10-78-16-99.ec2.internal", "10.78.16.2"])
+        .output();
+    let asked = upstream.asked();
+    assert!(asked.contains("www.example.test"), "{asked}");
+    assert!(!asked.contains("ec2.internal"), "{asked}");
+
+    // Over TCP (what a truncated answer makes a resolver do): dnsmasq
+    // takes it over TCP to the relay, which pipes it to the upstream.
+    let query = a_query("www.example.test");
+    let answer = netns::run_in(&guest_ns, move || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        let at = std::net::SocketAddr::from((Ipv4Addr::new(10, 78, 16, 2), 53));
+        let mut s = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let len = u16::try_from(query.len()).expect("short").to_be_bytes();
+        s.write_all(&[&len[..], &query].concat())?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut answer)?;
+        Ok(answer)
+    })
+    .expect("enter")
+    .expect("a TCP answer");
+    assert_eq!(&answer[..2], &[0x12, 0x34], "the question's id");
+    assert!(
+        answer.windows(4).any(|w| w == [192, 0, 2, 44]),
+        "no 192.0.2.44 in {answer:?}"
+    );
+
+    // Nothing in the VPC can reach the relay but dnsmasq: it listens on
+    // the router's loopback, which no other link routes to.
+    let relay = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 53));
+    let from_guest = netns::run_in(&guest_ns, move || {
+        std::net::TcpStream::connect_timeout(&relay, Duration::from_secs(1)).is_ok()
+    })
+    .expect("enter");
+    assert!(!from_guest, "the guest's own loopback has no relay");
+
+    drop(cleanup);
+    assert!(!forwarder.relays(&vpc_ns), "relay left after teardown");
+    assert!(
+        !Path::new(&netns::path(&vpc_ns)).exists(),
+        "VPC namespace left"
+    );
 }

@@ -154,13 +154,18 @@ fn netmask(prefix: u8) -> Ipv4Addr {
 /// The configuration of a VPC's dnsmasq: DHCP only for the listed MACs
 /// (static leases, nothing from a pool), each subnet's router and DNS,
 /// and the private DNS names. Nothing from the host is read (`no-hosts`,
-/// `no-resolv`): inside the VPC only the VPC's names resolve. Every value
-/// is checked, so nothing stored can add a line of its own.
+/// `no-resolv`). Other names go to `forward` (the daemon's relay to the
+/// host's resolver, [`super::dns_forward`]) when given, except what EC2's
+/// resolver keeps to itself too: names in the VPC's domain, names without
+/// a dot, and reverse lookups of private addresses. Without `forward`
+/// only the VPC's names resolve. Every value is checked, so nothing
+/// stored can add a line of its own.
 pub fn render(
     files: &DnsmasqFiles,
     domain: &str,
     subnets: &[DhcpSubnet],
     hosts: &[DhcpHost],
+    forward: Option<std::net::SocketAddrV4>,
 ) -> Result<String, DhcpError> {
     let mut out =
         String::from("# Rendered by ec2lab from its database; changes are overwritten.\n");
@@ -175,6 +180,14 @@ pub fn render(
          bind-interfaces\nexcept-interface=lo\nleasefile-ro\ndhcp-authoritative\n\
          domain={domain}\nlocal=/{domain}/\ndhcp-option=option:domain-name,{domain}\n"
     );
+    if let Some(relay) = forward {
+        let _ = write!(
+            out,
+            "server={}#{}\ndomain-needed\nbogus-priv\n",
+            relay.ip(),
+            relay.port()
+        );
+    }
     for (n, s) in subnets.iter().enumerate() {
         let bridge = checked("bridge", &s.bridge, is_name)?;
         let _ = write!(
@@ -342,7 +355,8 @@ mod tests {
 
     #[test]
     fn a_subnet_and_an_interface_render_as_static_dhcp_and_a_dns_record() {
-        let text = render(&files(), "ec2.internal", &[subnet()], &[host()]).expect("renders");
+        let text = render(&files(), "ec2.internal", &[subnet()], &[host()], None).expect("renders");
+        assert!(!text.contains("server="), "{text}");
         for line in [
             "pid-file=/lab/network/vpc-1/dnsmasq.pid",
             "no-resolv",
@@ -362,29 +376,51 @@ mod tests {
     }
 
     #[test]
+    fn other_names_go_to_the_relay_when_there_is_one() {
+        let relay = std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53);
+        let text = render(
+            &files(),
+            "ec2.internal",
+            &[subnet()],
+            &[host()],
+            Some(relay),
+        )
+        .expect("renders");
+        for line in [
+            "server=127.0.0.1#53",
+            "no-resolv",
+            "local=/ec2.internal/",
+            "domain-needed",
+            "bogus-priv",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn stored_values_cannot_add_lines_to_the_configuration() {
         let evil_mac = DhcpHost {
             mac: "02:ab:cd:ef:01:23\ndhcp-script=/bin/sh".into(),
             ..host()
         };
         assert!(matches!(
-            render(&files(), "ec2.internal", &[subnet()], &[evil_mac]),
+            render(&files(), "ec2.internal", &[subnet()], &[evil_mac], None),
             Err(DhcpError::Unsafe { .. })
         ));
         let evil_name = DhcpHost {
             fqdn: "a,b\nserver=1.2.3.4".into(),
             ..host()
         };
-        assert!(render(&files(), "ec2.internal", &[], &[evil_name]).is_err());
+        assert!(render(&files(), "ec2.internal", &[], &[evil_name], None).is_err());
         let evil_public = DhcpHost {
             public_fqdn: Some("x\naddn-hosts=/etc/shadow".into()),
             ..host()
         };
-        assert!(render(&files(), "ec2.internal", &[], &[evil_public]).is_err());
+        assert!(render(&files(), "ec2.internal", &[], &[evil_public], None).is_err());
         let evil_dir = DnsmasqFiles {
             dir: "/lab\nuser=root".into(),
         };
-        assert!(render(&evil_dir, "ec2.internal", &[], &[]).is_err());
+        assert!(render(&evil_dir, "ec2.internal", &[], &[], None).is_err());
     }
 
     #[test]

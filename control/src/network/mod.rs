@@ -23,9 +23,11 @@
 //! one from the uplink's pool while its instance runs (released on stop
 //! and terminate, kept across reboot), mapped 1:1 to its private address.
 //!
-//! Not yet: Elastic IPs, and names outside the VPC are not forwarded.
+//! With a [`dns_forward::Forwarder`], names outside the VPC resolve through
+//! the host's resolver.
 
 pub mod dhcp;
+pub mod dns_forward;
 pub mod fabric;
 pub mod firewall;
 pub mod netns;
@@ -72,6 +74,9 @@ pub enum NetworkError {
     /// The internet gateway.
     #[error("internet gateway: {0}")]
     Uplink(#[from] UplinkError),
+    /// Forwarding names outside the VPC.
+    #[error("DNS forwarding: {0}")]
+    Forward(#[from] dns_forward::ForwardError),
     /// A stored value the fabric cannot use.
     #[error("{what} {value:?} of {owner} is not usable")]
     Stored {
@@ -290,6 +295,8 @@ pub struct Network {
     /// Where internet gateways lead (None: VPCs have none, and no
     /// interface gets a public address).
     uplink: Option<Uplink>,
+    /// Where names outside a VPC go (None: they do not resolve).
+    forwarder: Option<dns_forward::Forwarder>,
     /// One fabric change at a time: a launch and a teardown of the same
     /// VPC must not interleave.
     changes: Mutex<()>,
@@ -306,6 +313,7 @@ impl Network {
                 binary: "nft".into(),
             },
             uplink: None,
+            forwarder: None,
             changes: Mutex::new(()),
         }
     }
@@ -315,6 +323,18 @@ impl Network {
     pub fn with_uplink(mut self, uplink: Uplink) -> Self {
         self.uplink = Some(uplink);
         self
+    }
+
+    /// Has every VPC's DNS forward names outside the VPC through
+    /// `forwarder`.
+    pub fn with_forwarder(mut self, forwarder: dns_forward::Forwarder) -> Self {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    /// The DNS forwarder, when there is one.
+    pub fn forwarder(&self) -> Option<&dns_forward::Forwarder> {
+        self.forwarder.as_ref()
     }
 
     /// The uplink, when there is one.
@@ -397,6 +417,9 @@ impl Network {
         if let Some(uplink) = &self.uplink {
             uplink.connect(&plan.vpc_id, &plan.namespace)?;
         }
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.ensure(&plan.namespace)?;
+        }
         self.ensure_dns(plan)
     }
 
@@ -405,7 +428,8 @@ impl Network {
     fn ensure_dns(&self, plan: &VpcPlan) -> Result<(), NetworkError> {
         let (subnets, hosts) = plan.dhcp();
         let files = self.files(&plan.vpc_id);
-        let config = dhcp::render(&files, &private_domain(), &subnets, &hosts)?;
+        let forward = self.forwarder.is_some().then_some(dns_forward::RELAY);
+        let config = dhcp::render(&files, &private_domain(), &subnets, &hosts, forward)?;
         self.dnsmasq
             .ensure(&plan.vpc_id, &plan.namespace, &files, &config)?;
         Ok(())
@@ -416,6 +440,9 @@ impl Network {
     pub fn teardown_vpc(&self, vpc_id: &str) -> Result<(), NetworkError> {
         let files = self.files(vpc_id);
         self.dnsmasq.stop(&files);
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.remove(&namespace_name(vpc_id));
+        }
         if let Some(uplink) = &self.uplink {
             uplink.disconnect(vpc_id)?;
         }

@@ -120,6 +120,10 @@ pub struct Daemon {
     /// The namespace this test made for the lab's internet gateways
     /// (`--uplink-netns`), when it runs as root; removed on drop.
     pub uplink: Option<String>,
+    /// `--dns-upstream`: `none` unless a test runs a stand-in name server
+    /// on the loopback ([`Daemon::start_resolving`]); a test daemon never
+    /// forwards to the host's real resolver.
+    dns_upstream: String,
 }
 
 fn free_port() -> u16 {
@@ -138,6 +142,21 @@ impl Daemon {
     /// As [`Daemon::start`], on the data directory `dir` (which may be a
     /// file system the test mounted there).
     pub fn start_on(prereqs: &Prereqs, dir: tempfile::TempDir) -> Daemon {
+        Self::start_with(prereqs, dir, "none")
+    }
+
+    /// As [`Daemon::start`], with the VPCs' DNS forwarding names outside
+    /// them to `upstream`, a [`StandInResolver`] the test runs.
+    pub fn start_resolving(prereqs: &Prereqs, upstream: std::net::SocketAddr) -> Daemon {
+        assert!(
+            upstream.ip().is_loopback(),
+            "tests resolve on the loopback only"
+        );
+        let dir = tempfile::tempdir().expect("data dir");
+        Self::start_with(prereqs, dir, &upstream.to_string())
+    }
+
+    fn start_with(prereqs: &Prereqs, dir: tempfile::TempDir, dns_upstream: &str) -> Daemon {
         let init = Command::new(&prereqs.ec2lab)
             .args(["init", "--data-dir"])
             .arg(dir.path())
@@ -174,6 +193,7 @@ impl Daemon {
             images: prereqs.images.clone(),
             vmm: prereqs.vmm.clone(),
             ec2lab: prereqs.ec2lab.clone(),
+            dns_upstream: dns_upstream.to_string(),
         };
         daemon.restart();
         daemon
@@ -197,6 +217,7 @@ impl Daemon {
         if let Some(ns) = &self.uplink {
             command.args(["--uplink-netns", ns]);
         }
+        command.args(["--dns-upstream", &self.dns_upstream]);
         let child = command
             .env("EC2LAB_LOG", "info")
             .stdin(Stdio::null())
@@ -781,4 +802,65 @@ pub fn fake_catalog(dir: &std::path::Path) {
         "cmdline":"console=ttyS0","default_user":"ec2-user","created":"2026-01-01T00:00:00Z"});
     std::fs::write(kernel.join("manifest.json"), k.to_string()).expect("manifest");
     std::fs::write(ami.join("manifest.json"), m.to_string()).expect("manifest");
+}
+
+/// The one name outside the VPC a [`StandInResolver`] knows.
+pub const OUTSIDE_NAME: &str = "www.example.test";
+/// Its address (TEST-NET-1).
+pub const OUTSIDE_ADDRESS: &str = "192.0.2.44";
+
+/// A stand-in for the host's resolver: a dnsmasq on the loopback (in the
+/// test's own namespace) that knows one outside name,
+/// [`OUTSIDE_NAME`] at [`OUTSIDE_ADDRESS`], and logs what it is asked;
+/// stopped on drop. Needs dnsmasq.
+pub struct StandInResolver {
+    child: Child,
+    /// Where it answers (UDP and TCP).
+    pub at: std::net::SocketAddr,
+    log: PathBuf,
+}
+
+impl StandInResolver {
+    /// Starts one logging to a file in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log = dir.join("upstream.log");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-hosts",
+                "--no-resolv",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--log-queries",
+                &format!("--address=/{OUTSIDE_NAME}/{OUTSIDE_ADDRESS}"),
+                &format!("--port={port}"),
+                &format!("--log-facility={}", log.display()),
+            ])
+            .spawn()
+            .expect("dnsmasq upstream");
+        let at = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(at).is_err() {
+            assert!(Instant::now() < deadline, "the upstream never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, at, log }
+    }
+
+    /// What it was asked so far (its query log).
+    pub fn asked(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for StandInResolver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
