@@ -38,6 +38,9 @@ pub enum DaemonError {
         /// What is wrong.
         source: crate::images::CatalogError,
     },
+    /// The loopback forwards do not fit the public pool.
+    #[error("loopback forwards: {0}")]
+    Forwards(crate::network::forwards::ForwardsError),
     /// The listening socket.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -82,6 +85,8 @@ pub struct ServeOptions {
     /// Where VPCs' DNS forwards names outside the VPC, in order (empty:
     /// nowhere, only the VPC's names resolve).
     pub dns_upstreams: Vec<SocketAddr>,
+    /// Loopback forwards to public addresses start at this port (0: none).
+    pub forward_base: u16,
 }
 
 /// SigV4 against the data directory's one set of credentials.
@@ -197,6 +202,18 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             options.dns_upstreams.clone(),
             tokio::runtime::Handle::current(),
         ));
+    }
+    if options.forward_base != 0 {
+        network = network.with_port_forwards(
+            crate::network::forwards::PortForwards::new(
+                options.forward_base,
+                options.uplink.pool,
+                &options.uplink.namespace,
+                options.data_dir.join("forwards"),
+                tokio::runtime::Handle::current(),
+            )
+            .map_err(DaemonError::Forwards)?,
+        );
     }
     lab.set_network(network);
     match lab.register_catalog() {

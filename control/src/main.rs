@@ -87,6 +87,11 @@ enum Command {
         /// /etc/resolv.conf, as the host resolves.
         #[arg(long = "dns-upstream", value_parser = parse_upstream)]
         dns_upstreams: Vec<Upstream>,
+        /// Loopback port forwards: each public address in use is reachable
+        /// at 127.0.0.1:(BASE + its offset in the public pool) → port 22,
+        /// listed in <data-dir>/forwards; 0 opens none.
+        #[arg(long, default_value_t = ec2lab_control::network::forwards::DEFAULT_BASE)]
+        forward_base: u16,
     },
     /// Launch instances and wait until they run.
     Run {
@@ -133,9 +138,11 @@ enum Command {
     Reboot { instance_ids: Vec<String> },
     /// Terminate instances (and wait).
     Terminate { instance_ids: Vec<String> },
-    /// SSH to an instance's private address from inside its VPC (the VPC's
-    /// router namespace; needs root). Its security groups must allow port
-    /// 22 from the VPC, as they would for a bastion host.
+    /// SSH to an instance. As root: to its private address from inside its
+    /// VPC (the VPC's router namespace); its security groups must allow
+    /// port 22 from the VPC, as they would for a bastion host. Otherwise:
+    /// to its public address through the daemon's loopback forward (port
+    /// 22 must be open to the internet).
     Ssh {
         instance_id: String,
         /// The private key (e.g. the .pem CreateKeyPair gave).
@@ -197,6 +204,7 @@ fn main() -> ExitCode {
             uplink_netns,
             public_pool,
             dns_upstreams,
+            forward_base,
         } => serve(ServeOptions {
             data_dir,
             images_dir: images.unwrap_or_else(config::default_images_dir),
@@ -213,6 +221,7 @@ fn main() -> ExitCode {
                 pool: public_pool,
             },
             dns_upstreams: dns_upstreams_or_host(dns_upstreams),
+            forward_base,
         }),
         Command::BenchSeed { count } => bench_seed(&data_dir, count),
         Command::Rules { ref instance_id } => print_rules(&data_dir, instance_id),
@@ -483,6 +492,23 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
             args,
         } => {
             let instance = &one_instance(&call, instance_id)?;
+            // SAFETY: geteuid only reads the process's credentials.
+            if unsafe { libc::geteuid() } != 0 {
+                // No way into the VPC's namespace: through the loopback
+                // forward of the public address, as from the internet.
+                let public = instance["PublicIpAddress"].as_str().ok_or_else(|| {
+                    format!("{instance_id} has no public address (without root, ssh goes through its loopback forward)")
+                })?;
+                let port = forward_port(data_dir, public)?;
+                return ssh_exec(
+                    None,
+                    "127.0.0.1",
+                    Some(port),
+                    identity.as_deref(),
+                    user,
+                    args,
+                );
+            }
             let (Some(ip), Some(vpc_id)) = (
                 instance["PrivateIpAddress"].as_str(),
                 instance["VpcId"].as_str(),
@@ -701,10 +727,39 @@ fn ssh_in_vpc(
     user: &str,
     args: &[String],
 ) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
     let ns = ec2lab_control::network::namespace_name(vpc_id);
     let netns = ec2lab_control::network::netns::open(&ns)
         .map_err(|e| format!("{e} (is the instance running, and is this run as root?)"))?;
+    ssh_exec(Some((&ns, &netns)), ip, None, identity, user, args)
+}
+
+/// The loopback port the daemon forwards to `public`:22, from its table
+/// `<data>/forwards`.
+fn forward_port(data_dir: &std::path::Path, public: &str) -> Result<String, String> {
+    let path = data_dir.join("forwards");
+    let table = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let target = format!("{public}:22");
+    table
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let from = fields.next()?;
+            (fields.next()? == target).then(|| from.rsplit(':').next().map(str::to_string))?
+        })
+        .ok_or_else(|| format!("no loopback forward to {target} in {}", path.display()))
+}
+
+/// Replaces this process with ssh to `user@ip` (on `port`), inside the
+/// namespace `ns` when given.
+fn ssh_exec(
+    ns: Option<(&str, &std::fs::File)>,
+    ip: &str,
+    port: Option<String>,
+    identity: Option<&std::path::Path>,
+    user: &str,
+    args: &[String],
+) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
     let mut ssh = std::process::Command::new("ssh");
     ssh.args([
         "-o",
@@ -717,10 +772,14 @@ fn ssh_in_vpc(
     if let Some(key) = identity {
         ssh.arg("-i").arg(key);
     }
+    if let Some(port) = port {
+        ssh.args(["-p", &port]);
+    }
     ssh.arg(format!("{user}@{ip}")).args(args);
-    ec2lab_control::network::netns::exec_in(&mut ssh, Some(&netns), false);
+    ec2lab_control::network::netns::exec_in(&mut ssh, ns.map(|(_, f)| f), false);
     let err = ssh.exec();
-    Err(format!("cannot run ssh in {ns}: {err}"))
+    let place = ns.map_or_else(String::new, |(name, _)| format!(" in {name}"));
+    Err(format!("cannot run ssh{place}: {err}"))
 }
 
 #[cfg(test)]
@@ -752,5 +811,21 @@ mod tests {
             dns_upstreams_or_host(vec![at("192.0.2.1:53"), Upstream::None]),
             Vec::new()
         );
+    }
+
+    #[test]
+    fn ssh_without_root_finds_the_forward_of_the_public_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("forwards"),
+            "127.0.0.1:22003 198.51.100.3:22 i-1\n127.0.0.1:22013 198.51.100.13:22 i-2\n",
+        )
+        .expect("table");
+        assert_eq!(
+            forward_port(dir.path(), "198.51.100.13"),
+            Ok("22013".into())
+        );
+        assert_eq!(forward_port(dir.path(), "198.51.100.3"), Ok("22003".into()));
+        assert!(forward_port(dir.path(), "198.51.100.1").is_err());
     }
 }

@@ -16,13 +16,16 @@ fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
         return;
     };
     // Names outside the VPC resolve through a stand-in for the host's
-    // resolver on the loopback (guests have a network only as root).
+    // resolver on the loopback, and public addresses are forwarded from
+    // loopback ports (guests have a network only as root).
     let resolver_dir = tempfile::tempdir().expect("tempdir");
     // SAFETY: geteuid only reads the process's credentials.
     let resolver = (unsafe { libc::geteuid() } == 0)
         .then(|| common::StandInResolver::start(resolver_dir.path()));
     let daemon = match &resolver {
-        Some(resolver) => Daemon::start_resolving(&prereqs, resolver.at),
+        Some(resolver) => {
+            Daemon::start_networked(&prereqs, resolver.at, common::free_port_range(256))
+        }
         None => Daemon::start(&prereqs),
     };
     let mut pytest = prereqs.python();
@@ -32,6 +35,7 @@ fn aws_cli_and_boto3_drive_instances_through_their_whole_life() {
             ("EC2LAB_OUTSIDE_NAME", common::OUTSIDE_NAME),
             ("EC2LAB_OUTSIDE_ADDRESS", common::OUTSIDE_ADDRESS),
         ]);
+        pytest.env("EC2LAB_FORWARDS", daemon.dir.path().join("forwards"));
     }
     // A developer's shortcut to one part of the suite, e.g.
     // EC2LAB_CONFORMANCE_K=test_vpc (pytest's -k expression).

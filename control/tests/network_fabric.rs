@@ -302,6 +302,21 @@ impl Guest {
         });
     }
 
+    /// Listens on `port` of its address; says `text` to each connection
+    /// and closes it.
+    fn greet(&self, port: u16, text: &'static str) {
+        use std::io::Write;
+        let address = std::net::SocketAddr::from((self.ip, port));
+        let listener = netns::run_in(&self.ns, move || std::net::TcpListener::bind(address))
+            .expect("enter")
+            .expect("bind");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.write_all(text.as_bytes());
+            }
+        });
+    }
+
     /// Whether a TCP connection to `to:port` completes within a second.
     fn connects(&self, to: Ipv4Addr, port: u16) -> bool {
         let address = std::net::SocketAddr::from((to, port));
@@ -578,8 +593,22 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
         owned: false,
         pool: Cidr::parse("203.0.113.0/24").expect("pool"),
     };
-    let network =
-        Network::new(dir.path().join("network"), "dnsmasq".into()).with_uplink(uplink.clone());
+    // Loopback forwards, as the daemon opens them for the host.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let forward_base = common::free_port_range(256);
+    let table = dir.path().join("forwards");
+    let network = Network::new(dir.path().join("network"), "dnsmasq".into())
+        .with_uplink(uplink.clone())
+        .with_port_forwards(
+            network::forwards::PortForwards::new(
+                forward_base,
+                uplink.pool,
+                &internet,
+                table.clone(),
+                runtime.handle().clone(),
+            )
+            .expect("forwards"),
+        );
     let vpc_id = format!("vpc-0d{pid:015x}");
     let _vpc = Cleanup {
         network: &network,
@@ -654,7 +683,7 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
             &["ip", "route", "add", "default", "via", "10.79.0.1"],
         );
     }
-    a.listen(22);
+    a.greet(22, "from A");
     b.listen(22);
     let outside = Guest {
         ns: internet.clone(),
@@ -670,6 +699,18 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
     );
     // The private addresses are not reachable from outside at all.
     assert!(!outside.connects(a.ip, 22), "a private address leaked out");
+
+    // From the host's loopback, through the forward of A's public
+    // address: the connection comes out of the uplink, so A's group
+    // decides as for anyone on the internet.
+    let a_port = forward_base + 10;
+    let rows = std::fs::read_to_string(&table).expect("forwards table");
+    assert_eq!(
+        rows,
+        format!("127.0.0.1:{a_port} 203.0.113.10:22 {}\n", nics[0].id),
+        "the forwards table"
+    );
+    assert_eq!(forwarded(a_port), "from A");
 
     // Outbound, A appears as its public address; B (none) gets nowhere.
     let seen = {
@@ -733,6 +774,22 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
         !outside.connects(a_public, 22),
         "the old address still answers"
     );
+    // The forwards followed: A's old address has none, B's new one has.
+    let rows = std::fs::read_to_string(&table).expect("forwards table");
+    assert_eq!(
+        rows,
+        format!(
+            "127.0.0.1:{} 203.0.113.12:22 {}\n",
+            forward_base + 12,
+            nics[1].id
+        ),
+        "the forwards table after the move"
+    );
+    assert!(
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, a_port)).is_err(),
+        "the old forward still listens"
+    );
+    assert_eq!(forwarded(forward_base + 12), "", "B's port 22 says nothing");
     let routes = run_in(&plan.namespace, &["ip", "-4", "route", "show", "default"]);
     assert!(routes.contains("via 203.0.113.1 dev igw"), "{routes}");
 
@@ -743,6 +800,24 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
         .apply_rules(&plan.namespace, &groups, &nics)
         .expect("apply");
     assert!(a.connects(c_public, 22), "no hairpin to a public address");
+
+    network.teardown_vpc(&vpc_id).expect("teardown");
+    assert_eq!(std::fs::read_to_string(&table).expect("table"), "");
+    assert!(
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, forward_base + 12)).is_err(),
+        "a forward outlived its VPC"
+    );
+}
+
+/// What a connection to 127.0.0.1:`port` reads until the far end closes.
+fn forwarded(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    got
 }
 
 /// A DNS question for the A record of `name`, as a client sends it.

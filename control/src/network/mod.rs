@@ -30,6 +30,7 @@ pub mod dhcp;
 pub mod dns_forward;
 pub mod fabric;
 pub mod firewall;
+pub mod forwards;
 pub mod netns;
 pub mod rules;
 pub mod uplink;
@@ -297,6 +298,8 @@ pub struct Network {
     uplink: Option<Uplink>,
     /// Where names outside a VPC go (None: they do not resolve).
     forwarder: Option<dns_forward::Forwarder>,
+    /// Loopback ports to public addresses (None: none are opened).
+    port_forwards: Option<forwards::PortForwards>,
     /// One fabric change at a time: a launch and a teardown of the same
     /// VPC must not interleave.
     changes: Mutex<()>,
@@ -314,6 +317,7 @@ impl Network {
             },
             uplink: None,
             forwarder: None,
+            port_forwards: None,
             changes: Mutex::new(()),
         }
     }
@@ -330,6 +334,17 @@ impl Network {
     pub fn with_forwarder(mut self, forwarder: dns_forward::Forwarder) -> Self {
         self.forwarder = Some(forwarder);
         self
+    }
+
+    /// Opens loopback forwards to the public addresses in use.
+    pub fn with_port_forwards(mut self, port_forwards: forwards::PortForwards) -> Self {
+        self.port_forwards = Some(port_forwards);
+        self
+    }
+
+    /// The loopback forwards, when there are any.
+    pub fn port_forwards(&self) -> Option<&forwards::PortForwards> {
+        self.port_forwards.as_ref()
     }
 
     /// The DNS forwarder, when there is one.
@@ -442,6 +457,9 @@ impl Network {
         self.dnsmasq.stop(&files);
         if let Some(forwarder) = &self.forwarder {
             forwarder.remove(&namespace_name(vpc_id));
+        }
+        if let Some(port_forwards) = &self.port_forwards {
+            port_forwards.publish(&namespace_name(vpc_id), &[]);
         }
         if let Some(uplink) = &self.uplink {
             uplink.disconnect(vpc_id)?;
@@ -583,6 +601,16 @@ impl Network {
         self.nft.apply(ns, &text)?;
         if let Some(uplink) = &self.uplink {
             uplink.publish(ns, &public_addresses(interfaces))?;
+        }
+        if let Some(port_forwards) = &self.port_forwards {
+            let public: Vec<(Ipv4Addr, String)> = interfaces
+                .iter()
+                .filter_map(|i| {
+                    let instance = i.attachment.as_ref().map(|a| a.instance_id.clone());
+                    Some((i.public_ip?, instance.unwrap_or_else(|| i.id.clone())))
+                })
+                .collect();
+            port_forwards.publish(ns, &public);
         }
         Ok(text)
     }

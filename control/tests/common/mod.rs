@@ -121,9 +121,12 @@ pub struct Daemon {
     /// (`--uplink-netns`), when it runs as root; removed on drop.
     pub uplink: Option<String>,
     /// `--dns-upstream`: `none` unless a test runs a stand-in name server
-    /// on the loopback ([`Daemon::start_resolving`]); a test daemon never
+    /// on the loopback ([`Daemon::start_networked`]); a test daemon never
     /// forwards to the host's real resolver.
     dns_upstream: String,
+    /// `--forward-base`: 0 (no loopback forwards, so test daemons never
+    /// compete for the ports of a user's lab) unless a test asks.
+    pub forward_base: u16,
 }
 
 fn free_port() -> u16 {
@@ -131,6 +134,20 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The first of `n` consecutive loopback ports that are free now (for a
+/// daemon's `--forward-base`), outside the kernel's ephemeral range.
+pub fn free_port_range(n: u16) -> u16 {
+    let slots = 10_000 / u32::from(n.max(1));
+    let start = std::process::id() % slots;
+    (0..slots)
+        .map(|k| 20_000 + ((start + k) % slots * u32::from(n)) as u16)
+        .find(|&base| {
+            (base..base + n)
+                .all(|p| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, p)).is_ok())
+        })
+        .unwrap_or_else(|| panic!("no {n} free loopback ports between 20000 and 30000"))
 }
 
 impl Daemon {
@@ -142,21 +159,31 @@ impl Daemon {
     /// As [`Daemon::start`], on the data directory `dir` (which may be a
     /// file system the test mounted there).
     pub fn start_on(prereqs: &Prereqs, dir: tempfile::TempDir) -> Daemon {
-        Self::start_with(prereqs, dir, "none")
+        Self::start_with(prereqs, dir, true)
     }
 
     /// As [`Daemon::start`], with the VPCs' DNS forwarding names outside
-    /// them to `upstream`, a [`StandInResolver`] the test runs.
-    pub fn start_resolving(prereqs: &Prereqs, upstream: std::net::SocketAddr) -> Daemon {
+    /// them to `upstream` (a [`StandInResolver`] the test runs) and
+    /// loopback forwards from `forward_base` up (a free range the test
+    /// chose).
+    pub fn start_networked(
+        prereqs: &Prereqs,
+        upstream: std::net::SocketAddr,
+        forward_base: u16,
+    ) -> Daemon {
         assert!(
             upstream.ip().is_loopback(),
             "tests resolve on the loopback only"
         );
         let dir = tempfile::tempdir().expect("data dir");
-        Self::start_with(prereqs, dir, &upstream.to_string())
+        let mut daemon = Self::start_with(prereqs, dir, false);
+        daemon.dns_upstream = upstream.to_string();
+        daemon.forward_base = forward_base;
+        daemon.restart();
+        daemon
     }
 
-    fn start_with(prereqs: &Prereqs, dir: tempfile::TempDir, dns_upstream: &str) -> Daemon {
+    fn start_with(prereqs: &Prereqs, dir: tempfile::TempDir, serve: bool) -> Daemon {
         let init = Command::new(&prereqs.ec2lab)
             .args(["init", "--data-dir"])
             .arg(dir.path())
@@ -193,9 +220,12 @@ impl Daemon {
             images: prereqs.images.clone(),
             vmm: prereqs.vmm.clone(),
             ec2lab: prereqs.ec2lab.clone(),
-            dns_upstream: dns_upstream.to_string(),
+            dns_upstream: "none".into(),
+            forward_base: 0,
         };
-        daemon.restart();
+        if serve {
+            daemon.restart();
+        }
         daemon
     }
 
@@ -218,6 +248,7 @@ impl Daemon {
             command.args(["--uplink-netns", ns]);
         }
         command.args(["--dns-upstream", &self.dns_upstream]);
+        command.args(["--forward-base", &self.forward_base.to_string()]);
         let child = command
             .env("EC2LAB_LOG", "info")
             .stdin(Stdio::null())

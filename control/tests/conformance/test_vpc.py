@@ -213,6 +213,20 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         assert lines[:5] == ["ec2-user", "ip-172-31-16-77.ec2.internal", "Amazon EC2",
                              "lab.nano", iid], lines
         assert lines[5].startswith("ec2"), lines
+        # From the host itself, with no route to the lab: the daemon's
+        # loopback forward for the public address (listed in
+        # <data>/forwards) carries the login to it from the internet.
+        if os.environ.get("EC2LAB_FORWARDS"):
+            with open(os.environ["EC2LAB_FORWARDS"]) as table:
+                rows = [line.split() for line in table]
+            ports = [r[0].split(":")[1] for r in rows if r[1:] == [f"{public}:22", iid]]
+            assert len(ports) == 1, rows
+            done = subprocess.run(
+                ["ssh", "-p", ports[0], "-i", key, "-o", "BatchMode=yes",
+                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "ConnectTimeout=120", "ec2-user@127.0.0.1", "hostname"],
+                capture_output=True, text=True, timeout=300)
+            assert (done.returncode, done.stdout) == (0, "ip-172-31-16-77.ec2.internal\n"), done
         # EC2 Instance Connect: a key pushed with the aws CLI logs in for
         # its 60 seconds (the guest's watcher writes it to authorized_keys
         # within its 2 s poll); the same key was refused before the push.
