@@ -75,8 +75,16 @@ enum Command {
         /// The network namespace every VPC's internet gateway leads to
         /// ("the internet" of the lab). Default: one ec2lab makes and
         /// owns, `ec2lab-uplink`; a name given here must exist.
-        #[arg(long, value_parser = parse_netns_name)]
+        #[arg(long, value_parser = parse_netns_name, conflicts_with = "uplink")]
         uplink_netns: Option<String>,
+        /// `--uplink host`: a workstation's opt-in to route the public pool
+        /// on the host itself (a bridge `inet0` with the pool's first
+        /// address, IPv4 forwarding on) and masquerade the pool out of the
+        /// host's other links, so `ssh ec2-user@<PublicIpAddress>` works from
+        /// the host and instances reach what the host reaches. Changes the
+        /// host's routes and firewall; off by default.
+        #[arg(long, value_parser = ["host"])]
+        uplink: Option<String>,
         /// The block public IPv4 addresses come from; its first address is
         /// the internet gateways' far side.
         #[arg(long, default_value = "198.51.100.0/24", value_parser = parse_pool)]
@@ -202,6 +210,7 @@ fn main() -> ExitCode {
             stall_timeout,
             dnsmasq,
             uplink_netns,
+            uplink,
             public_pool,
             dns_upstreams,
             forward_base,
@@ -213,12 +222,21 @@ fn main() -> ExitCode {
             checkin_timeout: checkin_timeout.into(),
             stall_timeout: stall_timeout.map(Into::into),
             dnsmasq,
-            uplink: ec2lab_control::network::uplink::Uplink {
-                owned: uplink_netns.is_none(),
-                namespace: uplink_netns.unwrap_or_else(|| {
-                    ec2lab_control::network::uplink::DEFAULT_NAMESPACE.to_string()
-                }),
-                pool: public_pool,
+            uplink: match (uplink, uplink_netns) {
+                (Some(_), _) => ec2lab_control::network::uplink::Uplink::host(
+                    ec2lab_control::network::uplink::HOST_NAMESPACE,
+                    public_pool,
+                ),
+                (None, Some(namespace)) => ec2lab_control::network::uplink::Uplink {
+                    owned: false,
+                    host: false,
+                    namespace,
+                    pool: public_pool,
+                },
+                (None, None) => ec2lab_control::network::uplink::Uplink {
+                    pool: public_pool,
+                    ..ec2lab_control::network::uplink::Uplink::owned_default()
+                },
             },
             dns_upstreams: dns_upstreams_or_host(dns_upstreams),
             forward_base,

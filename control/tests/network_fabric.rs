@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use ec2lab_control::db::{Db, NetworkQuery, NewSecurityGroup, RevokeRequest};
 use ec2lab_control::model::security_group::{GroupRef, RuleRequest};
 use ec2lab_control::model::vpc::{
-    Cidr, GroupIdentifier, NetworkInterface, RuleDirection, RulePeer, ANYWHERE,
+    Cidr, GroupIdentifier, NetworkInterface, RuleDirection, RulePeer, SecurityGroup, ANYWHERE,
 };
 mod common;
 
@@ -591,6 +591,7 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
     let uplink = Uplink {
         namespace: internet.clone(),
         owned: false,
+        host: false,
         pool: Cidr::parse("203.0.113.0/24").expect("pool"),
     };
     // Loopback forwards, as the daemon opens them for the host.
@@ -616,51 +617,14 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
         guest_ns: format!("ec2lab-test-igw-a-{pid}"),
     };
     let db = Db::open_in_memory().expect("db");
-    let default = db
-        .list_security_groups(&NetworkQuery::default(), &["default".to_string()])
-        .expect("default group")
-        .items
-        .remove(0);
-    let anywhere = |port: u16| RuleRequest {
-        ip_protocol: "tcp".into(),
-        from_port: Some(i64::from(port)),
-        to_port: Some(i64::from(port)),
-        peer: RulePeer::Cidr(ANYWHERE),
-        description: None,
-    };
-    db.authorize_security_group_rules(
-        &GroupRef::Id(default.id.clone()),
-        RuleDirection::Ingress,
-        &[anywhere(22)],
-    )
-    .expect("authorize");
-    let groups = db
-        .list_security_groups(&NetworkQuery::default(), &[])
-        .expect("groups")
-        .items;
+    let (default, groups) = default_group_open_on_22(&db);
     let subnet = SubnetPlan {
         subnet_id: format!("subnet-0d{pid:015x}"),
         cidr: Cidr::parse("10.79.0.0/20").expect("cidr"),
         bridge: bridge_name(&format!("subnet-0d{pid:015x}")),
     };
-    let nic = |n: u8, public: Option<Ipv4Addr>| NetworkInterface {
-        id: format!("eni-0d{pid:013x}{n:02x}"),
-        subnet_id: subnet.subnet_id.clone(),
-        vpc_id: default.vpc_id.clone(),
-        availability_zone: "us-east-1a".into(),
-        description: String::new(),
-        mac_address: format!("02:00:0a:4f:00:{n:02x}"),
-        private_ip_address: Ipv4Addr::new(10, 79, 0, n),
-        source_dest_check: true,
-        public_ip: public,
-        elastic_ip: None,
-        groups: vec![GroupIdentifier {
-            group_id: default.id.clone(),
-            group_name: default.name.clone(),
-        }],
-        attachment: None,
-        owner_id: default.owner_id.clone(),
-        tags: Default::default(),
+    let nic = |n: u8, public: Option<Ipv4Addr>| {
+        stand_in_nic(&default, &subnet, Ipv4Addr::new(10, 79, 0, n), public)
     };
     let a_public = Ipv4Addr::new(203, 0, 113, 10);
     let b_public = Ipv4Addr::new(203, 0, 113, 11);
@@ -820,6 +784,64 @@ fn forwarded(port: u16) -> String {
     got
 }
 
+/// The in-memory database's default group, opened to tcp/22 from
+/// anywhere, and every group with its rules.
+fn default_group_open_on_22(db: &Db) -> (SecurityGroup, Vec<SecurityGroup>) {
+    let default = db
+        .list_security_groups(&NetworkQuery::default(), &["default".to_string()])
+        .expect("default group")
+        .items
+        .remove(0);
+    let ssh = RuleRequest {
+        ip_protocol: "tcp".into(),
+        from_port: Some(22),
+        to_port: Some(22),
+        peer: RulePeer::Cidr(ANYWHERE),
+        description: None,
+    };
+    db.authorize_security_group_rules(
+        &GroupRef::Id(default.id.clone()),
+        RuleDirection::Ingress,
+        &[ssh],
+    )
+    .expect("authorize");
+    let groups = db
+        .list_security_groups(&NetworkQuery::default(), &[])
+        .expect("groups")
+        .items;
+    (default, groups)
+}
+
+/// A stand-in instance's interface in `group` on `subnet` at `ip` (its
+/// MAC and id made from the address), with public address `public`.
+fn stand_in_nic(
+    group: &SecurityGroup,
+    subnet: &SubnetPlan,
+    ip: Ipv4Addr,
+    public: Option<Ipv4Addr>,
+) -> NetworkInterface {
+    let [a, b, c, d] = ip.octets();
+    NetworkInterface {
+        id: format!("eni-0d{:011x}{:02x}{d:02x}", std::process::id(), c),
+        subnet_id: subnet.subnet_id.clone(),
+        vpc_id: group.vpc_id.clone(),
+        availability_zone: "us-east-1a".into(),
+        description: String::new(),
+        mac_address: format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}"),
+        private_ip_address: ip,
+        source_dest_check: true,
+        public_ip: public,
+        elastic_ip: None,
+        groups: vec![GroupIdentifier {
+            group_id: group.id.clone(),
+            group_name: group.name.clone(),
+        }],
+        attachment: None,
+        owner_id: group.owner_id.clone(),
+        tags: Default::default(),
+    }
+}
+
 /// A DNS question for the A record of `name`, as a client sends it.
 fn a_query(name: &str) -> Vec<u8> {
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -960,4 +982,138 @@ fn names_outside_the_vpc_go_to_the_upstream_over_udp_and_tcp_and_its_own_names_s
         !Path::new(&netns::path(&vpc_ns)).exists(),
         "VPC namespace left"
     );
+}
+
+#[test]
+fn with_uplink_host_the_host_routes_the_pool_and_masquerades_it_out() {
+    let test = "network_fabric uplink host";
+    if !prerequisites(test) || !nft_available(test) {
+        return;
+    }
+    let pid = std::process::id();
+    // A namespace standing for the host the daemon runs on, and one beyond
+    // it standing for the network the host reaches (its LAN, the
+    // internet): the host's real interfaces, routes and firewall are
+    // never touched.
+    let host = format!("ec2lab-test-host-{pid}");
+    let beyond = format!("ec2lab-test-beyond-{pid}");
+    let _spaces = Namespaces(vec![host.clone(), beyond.clone()]);
+    for ns in [&host, &beyond] {
+        netns::ensure(ns).expect("namespace");
+    }
+    run_in(
+        &host,
+        &[
+            "ip", "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &beyond,
+        ],
+    );
+    for (ns, link, cidr) in [
+        (&host, "out0", "192.0.2.1/24"),
+        (&beyond, "eth0", "192.0.2.2/24"),
+    ] {
+        run_in(ns, &["ip", "addr", "add", cidr, "dev", link]);
+        run_in(ns, &["ip", "link", "set", link, "up"]);
+    }
+    // The daemon's side runs on a thread inside the stand-in host, as
+    // `ec2lab serve --uplink host` would run there.
+    let (inside, far) = (host.clone(), beyond.clone());
+    let body = std::thread::spawn(move || {
+        netns::enter(&inside, &netns::open(&inside).expect("open")).expect("enter");
+        uplink_host_body(&inside, &far);
+    })
+    .join();
+    if let Err(panic) = body {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// [`with_uplink_host_the_host_routes_the_pool_and_masquerades_it_out`],
+/// on a thread inside namespace `host`.
+fn uplink_host_body(host: &str, beyond: &str) {
+    let pid = std::process::id();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = format!("ec2lab-test-hn-{pid}");
+    let pool = Cidr::parse("203.0.113.0/24").expect("pool");
+    let network = Network::new(dir.path().join("network"), "dnsmasq".into())
+        .with_uplink(Uplink::host(&name, pool));
+    let vpc_id = format!("vpc-0c{pid:015x}");
+    let cleanup = Cleanup {
+        network: &network,
+        vpc_id: vpc_id.clone(),
+        guest_ns: format!("ec2lab-test-hg-{pid}"),
+    };
+    let db = Db::open_in_memory().expect("db");
+    let (default, groups) = default_group_open_on_22(&db);
+    let subnet = SubnetPlan {
+        subnet_id: format!("subnet-0c{pid:015x}"),
+        cidr: Cidr::parse("10.80.0.0/20").expect("cidr"),
+        bridge: bridge_name(&format!("subnet-0c{pid:015x}")),
+    };
+    let a_public = Ipv4Addr::new(203, 0, 113, 10);
+    let nics = vec![stand_in_nic(
+        &default,
+        &subnet,
+        Ipv4Addr::new(10, 80, 0, 10),
+        Some(a_public),
+    )];
+    let plan = VpcPlan {
+        subnets: vec![subnet.clone()],
+        ..VpcPlan::new(&vpc_id)
+    };
+    network.ensure_vpc(&plan).expect("VPC with a host uplink");
+    network
+        .apply_rules(&plan.namespace, &groups, &nics)
+        .expect("apply");
+    assert!(netns::exists(&name), "the host's namespace has no name");
+    let a = Guest::plug(&plan.namespace, &subnet.bridge, &nics[0], &cleanup.guest_ns);
+    run_in(
+        &a.ns,
+        &["ip", "route", "add", "default", "via", "10.80.0.1"],
+    );
+    a.listen(22);
+
+    // The host routes the pool: its own namespace reaches A's public
+    // address directly (no forward, no `ip netns exec`).
+    let routes = run_in(host, &["ip", "-4", "route", "show", "203.0.113.0/24"]);
+    assert!(routes.contains("dev inet0"), "{routes}");
+    let from_host = Guest {
+        ns: host.to_string(),
+        ip: Ipv4Addr::new(203, 0, 113, 1),
+    };
+    // A few tries of a second each, as a TCP client retransmits: the
+    // first SYN can wait out the host's ARP for the address published a
+    // moment ago.
+    assert!(
+        (0..5).any(|_| from_host.connects(a_public, 22)),
+        "the host cannot reach A"
+    );
+
+    // Out: A reaches what the host reaches, as the host (masqueraded).
+    let seen = {
+        let at = std::net::SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 9000));
+        let listener = netns::run_in(beyond, move || std::net::TcpListener::bind(at))
+            .expect("enter")
+            .expect("bind");
+        assert!(
+            a.connects(Ipv4Addr::new(192, 0, 2, 2), 9000),
+            "A cannot get out"
+        );
+        listener.accept().expect("accept").1.ip()
+    };
+    assert_eq!(
+        seen,
+        std::net::IpAddr::from([192, 0, 2, 1]),
+        "not masqueraded"
+    );
+    let forwarding = run_in(host, &["cat", "/proc/sys/net/ipv4/ip_forward"]);
+    assert_eq!(forwarding.trim(), "1");
+
+    // Gone with the last VPC: the bridge, the NAT table and the name.
+    drop(cleanup);
+    network.teardown_uplink().expect("uplink teardown");
+    let links = run_in(host, &["ip", "-o", "link", "show"]);
+    assert!(!links.contains("inet0"), "{links}");
+    let tables = run_in(host, &["nft", "list", "tables"]);
+    assert!(!tables.contains("ec2lab_uplink"), "{tables}");
+    assert!(!netns::exists(&name), "the name is left");
 }

@@ -74,9 +74,21 @@ const SWITCHES: [(&str, &str); 2] = [
 
 /// Sets [`SWITCHES`] inside namespace `ns`.
 pub fn enable_routing(ns: &str) -> Result<(), FirewallError> {
+    set(ns, &SWITCHES)
+}
+
+/// Turns IPv4 forwarding on in namespace `ns` and nothing else: with
+/// `--uplink host`, the host routes between its uplink bridge and its own
+/// links (its bridges keep bypassing its firewall as they did).
+pub fn enable_forwarding(ns: &str) -> Result<(), FirewallError> {
+    set(ns, &SWITCHES[..1])
+}
+
+fn set(ns: &str, switches: &[(&'static str, &'static str)]) -> Result<(), FirewallError> {
     let owner = ns.to_string();
+    let switches = switches.to_vec();
     netns::run_in(ns, move || -> Result<(), FirewallError> {
-        for (key, value) in SWITCHES {
+        for (key, value) in switches {
             // /proc/sys/net is resolved in the opening thread's namespace.
             std::fs::write(key, value).map_err(|source| FirewallError::Sysctl {
                 ns: owner.clone(),

@@ -431,6 +431,13 @@ impl Network {
         }
         if let Some(uplink) = &self.uplink {
             uplink.connect(&plan.vpc_id, &plan.namespace)?;
+            if uplink.host {
+                firewall::enable_forwarding(&uplink.namespace)?;
+                self.nft.apply(
+                    &uplink.namespace,
+                    &rules::render_host_uplink(uplink.pool, uplink::BRIDGE),
+                )?;
+            }
         }
         if let Some(forwarder) = &self.forwarder {
             forwarder.ensure(&plan.namespace)?;
@@ -549,14 +556,28 @@ impl Network {
     /// Removes the uplink when no VPC has a namespace left (it is made
     /// again with the next VPC's).
     fn settle_uplink(&self, db: &Db) -> Result<(), NetworkError> {
+        if self.uplink.is_none() {
+            return Ok(());
+        }
+        let vpcs = db.list_vpcs(&NetworkQuery::default())?.items;
+        if vpcs.iter().all(|v| !netns::exists(&namespace_name(&v.id))) {
+            self.teardown_uplink()?;
+        }
+        Ok(())
+    }
+
+    /// Removes what the uplink has of ec2lab's (every VPC's port must be
+    /// gone): its namespace when owned, else its bridge, and with
+    /// `--uplink host` the host's NAT table too. Idempotent.
+    pub fn teardown_uplink(&self) -> Result<(), NetworkError> {
         let Some(uplink) = &self.uplink else {
             return Ok(());
         };
-        let vpcs = db.list_vpcs(&NetworkQuery::default())?.items;
-        if vpcs.iter().all(|v| !netns::exists(&namespace_name(&v.id))) {
-            uplink.teardown()?;
+        if uplink.host && netns::exists(&uplink.namespace) {
+            self.nft
+                .apply(&uplink.namespace, &rules::remove_host_uplink())?;
         }
-        Ok(())
+        Ok(uplink.teardown()?)
     }
 
     /// Makes VPC `vpc_id` match the database: torn down when none of its

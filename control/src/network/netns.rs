@@ -125,21 +125,7 @@ pub fn ensure(name: &str) -> Result<bool, NetnsError> {
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(sys(&owner, "unshare")(last_error()));
         }
-        let source = c"/proc/thread-self/ns/net";
-        // SAFETY: mount(2) with valid NUL-terminated strings, no data.
-        let rc = unsafe {
-            libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                c"none".as_ptr(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(sys(&owner, "bind-mount")(last_error()));
-        }
-        Ok(())
+        bind_own(&owner, &target)
     })
     .join()
     .map_err(|_| NetnsError::Panicked(name.to_string()))?;
@@ -153,6 +139,55 @@ pub fn ensure(name: &str) -> Result<bool, NetnsError> {
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(true)
+}
+
+/// Gives the calling thread's namespace the name `name` (as `ip netns
+/// attach` does), so the code that works on named namespaces can work on
+/// it; a name left pointing at another namespace is moved. Only the name
+/// is made: [`remove`] on it later leaves the namespace alone, as
+/// processes live in it.
+pub fn name_current(name: &str) -> Result<(), NetnsError> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/thread-self/ns/net").map_err(sys(name, "stat own"))?;
+    let same = std::fs::metadata(path(name))
+        .is_ok_and(|m| exists(name) && m.ino() == own.ino() && m.dev() == own.dev());
+    if same {
+        return Ok(());
+    }
+    remove(name)?;
+    prepare_dir(name)?;
+    let file = path(name);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&file)
+        .map_err(sys(name, "create its file"))?;
+    let target = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
+        .map_err(|_| sys(name, "name")(std::io::ErrorKind::InvalidInput.into()))?;
+    bind_own(name, &target).inspect_err(|_| {
+        let _ = std::fs::remove_file(&file);
+    })
+}
+
+/// Bind-mounts the calling thread's network namespace on `target` (the
+/// file naming namespace `name`).
+fn bind_own(name: &str, target: &std::ffi::CStr) -> Result<(), NetnsError> {
+    let source = c"/proc/thread-self/ns/net";
+    // SAFETY: mount(2) with valid NUL-terminated strings, no data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            c"none".as_ptr(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(sys(name, "bind-mount")(last_error()));
+    }
+    Ok(())
 }
 
 /// Removes namespace `name`: its devices go with it once no process is

@@ -39,7 +39,7 @@ use std::net::Ipv4Addr;
 use crate::model::ids::{self, IdKind};
 use crate::model::security_group::Protocol;
 use crate::model::vpc::{
-    NetworkInterface, RuleDirection, RulePeer, SecurityGroup, SecurityGroupRule, ANYWHERE,
+    Cidr, NetworkInterface, RuleDirection, RulePeer, SecurityGroup, SecurityGroupRule, ANYWHERE,
 };
 
 /// The bridge-family table: port marks and anti-spoofing.
@@ -200,7 +200,6 @@ pub fn render(groups: &[SecurityGroup], ports: &[Port<'_>]) -> Result<String, Ru
     Ok(out)
 }
 
-/// The port's number in the mark (1-based).
 /// The NAT table: its name.
 pub const NAT_TABLE: &str = "ec2lab_nat";
 
@@ -270,6 +269,32 @@ pub fn render_nat(igw: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> String {
     }
     let _ = writeln!(out, "\t}}\n}}");
     out
+}
+
+/// The table of the host's outbound NAT with `--uplink host`.
+pub const HOST_UPLINK_TABLE: &str = "ec2lab_uplink";
+
+/// With `--uplink host`, the host's half: what comes from the public
+/// `pool` and leaves by any link but the uplink's `bridge` is masqueraded
+/// to the host's own address there, so instances reach what the host
+/// reaches and answers find their way back. Nothing else: the host's own
+/// firewall still decides what is forwarded (one that drops forwarded
+/// traffic must be told to let the pool through). Replaces the table
+/// atomically like [`render`].
+pub fn render_host_uplink(pool: Cidr, bridge: &str) -> String {
+    format!(
+        "table ip {HOST_UPLINK_TABLE}\ndelete table ip {HOST_UPLINK_TABLE}\n\
+         table ip {HOST_UPLINK_TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {pool} oifname != \"{bridge}\" masquerade\n\
+         \t}}\n}}\n"
+    )
+}
+
+/// Removes what [`render_host_uplink`] made (nothing if it is not there).
+pub fn remove_host_uplink() -> String {
+    format!("table ip {HOST_UPLINK_TABLE}\ndelete table ip {HOST_UPLINK_TABLE}\n")
 }
 
 fn mark(index: usize) -> String {
@@ -699,5 +724,23 @@ mod tests {
         for (r, expected) in cases {
             assert_eq!(rule_match(WEB, &r).expect("render"), expected);
         }
+    }
+
+    #[test]
+    fn the_host_uplink_masquerades_the_pool_leaving_by_other_links() {
+        let pool = Cidr::parse("198.51.100.0/24").expect("pool");
+        assert_eq!(
+            render_host_uplink(pool, "inet0"),
+            "table ip ec2lab_uplink\ndelete table ip ec2lab_uplink\n\
+             table ip ec2lab_uplink {\n\
+             \tchain postrouting {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr 198.51.100.0/24 oifname != \"inet0\" masquerade\n\
+             \t}\n}\n"
+        );
+        assert_eq!(
+            remove_host_uplink(),
+            "table ip ec2lab_uplink\ndelete table ip ec2lab_uplink\n"
+        );
     }
 }

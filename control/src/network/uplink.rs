@@ -10,7 +10,12 @@
 //! By default ec2lab makes and owns the uplink namespace (`ec2lab-uplink`),
 //! so the host's own interfaces, routes and firewall are never touched;
 //! tests name a namespace they made instead. Nothing routes between the
-//! uplink and the host unless the user opts in.
+//! uplink and the host unless the user opts in: with `--uplink host` the
+//! uplink is the daemon's own namespace (named [`HOST_NAMESPACE`] so the
+//! same code reaches it), the bridge with the pool's gateway address is
+//! the host's (so the host routes the pool), IPv4 forwarding is on, and
+//! the pool is masqueraded out of the host's other links
+//! ([`super::rules::render_host_uplink`]).
 
 use std::net::Ipv4Addr;
 
@@ -28,6 +33,8 @@ pub const IGW_LINK: &str = "igw";
 pub const IGW_ANCHOR: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
 /// The namespace ec2lab makes when none is named.
 pub const DEFAULT_NAMESPACE: &str = "ec2lab-uplink";
+/// The name `--uplink host` gives the daemon's own namespace.
+pub const HOST_NAMESPACE: &str = "ec2lab-host";
 /// The public pool when none is given: TEST-NET-2 (RFC 5737), never
 /// routed on the real internet, so a lab's "public" addresses can never be
 /// mistaken for someone's real ones.
@@ -57,6 +64,9 @@ pub struct Uplink {
     pub namespace: String,
     /// Whether ec2lab made it (and may remove it).
     pub owned: bool,
+    /// Whether it is the host's own namespace (`--uplink host`): named by
+    /// ec2lab, never made or removed, the host routes the pool.
+    pub host: bool,
     /// The block public addresses come from.
     pub pool: Cidr,
 }
@@ -67,7 +77,19 @@ impl Uplink {
         Self {
             namespace: DEFAULT_NAMESPACE.to_string(),
             owned: true,
+            host: false,
             pool: DEFAULT_POOL,
+        }
+    }
+
+    /// The uplink of `--uplink host`: the namespace of the calling thread
+    /// (the daemon's), under the name `name`, with public pool `pool`.
+    pub fn host(name: &str, pool: Cidr) -> Self {
+        Self {
+            namespace: name.to_string(),
+            owned: false,
+            host: true,
+            pool,
         }
     }
 
@@ -83,7 +105,9 @@ impl Uplink {
 
     /// Makes the uplink exist: its namespace (when owned) and bridge.
     pub fn ensure(&self) -> Result<(), UplinkError> {
-        if self.owned {
+        if self.host {
+            netns::name_current(&self.namespace)?;
+        } else if self.owned {
             netns::ensure(&self.namespace)?;
         } else if !netns::exists(&self.namespace) {
             return Err(UplinkError::Missing(self.namespace.clone()));
@@ -143,6 +167,10 @@ impl Uplink {
             netns::remove(&self.namespace)?;
         } else if netns::exists(&self.namespace) {
             fabric::remove_link(&self.namespace, BRIDGE)?;
+        }
+        if self.host {
+            // Only the name: the host's namespace stays, of course.
+            netns::remove(&self.namespace)?;
         }
         Ok(())
     }
