@@ -6,9 +6,12 @@
 //! bridge, named like taps so the rules apply to them) talk through the
 //! VPC router's bridge with 0, 100 and 1,000 security group rules; the
 //! baseline is the same client and server between two namespaces joined by
-//! one veth pair. Reported: TCP throughput (one stream, 2 s), connections
-//! per second (connect + close, 2 s), the time from a rule change to the
-//! first accepted connection, and the time to apply a VPC's ruleset.
+//! one veth pair. A third path comes from the uplink (the lab's internet)
+//! to B's public address, through the VPC's internet gateway and its 1:1
+//! NAT. Reported: TCP throughput (one stream, 2 s), connections per second
+//! (connect + close, 2 s), the time from a rule change to the first
+//! accepted connection, the time to apply a VPC's ruleset, and what a
+//! launch spends on the network (a VPC with its gateway, a tap).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -20,6 +23,7 @@ use ec2lab_control::model::security_group::{GroupRef, RuleRequest};
 use ec2lab_control::model::vpc::{
     Cidr, GroupIdentifier, NetworkInterface, RuleDirection, RulePeer, SecurityGroup,
 };
+use ec2lab_control::network::uplink::Uplink;
 use ec2lab_control::network::{self, bridge_name, fabric, netns, Network, SubnetPlan, VpcPlan};
 
 const PORT: u16 = 5201;
@@ -117,16 +121,32 @@ fn rule(port: u16, peer: RulePeer) -> RuleRequest {
 fn main() {
     let pid = std::process::id();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a_ns, b_ns, p_ns, q_ns) = (
+    let (a_ns, b_ns, p_ns, q_ns, u_ns) = (
         format!("ec2lab-bench-a-{pid}"),
         format!("ec2lab-bench-b-{pid}"),
         format!("ec2lab-bench-p-{pid}"),
         format!("ec2lab-bench-q-{pid}"),
+        format!("ec2lab-bench-u-{pid}"),
     );
     let vpc = format!("vpc-0b{pid:015x}");
-    let network = Network::new(dir.path().join("network"), "dnsmasq".into());
+    // The bench's own internet.
+    netns::ensure(&u_ns).expect("uplink namespace");
+    let uplink = Uplink {
+        namespace: u_ns.clone(),
+        owned: false,
+        host: false,
+        pool: Cidr::parse("203.0.113.0/24").expect("pool"),
+    };
+    let network =
+        Network::new(dir.path().join("network"), "dnsmasq".into()).with_uplink(uplink.clone());
     let cleanup = Cleanup {
-        namespaces: vec![a_ns.clone(), b_ns.clone(), p_ns.clone(), q_ns.clone()],
+        namespaces: vec![
+            a_ns.clone(),
+            b_ns.clone(),
+            p_ns.clone(),
+            q_ns.clone(),
+            u_ns.clone(),
+        ],
         network: &network,
         vpc: vpc.clone(),
     };
@@ -163,6 +183,12 @@ fn main() {
     let started = Instant::now();
     network.ensure_vpc(&plan).expect("VPC fabric");
     let build_vpc = started.elapsed();
+    // A launch's own part: its tap on the bridge (the ruleset is timed
+    // below). This one is a spare, removed at once.
+    let started = Instant::now();
+    fabric::ensure_tap(&plan.namespace, "tapbench", &subnet.bridge).expect("tap");
+    let build_tap = started.elapsed();
+    fabric::remove_link(&plan.namespace, "tapbench").expect("remove tap");
     let group = db
         .create_security_group(&NewSecurityGroup {
             name: "bench".into(),
@@ -194,7 +220,9 @@ fn main() {
         owner_id: group.owner_id.clone(),
         tags: Default::default(),
     };
-    let nics = [nic(10), nic(11)];
+    let b_public = Ipv4Addr::new(203, 0, 113, 11);
+    let mut nics = [nic(10), nic(11)];
+    nics[1].public_ip = Some(b_public);
     for (ns, n) in [(&a_ns, &nics[0]), (&b_ns, &nics[1])] {
         netns::ensure(ns).expect("namespace");
         let tap = network::tap_name(&n.id);
@@ -236,7 +264,14 @@ fn main() {
     db.authorize_security_group_rules(
         &web,
         RuleDirection::Ingress,
-        &[rule(PORT, RulePeer::Group(group.id.clone()))],
+        &[
+            rule(PORT, RulePeer::Group(group.id.clone())),
+            // The uplink's own address (the far side of the gateway).
+            rule(
+                PORT,
+                RulePeer::Cidr(Cidr::parse("203.0.113.1/32").expect("cidr")),
+            ),
+        ],
     )
     .expect("authorize");
     // Filler groups of FILL rules each (EC2 allows 60 per direction), rules
@@ -303,8 +338,16 @@ fn main() {
             }
         }
         let (mib, cps) = measure(&a_ns, b_ip);
+        let (up_mib, up_cps) = measure(&u_ns, b_public);
         let on_chain = on_b * usize::from(FILL) + 1;
-        rows.push((text.lines().count(), on_chain, mib, cps, apply, live));
+        rows.push((
+            text.lines().count(),
+            on_chain,
+            (mib, cps),
+            (up_mib, up_cps),
+            apply,
+            live,
+        ));
     }
 
     println!(
@@ -322,19 +365,31 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    println!("VPC namespace with its bridge and dnsmasq (no gateway): built in {build_vpc:.1?}\n");
+    println!(
+        "A launch's networking: the VPC (namespace, bridge, dnsmasq, internet \
+         gateway) built in {build_vpc:.1?} when it is the VPC's first instance; its tap in \
+         {build_tap:.1?}; its ruleset applied in the time of the apply column.\n"
+    );
     println!("| path | ruleset lines | rules before B's | MiB/s (1 stream) | × veth | connections/s | × veth | apply ruleset | change → first accepted SYN |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
         "| veth pair (baseline) | – | – | {base_mib:.0} | 1.00 | {base_cps:.0} | 1.00 | – | – |"
     );
-    for (lines, on_chain, mib, cps, apply, live) in rows {
+    for (lines, on_chain, (mib, cps), _, apply, live) in &rows {
         println!(
-            "| VPC bridge + nft | {lines} | {} | {mib:.0} | {:.2} | {cps:.0} | {:.2} | {apply:.1?} | {} |",
+            "| A → B, VPC bridge + nft | {lines} | {} | {mib:.0} | {:.2} | {cps:.0} | {:.2} | {apply:.1?} | {} |",
             on_chain - 1,
             mib / base_mib,
             cps / base_cps,
             live.map_or("never".to_string(), |d| format!("{d:.1?}")),
+        );
+    }
+    for (lines, on_chain, _, (mib, cps), _, _) in &rows {
+        println!(
+            "| uplink → B's public address, gateway 1:1 NAT + nft | {lines} | {} | {mib:.0} | {:.2} | {cps:.0} | {:.2} | – | – |",
+            on_chain - 1,
+            mib / base_mib,
+            cps / base_cps,
         );
     }
     drop(cleanup);

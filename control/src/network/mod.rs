@@ -24,7 +24,8 @@
 //! and terminate, kept across reboot), mapped 1:1 to its private address.
 //!
 //! With a [`dns_forward::Forwarder`], names outside the VPC resolve through
-//! the host's resolver.
+//! the host's resolver; with [`forwards::PortForwards`], the host reaches
+//! each public address in use at a loopback port.
 
 pub mod dhcp;
 pub mod dns_forward;
