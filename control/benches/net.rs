@@ -257,6 +257,7 @@ fn main() {
             ],
         );
         ip(ns, &["ip", "link", "set", "eth0", "up"]);
+        ip(ns, &["ip", "route", "add", "default", "via", "10.98.0.1"]);
     }
     let b_ip = nics[1].private_ip_address;
     serve(&b_ns, b_ip);
