@@ -135,11 +135,7 @@ fn a_vpc_namespace_serves_each_interface_its_own_address_and_name_then_leaves_no
         vpc_id: vpc_id.clone(),
         guest_ns: format!("ec2lab-test-guest-{pid}"),
     };
-    let subnet = SubnetPlan {
-        subnet_id: format!("subnet-0e{pid:015x}"),
-        cidr: Cidr::parse("10.77.16.0/20").expect("cidr"),
-        bridge: bridge_name(&format!("subnet-0e{pid:015x}")),
-    };
+    let subnet = subnet_plan("0e", "10.77.16.0/20");
     let eni = InterfacePlan {
         eni_id: format!("eni-0e{pid:015x}"),
         subnet_id: subnet.subnet_id.clone(),
@@ -384,11 +380,7 @@ fn security_groups_filter_traffic_between_interfaces_and_changes_are_live() {
         format!("ec2lab-test-sg-b-{pid}"),
         format!("ec2lab-test-sg-c-{pid}"),
     ]);
-    let subnet = SubnetPlan {
-        subnet_id: format!("subnet-0f{pid:015x}"),
-        cidr: Cidr::parse("10.78.16.0/20").expect("cidr"),
-        bridge: bridge_name(&format!("subnet-0f{pid:015x}")),
-    };
+    let subnet = subnet_plan("0f", "10.78.16.0/20");
     let web = db
         .create_security_group(&NewSecurityGroup {
             name: "web".into(),
@@ -618,11 +610,7 @@ fn public_addresses_map_one_to_one_through_the_internet_gateway() {
     };
     let db = Db::open_in_memory().expect("db");
     let (default, groups) = default_group_open_on_22(&db);
-    let subnet = SubnetPlan {
-        subnet_id: format!("subnet-0d{pid:015x}"),
-        cidr: Cidr::parse("10.79.0.0/20").expect("cidr"),
-        bridge: bridge_name(&format!("subnet-0d{pid:015x}")),
-    };
+    let subnet = subnet_plan("0d", "10.79.0.0/20");
     let nic = |n: u8, public: Option<Ipv4Addr>| {
         stand_in_nic(&default, &subnet, Ipv4Addr::new(10, 79, 0, n), public)
     };
@@ -784,6 +772,17 @@ fn forwarded(port: u16) -> String {
     got
 }
 
+/// Subnet `subnet-<tag><pid>` with block `cidr`: each test has its own
+/// tag, so tests running at once in this process never share a name.
+fn subnet_plan(tag: &str, cidr: &str) -> SubnetPlan {
+    let id = format!("subnet-{tag}{:015x}", std::process::id());
+    SubnetPlan {
+        bridge: bridge_name(&id),
+        subnet_id: id,
+        cidr: Cidr::parse(cidr).expect("cidr"),
+    }
+}
+
 /// The in-memory database's default group, opened to tcp/22 from
 /// anywhere, and every group with its rules.
 fn default_group_open_on_22(db: &Db) -> (SecurityGroup, Vec<SecurityGroup>) {
@@ -822,7 +821,7 @@ fn stand_in_nic(
 ) -> NetworkInterface {
     let [a, b, c, d] = ip.octets();
     NetworkInterface {
-        id: format!("eni-0d{:011x}{:02x}{d:02x}", std::process::id(), c),
+        id: format!("eni-0d{:09x}{b:02x}{c:02x}{d:02x}", std::process::id()),
         subnet_id: subnet.subnet_id.clone(),
         vpc_id: group.vpc_id.clone(),
         availability_zone: "us-east-1a".into(),
@@ -863,7 +862,7 @@ fn names_outside_the_vpc_go_to_the_upstream_over_udp_and_tcp_and_its_own_names_s
     let upstream = common::StandInResolver::start(dir.path());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let pid = std::process::id();
-    let vpc_id = format!("vpc-0d{pid:015x}");
+    let vpc_id = format!("vpc-0a{pid:015x}");
     let network = Network::new(dir.path().join("network"), "dnsmasq".into()).with_forwarder(
         network::dns_forward::Forwarder::new(vec![upstream.at], runtime.handle().clone()),
     );
@@ -872,20 +871,16 @@ fn names_outside_the_vpc_go_to_the_upstream_over_udp_and_tcp_and_its_own_names_s
         vpc_id: vpc_id.clone(),
         guest_ns: format!("ec2lab-test-dns-{pid}"),
     };
-    let subnet = SubnetPlan {
-        subnet_id: format!("subnet-0d{pid:015x}"),
-        cidr: Cidr::parse("10.78.16.0/20").expect("cidr"),
-        bridge: bridge_name(&format!("subnet-0d{pid:015x}")),
-    };
+    let subnet = subnet_plan("0a", "10.78.16.0/20");
     let plan = VpcPlan {
         subnets: vec![subnet.clone()],
         interfaces: vec![InterfacePlan {
-            eni_id: format!("eni-0d{pid:015x}"),
+            eni_id: format!("eni-0a{pid:015x}"),
             subnet_id: subnet.subnet_id.clone(),
             mac: "02:42:ac:1f:10:4e".into(),
             ip: Ipv4Addr::new(10, 78, 16, 9),
             public_ip: None,
-            tap: network::tap_name(&format!("eni-0d{pid:015x}")),
+            tap: network::tap_name(&format!("eni-0a{pid:015x}")),
         }],
         ..VpcPlan::new(&vpc_id)
     };
@@ -1044,11 +1039,7 @@ fn uplink_host_body(host: &str, beyond: &str) {
     };
     let db = Db::open_in_memory().expect("db");
     let (default, groups) = default_group_open_on_22(&db);
-    let subnet = SubnetPlan {
-        subnet_id: format!("subnet-0c{pid:015x}"),
-        cidr: Cidr::parse("10.80.0.0/20").expect("cidr"),
-        bridge: bridge_name(&format!("subnet-0c{pid:015x}")),
-    };
+    let subnet = subnet_plan("0c", "10.80.0.0/20");
     let a_public = Ipv4Addr::new(203, 0, 113, 10);
     let nics = vec![stand_in_nic(
         &default,

@@ -243,25 +243,13 @@ async fn ask(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
 /// Pipes each TCP connection from dnsmasq to the first upstream that
 /// takes it.
 async fn relay_tcp(listener: TcpListener, upstreams: Arc<[SocketAddr]>) {
-    let open = Arc::new(Semaphore::new(MAX_TCP));
-    loop {
-        let mut client = match listener.accept().await {
-            Ok((client, _)) => client,
-            Err(e) => {
-                log::warn!("DNS relay: accepting: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            continue;
-        };
+    super::accept::bounded(listener, MAX_TCP, "DNS relay".into(), move |mut client| {
         let upstreams = upstreams.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let _ = tokio::time::timeout(TCP_LIFETIME, pipe(&mut client, &upstreams)).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn pipe(client: &mut TcpStream, upstreams: &[SocketAddr]) {

@@ -16,11 +16,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use super::netns;
@@ -225,22 +224,10 @@ impl PortForwards {
 /// Carries each connection on `listener` to `address:22`, connecting from
 /// inside namespace `uplink_ns`.
 async fn accept(listener: TcpListener, uplink_ns: String, address: Ipv4Addr) {
-    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let mut client = match listener.accept().await {
-            Ok((client, _)) => client,
-            Err(e) => {
-                log::warn!("forward to {address}: accepting: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            continue;
-        };
+    let what = format!("forward to {address}");
+    super::accept::bounded(listener, MAX_CONNECTIONS, what, move |mut client| {
         let ns = uplink_ns.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let target = SocketAddr::from((address, TARGET_PORT));
             // A socket of the uplink's namespace, connected on a thread
             // that entered it; the runtime's threads never change
@@ -265,8 +252,9 @@ async fn accept(listener: TcpListener, uplink_ns: String, address: Ipv4Addr) {
                 }
                 Err(e) => log::info!("forward to {target}: {e}"),
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

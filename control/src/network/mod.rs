@@ -27,6 +27,7 @@
 //! the host's resolver; with [`forwards::PortForwards`], the host reaches
 //! each public address in use at a loopback port.
 
+mod accept;
 pub mod dhcp;
 pub mod dns_forward;
 pub mod fabric;

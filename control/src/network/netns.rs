@@ -108,17 +108,7 @@ pub fn ensure(name: &str) -> Result<bool, NetnsError> {
     if exists(name) {
         return Ok(false);
     }
-    prepare_dir(name)?;
-    let file = path(name);
-    // A file left by an interrupted earlier attempt is no namespace: reuse it.
-    std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(&file)
-        .map_err(sys(name, "create its file"))?;
-    let target = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
-        .map_err(|_| sys(name, "name")(std::io::ErrorKind::InvalidInput.into()))?;
+    let (file, target) = mount_point(name)?;
     let owner = name.to_string();
     let made = std::thread::spawn(move || -> Result<(), NetnsError> {
         // SAFETY: unshare only changes this (short-lived) thread's namespace.
@@ -155,6 +145,16 @@ pub fn name_current(name: &str) -> Result<(), NetnsError> {
         return Ok(());
     }
     remove(name)?;
+    let (file, target) = mount_point(name)?;
+    bind_own(name, &target).inspect_err(|_| {
+        let _ = std::fs::remove_file(&file);
+    })
+}
+
+/// The file that will name namespace `name`, made (empty) under a shared
+/// `/run/netns`, as a path and as the C string mount(2) takes. A file left
+/// by an interrupted earlier attempt is no namespace: it is reused.
+fn mount_point(name: &str) -> Result<(PathBuf, std::ffi::CString), NetnsError> {
     prepare_dir(name)?;
     let file = path(name);
     std::fs::OpenOptions::new()
@@ -165,9 +165,7 @@ pub fn name_current(name: &str) -> Result<(), NetnsError> {
         .map_err(sys(name, "create its file"))?;
     let target = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
         .map_err(|_| sys(name, "name")(std::io::ErrorKind::InvalidInput.into()))?;
-    bind_own(name, &target).inspect_err(|_| {
-        let _ = std::fs::remove_file(&file);
-    })
+    Ok((file, target))
 }
 
 /// Bind-mounts the calling thread's network namespace on `target` (the
