@@ -1028,6 +1028,8 @@ fn uplink_host_body(host: &str, beyond: &str) {
     let pid = std::process::id();
     let dir = tempfile::tempdir().expect("tempdir");
     let name = format!("ec2lab-test-hn-{pid}");
+    // The name is only a name, but a failed run must not leave it.
+    let _name = Namespaces(vec![name.clone()]);
     let pool = Cidr::parse("203.0.113.0/24").expect("pool");
     let network = Network::new(dir.path().join("network"), "dnsmasq".into())
         .with_uplink(Uplink::host(&name, pool));
