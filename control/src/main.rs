@@ -514,7 +514,9 @@ fn client(cli: &Cli, data_dir: &std::path::Path, command: &Command) -> Result<()
             if unsafe { libc::geteuid() } != 0 {
                 // No way into the VPC's namespace: through the loopback
                 // forward of the public address, as from the internet.
-                let public = instance["PublicIpAddress"].as_str().ok_or_else(|| {
+                // The client's JSON keeps the wire's element names: the
+                // public address is `ipAddress` in EC2's XML.
+                let public = instance["IpAddress"].as_str().ok_or_else(|| {
                     format!("{instance_id} has no public address (without root, ssh goes through its loopback forward)")
                 })?;
                 let port = forward_port(data_dir, public)?;
@@ -755,7 +757,14 @@ fn ssh_in_vpc(
 /// `<data>/forwards`.
 fn forward_port(data_dir: &std::path::Path, public: &str) -> Result<String, String> {
     let path = data_dir.join("forwards");
-    let table = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (the daemon's table of loopback forwards; where it cannot be read, \
+             root can look up the port of {public} there, and `ssh -p PORT user@127.0.0.1` \
+             works for anyone)",
+            path.display()
+        )
+    })?;
     let target = format!("{public}:22");
     table
         .lines()
