@@ -131,11 +131,6 @@ impl Forwarder {
         }
     }
 
-    /// Where queries go.
-    pub fn upstreams(&self) -> &[SocketAddr] {
-        &self.upstreams
-    }
-
     /// Makes namespace `namespace` have a relay (bound now if it has
     /// none). Idempotent.
     pub fn ensure(&self, namespace: &str) -> Result<(), ForwardError> {

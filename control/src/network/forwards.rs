@@ -106,14 +106,17 @@ impl PortForwards {
                 room,
             });
         }
-        Ok(Self {
+        let forwards = Self {
             base,
             pool,
             uplink_ns: uplink_ns.to_string(),
             runtime,
             table,
             state: Mutex::new(State::default()),
-        })
+        };
+        // Nothing is open yet: a table left by an earlier daemon goes.
+        forwards.write_table(&State::default());
+        Ok(forwards)
     }
 
     /// The loopback port of public address `address` (None outside the
@@ -124,16 +127,6 @@ impl PortForwards {
             return None;
         }
         u16::try_from(offset).ok()?.checked_add(self.base)
-    }
-
-    /// The forwards open now: loopback port, public address, instance.
-    pub fn open(&self) -> Vec<(u16, Ipv4Addr, String)> {
-        let state = crate::lock(&self.state);
-        state
-            .open
-            .iter()
-            .map(|(a, f)| (f.port, *a, f.instance.clone()))
-            .collect()
     }
 
     /// Makes `public` (address → instance) what VPC namespace `vpc_ns`
@@ -160,6 +153,7 @@ impl PortForwards {
             .filter(|(a, f)| wanted.get(a) != Some(&f.instance))
             .map(|(a, _)| *a)
             .collect();
+        let mut changed = !gone.is_empty();
         for address in gone {
             state.open.remove(&address);
         }
@@ -183,11 +177,16 @@ impl PortForwards {
                             task,
                         },
                     );
+                    changed = true;
                 }
                 Err(e) => log::warn!("no forward to {address}: 127.0.0.1:{port}: {e}"),
             }
         }
-        self.write_table(&state);
+        // Rules change far more often than addresses: the table is
+        // rewritten only when a forward opened or closed.
+        if changed {
+            self.write_table(&state);
+        }
     }
 
     fn listen(&self, port: u16, address: Ipv4Addr) -> std::io::Result<AbortHandle> {

@@ -344,11 +344,6 @@ impl Network {
         self
     }
 
-    /// The loopback forwards, when there are any.
-    pub fn port_forwards(&self) -> Option<&forwards::PortForwards> {
-        self.port_forwards.as_ref()
-    }
-
     /// The DNS forwarder, when there is one.
     pub fn forwarder(&self) -> Option<&dns_forward::Forwarder> {
         self.forwarder.as_ref()
