@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -42,14 +41,10 @@ import botocore.awsrequest
 import botocore.config
 import urllib3
 
+from benchlib import free_port, machine
+
 REGION = "us-east-1"
 INSTANCES = 1000
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port, proc, what, timeout=60):
@@ -267,16 +262,6 @@ def measure(server, launcher, a):
     m["r50"], m["r99"] = pct(run, 50), pct(run, 99)
     m["rw50"], m["rw99"] = pct(run_wire, 50), pct(run_wire, 99)
     return m
-
-
-def machine():
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"machine: {model}, {os.cpu_count()} CPUs, kernel {platform.release()}"
 
 
 def table(e, m, a):

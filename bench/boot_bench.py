@@ -32,25 +32,9 @@ import time
 import boto3
 import botocore.config
 
+from benchlib import free_port, machine
+
 REGION = "us-east-1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def machine():
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
-    return f"{model}, {os.cpu_count()} CPUs, kernel {os.uname().release}, load {load}"
 
 
 # Connect with a 1 s deadline (until the guest has its address a SYN goes
@@ -170,7 +154,9 @@ def main():
             GroupId=group["GroupId"], IpPermissions=[{
                 "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
                 "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
-        print(f"machine: {machine()}")
+        with open("/proc/loadavg") as f:
+            load = " ".join(f.read().split()[:3])
+        print(f"{machine()}, load {load}")
         print()
         print("| type | run | RunInstances answered | `Run /init` | `lab-minimal: ready` | SSH banner at the public address |")
         print("|---|---:|---:|---:|---:|---:|")
