@@ -15,7 +15,8 @@ lab-minimal instance at a time and times, from the RunInstances call:
 
 Console lines are timed when the daemon's GetConsoleOutput first shows
 them (polled every 0.5 s). Then the instance is terminated. Prints the
-machine (CPU model) and one row per type. Needs root, /dev/kvm, the images
+machine (CPU model) and one row per type; `--timeline FILE` writes every
+console line with the time it first showed. Needs root, /dev/kvm, the images
 and the Python environment of scripts/python-env.
 """
 import argparse
@@ -64,7 +65,7 @@ def banner(ns, ip):
     return done.stdout
 
 
-def boot_once(ec2, ami, itype, ns, timeout):
+def boot_once(ec2, ami, itype, ns, timeout, timeline=None):
     started = time.monotonic()
     iid = ec2.run_instances(ImageId=ami, InstanceType=itype, MinCount=1,
                             MaxCount=1)["Instances"][0]["InstanceId"]
@@ -82,6 +83,7 @@ def boot_once(ec2, ami, itype, ns, timeout):
 
     knocker = threading.Thread(target=knock, daemon=True)
     knocker.start()
+    seen = 0
     while time.monotonic() - started < timeout:
         if public[0] is None:
             got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
@@ -89,10 +91,17 @@ def boot_once(ec2, ami, itype, ns, timeout):
         # botocore decodes the base64 Output itself.
         text = ec2.get_console_output(InstanceId=iid).get("Output") or ""
         now = time.monotonic() - started
+        if timeline is not None:
+            lines = text.splitlines()
+            for line in lines[seen:]:
+                timeline.write(f"{now:7.1f} {line}\n")
+            seen = len(lines)
         for mark in marks:
             if marks[mark] is None and mark in text:
                 marks[mark] = now
         if all(marks.values()) and ssh[0] is not None:
+            if timeline is not None:
+                timeline.write(f"{ssh[0]:7.1f} [bench] SSH banner\n")
             break
         time.sleep(0.5)
     knocker.join(timeout=1)
@@ -111,6 +120,8 @@ def main():
     ap.add_argument("--types", default="lab.nano,t2.micro")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--timeline", metavar="FILE",
+                    help="write each console line with the time it first showed")
     a = ap.parse_args()
     # A SIGTERM still terminates the instances' daemon and removes the
     # namespace (the finally below).
@@ -164,9 +175,13 @@ def main():
         def s(x):
             return "never" if x is None else f"{x:.1f} s"
 
+        timeline = open(a.timeline, "w") if a.timeline else None
         for itype in a.types.split(","):
             for run in range(1, a.runs + 1):
-                launched, init_at, ready, ssh = boot_once(ec2, ami, itype, ns, a.timeout)
+                if timeline is not None:
+                    timeline.write(f"# {itype} run {run}\n")
+                launched, init_at, ready, ssh = boot_once(ec2, ami, itype, ns, a.timeout,
+                                                          timeline)
                 print(f"| {itype} | {run} | {launched * 1000:.0f} ms | {s(init_at)} | {s(ready)} | {s(ssh)} |",
                       flush=True)
     finally:
