@@ -6,6 +6,8 @@
 //! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
 //! PUT  /metadata  InstanceMetadata          what 169.254.169.254 serves from now on
 //! PUT  /snapshot/create                     save the paused VM into its snapshot directory
+//! GET  /hotplug/memory                      the hotplug memory: region, block, plugged, requested
+//! PATCH /hotplug/memory {"requested_size_mib":N}  ask the guest to plug (or unplug) up to N MiB
 //! ```
 //! Errors come back with a 4xx or 5xx status and [`ApiFault`] as the body.
 //! Request bodies refuse unknown fields, so a client's typo is a 400 rather
@@ -29,6 +31,31 @@ pub const METADATA_PATH: &str = "/metadata";
 /// all, into the config's `snapshot_dir`; a VMM started with
 /// `--restore-from` that directory goes on from there.
 pub const SNAPSHOT_CREATE_PATH: &str = "/snapshot/create";
+
+/// `GET` here for the hotplug memory's [`HotplugMemoryStatus`]; `PATCH` a
+/// [`HotplugMemoryBody`] to ask the guest for another size.
+pub const HOTPLUG_MEMORY_PATH: &str = "/hotplug/memory";
+
+/// How much hotplug memory the guest should have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotplugMemoryBody {
+    /// MiB, a multiple of the block size, at most the region's size.
+    pub requested_size_mib: u64,
+}
+
+/// The hotplug memory as `GET /hotplug/memory` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotplugMemoryStatus {
+    /// The region's size in MiB: the most the guest can plug.
+    pub total_size_mib: u64,
+    /// The unit the guest plugs, in MiB.
+    pub block_size_mib: u64,
+    /// What the guest has plugged, in MiB.
+    pub plugged_size_mib: u64,
+    /// What the guest was asked to plug, in MiB.
+    pub requested_size_mib: u64,
+}
 
 /// Requested VM state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +105,10 @@ pub enum ApiRequest {
     SetMetadata(Box<InstanceMetadata>),
     /// `PUT /snapshot/create`.
     CreateSnapshot,
+    /// `GET /hotplug/memory`.
+    HotplugMemory,
+    /// `PATCH /hotplug/memory`.
+    SetHotplugMemory(HotplugMemoryBody),
 }
 
 /// A request body, serialised as the object its route expects.
@@ -90,16 +121,19 @@ pub enum RequestBody<'a> {
     Action(ActionBody),
     /// For `PUT /metadata`.
     Metadata(&'a InstanceMetadata),
+    /// For `PATCH /hotplug/memory`.
+    HotplugMemory(HotplugMemoryBody),
 }
 
 impl ApiRequest {
     /// The HTTP method a client sends.
     pub const fn method(&self) -> &'static str {
         match self {
-            Self::Describe => "GET",
+            Self::Describe | Self::HotplugMemory => "GET",
             Self::SetState(_) | Self::Action(_) | Self::SetMetadata(_) | Self::CreateSnapshot => {
                 "PUT"
             }
+            Self::SetHotplugMemory(_) => "PATCH",
         }
     }
 
@@ -111,13 +145,15 @@ impl ApiRequest {
             Self::Action(_) => ACTIONS_PATH,
             Self::SetMetadata(_) => METADATA_PATH,
             Self::CreateSnapshot => SNAPSHOT_CREATE_PATH,
+            Self::HotplugMemory | Self::SetHotplugMemory(_) => HOTPLUG_MEMORY_PATH,
         }
     }
 
     /// The JSON body, if the request has one.
     pub fn body(&self) -> Option<RequestBody<'_>> {
         match self {
-            Self::Describe | Self::CreateSnapshot => None,
+            Self::Describe | Self::CreateSnapshot | Self::HotplugMemory => None,
+            Self::SetHotplugMemory(body) => Some(RequestBody::HotplugMemory(*body)),
             Self::SetState(state) => Some(RequestBody::State(StateBody { state: *state })),
             Self::Action(action) => Some(RequestBody::Action(ActionBody { action: *action })),
             Self::SetMetadata(doc) => Some(RequestBody::Metadata(doc)),

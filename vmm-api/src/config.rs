@@ -103,6 +103,10 @@ pub struct VmConfig {
     /// The guest's vsock device, if any.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Memory the guest can be given while it runs (a virtio-mem device),
+    /// beyond the `memory_mib` it boots with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_memory: Option<HotplugMemoryConfig>,
     /// The instance metadata served at 169.254.169.254 on the first
     /// network card, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +144,7 @@ impl VmConfig {
             nets: Vec::new(),
             rng: false,
             vsock: None,
+            hotplug_memory: None,
             metadata: None,
             snapshot_dir: None,
             jail: None,
@@ -167,6 +172,33 @@ fn default_vcpus() -> u64 {
 
 fn default_memory_mib() -> u64 {
     DEFAULT_MEMORY_MIB
+}
+
+/// Hotpluggable memory: a virtio-mem device whose region lies above the
+/// boot memory. The guest sees none of it until its size is requested
+/// (here or with `PATCH /hotplug/memory`), and then plugs it in blocks.
+///
+/// On hosts that emulate the guest kernel, a kernel spends ~21 s per GiB
+/// initialising memory at boot, so ec2lab boots an instance with part of
+/// its memory and requests the rest once the guest is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotplugMemoryConfig {
+    /// The region's size: the most the guest can be given, in MiB.
+    pub total_size_mib: u64,
+    /// The unit the guest plugs, in MiB (a power of two).
+    #[serde(default = "default_hotplug_block_size_mib")]
+    pub block_size_mib: u64,
+    /// What the guest is asked to plug from the start, in MiB.
+    #[serde(default)]
+    pub requested_size_mib: u64,
+}
+
+/// The default block: 2 MiB, a huge page, as QEMU and Cloud Hypervisor use.
+pub const DEFAULT_HOTPLUG_BLOCK_SIZE_MIB: u64 = 2;
+
+fn default_hotplug_block_size_mib() -> u64 {
+    DEFAULT_HOTPLUG_BLOCK_SIZE_MIB
 }
 
 /// A virtio-blk device backed by a raw image file.

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::config::{CpuTemplate, DiskConfig, MacAddrError, NetConfig, VsockConfig};
+use crate::config::{
+    CpuTemplate, DiskConfig, HotplugMemoryConfig, MacAddrError, NetConfig, VsockConfig,
+    DEFAULT_HOTPLUG_BLOCK_SIZE_MIB,
+};
 
 /// `--config FILE`: boot from a JSON [`crate::config::VmConfig`] (the
 /// name as clap's `long` takes it, without the dashes).
@@ -54,6 +57,9 @@ pub enum FlagError {
     /// A template name that is not one of [`CpuTemplate::ALL`].
     #[error("unknown cpu template {0:?} (expected auto, none or emulated-kernel)")]
     CpuTemplate(String),
+    /// A size in `--hotplug-memory` that is not a number of MiB.
+    #[error("invalid size {0:?} (expected a number of MiB)")]
+    Size(String),
     /// A MAC address in `mac=`.
     #[error(transparent)]
     Mac(#[from] MacAddrError),
@@ -105,6 +111,27 @@ impl FromStr for VsockConfig {
         let cid = cid.parse().map_err(|_| FlagError::Cid(cid.to_string()))?;
         let uds = PathBuf::from(options.get("uds").ok_or(FlagError::Missing("uds=PATH"))?);
         Ok(Self { cid, uds })
+    }
+}
+
+impl FromStr for HotplugMemoryConfig {
+    type Err = FlagError;
+
+    /// `total=MIB[,block=MIB][,requested=MIB]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let options = parse_options(s, &["total", "block", "requested"])?;
+        let mib = |key: &str, default: Option<u64>| -> Result<u64, FlagError> {
+            match (options.get(key), default) {
+                (Some(v), _) => v.parse().map_err(|_| FlagError::Size(v.to_string())),
+                (None, Some(d)) => Ok(d),
+                (None, None) => Err(FlagError::Missing("total=MIB")),
+            }
+        };
+        Ok(Self {
+            total_size_mib: mib("total", None)?,
+            block_size_mib: mib("block", Some(DEFAULT_HOTPLUG_BLOCK_SIZE_MIB))?,
+            requested_size_mib: mib("requested", Some(0))?,
+        })
     }
 }
 
@@ -162,6 +189,28 @@ mod tests {
             Err(FlagError::DiskOption("rx".to_string()))
         );
         assert_eq!(",ro".parse::<DiskConfig>(), Err(FlagError::EmptyDiskPath));
+    }
+
+    #[test]
+    fn hotplug_memory_flags_parse() {
+        let h: HotplugMemoryConfig = "total=768".parse().expect("total only");
+        assert_eq!(
+            (h.total_size_mib, h.block_size_mib, h.requested_size_mib),
+            (768, 2, 0)
+        );
+        let h: HotplugMemoryConfig = "total=1024,block=128,requested=512".parse().expect("all");
+        assert_eq!(
+            (h.total_size_mib, h.block_size_mib, h.requested_size_mib),
+            (1024, 128, 512)
+        );
+        assert_eq!(
+            "block=2".parse::<HotplugMemoryConfig>(),
+            Err(FlagError::Missing("total=MIB"))
+        );
+        assert_eq!(
+            "total=1G".parse::<HotplugMemoryConfig>(),
+            Err(FlagError::Size("1G".to_string()))
+        );
     }
 
     #[test]

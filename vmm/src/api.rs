@@ -6,6 +6,8 @@
 //! PUT  /actions   {"action":"SendCtrlAltDel"|"Shutdown"}
 //! PUT  /metadata  the instance metadata document (replaces what IMDS serves)
 //! PUT  /snapshot/create                     save the paused VM (no body; see crate::snapshot)
+//! GET  /hotplug/memory                      the hotplug memory: region, block, plugged, requested
+//! PATCH /hotplug/memory {"requested_size_mib":N}  ask the guest for N MiB of it
 //! ```
 //! The server thread only parses and renders; every request is carried out
 //! by the VMM's main loop ([`handle`], calling methods of [`Vmm`]), so API
@@ -21,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 
 pub use ec2lab_vmm_api::api::{
-    ActionBody, ActionType, ApiFault, ApiRequest, StateBody, VmStateRequest, ACTIONS_PATH,
-    METADATA_PATH, SNAPSHOT_CREATE_PATH, VM_PATH, VM_STATE_PATH,
+    ActionBody, ActionType, ApiFault, ApiRequest, HotplugMemoryBody, StateBody, VmStateRequest,
+    ACTIONS_PATH, HOTPLUG_MEMORY_PATH, METADATA_PATH, SNAPSHOT_CREATE_PATH, VM_PATH, VM_STATE_PATH,
 };
 use ec2lab_vmm_api::metadata::InstanceMetadata;
 use serde_json::json;
@@ -93,12 +95,22 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, (u16, 
             }
             Ok(ApiRequest::CreateSnapshot)
         }
-        (_, VM_PATH | VM_STATE_PATH | ACTIONS_PATH | METADATA_PATH | SNAPSHOT_CREATE_PATH) => {
-            Err((405, format!("method {method} not allowed on {path}")))
+        ("GET", HOTPLUG_MEMORY_PATH) => Ok(ApiRequest::HotplugMemory),
+        ("PATCH", HOTPLUG_MEMORY_PATH) => {
+            let b: HotplugMemoryBody = serde_json::from_slice(body).map_err(bad)?;
+            Ok(ApiRequest::SetHotplugMemory(b))
         }
+        (
+            _,
+            VM_PATH | VM_STATE_PATH | ACTIONS_PATH | METADATA_PATH | SNAPSHOT_CREATE_PATH
+            | HOTPLUG_MEMORY_PATH,
+        ) => Err((405, format!("method {method} not allowed on {path}"))),
         _ => Err((404, format!("no such resource: {path}"))),
     }
 }
+
+/// The answer of the hotplug memory routes on a VM that has none.
+const NO_HOTPLUG_MEMORY: &str = "this VM has no hotplug memory (hotplug_memory in its config)";
 
 /// Carries out `req` on the running VM (on the VMM's main loop); returns
 /// the answer and whether the VM must stop now.
@@ -128,6 +140,23 @@ pub fn handle(vmm: &mut Vmm, req: ApiRequest) -> (ApiResponse, bool) {
             }
             Err(e) => (ApiResponse::Error(500, e.to_string()), false),
         },
+        ApiRequest::HotplugMemory => match vmm.hotplug_memory() {
+            Some(status) => (
+                ApiResponse::Json(serde_json::to_value(status).unwrap_or_default()),
+                false,
+            ),
+            None => (ApiResponse::Error(404, NO_HOTPLUG_MEMORY.into()), false),
+        },
+        ApiRequest::SetHotplugMemory(body) => {
+            match vmm.request_hotplug_memory(body.requested_size_mib) {
+                Ok(Some(status)) => (
+                    ApiResponse::Json(serde_json::to_value(status).unwrap_or_default()),
+                    false,
+                ),
+                Ok(None) => (ApiResponse::Error(404, NO_HOTPLUG_MEMORY.into()), false),
+                Err(e) => (ApiResponse::Error(400, e.to_string()), false),
+            }
+        }
         ApiRequest::SetMetadata(doc) => {
             if vmm.update_metadata(&doc) {
                 (ApiResponse::NoContent, false)
@@ -319,6 +348,18 @@ mod tests {
             parse("PUT", "/actions", br#"{"action":"Shutdown","x":1}"#).map_err(|e| e.0),
             Err(400)
         );
+        assert_eq!(
+            parse("PUT", "/hotplug/memory", b"{}").map_err(|e| e.0),
+            Err(405)
+        );
+        assert_eq!(
+            parse("PATCH", "/hotplug/memory", br#"{"requested_size_mib":-1}"#).map_err(|e| e.0),
+            Err(400)
+        );
+        assert_eq!(
+            parse("PATCH", "/hotplug/memory", br#"{"size":256}"#).map_err(|e| e.0),
+            Err(400)
+        );
     }
 
     #[test]
@@ -334,6 +375,10 @@ mod tests {
                 user_data: Some(vec![0, 255, 7]),
                 ..InstanceMetadata::default()
             })),
+            ApiRequest::HotplugMemory,
+            ApiRequest::SetHotplugMemory(HotplugMemoryBody {
+                requested_size_mib: 768,
+            }),
         ] {
             let body = request
                 .body()

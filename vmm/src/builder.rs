@@ -26,6 +26,7 @@ use crate::devices::manager::DeviceManager;
 use crate::devices::power::{AcpiPowerRegister, PowerEvent, PowerHandler};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mem::{Mem, MemConfig, MemError};
 use crate::devices::virtio::mmio::{self, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
@@ -93,6 +94,9 @@ pub enum BuildError {
     /// The vsock device's socket.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// The hotplug memory device could not be set up.
+    #[error("hotplug memory: {0}")]
+    HotplugMemory(#[from] MemError),
     /// The seccomp filters.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -205,6 +209,14 @@ fn open_virtio_devices(
     if config.rng {
         devices.push(Box::new(Rng::new()));
     }
+    if let Some(hotplug) = &config.hotplug_memory {
+        devices.push(Box::new(Mem::new(MemConfig {
+            addr: layout::hotplug_start(config.memory_bytes()),
+            region_size: hotplug.total_size_mib << 20,
+            block_size: hotplug.block_size_mib << 20,
+            requested_size: hotplug.requested_size_mib << 20,
+        })?));
+    }
     if let Some(vsock) = &config.vsock {
         // Checked before the device binds its socket, so that a refusal
         // leaves no socket behind.
@@ -260,6 +272,7 @@ pub fn build(
     let workarounds = Workarounds::new(config.cpu_template, host);
     let vcpu_count = config.vcpus as u8;
     let mem_size = config.memory_bytes();
+    let hotplug_size = config.hotplug_memory.map_or(0, |h| h.total_size_mib << 20);
 
     let snapshot_dir = match &config.snapshot_dir {
         Some(path) => {
@@ -284,6 +297,7 @@ pub fn build(
         emulated_kernel: workarounds.emulated_kernel,
         vcpus: vcpu_count,
         memory_bytes: mem_size,
+        hotplug_bytes: hotplug_size,
         devices: virtio_devices
             .iter()
             .map(|d| d.name().to_string())
@@ -301,13 +315,13 @@ pub fn build(
     let (mem, start) = match loaded {
         Some((loaded, dir)) => {
             loaded.snapshot.machine.check_fits(&machine)?;
-            let ranges = layout::ram_regions(mem_size);
+            let ranges = layout::memory_ranges(mem_size, hotplug_size);
             let mem = snapshot::memory::map(&loaded.memory, &ranges)
                 .map_err(snapshot::SnapshotError::from)?;
             (mem, Start::Restore(Box::new(loaded.snapshot), dir))
         }
         None => {
-            let mem = memory::create(mem_size)?;
+            let mem = memory::create(mem_size, hotplug_size)?;
             let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
             let initrd = match &config.initrd {
                 Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use ec2lab_vmm_api::metadata::{InstanceMetadata, MAX_USER_DATA};
 
 pub use ec2lab_vmm_api::config::{
-    CpuTemplate, DiskConfig, MacAddr, NetConfig, VmConfig, VsockConfig, DEFAULT_STALL_TIMEOUT_SECS,
+    CpuTemplate, DiskConfig, HotplugMemoryConfig, MacAddr, NetConfig, VmConfig, VsockConfig,
+    DEFAULT_STALL_TIMEOUT_SECS,
 };
 
 /// Largest vCPU count we accept; the MP table and MADT use 8-bit APIC ids.
@@ -68,6 +69,9 @@ pub enum ConfigError {
         /// Limit.
         max: usize,
     },
+    /// The hotplug memory's sizes are wrong.
+    #[error("invalid hotplug memory: {0}")]
+    HotplugMemory(String),
     /// A network device's options are wrong.
     #[error("invalid network device: {0}")]
     Net(String),
@@ -106,6 +110,47 @@ pub trait Validate {
     /// physical memory (a guest larger than the host is refused up front
     /// rather than failing later with an obscure mmap or OOM error).
     fn validate(&self, host_mem_mib: u64) -> Result<(), ConfigError>;
+}
+
+/// Largest hotplug block: Linux plugs memory in 128 MiB sections, and a
+/// block larger than a section only wastes what does not fill one.
+const MAX_HOTPLUG_BLOCK_MIB: u64 = 128;
+
+/// The hotplug region: a power-of-two block, a whole number of blocks, a
+/// request that fits, and boot plus hotplug memory within the host's.
+fn check_hotplug_memory(
+    h: &HotplugMemoryConfig,
+    memory_mib: u64,
+    host_mem_mib: u64,
+) -> Result<(), ConfigError> {
+    let bad = |why: String| Err(ConfigError::HotplugMemory(why));
+    if !h.block_size_mib.is_power_of_two() || h.block_size_mib > MAX_HOTPLUG_BLOCK_MIB {
+        return bad(format!(
+            "block_size_mib must be a power of two from 1 to {MAX_HOTPLUG_BLOCK_MIB}, got {}",
+            h.block_size_mib
+        ));
+    }
+    if h.total_size_mib == 0 || !h.total_size_mib.is_multiple_of(h.block_size_mib) {
+        return bad(format!(
+            "total_size_mib must be a positive multiple of the {} MiB block, got {}",
+            h.block_size_mib, h.total_size_mib
+        ));
+    }
+    if h.requested_size_mib > h.total_size_mib
+        || !h.requested_size_mib.is_multiple_of(h.block_size_mib)
+    {
+        return bad(format!(
+            "requested_size_mib must be a multiple of the {} MiB block up to {}, got {}",
+            h.block_size_mib, h.total_size_mib, h.requested_size_mib
+        ));
+    }
+    match memory_mib.checked_add(h.total_size_mib) {
+        Some(all) if all <= host_mem_mib => Ok(()),
+        _ => bad(format!(
+            "{memory_mib} MiB of boot memory and {} MiB to plug are more than the host's {host_mem_mib} MiB",
+            h.total_size_mib
+        )),
+    }
 }
 
 impl Validate for VmConfig {
@@ -147,10 +192,14 @@ impl Validate for VmConfig {
                 return Err(ConfigError::Vsock("empty uds path".to_string()));
             }
         }
+        if let Some(hotplug) = &self.hotplug_memory {
+            check_hotplug_memory(hotplug, self.memory_mib, host_mem_mib)?;
+        }
         let devices = self.disks.len()
             + self.nets.len()
             + usize::from(self.rng)
-            + usize::from(self.vsock.is_some());
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.hotplug_memory.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices {
                 got: devices,
@@ -220,6 +269,43 @@ mod tests {
         assert_eq!(c.cmdline, "console=ttyS0");
         assert_eq!(c.cpu_template, CpuTemplate::Auto);
         assert!(c.validate(1024).is_ok());
+    }
+
+    #[test]
+    fn hotplug_memory_is_checked() {
+        let with = |json: &str| {
+            from_json(&format!(
+                r#"{{"kernel":"/k","memory_mib":256,"hotplug_memory":{json}}}"#
+            ))
+            .expect("parses")
+        };
+        let ok = with(r#"{"total_size_mib":768}"#);
+        assert_eq!(ok.hotplug_memory.map(|h| h.block_size_mib), Some(2));
+        assert!(ok.validate(4096).is_ok());
+        for (json, why) in [
+            (r#"{"total_size_mib":0}"#, "total_size_mib"),
+            (r#"{"total_size_mib":767}"#, "total_size_mib"),
+            (
+                r#"{"total_size_mib":768,"block_size_mib":3}"#,
+                "power of two",
+            ),
+            (
+                r#"{"total_size_mib":768,"block_size_mib":256}"#,
+                "power of two",
+            ),
+            (
+                r#"{"total_size_mib":768,"requested_size_mib":1024}"#,
+                "requested_size_mib",
+            ),
+            (
+                r#"{"total_size_mib":768,"requested_size_mib":3}"#,
+                "requested_size_mib",
+            ),
+            (r#"{"total_size_mib":4096}"#, "more than the host"),
+        ] {
+            let err = with(json).validate(4096).expect_err(json);
+            assert!(err.to_string().contains(why), "{json}: {err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Parser;
-use ec2lab_vmm::config::{self, CpuTemplate, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use ec2lab_vmm::config::{
+    self, CpuTemplate, DiskConfig, HotplugMemoryConfig, NetConfig, VmConfig, VsockConfig,
+};
 use ec2lab_vmm::exit::{ExitRecord, EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 use ec2lab_vmm::{builder, rlimit, seccomp};
 use ec2lab_vmm_api::flags;
@@ -71,6 +73,11 @@ struct Args {
     /// send "CONNECT <port>"; guest connections to port P go to PATH_P).
     #[arg(long)]
     vsock: Option<VsockConfig>,
+    /// Memory the guest can be given while it runs (virtio-mem), beyond
+    /// --memory-mib: total=MIB[,block=MIB][,requested=MIB]; request more
+    /// later with `PATCH /hotplug/memory`.
+    #[arg(long)]
+    hotplug_memory: Option<HotplugMemoryConfig>,
     /// An existing directory `PUT /snapshot/create` writes the paused VM
     /// into (files `state` and `memory`).
     #[arg(long)]
@@ -136,6 +143,7 @@ impl Args {
             nets: self.net,
             rng: self.rng,
             vsock: self.vsock,
+            hotplug_memory: self.hotplug_memory,
             // Instance metadata comes only with a config file.
             metadata: None,
             snapshot_dir: self.snapshot_dir,

@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ec2lab_vmm_api::api::HotplugMemoryStatus;
 use vm_memory::GuestMemoryMmap;
 
 use crate::api::{self, ApiServer};
@@ -24,6 +25,7 @@ use crate::devices::cmos::CmosRtc;
 use crate::devices::i8042::I8042;
 use crate::devices::manager::{DeviceManager, VirtioSlot};
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::mem::{MemError, MemStatus};
 use crate::exit::VmExit;
 use crate::host::{CpuVendor, HostKind, TscSource, Workarounds};
 use crate::pause::{self, Pausable, PauseError};
@@ -201,6 +203,39 @@ impl Vmm {
             served |= lock(&slot.transport).device_mut().update_metadata(doc);
         }
         served
+    }
+
+    /// The hotplug memory's sizes; `None` when the VM has none.
+    pub fn hotplug_memory(&self) -> Option<HotplugMemoryStatus> {
+        self.devices.virtio().iter().find_map(|slot| {
+            lock(&slot.transport)
+                .device_mut()
+                .as_hotplug_memory()
+                .map(|m| hotplug_status(&m.status()))
+        })
+    }
+
+    /// Asks the guest to plug `mib` MiB of the hotplug memory (fewer than
+    /// it has: to unplug); the driver hears of it through a config-change
+    /// interrupt and plugs or unplugs at its pace. `Ok(None)` when the VM
+    /// has no hotplug memory.
+    pub fn request_hotplug_memory(
+        &mut self,
+        mib: u64,
+    ) -> Result<Option<HotplugMemoryStatus>, MemError> {
+        for slot in self.devices.virtio() {
+            let mut transport = lock(&slot.transport);
+            let Some(device) = transport.device_mut().as_hotplug_memory() else {
+                continue;
+            };
+            // A size past u64 is refused as too large for the region.
+            device.set_requested_size(mib.saturating_mul(1 << 20))?;
+            let status = hotplug_status(&device.status());
+            transport.config_changed();
+            log::info!("hotplug memory: {mib} MiB requested");
+            return Ok(Some(status));
+        }
+        Ok(None)
     }
 
     /// The virtio devices, in guest order.
@@ -508,4 +543,14 @@ fn spawn_signal_thread(events: Sender<VmmEvent>, filter: ThreadFilter) -> std::i
             }
         })?;
     Ok(())
+}
+
+/// The device's sizes in MiB, as the API reports them.
+fn hotplug_status(m: &MemStatus) -> HotplugMemoryStatus {
+    HotplugMemoryStatus {
+        total_size_mib: m.region_size >> 20,
+        block_size_mib: m.block_size >> 20,
+        plugged_size_mib: m.plugged_size >> 20,
+        requested_size_mib: m.requested_size >> 20,
+    }
 }

@@ -129,6 +129,11 @@ pub struct Machine {
     pub vcpus: u8,
     /// Guest RAM in bytes.
     pub memory_bytes: u64,
+    /// The hotplug (virtio-mem) region in bytes, plugged or not; the
+    /// memory file holds it after the RAM (0 in snapshots written before
+    /// there was one).
+    #[serde(default)]
+    pub hotplug_bytes: u64,
     /// The virtio devices' names, in guest order.
     pub devices: Vec<String>,
 }
@@ -162,6 +167,13 @@ impl Machine {
                 "it has {} MiB of memory, the config {}",
                 self.memory_bytes >> 20,
                 here.memory_bytes >> 20
+            ));
+        }
+        if self.hotplug_bytes != here.hotplug_bytes {
+            return unfit(format!(
+                "it has {} MiB of hotplug memory, the config {}",
+                self.hotplug_bytes >> 20,
+                here.hotplug_bytes >> 20
             ));
         }
         if self.devices != here.devices {
@@ -311,7 +323,10 @@ pub fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
         &memory,
         &memory_path,
         snapshot.memory_id,
-        snapshot.machine.memory_bytes,
+        snapshot
+            .machine
+            .memory_bytes
+            .saturating_add(snapshot.machine.hotplug_bytes),
     )?;
     Ok(Loaded { snapshot, memory })
 }

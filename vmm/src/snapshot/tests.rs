@@ -13,6 +13,7 @@ fn machine() -> Machine {
         emulated_kernel: true,
         vcpus: 2,
         memory_bytes: 256 << 20,
+        hotplug_bytes: 0,
         devices: vec!["block".into(), "net".into(), "rng".into()],
     }
 }
@@ -197,6 +198,10 @@ fn a_snapshot_fits_only_the_same_machine_on_the_same_kind_of_host() {
         (
             Box::new(|m| m.memory_bytes = 512 << 20),
             "it has 256 MiB of memory, the config 512",
+        ),
+        (
+            Box::new(|m| m.hotplug_bytes = 768 << 20),
+            "it has 0 MiB of hotplug memory, the config 768",
         ),
         (
             Box::new(|m| m.devices.swap(0, 1)),

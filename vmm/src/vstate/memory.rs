@@ -17,14 +17,17 @@ pub enum MemoryError {
     },
 }
 
-/// Allocates `size` bytes of guest RAM. Pages are only backed when touched.
-pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(size)
+/// Allocates `size` bytes of guest RAM and a hotplug region of
+/// `hotplug_size` bytes above it (see [`layout::memory_ranges`]). Pages are
+/// only backed when touched, so a region the guest has not plugged costs
+/// the host nothing.
+pub fn create(size: u64, hotplug_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::memory_ranges(size, hotplug_size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Alloc {
-        mib: size >> 20,
+        mib: (size + hotplug_size) >> 20,
         source,
     })
 }
@@ -37,9 +40,13 @@ mod tests {
 
     #[test]
     fn regions_match_the_layout() {
-        let mem = create(64 << 20).expect("memory");
+        let mem = create(64 << 20, 0).expect("memory");
         assert_eq!(mem.num_regions(), 1);
         let total: u64 = mem.iter().map(|r| r.len()).sum();
         assert_eq!(total, 64 << 20);
+        let mem = create(64 << 20, 128 << 20).expect("memory with a hotplug region");
+        assert_eq!(mem.num_regions(), 2);
+        let total: u64 = mem.iter().map(|r| r.len()).sum();
+        assert_eq!(total, 192 << 20);
     }
 }

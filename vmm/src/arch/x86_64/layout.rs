@@ -85,6 +85,31 @@ pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// Alignment of the hotplug region: Linux adds memory in 128 MiB sections
+/// (x86_64's memory block), so the region starts on a 1 GiB boundary and
+/// every section of it is whole.
+pub const HOTPLUG_ALIGN: u64 = 1 << 30;
+
+/// Where the hotplug (virtio-mem) region of a guest with `mem_size` bytes
+/// of boot RAM starts: above the MMIO gap and above all RAM, on a 1 GiB
+/// boundary, so it never overlaps RAM, devices or the gap.
+pub fn hotplug_start(mem_size: u64) -> u64 {
+    let ram_end = ram_regions(mem_size)
+        .last()
+        .map_or(0, |(start, len)| start + len);
+    ram_end.max(MMIO_GAP_END).next_multiple_of(HOTPLUG_ALIGN)
+}
+
+/// Every guest-physical range backed by memory: the boot RAM, then the
+/// hotplug region of `hotplug_size` bytes if any.
+pub fn memory_ranges(mem_size: u64, hotplug_size: u64) -> Vec<(u64, u64)> {
+    let mut ranges = ram_regions(mem_size);
+    if hotplug_size > 0 {
+        ranges.push((hotplug_start(mem_size), hotplug_size));
+    }
+    ranges
+}
+
 /// End (exclusive) of RAM below the MMIO gap.
 pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
@@ -107,6 +132,19 @@ mod tests {
         let total: u64 = regions.iter().map(|r| r.1).sum();
         assert_eq!(total, 4 << 30);
         assert_eq!(low_ram_end(4 << 30), MMIO_GAP_START);
+    }
+
+    #[test]
+    fn the_hotplug_region_lies_above_ram_and_the_gap() {
+        assert_eq!(hotplug_start(256 << 20), MMIO_GAP_END);
+        assert_eq!(
+            memory_ranges(256 << 20, 768 << 20),
+            vec![(0, 256 << 20), (MMIO_GAP_END, 768 << 20)]
+        );
+        assert_eq!(memory_ranges(256 << 20, 0), vec![(0, 256 << 20)]);
+        // 4 GiB of RAM ends at 5 GiB (1 GiB above the gap).
+        assert_eq!(hotplug_start(4 << 30), 5 << 30);
+        assert_eq!(hotplug_start((4 << 30) + (1 << 20)), 6 << 30);
     }
 
     #[test]

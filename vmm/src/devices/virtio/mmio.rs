@@ -122,6 +122,14 @@ pub struct TransportSnapshot {
     status: u32,
     interrupt_status: u32,
     queues: Vec<QueueSnapshot>,
+    /// The config generation (absent from snapshots written before it
+    /// counted).
+    #[serde(default)]
+    config_generation: u32,
+    /// State of the device's own that the guest sees (what a virtio-mem
+    /// device has plugged); absent for devices that keep none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_state: Option<serde_json::Value>,
 }
 
 /// A saved transport that does not fit the device or the guest's memory.
@@ -138,6 +146,14 @@ pub enum TransportRestoreError {
         device: u32,
         /// This VM's queue count.
         queues: usize,
+    },
+    /// The device's own saved state does not fit it.
+    #[error("virtio-{device}: {reason}")]
+    DeviceState {
+        /// The device's name.
+        device: &'static str,
+        /// Why.
+        reason: String,
     },
     /// A queue's saved state is out of range.
     #[error("virtio-{device} queue {index}: {reason}")]
@@ -162,6 +178,7 @@ pub struct MmioTransport {
     driver_features_select: u32,
     driver_features: u64,
     status: u32,
+    config_generation: u32,
 }
 
 impl MmioTransport {
@@ -186,6 +203,7 @@ impl MmioTransport {
             driver_features_select: 0,
             driver_features: 0,
             status: 0,
+            config_generation: 0,
         }
     }
 
@@ -216,6 +234,8 @@ impl MmioTransport {
             status: self.status,
             interrupt_status: self.interrupt.status(),
             queues: self.queues.iter().map(|q| q.state().into()).collect(),
+            config_generation: self.config_generation,
+            device_state: self.device.save_state(),
         }
     }
 
@@ -258,7 +278,16 @@ impl MmioTransport {
             }
             queues.push(queue);
         }
+        if let Some(state) = &saved.device_state {
+            self.device.restore_state(state).map_err(|reason| {
+                TransportRestoreError::DeviceState {
+                    device: name,
+                    reason,
+                }
+            })?;
+        }
         self.queues = queues;
+        self.config_generation = saved.config_generation;
         self.queue_select = saved.queue_select;
         self.device_features_select = saved.device_features_select;
         self.driver_features_select = saved.driver_features_select;
@@ -281,6 +310,17 @@ impl MmioTransport {
             self.signal(used);
         }
         Ok(())
+    }
+
+    /// The device changed its config space (a virtio-mem device was asked
+    /// for another size): a new generation, so a driver reading a field in
+    /// two halves notices, and a config-change interrupt once the driver
+    /// is up.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.is_active() {
+            self.interrupt.signal_config();
+        }
     }
 
     /// Serves queue `index` after a notification, and interrupts the guest
@@ -407,7 +447,7 @@ impl MmioTransport {
             QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
             STATUS => self.status,
-            CONFIG_GENERATION => 0,
+            CONFIG_GENERATION => self.config_generation,
             _ => 0,
         }
     }

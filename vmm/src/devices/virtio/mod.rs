@@ -10,6 +10,7 @@
 pub mod block;
 pub mod event;
 pub mod iov;
+pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -39,6 +40,8 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     /// Socket device (AF_VSOCK).
     pub const VSOCK: u32 = 19;
+    /// Memory device (virtio-mem).
+    pub const MEM: u32 = 24;
 }
 
 /// The queues a device put buffers on the used ring of, so the transport
@@ -206,6 +209,21 @@ pub trait VirtioDevice: Send {
         self.activate(mem, queues)
     }
 
+    /// The device's own guest-visible state for a snapshot (beyond the
+    /// transport's registers and queues); `None` for devices that keep none.
+    fn save_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Takes back what [`Self::save_state`] saved, before the guest runs;
+    /// the error says why the saved state does not fit this device.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+        Err("this device keeps no state of its own, the snapshot has some".to_string())
+    }
+    /// The virtio-mem device behind this transport, if that is what it is:
+    /// how the API asks it for another size.
+    fn as_hotplug_memory(&mut self) -> Option<&mut mem::Mem> {
+        None
+    }
     /// Replaces the instance metadata this device serves; false for the
     /// devices that serve none (only the primary network card does).
     fn update_metadata(&mut self, _doc: &ec2lab_vmm_api::metadata::InstanceMetadata) -> bool {
@@ -215,6 +233,8 @@ pub trait VirtioDevice: Send {
 
 /// Interrupt status bit: a queue has used buffers.
 pub const INT_USED_RING: u32 = 1;
+/// Interrupt status bit: the device's config space changed.
+pub const INT_CONFIG: u32 = 2;
 
 /// A device's interrupt: the status register the guest reads and acks, and
 /// the irqfd that raises the line.
@@ -235,6 +255,14 @@ impl VirtioInterrupt {
     /// Flags used buffers and raises the line.
     pub fn signal_used(&self) {
         self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            log::warn!("virtio: cannot raise interrupt: {e}");
+        }
+    }
+
+    /// Flags a config change and raises the line.
+    pub fn signal_config(&self) {
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
         if let Err(e) = self.irq.write(1) {
             log::warn!("virtio: cannot raise interrupt: {e}");
         }
