@@ -110,6 +110,57 @@ usage_from_header() {
     awk 'NR==1 && /^#!/ {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$1"
 }
 
+# build_dropbear_static -> directory holding static `dropbear` and
+# `dropbearkey`, built once from Debian's dropbear source package (the
+# version apt offers for dropbear-bin, with Debian's patches) into
+# $EC2LAB_CACHE/tools/dropbear-static-<version>. Static, because on KVM
+# hosts that emulate the guest kernel loading the packaged dropbear's six
+# shared libraries took ~4 s of every start (a static busybox starts in
+# ~1 s there). The source comes through apt with a source list of its own
+# (the host's apt configuration is not touched).
+build_dropbear_static() {
+    local ver dir work apt_dir
+    ver=$(apt_candidate dropbear-bin)
+    [ -n "$ver" ] || die "apt knows no dropbear-bin package"
+    dir="$EC2LAB_CACHE/tools/dropbear-static-${ver//:/_}"
+    if [ ! -x "$dir/dropbear" ] || [ ! -x "$dir/dropbearkey" ]; then
+        ensure_pkgs dpkg-dev gcc make libc6-dev bzip2 xz-utils
+        apt_dir="$EC2LAB_CACHE/apt-src"
+        mkdir -p "$apt_dir/lists/partial"
+        printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' \
+            'Suites: bookworm bookworm-updates' 'Components: main' \
+            'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' '' \
+            'Types: deb-src' 'URIs: http://deb.debian.org/debian-security' \
+            'Suites: bookworm-security' 'Components: main' \
+            'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' >"$apt_dir/sources.sources"
+        local apt=(apt-get -q -o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=/nonexistent"
+            -o "Dir::Etc::sourcelist=$apt_dir/sources.sources" -o "Dir::State::Lists=$apt_dir/lists")
+        [ "$(id -u)" = 0 ] && apt+=(-o APT::Sandbox::User=root)
+        work=$(mktemp -d "$EC2LAB_CACHE/tools/.dropbear.XXXXXX")
+        log "building a static dropbear $ver from Debian's source package"
+        "${apt[@]}" update >&2 || { rm -rf "$work"; die "apt-get update (dropbear's source list) failed"; }
+        (cd "$work" && "${apt[@]}" source --download-only "dropbear=$ver" >&2) \
+            || { rm -rf "$work"; die "apt-get source dropbear=$ver failed"; }
+        (cd "$work" && dpkg-source -x ./*.dsc src >&2) || { rm -rf "$work"; die "dpkg-source -x failed"; }
+        # The bundled libtomcrypt/libtommath, no zlib, no login records:
+        # lab-minimal keeps no utmp/wtmp/lastlog and logs nothing to syslog.
+        (cd "$work/src" && ./configure --enable-static --enable-bundled-libtom --disable-zlib \
+            --disable-lastlog --disable-utmp --disable-utmpx --disable-wtmp --disable-wtmpx \
+            --disable-pututline --disable-pututxline --disable-syslog >"$work/configure.log" 2>&1 \
+            && make -j"$(nproc)" PROGRAMS="dropbear dropbearkey" >"$work/make.log" 2>&1) \
+            || { tail -20 "$work/configure.log" "$work/make.log" >&2; rm -rf "$work"; die "building dropbear failed"; }
+        strip "$work/src/dropbear" "$work/src/dropbearkey"
+        if grep -q 'program interpreter' <<<"$(readelf -l "$work/src/dropbear")"; then
+            rm -rf "$work"
+            die "the dropbear build is not statically linked"
+        fi
+        mkdir -p "$dir"
+        install -m 755 "$work/src/dropbear" "$work/src/dropbearkey" "$dir/"
+        rm -rf "$work"
+    fi
+    printf '%s\n' "$dir"
+}
+
 # fetch_busybox -> path of a static busybox from Debian's busybox-static
 # package, extracted once into $EC2LAB_CACHE/tools (the package is not
 # installed on the host).

@@ -87,6 +87,9 @@ pub struct ServeOptions {
     pub dns_upstreams: Vec<SocketAddr>,
     /// Loopback forwards to public addresses start at this port (0: none).
     pub forward_base: u16,
+    /// Instances whose kernel plugs virtio-mem memory boot with at most
+    /// this much (MiB) and get the rest once up (None: all at boot).
+    pub boot_memory_mib: Option<u64>,
 }
 
 /// SigV4 against the data directory's one set of credentials.
@@ -188,6 +191,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
             stall_timeout: options.stall_timeout,
         },
     );
+    lab.set_boot_memory(options.boot_memory_mib);
+    match options.boot_memory_mib {
+        Some(mib) => log::info!(
+            "memory: instances boot with at most {mib} MiB and plug the rest once up (kernels with virtio-mem)"
+        ),
+        None => log::info!("memory: instances boot with all of their memory"),
+    }
     let mut network =
         crate::network::Network::new(options.data_dir.join("network"), options.dnsmasq.clone())
             .with_uplink(options.uplink.clone());

@@ -170,6 +170,9 @@ pub struct Lab {
     /// The VPC fabric; unset (instances get no network card) in labs
     /// built without one, such as the API's unit tests.
     network: OnceLock<Arc<Network>>,
+    /// The most memory an instance boots with when its kernel can plug
+    /// the rest (None: all of it); see [`Lab::set_boot_memory`].
+    boot_memory_mib: OnceLock<Option<u64>>,
     /// The metadata documents last handed to running VMMs, by instance;
     /// the lock also keeps two pushes from crossing.
     /// Keys `SendSSHPublicKey` made usable for a minute, by instance.
@@ -208,7 +211,92 @@ struct BootFiles {
     /// The root file's digest as registered: the copy must match it.
     root_sha256: String,
     cmdline: String,
+    /// The image leaves its first card to the kernel's DHCP client.
+    kernel_dhcp: bool,
+    /// The kernel plugs virtio-mem memory.
+    virtio_mem: bool,
     initrd: Option<PathBuf>,
+}
+
+/// The image's command line, with `ip=` for the kernel's DHCP client when
+/// the image asks for it and the instance has a card to configure.
+fn boot_cmdline(files: &BootFiles, has_card: bool) -> String {
+    if files.kernel_dhcp && has_card {
+        format!("{} ip=:::::eth0:dhcp", files.cmdline)
+    } else {
+        files.cmdline.clone()
+    }
+}
+
+/// Asks the VMM behind `sock` to have its guest plug all of its hotplug
+/// memory (nothing when it has none, or has asked for it already).
+async fn plug_hotplug_memory(id: String, sock: PathBuf) {
+    use ec2lab_vmm_api::api::{ApiRequest, HotplugMemoryBody, HotplugMemoryStatus};
+    let status = match crate::supervisor::vmm_api(&sock, ApiRequest::HotplugMemory).await {
+        Ok((_, body)) => match serde_json::from_str::<HotplugMemoryStatus>(&body) {
+            Ok(status) => status,
+            Err(e) => {
+                log::warn!("{id}: unreadable hotplug memory status: {e}");
+                return;
+            }
+        },
+        // 404: a VMM without hotplug memory.
+        Err(_) => return,
+    };
+    if status.requested_size_mib >= status.total_size_mib {
+        return;
+    }
+    let request = ApiRequest::SetHotplugMemory(HotplugMemoryBody {
+        requested_size_mib: status.total_size_mib,
+    });
+    match crate::supervisor::vmm_api(&sock, request).await {
+        Ok(_) => log::info!(
+            "{id}: asked the guest to plug {} MiB of memory",
+            status.total_size_mib
+        ),
+        Err(e) => log::warn!("{id}: hotplug memory: {e}"),
+    }
+}
+
+/// Boot memory on hosts that emulate the guest kernel: enough for the lab
+/// kernel and lab-minimal's boot, while initialising memory costs ~21 s
+/// per GiB there (guest-images/kernel/NOTES.md).
+pub const EMULATED_HOST_BOOT_MEMORY_MIB: u64 = 256;
+
+/// The boot memory limit when the daemon is given none: on hosts that
+/// emulate the guest kernel (`/sys/module/kvm_pvm`, as the VMM detects
+/// them), [`EMULATED_HOST_BOOT_MEMORY_MIB`]; on bare-metal KVM, where a
+/// kernel initialises a GiB in milliseconds, no limit.
+pub fn default_boot_memory_mib() -> Option<u64> {
+    std::path::Path::new("/sys/module/kvm_pvm")
+        .exists()
+        .then_some(EMULATED_HOST_BOOT_MEMORY_MIB)
+}
+
+/// How an instance of `instance_mib` boots: with at most `boot_limit` MiB,
+/// and the rest as hotplug memory its kernel plugs once asked; all of it
+/// at boot without a limit, below it, or when the rest is not a whole
+/// number of hotplug blocks.
+fn memory_plan(
+    instance_mib: u64,
+    boot_limit: Option<u64>,
+) -> (u64, Option<ec2lab_vmm_api::config::HotplugMemoryConfig>) {
+    let block = ec2lab_vmm_api::config::DEFAULT_HOTPLUG_BLOCK_SIZE_MIB;
+    match boot_limit {
+        Some(boot)
+            if boot > 0 && instance_mib > boot && (instance_mib - boot).is_multiple_of(block) =>
+        {
+            (
+                boot,
+                Some(ec2lab_vmm_api::config::HotplugMemoryConfig {
+                    total_size_mib: instance_mib - boot,
+                    block_size_mib: block,
+                    requested_size_mib: 0,
+                }),
+            )
+        }
+        _ => (instance_mib, None),
+    }
 }
 
 /// What the guest should see for a root volume of `size_gib` from `image`.
@@ -250,6 +338,7 @@ impl Lab {
                 (t / 2).clamp(Duration::from_millis(200), DEFAULT_STALL_POLL)
             }),
             network: OnceLock::new(),
+            boot_memory_mib: OnceLock::new(),
         })
     }
 
@@ -258,6 +347,18 @@ impl Lab {
     /// is ignored.
     pub fn set_network(&self, network: Network) {
         let _ = self.network.set(Arc::new(network));
+    }
+
+    /// Boot instances whose kernel plugs virtio-mem memory with at most
+    /// `mib` MiB and plug the rest once their agent checks in (None: boot
+    /// with all of it). Set once, before instances boot; unset, the lab
+    /// uses [`default_boot_memory_mib`].
+    pub fn set_boot_memory(&self, mib: Option<u64>) {
+        let _ = self.boot_memory_mib.set(mib);
+    }
+
+    fn boot_memory_mib(&self) -> Option<u64> {
+        *self.boot_memory_mib.get_or_init(default_boot_memory_mib)
     }
 
     /// The VPC fabric, when the lab has one.
@@ -429,6 +530,8 @@ impl Lab {
             root: ami.dir.join(&root.path),
             root_sha256: image.digest.clone(),
             cmdline: ami.manifest.cmdline.clone(),
+            kernel_dhcp: ami.manifest.kernel_dhcp,
+            virtio_mem: aki.manifest.virtio_mem,
             initrd: ami.manifest.initrd.as_ref().map(|i| ami.dir.join(i)),
         })
     }
@@ -517,13 +620,22 @@ impl Lab {
         let attachment = self.network_attachments(instance)?;
         // Read again: attaching gave the interfaces their public addresses.
         let metadata = self.metadata_document(&self.db.get_instance(id)?)?;
+        let cmdline = boot_cmdline(&boot_files, !attachment.nets.is_empty());
+        let (memory_mib, hotplug_memory) = memory_plan(
+            itype.memory_mib,
+            boot_files
+                .virtio_mem
+                .then(|| self.boot_memory_mib())
+                .flatten(),
+        );
         let spec = VmSpec {
             instance_id: id.to_string(),
             kernel: boot_files.kernel,
             initrd: boot_files.initrd,
-            cmdline: boot_files.cmdline,
+            cmdline,
             vcpus: itype.vcpus,
-            memory_mib: itype.memory_mib,
+            memory_mib,
+            hotplug_memory,
             root_volume: self.supervisor.files(id).root_volume(),
             nets: attachment.nets,
             netns: attachment.netns,
@@ -596,7 +708,13 @@ impl Lab {
             return Err(checkin::Refusal::NotRunning(instance.state.name()));
         }
         match self.db.record_checkin(id, Self::now(), c.boot_id()) {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                // The guest is up: give it the memory it booted without.
+                let sock = self.supervisor.files(id).api_sock();
+                self.runtime
+                    .spawn(plug_hotplug_memory(id.to_string(), sock));
+                Ok(())
+            }
             Ok(false) => Err(checkin::Refusal::NoVmmStart),
             Err(e) => Err(store_failed(e)),
         }
@@ -1051,5 +1169,57 @@ pub fn guest_stall(stall: &Stall, now: OffsetDateTime) -> GuestStall {
     GuestStall {
         since: now - time::Duration::seconds(i64::try_from(quiet).unwrap_or(i64::MAX / 2)),
         detail: format!("guest stalled: no progress for {quiet} s in guest kernel code ({vcpus})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(kernel_dhcp: bool) -> BootFiles {
+        BootFiles {
+            kernel: PathBuf::from("/k"),
+            root: PathBuf::from("/r"),
+            root_sha256: String::new(),
+            cmdline: "console=ttyS0 root=/dev/vda rw".to_string(),
+            kernel_dhcp,
+            virtio_mem: false,
+            initrd: None,
+        }
+    }
+
+    #[test]
+    fn memory_beyond_the_boot_limit_is_plugged_later() {
+        let (boot, hotplug) = memory_plan(1024, Some(256));
+        assert_eq!(boot, 256);
+        let hotplug = hotplug.expect("the rest is hotplug memory");
+        assert_eq!(
+            (hotplug.total_size_mib, hotplug.requested_size_mib),
+            (768, 0)
+        );
+        // No limit, a type within it, or a limit of 0: all at boot.
+        assert_eq!(memory_plan(1024, None), (1024, None));
+        assert_eq!(memory_plan(128, Some(256)), (128, None));
+        assert_eq!(memory_plan(256, Some(256)), (256, None));
+        assert_eq!(memory_plan(1024, Some(0)), (1024, None));
+        // A rest that is not whole blocks boots whole.
+        assert_eq!(memory_plan(1025, Some(256)), (1025, None));
+    }
+
+    #[test]
+    fn the_kernel_configures_the_card_only_when_there_is_one_and_the_image_asks() {
+        assert_eq!(
+            boot_cmdline(&files(true), true),
+            "console=ttyS0 root=/dev/vda rw ip=:::::eth0:dhcp"
+        );
+        // Without a card the kernel would wait 12 s for one.
+        assert_eq!(
+            boot_cmdline(&files(true), false),
+            "console=ttyS0 root=/dev/vda rw"
+        );
+        assert_eq!(
+            boot_cmdline(&files(false), true),
+            "console=ttyS0 root=/dev/vda rw"
+        );
     }
 }

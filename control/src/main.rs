@@ -100,6 +100,13 @@ enum Command {
         /// listed in <data-dir>/forwards; 0 opens none.
         #[arg(long, default_value_t = ec2lab_control::network::forwards::DEFAULT_BASE)]
         forward_base: u16,
+        /// Boot instances with at most this much memory (MiB) when their
+        /// kernel plugs virtio-mem memory, and plug the rest once the
+        /// guest's agent checks in; 0 boots with all of it. Default: 256 on
+        /// hosts that emulate the guest kernel (where a kernel takes ~21 s
+        /// per GiB to initialise memory), 0 elsewhere.
+        #[arg(long)]
+        boot_memory_mib: Option<u64>,
     },
     /// Launch instances and wait until they run.
     Run {
@@ -214,6 +221,7 @@ fn main() -> ExitCode {
             public_pool,
             dns_upstreams,
             forward_base,
+            boot_memory_mib,
         } => serve(ServeOptions {
             data_dir,
             images_dir: images.unwrap_or_else(config::default_images_dir),
@@ -240,6 +248,10 @@ fn main() -> ExitCode {
             },
             dns_upstreams: dns_upstreams_or_host(dns_upstreams),
             forward_base,
+            boot_memory_mib: boot_memory_mib
+                .map_or_else(ec2lab_control::lifecycle::default_boot_memory_mib, |mib| {
+                    (mib > 0).then_some(mib)
+                }),
         }),
         Command::BenchSeed { count } => bench_seed(&data_dir, count),
         Command::Rules { ref instance_id } => print_rules(&data_dir, instance_id),

@@ -168,8 +168,11 @@ pub struct VmSpec {
     pub cmdline: String,
     /// vCPUs of the instance type.
     pub vcpus: u32,
-    /// Memory of the instance type.
+    /// Memory the instance boots with (all of its type's, or part when
+    /// the rest is `hotplug_memory`).
     pub memory_mib: u64,
+    /// The rest of the type's memory, plugged once the guest is up.
+    pub hotplug_memory: Option<ec2lab_vmm_api::config::HotplugMemoryConfig>,
     /// The instance's root volume (already prepared).
     pub root_volume: PathBuf,
     /// Network cards (tap and MAC), eth0 first. Filled by the networking
@@ -456,7 +459,9 @@ impl Supervisor {
             .stdout(log)
             .stderr(log_err);
         crate::network::netns::exec_in(&mut command, netns.as_ref(), true);
-        let limits = Limits::for_instance(spec.vcpus, spec.memory_mib);
+        // The guest's memory is what it boots with and what it may plug.
+        let guest_mib = spec.memory_mib + spec.hotplug_memory.map_or(0, |h| h.total_size_mib);
+        let limits = Limits::for_instance(spec.vcpus, guest_mib);
         match self.cgroups.prepare(&spec.instance_id, &limits) {
             Ok(prepared) => prepared.join_in(&mut command),
             Err(e) => log::warn!("{}: the VMM runs without cgroups: {e}", spec.instance_id),
@@ -720,6 +725,7 @@ fn vm_config(spec: &VmSpec, files: &InstanceFiles, jail: bool) -> VmConfig {
         cmdline: spec.cmdline.clone(),
         vcpus: u64::from(spec.vcpus),
         memory_mib: spec.memory_mib,
+        hotplug_memory: spec.hotplug_memory,
         api_sock: Some(files.api_sock()),
         serial_out: Some(files.serial_log()),
         // At least a second: 0 would turn the watchdog off.
@@ -888,6 +894,7 @@ mod tests {
             cmdline: "console=ttyS0 root=/dev/vda rw".to_string(),
             vcpus: 2,
             memory_mib: 512,
+            hotplug_memory: None,
             root_volume: "/i/root.img".into(),
             nets: vec![NetConfig {
                 tap: "tap0".to_string(),

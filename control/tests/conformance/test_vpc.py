@@ -136,15 +136,18 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
                     "--security-group-ids", group)["Instances"][0]["InstanceId"]
         launched.append(other)
 
-        # The guest's eth0 got that address by DHCP from its VPC (lab-minimal
-        # prints what udhcpc configured). Its SSH server is behind its
+        # The guest's eth0 got that address by DHCP from its VPC: lab-minimal
+        # asks for the kernel's DHCP client (the kernel prints the lease),
+        # and its init took the name server from it. Its SSH server is behind its
         # security group: from the VPC's router namespace (where `ec2lab ssh`
         # connects from) the connection times out until port 22 is
         # authorized, answers at once after, and is cut again on revoke,
         # with the guest running throughout.
         wait_for(lambda: "lab-minimal: ready" in console(iid), 600, "the guest's boot")
         out = console(iid)
-        assert "lab-minimal: eth0: inet 172.31.16.77/20" in out, out
+        assert "lab-minimal: eth0: configured by the kernel's DHCP client" in out, out
+        assert "ipaddr=172.31.16.77, mask=255.255.240.0, gw=172.31.16.1" in out, out
+        assert "nameserver0=172.31.0.2" in out, out
         # The metadata service in the VMM answered the agent and the user
         # data: the key reached ec2-user, the script ran with v2 and v1.
         for line in ["ec2lab-guest: token: ok", f"ec2lab-guest: instance-id: ok: {iid}",
