@@ -228,31 +228,31 @@ fn boot_cmdline(files: &BootFiles, has_card: bool) -> String {
     }
 }
 
-/// Asks the VMM behind `sock` to have its guest plug all of its hotplug
-/// memory (nothing when it has none, or has asked for it already).
-async fn plug_hotplug_memory(id: String, sock: PathBuf) {
-    use ec2lab_vmm_api::api::{ApiRequest, HotplugMemoryBody, HotplugMemoryStatus};
-    let status = match crate::supervisor::vmm_api(&sock, ApiRequest::HotplugMemory).await {
-        Ok((_, body)) => match serde_json::from_str::<HotplugMemoryStatus>(&body) {
-            Ok(status) => status,
-            Err(e) => {
-                log::warn!("{id}: unreadable hotplug memory status: {e}");
-                return;
-            }
-        },
-        // 404: a VMM without hotplug memory.
-        Err(_) => return,
+/// Asks the VMM of instance `id` to have its guest plug all of its hotplug
+/// memory, when its config (`config`, as the supervisor wrote it) has any.
+async fn plug_hotplug_memory(id: String, config: PathBuf, sock: PathBuf) {
+    use ec2lab_vmm_api::api::{ApiRequest, HotplugMemoryBody};
+    let hotplug = match tokio::fs::read(&config).await.map(|bytes| {
+        serde_json::from_slice::<ec2lab_vmm_api::config::VmConfig>(&bytes).map(|c| c.hotplug_memory)
+    }) {
+        Ok(Ok(Some(hotplug))) => hotplug,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            log::warn!("{id}: unreadable VMM config {}: {e}", config.display());
+            return;
+        }
+        Err(e) => {
+            log::warn!("{id}: cannot read VMM config {}: {e}", config.display());
+            return;
+        }
     };
-    if status.requested_size_mib >= status.total_size_mib {
-        return;
-    }
     let request = ApiRequest::SetHotplugMemory(HotplugMemoryBody {
-        requested_size_mib: status.total_size_mib,
+        requested_size_mib: hotplug.total_size_mib,
     });
     match crate::supervisor::vmm_api(&sock, request).await {
         Ok(_) => log::info!(
-            "{id}: asked the guest to plug {} MiB of memory",
-            status.total_size_mib
+            "{id}: asked the guest to plug its other {} MiB of memory",
+            hotplug.total_size_mib
         ),
         Err(e) => log::warn!("{id}: hotplug memory: {e}"),
     }
@@ -710,9 +710,12 @@ impl Lab {
         match self.db.record_checkin(id, Self::now(), c.boot_id()) {
             Ok(true) => {
                 // The guest is up: give it the memory it booted without.
-                let sock = self.supervisor.files(id).api_sock();
-                self.runtime
-                    .spawn(plug_hotplug_memory(id.to_string(), sock));
+                let files = self.supervisor.files(id);
+                self.runtime.spawn(plug_hotplug_memory(
+                    id.to_string(),
+                    files.config(),
+                    files.api_sock(),
+                ));
                 Ok(())
             }
             Ok(false) => Err(checkin::Refusal::NoVmmStart),

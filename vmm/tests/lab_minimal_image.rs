@@ -214,35 +214,9 @@ fn lab_minimal_boots_to_an_ssh_login_with_dhcp_and_powers_off_on_ctrl_alt_del() 
     assert!(banner.starts_with("SSH-2.0-dropbear"), "banner {banner:?}");
 
     vmm.wait_for_stdout("lab-minimal: ready", BOOT_TIMEOUT);
-    let ssh = ns
-        .command(&["ssh", "-i"])
-        .arg(&key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=60",
-            &format!("ec2-user@{GUEST_IP}"),
-            "echo login=$(id -un) root=$(sudo id -u) host=$(hostname)",
-        ])
-        .output()
-        .expect("ssh");
-    let login = String::from_utf8_lossy(&ssh.stdout);
-    assert!(
-        login.contains("login=ec2-user root=0"),
-        "ssh: {login}{}",
-        String::from_utf8_lossy(&ssh.stderr)
-    );
-
-    // Memory hotplug: nothing plugged until asked, then the guest's
-    // virtio-mem driver plugs all of it and the kernel counts it.
-    let mem_total = || {
-        let out = ns
-            .command(&["ssh", "-i"])
+    // One command as ec2-user over SSH, from the namespace.
+    let run = |command: &str| {
+        ns.command(&["ssh", "-i"])
             .arg(&key)
             .args([
                 "-o",
@@ -254,10 +228,23 @@ fn lab_minimal_boots_to_an_ssh_login_with_dhcp_and_powers_off_on_ctrl_alt_del() 
                 "-o",
                 "ConnectTimeout=60",
                 &format!("ec2-user@{GUEST_IP}"),
-                "grep MemTotal /proc/meminfo",
+                command,
             ])
             .output()
-            .expect("ssh");
+            .expect("ssh")
+    };
+    let ssh = run("echo login=$(id -un) root=$(sudo id -u) host=$(hostname)");
+    let login = String::from_utf8_lossy(&ssh.stdout);
+    assert!(
+        login.contains("login=ec2-user root=0"),
+        "ssh: {login}{}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+
+    // Memory hotplug: nothing plugged until asked, then the guest's
+    // virtio-mem driver plugs all of it and the kernel counts it.
+    let mem_total = || {
+        let out = run("grep MemTotal /proc/meminfo");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.split_whitespace()
             .nth(1)

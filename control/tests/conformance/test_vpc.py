@@ -147,7 +147,8 @@ def test_a_launch_into_a_subnet_at_a_chosen_address(ec2, lab_minimal_ami, defaul
         out = console(iid)
         assert "lab-minimal: eth0: configured by the kernel's DHCP client" in out, out
         assert "ipaddr=172.31.16.77, mask=255.255.240.0, gw=172.31.16.1" in out, out
-        assert "nameserver0=172.31.0.2" in out, out
+        # The subnet's DNS address (its base + 2) is the lease's name server.
+        assert "nameserver0=172.31.16.2" in out, out
         # The metadata service in the VMM answered the agent and the user
         # data: the key reached ec2-user, the script ran with v2 and v1.
         for line in ["ec2lab-guest: token: ok", f"ec2lab-guest: instance-id: ok: {iid}",
