@@ -321,24 +321,7 @@ fn debian12_boots_to_an_ssh_login_as_admin_and_powers_off() {
     );
     assert!(banner.starts_with("SSH-2.0-OpenSSH"), "banner {banner:?}");
 
-    let ssh = |command: &str| {
-        ns.command(&["ssh", "-i"])
-            .arg(&key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=60",
-                &format!("admin@{GUEST_IP}"),
-                command,
-            ])
-            .output()
-            .expect("ssh")
-    };
+    let ssh = |command: &str| ns.ssh(&key, &format!("admin@{GUEST_IP}"), command);
     let out = ssh(
         "echo login=$(id -un) root=$(sudo id -u); cloud-init status --wait --long; ip -4 -o addr",
     );

@@ -214,25 +214,7 @@ fn lab_minimal_boots_to_an_ssh_login_with_dhcp_and_powers_off_on_ctrl_alt_del() 
     assert!(banner.starts_with("SSH-2.0-dropbear"), "banner {banner:?}");
 
     vmm.wait_for_stdout("lab-minimal: ready", BOOT_TIMEOUT);
-    // One command as ec2-user over SSH, from the namespace.
-    let run = |command: &str| {
-        ns.command(&["ssh", "-i"])
-            .arg(&key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=60",
-                &format!("ec2-user@{GUEST_IP}"),
-                command,
-            ])
-            .output()
-            .expect("ssh")
-    };
+    let run = |command: &str| ns.ssh(&key, &format!("ec2-user@{GUEST_IP}"), command);
     let ssh = run("echo login=$(id -un) root=$(sudo id -u) host=$(hostname)");
     let login = String::from_utf8_lossy(&ssh.stdout);
     assert!(

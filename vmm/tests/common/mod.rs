@@ -242,6 +242,27 @@ impl NetNs {
         c
     }
 
+    /// Runs `command` on `login` (`user@address`) over SSH with `key`, from
+    /// this namespace, without host-key prompts.
+    pub fn ssh(&self, key: &Path, login: &str, command: &str) -> std::process::Output {
+        self.command(&["ssh", "-i"])
+            .arg(key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=60",
+                login,
+                command,
+            ])
+            .output()
+            .expect("ssh")
+    }
+
     /// Adds tap `tap` owned by nobody in particular, with `addr` (CIDR) on
     /// it, up.
     pub fn add_tap(&self, tap: &str, addr: &str) {
