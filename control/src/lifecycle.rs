@@ -264,13 +264,11 @@ async fn plug_hotplug_memory(id: String, config: PathBuf, sock: PathBuf) {
 pub const EMULATED_HOST_BOOT_MEMORY_MIB: u64 = 256;
 
 /// The boot memory limit when the daemon is given none: on hosts that
-/// emulate the guest kernel (`/sys/module/kvm_pvm`, as the VMM detects
-/// them), [`EMULATED_HOST_BOOT_MEMORY_MIB`]; on bare-metal KVM, where a
-/// kernel initialises a GiB in milliseconds, no limit.
+/// emulate the guest kernel (as the VMM detects them),
+/// [`EMULATED_HOST_BOOT_MEMORY_MIB`]; on bare-metal KVM, where a kernel
+/// initialises a GiB in milliseconds, no limit.
 pub fn default_boot_memory_mib() -> Option<u64> {
-    std::path::Path::new("/sys/module/kvm_pvm")
-        .exists()
-        .then_some(EMULATED_HOST_BOOT_MEMORY_MIB)
+    ec2lab_vmm_api::host::emulates_guest_kernel().then_some(EMULATED_HOST_BOOT_MEMORY_MIB)
 }
 
 /// How an instance of `instance_mib` boots: with at most `boot_limit` MiB,

@@ -25,5 +25,6 @@ pub mod api;
 pub mod config;
 pub mod exit;
 pub mod flags;
+pub mod host;
 pub mod metadata;
 pub mod snapshot;

@@ -34,7 +34,7 @@ impl HostKind {
     }
 
     fn detect_in(sys_module: &Path) -> Self {
-        if sys_module.join("kvm_pvm").exists() {
+        if ec2lab_vmm_api::host::emulates_guest_kernel_in(sys_module) {
             HostKind::EmulatedKernel
         } else {
             HostKind::HardwareKvm

@@ -385,7 +385,7 @@ impl Drop for Reaper {
 
 /// Whether this host's KVM emulates guest kernel mode (see DESIGN.md).
 pub fn on_emulating_host() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
+    ec2lab_vmm_api::host::emulates_guest_kernel()
 }
 
 /// Whether the host CPU is AMD's (from /proc/cpuinfo).
