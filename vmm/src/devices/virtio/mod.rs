@@ -254,15 +254,16 @@ impl VirtioInterrupt {
 
     /// Flags used buffers and raises the line.
     pub fn signal_used(&self) {
-        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
-        if let Err(e) = self.irq.write(1) {
-            log::warn!("virtio: cannot raise interrupt: {e}");
-        }
+        self.signal(INT_USED_RING);
     }
 
     /// Flags a config change and raises the line.
     pub fn signal_config(&self) {
-        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        self.signal(INT_CONFIG);
+    }
+
+    fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
         if let Err(e) = self.irq.write(1) {
             log::warn!("virtio: cannot raise interrupt: {e}");
         }
