@@ -232,19 +232,22 @@ fn boot_cmdline(files: &BootFiles, has_card: bool) -> String {
 /// memory, when its config (`config`, as the supervisor wrote it) has any.
 async fn plug_hotplug_memory(id: String, config: PathBuf, sock: PathBuf) {
     use ec2lab_vmm_api::api::{ApiRequest, HotplugMemoryBody};
-    let hotplug = match tokio::fs::read(&config).await.map(|bytes| {
-        serde_json::from_slice::<ec2lab_vmm_api::config::VmConfig>(&bytes).map(|c| c.hotplug_memory)
-    }) {
-        Ok(Ok(Some(hotplug))) => hotplug,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            log::warn!("{id}: unreadable VMM config {}: {e}", config.display());
-            return;
-        }
+    let bytes = match tokio::fs::read(&config).await {
+        Ok(bytes) => bytes,
         Err(e) => {
             log::warn!("{id}: cannot read VMM config {}: {e}", config.display());
             return;
         }
+    };
+    let hotplug = match serde_json::from_slice::<ec2lab_vmm_api::config::VmConfig>(&bytes) {
+        Ok(config) => config.hotplug_memory,
+        Err(e) => {
+            log::warn!("{id}: unreadable VMM config {}: {e}", config.display());
+            return;
+        }
+    };
+    let Some(hotplug) = hotplug else {
+        return;
     };
     let request = ApiRequest::SetHotplugMemory(HotplugMemoryBody {
         requested_size_mib: hotplug.total_size_mib,
@@ -349,14 +352,15 @@ impl Lab {
 
     /// Boot instances whose kernel plugs virtio-mem memory with at most
     /// `mib` MiB and plug the rest once their agent checks in (None: boot
-    /// with all of it). Set once, before instances boot; unset, the lab
-    /// uses [`default_boot_memory_mib`].
+    /// with all of it). Set once, before instances boot; unset, instances
+    /// boot with all of their memory (`ec2lab serve` sets
+    /// [`default_boot_memory_mib`] unless told otherwise).
     pub fn set_boot_memory(&self, mib: Option<u64>) {
         let _ = self.boot_memory_mib.set(mib);
     }
 
     fn boot_memory_mib(&self) -> Option<u64> {
-        *self.boot_memory_mib.get_or_init(default_boot_memory_mib)
+        self.boot_memory_mib.get().copied().flatten()
     }
 
     /// The VPC fabric, when the lab has one.
