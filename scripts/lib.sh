@@ -110,6 +110,12 @@ usage_from_header() {
     awk 'NR==1 && /^#!/ {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$1"
 }
 
+# is_static ELF: whether ELF is a static executable (it names no program
+# interpreter). lab-minimal's programs must be: it has no shared libraries.
+is_static() {
+    ! grep -q 'program interpreter' <<<"$(readelf -l "$1")"
+}
+
 # build_dropbear_static -> directory holding static `dropbear` and
 # `dropbearkey`, built once from Debian's dropbear source package (the
 # version apt offers for dropbear-bin, with Debian's patches) into
@@ -118,7 +124,7 @@ usage_from_header() {
 # shared libraries took ~4 s of every start (a static busybox starts in
 # ~1 s there). The source comes through apt with a source list of its own
 # (the host's apt configuration is not touched).
-build_dropbear_static() {
+build_dropbear_static() (
     local ver dir work apt_dir
     ver=$(apt_candidate dropbear-bin)
     [ -n "$ver" ] || die "apt knows no dropbear-bin package"
@@ -137,29 +143,29 @@ build_dropbear_static() {
             -o "Dir::Etc::sourcelist=$apt_dir/sources.sources" -o "Dir::State::Lists=$apt_dir/lists")
         [ "$(id -u)" = 0 ] && apt+=(-o APT::Sandbox::User=root)
         work=$(mktemp -d "$EC2LAB_CACHE/tools/.dropbear.XXXXXX")
+        # The function runs in a subshell of its own: this goes with it,
+        # however it ends.
+        # shellcheck disable=SC2064 # expand now
+        trap "rm -rf '$work'" EXIT
         log "building a static dropbear $ver from Debian's source package"
-        "${apt[@]}" update >&2 || { rm -rf "$work"; die "apt-get update (dropbear's source list) failed"; }
+        "${apt[@]}" update >&2 || die "apt-get update (dropbear's source list) failed"
         (cd "$work" && "${apt[@]}" source --download-only "dropbear=$ver" >&2) \
-            || { rm -rf "$work"; die "apt-get source dropbear=$ver failed"; }
-        (cd "$work" && dpkg-source -x ./*.dsc src >&2) || { rm -rf "$work"; die "dpkg-source -x failed"; }
+            || die "apt-get source dropbear=$ver failed"
+        (cd "$work" && dpkg-source -x ./*.dsc src >&2) || die "dpkg-source -x failed"
         # The bundled libtomcrypt/libtommath, no zlib, no login records:
         # lab-minimal keeps no utmp/wtmp/lastlog and logs nothing to syslog.
         (cd "$work/src" && ./configure --enable-static --enable-bundled-libtom --disable-zlib \
             --disable-lastlog --disable-utmp --disable-utmpx --disable-wtmp --disable-wtmpx \
             --disable-pututline --disable-pututxline --disable-syslog >"$work/configure.log" 2>&1 \
             && make -j"$(nproc)" PROGRAMS="dropbear dropbearkey" >"$work/make.log" 2>&1) \
-            || { tail -20 "$work/configure.log" "$work/make.log" >&2; rm -rf "$work"; die "building dropbear failed"; }
+            || { tail -20 "$work/configure.log" "$work/make.log" >&2; die "building dropbear failed"; }
         strip "$work/src/dropbear" "$work/src/dropbearkey"
-        if grep -q 'program interpreter' <<<"$(readelf -l "$work/src/dropbear")"; then
-            rm -rf "$work"
-            die "the dropbear build is not statically linked"
-        fi
+        is_static "$work/src/dropbear" || die "the dropbear build is not statically linked"
         mkdir -p "$dir"
         install -m 755 "$work/src/dropbear" "$work/src/dropbearkey" "$dir/"
-        rm -rf "$work"
     fi
     printf '%s\n' "$dir"
-}
+)
 
 # fetch_busybox -> path of a static busybox from Debian's busybox-static
 # package, extracted once into $EC2LAB_CACHE/tools (the package is not
@@ -175,7 +181,7 @@ fetch_busybox() {
         log "extracting /bin/busybox from ${deb##*/}"
         dpkg-deb --fsys-tarfile "$deb" | tar -xO ./bin/busybox >"$busybox.tmp"
         chmod 755 "$busybox.tmp"
-        if grep -q 'program interpreter' <<<"$(readelf -l "$busybox.tmp")"; then
+        if ! is_static "$busybox.tmp"; then
             rm -f "$busybox.tmp"
             die "busybox from $deb is not statically linked"
         fi
