@@ -58,6 +58,43 @@ impl std::fmt::Display for CpuTemplate {
     }
 }
 
+/// Who decompresses a bzImage's kernel before it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BzImageDecompression {
+    /// The VMM on hosts that emulate guest kernel mode, where the kernel's
+    /// own decompressor takes minutes; the guest everywhere else, which
+    /// keeps the kernel's address randomisation (KASLR).
+    #[default]
+    Auto,
+    /// The kernel's own decompressor, through the 64-bit entry point, as
+    /// a boot loader on real hardware runs it.
+    Guest,
+    /// The VMM, which then loads the ELF vmlinux inside (PVH entry when it
+    /// has the note); the kernel runs at its link address.
+    Vmm,
+}
+
+impl BzImageDecompression {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [BzImageDecompression; 3] = [Self::Auto, Self::Guest, Self::Vmm];
+
+    /// The name in JSON and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Guest => "guest",
+            Self::Vmm => "vmm",
+        }
+    }
+}
+
+impl std::fmt::Display for BzImageDecompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A complete VM description.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +125,9 @@ pub struct VmConfig {
     /// Withhold the TSC frequency CPUID leaves, as an AMD host does.
     #[serde(default)]
     pub hide_tsc_leaves: bool,
+    /// Who decompresses a bzImage (ignored for an ELF vmlinux).
+    #[serde(default)]
+    pub bzimage_decompression: BzImageDecompression,
     /// Stall watchdog period in seconds (0: off).
     #[serde(default = "default_stall_timeout_secs")]
     pub stall_timeout_secs: u64,
@@ -139,6 +179,7 @@ impl VmConfig {
             serial_out: None,
             cpu_template: CpuTemplate::default(),
             hide_tsc_leaves: false,
+            bzimage_decompression: BzImageDecompression::default(),
             stall_timeout_secs: DEFAULT_STALL_TIMEOUT_SECS,
             disks: Vec::new(),
             nets: Vec::new(),
@@ -372,7 +413,7 @@ mod tests {
         let json = serde_json::to_string(&control_plane_config()).expect("serialises");
         assert_eq!(
             json,
-            r#"{"kernel":"/images/vmlinux","initrd":null,"cmdline":"console=ttyS0 root=/dev/vda rw","vcpus":2,"memory_mib":512,"api_sock":"/i/api.sock","serial_out":"/i/console.log","cpu_template":"auto","hide_tsc_leaves":false,"stall_timeout_secs":120,"disks":[{"path":"/i/root.img","read_only":false}],"nets":[{"tap":"tap0","mac":"06:00:0a:00:00:05"}],"rng":true,"vsock":{"cid":3,"uds":"/i/vsock.sock"}}"#
+            r#"{"kernel":"/images/vmlinux","initrd":null,"cmdline":"console=ttyS0 root=/dev/vda rw","vcpus":2,"memory_mib":512,"api_sock":"/i/api.sock","serial_out":"/i/console.log","cpu_template":"auto","hide_tsc_leaves":false,"bzimage_decompression":"auto","stall_timeout_secs":120,"disks":[{"path":"/i/root.img","read_only":false}],"nets":[{"tap":"tap0","mac":"06:00:0a:00:00:05"}],"rng":true,"vsock":{"cid":3,"uds":"/i/vsock.sock"}}"#
         );
         assert_eq!(parse(&json), control_plane_config());
     }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::config::{
-    CpuTemplate, DiskConfig, HotplugMemoryConfig, MacAddrError, NetConfig, VsockConfig,
-    DEFAULT_HOTPLUG_BLOCK_SIZE_MIB,
+    BzImageDecompression, CpuTemplate, DiskConfig, HotplugMemoryConfig, MacAddrError, NetConfig,
+    VsockConfig, DEFAULT_HOTPLUG_BLOCK_SIZE_MIB,
 };
 
 /// `--config FILE`: boot from a JSON [`crate::config::VmConfig`] (the
@@ -57,6 +57,9 @@ pub enum FlagError {
     /// A template name that is not one of [`CpuTemplate::ALL`].
     #[error("unknown cpu template {0:?} (expected auto, none or emulated-kernel)")]
     CpuTemplate(String),
+    /// A choice that is not one of [`BzImageDecompression::ALL`].
+    #[error("unknown bzImage decompression {0:?} (expected auto, guest or vmm)")]
+    BzImageDecompression(String),
     /// A size in `--hotplug-memory` that is not a number of MiB.
     #[error("invalid size {0:?} (expected a number of MiB)")]
     Size(String),
@@ -165,6 +168,18 @@ impl FromStr for CpuTemplate {
             .into_iter()
             .find(|t| t.name() == s)
             .ok_or_else(|| FlagError::CpuTemplate(s.to_string()))
+    }
+}
+
+impl FromStr for BzImageDecompression {
+    type Err = FlagError;
+
+    /// The JSON name: `auto`, `guest` or `vmm`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| FlagError::BzImageDecompression(s.to_string()))
     }
 }
 
@@ -281,6 +296,19 @@ mod tests {
         assert_eq!(
             "turbo".parse::<CpuTemplate>(),
             Err(FlagError::CpuTemplate("turbo".to_string()))
+        );
+    }
+
+    #[test]
+    fn bzimage_decompression_flags_are_the_json_names() {
+        for choice in BzImageDecompression::ALL {
+            assert_eq!(choice.name().parse::<BzImageDecompression>(), Ok(choice));
+            let json = serde_json::to_string(&choice).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", choice.name()));
+        }
+        assert_eq!(
+            "host".parse::<BzImageDecompression>(),
+            Err(FlagError::BzImageDecompression("host".to_string()))
         );
     }
 }

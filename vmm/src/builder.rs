@@ -17,7 +17,7 @@ use crate::api;
 use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{self, ACPI_SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::{acpi, boot, mptable, smbios};
-use crate::config::{ConfigError, Validate, VmConfig};
+use crate::config::{BzImageDecompression, ConfigError, Validate, VmConfig};
 use crate::console;
 use crate::devices::bus::{lock, BusError};
 use crate::devices::cmos::{self, CmosRtc};
@@ -322,7 +322,12 @@ pub fn build(
         }
         None => {
             let mem = memory::create(mem_size, hotplug_size)?;
-            let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
+            let decompress = match config.bzimage_decompression {
+                BzImageDecompression::Auto => workarounds.emulated_kernel,
+                BzImageDecompression::Guest => false,
+                BzImageDecompression::Vmm => true,
+            };
+            let kernel = boot::load_kernel(&mem, &config.kernel, mem_size, decompress)?;
             let initrd = match &config.initrd {
                 Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
                 None => None,
@@ -480,6 +485,7 @@ pub fn build(
             let origin = Origin::Kernel {
                 entry: kernel.entry,
                 format: kernel.format,
+                decompressed: kernel.decompressed,
                 acpi: kernel.acpi,
             };
             (cmdline, origin)

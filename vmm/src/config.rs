@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use ec2lab_vmm_api::metadata::{InstanceMetadata, MAX_USER_DATA};
 
 pub use ec2lab_vmm_api::config::{
-    CpuTemplate, DiskConfig, HotplugMemoryConfig, MacAddr, NetConfig, VmConfig, VsockConfig,
-    DEFAULT_STALL_TIMEOUT_SECS,
+    BzImageDecompression, CpuTemplate, DiskConfig, HotplugMemoryConfig, MacAddr, NetConfig,
+    VmConfig, VsockConfig, DEFAULT_STALL_TIMEOUT_SECS,
 };
 
 /// Largest vCPU count we accept; the MP table and MADT use 8-bit APIC ids.

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 use ec2lab_vmm::config::{
-    self, CpuTemplate, DiskConfig, HotplugMemoryConfig, NetConfig, VmConfig, VsockConfig,
+    self, BzImageDecompression, CpuTemplate, DiskConfig, HotplugMemoryConfig, NetConfig, VmConfig,
+    VsockConfig,
 };
 use ec2lab_vmm::exit::{ExitRecord, EXIT_BAD_INPUT, EXIT_VMM_ERROR};
 use ec2lab_vmm::{builder, rlimit, seccomp};
@@ -25,7 +26,7 @@ use ec2lab_vmm_api::flags;
 #[command(version, about, long_about)]
 struct Args {
     /// JSON VM config (same fields as the flags); excludes the other VM flags.
-    #[arg(long = flags::CONFIG, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "stall_timeout_secs", "disk", "net", "rng", "vsock", "snapshot_dir", "jail"])]
+    #[arg(long = flags::CONFIG, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "api_sock", "serial_out", "cpu_template", "hide_tsc_leaves", "bzimage_decompression", "stall_timeout_secs", "disk", "net", "rng", "vsock", "snapshot_dir", "jail"])]
     config: Option<PathBuf>,
     /// Kernel image.
     #[arg(long, required_unless_present = "config")]
@@ -55,6 +56,9 @@ struct Args {
     /// hosts do for 0x15: exercises the boot path of AMD guests anywhere.
     #[arg(long)]
     hide_tsc_leaves: bool,
+    /// Who decompresses a bzImage's kernel.
+    #[arg(long, value_parser = bzimage_decompression_parser(), default_value_t = BzImageDecompression::Auto)]
+    bzimage_decompression: BzImageDecompression,
     /// Report the guest as stalled (API `stall`, log line) when a vCPU has
     /// spent this long running guest kernel code with no exit and no serial
     /// output; 0 turns the watchdog off.
@@ -123,6 +127,23 @@ fn cpu_template_parser() -> impl TypedValueParser<Value = CpuTemplate> {
     PossibleValuesParser::new(values).try_map(|name| name.parse::<CpuTemplate>())
 }
 
+/// `--bzimage-decompression`, explained value by value as `--cpu-template` is.
+fn bzimage_decompression_parser() -> impl TypedValueParser<Value = BzImageDecompression> {
+    let values = BzImageDecompression::ALL.map(|choice| {
+        let help = match choice {
+            BzImageDecompression::Auto => {
+                "The VMM on hosts that emulate guest kernel mode (minutes faster there), the guest elsewhere (keeps KASLR)"
+            }
+            BzImageDecompression::Guest => "The kernel's own decompressor, as on real hardware",
+            BzImageDecompression::Vmm => {
+                "The VMM (gzip, xz, lz4, zstd), which loads the ELF inside; no KASLR"
+            }
+        };
+        PossibleValue::new(choice.name()).help(help)
+    });
+    PossibleValuesParser::new(values).try_map(|name| name.parse::<BzImageDecompression>())
+}
+
 impl Args {
     fn into_config(self) -> Result<VmConfig, config::ConfigError> {
         if let Some(path) = &self.config {
@@ -138,6 +159,7 @@ impl Args {
             serial_out: self.serial_out,
             cpu_template: self.cpu_template,
             hide_tsc_leaves: self.hide_tsc_leaves,
+            bzimage_decompression: self.bzimage_decompression,
             stall_timeout_secs: self.stall_timeout_secs,
             disks: self.disk,
             nets: self.net,

@@ -16,8 +16,8 @@ use ec2lab_vmm_api::api::HotplugMemoryStatus;
 use vm_memory::GuestMemoryMmap;
 
 use crate::api::{self, ApiServer};
-use crate::arch::x86_64::boot;
 use crate::arch::x86_64::regs::EntryMode;
+use crate::arch::x86_64::{boot, bzimage};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::devices::bus::lock;
@@ -57,6 +57,7 @@ pub(crate) enum Origin {
     Kernel {
         entry: EntryMode,
         format: boot::KernelFormat,
+        decompressed: Option<bzimage::Compression>,
         acpi: boot::AcpiSupport,
     },
     /// A snapshot restored from this directory.
@@ -374,12 +375,13 @@ impl Vmm {
         if matches!(self.tsc, TscSource::Calibrate) {
             log::warn!("KVM reported no TSC frequency; a guest that cannot calibrate will hang");
         }
-        let (entry, format, acpi) = match &self.origin {
+        let (entry, format, decompressed, acpi) = match &self.origin {
             Origin::Kernel {
                 entry,
                 format,
+                decompressed,
                 acpi,
-            } => (*entry, *format, *acpi),
+            } => (*entry, *format, *decompressed, *acpi),
             Origin::Restored(dir) => {
                 log::info!(
                     "restored from {} with {} vCPU(s), {} MiB; the guest booted with: {}",
@@ -392,9 +394,13 @@ impl Vmm {
             }
         };
         log::info!(
-            "booting {} ({:?}, {} entry, ACPI {}) with {} vCPU(s), {} MiB: {}",
+            "booting {} ({:?}{}, {} entry, ACPI {}) with {} vCPU(s), {} MiB: {}",
             self.config.kernel.display(),
             format,
+            decompressed.map_or(String::new(), |c| format!(
+                ", {} payload decompressed by the VMM",
+                c.name()
+            )),
             match entry {
                 EntryMode::Pvh { .. } => "PVH",
                 EntryMode::Linux64 { .. } => "64-bit",

@@ -110,6 +110,56 @@ fn empty_kernel_file_is_refused() {
     refuse_with_socket(&guest, "empty kernel", &["--kernel", &path(&empty)]);
 }
 
+/// A bzImage whose compressed kernel is damaged: when the VMM decompresses
+/// it, the boot is refused with what is wrong, before any guest code runs
+/// (the kernel's own decompressor would halt the guest with "System
+/// halted" on the console, or not notice). A kernel that would not fit in
+/// guest memory is refused before its payload is decompressed.
+#[test]
+fn damaged_or_oversized_bzimage_payloads_are_refused_when_the_vmm_decompresses() {
+    require_kvm!("damaged_or_oversized_bzimage_payloads_are_refused_when_the_vmm_decompresses");
+    let Some(bz) = common::cached_kernel(
+        "damaged_or_oversized_bzimage_payloads_are_refused_when_the_vmm_decompresses",
+        "kernels/plain/bzImage",
+    ) else {
+        return;
+    };
+    let guest = build_guest("hello");
+    let image = std::fs::read(&bz).expect("read bzImage");
+    // Zeroes in the middle of the LZ4 stream: a match offset of 0 is invalid.
+    let mut damaged = image.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle..middle + 65536].fill(0);
+    let file = guest.scratch("damaged-bzImage");
+    std::fs::write(&file, &damaged).expect("write");
+    let out = refuse_with_socket(
+        &guest,
+        "damaged payload",
+        &["--kernel", &path(&file), "--bzimage-decompression", "vmm"],
+    );
+    assert!(
+        out.stderr.contains("lz4 payload is corrupt"),
+        "damage not named\n{out}"
+    );
+    // The same image in a guest of 16 MiB: the kernel needs more than that.
+    let out = refuse_with_socket(
+        &guest,
+        "oversized payload",
+        &[
+            "--kernel",
+            &path(&bz),
+            "--bzimage-decompression",
+            "vmm",
+            "--memory-mib",
+            "16",
+        ],
+    );
+    assert!(
+        out.stderr.contains("beyond guest memory"),
+        "size not named\n{out}"
+    );
+}
+
 #[test]
 fn initrd_larger_than_guest_memory_is_refused() {
     require_kvm!("initrd_larger_than_guest_memory_is_refused");

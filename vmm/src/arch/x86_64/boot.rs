@@ -16,8 +16,9 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader, KernelLoaderResult};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::bzimage::{self, Compression, PayloadError};
 use super::layout::{self, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START};
 use super::regs::EntryMode;
 
@@ -74,6 +75,14 @@ pub enum BootError {
     /// Writing boot parameters failed.
     #[error("cannot write boot parameters: {0}")]
     BootParams(linux_loader::configurator::Error),
+    /// The VMM could not decompress the bzImage's kernel.
+    #[error("{path}: {source}")]
+    Payload {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with the payload.
+        source: super::bzimage::PayloadError,
+    },
     /// Writing to guest memory failed.
     #[error("cannot write {what} into guest memory: {source}")]
     Memory {
@@ -130,12 +139,12 @@ pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootE
 pub enum AcpiSupport {
     /// The image contains Linux's ACPI core: devices come from the DSDT.
     Present,
-    /// An ELF vmlinux without ACPI (Firecracker-style guest configs): devices
+    /// A kernel without ACPI (Firecracker-style guest configs): devices
     /// must be declared on the command line and interrupts come from the MP
     /// table; `poweroff` only halts such a guest (use `reboot`).
     Absent,
-    /// A compressed bzImage: its contents cannot be read without
-    /// decompressing; distribution kernels, the reason to boot a bzImage,
+    /// A bzImage the guest decompresses: its contents cannot be read
+    /// without decompressing; distribution kernels, the reason to boot a bzImage,
     /// all have ACPI, so it is assumed.
     Assumed,
 }
@@ -185,21 +194,33 @@ pub struct LoadedKernel {
     pub acpi: AcpiSupport,
     /// End of the loaded image (first free byte).
     pub end: u64,
+    /// The compression of a bzImage whose kernel the VMM decompressed and
+    /// loaded as an ELF; `None` when the guest decompresses its own.
+    pub decompressed: Option<Compression>,
     setup_header: Option<linux_loader::loader::bootparam::setup_header>,
 }
 
-/// Loads the kernel image into guest memory.
+/// Loads the kernel image into guest memory. With `decompress` a bzImage's
+/// kernel is decompressed here and loaded as the ELF it is (see
+/// [`bzimage`]), unless its compression is one the VMM leaves to the guest.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     path: &Path,
     mem_size: u64,
+    decompress: bool,
 ) -> Result<LoadedKernel, BootError> {
-    let mut file = File::open(path).map_err(|source| BootError::Io {
+    let io = |source| BootError::Io {
         what: "kernel",
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = File::open(path).map_err(io)?;
     let format = detect_format(&mut file, path)?;
+    if format == KernelFormat::BzImage && decompress {
+        if let Some(kernel) = load_decompressed(mem, path, &mut file, mem_size)? {
+            return Ok(kernel);
+        }
+    }
     let load_err = |source| BootError::Load {
         path: path.to_path_buf(),
         source,
@@ -213,38 +234,15 @@ pub fn load_kernel(
                 .map_err(load_err)?
         }
     };
-    if result.kernel_end > layout::low_ram_end(mem_size) {
-        return Err(BootError::KernelTooLarge {
-            path: path.to_path_buf(),
-            end: result.kernel_end,
-            mem: mem_size,
-        });
-    }
-    let entry = match (format, result.pvh_boot_cap) {
-        (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(addr)) => EntryMode::Pvh {
-            entry: addr.raw_value(),
-        },
-        (KernelFormat::Elf, _) => EntryMode::Linux64 {
-            entry: result.kernel_load.raw_value(),
-        },
-        (KernelFormat::BzImage, _) => EntryMode::Linux64 {
+    check_fits(path, &result, mem_size)?;
+    let entry = match format {
+        KernelFormat::Elf => elf_entry(&result),
+        KernelFormat::BzImage => EntryMode::Linux64 {
             entry: result.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
         },
     };
     let acpi = match format {
-        KernelFormat::Elf => {
-            let has =
-                image_contains(&mut file, ACPI_CORE_MARKER).map_err(|source| BootError::Io {
-                    what: "kernel",
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            if has {
-                AcpiSupport::Present
-            } else {
-                AcpiSupport::Absent
-            }
-        }
+        KernelFormat::Elf => acpi_support(image_contains(&mut file, ACPI_CORE_MARKER).map_err(io)?),
         KernelFormat::BzImage => AcpiSupport::Assumed,
     };
     Ok(LoadedKernel {
@@ -252,8 +250,133 @@ pub fn load_kernel(
         format,
         acpi,
         end: result.kernel_end,
+        decompressed: None,
         setup_header: result.setup_header,
     })
+}
+
+/// Decompresses the bzImage in `file` and loads the ELF inside. `None`
+/// when the payload is one the VMM leaves to the guest's decompressor (an
+/// unsupported compression, or a header too old to locate it).
+fn load_decompressed(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &mut File,
+    mem_size: u64,
+) -> Result<Option<LoadedKernel>, BootError> {
+    let io = |source| BootError::Io {
+        what: "kernel",
+        path: path.to_path_buf(),
+        source,
+    };
+    let payload_err = |source| BootError::Payload {
+        path: path.to_path_buf(),
+        source,
+    };
+    // The compressed image must fit in guest memory too, which bounds the read.
+    let len = file.metadata().map_err(io)?.len();
+    if len > mem_size {
+        return Err(BootError::KernelTooLarge {
+            path: path.to_path_buf(),
+            end: len,
+            mem: mem_size,
+        });
+    }
+    let mut image = Vec::with_capacity(len as usize);
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.read_to_end(&mut image).map_err(io)?;
+    let payload = match bzimage::payload(&image) {
+        Ok(payload) => payload,
+        Err(e @ (PayloadError::OldProtocol(_) | PayloadError::Unknown(_))) => {
+            log::info!("{}: the guest decompresses its kernel: {e}", path.display());
+            return Ok(None);
+        }
+        Err(e) => return Err(payload_err(e)),
+    };
+    let compression = payload.compression;
+    // The kernel runs from its preferred address and needs `init_size`
+    // bytes there (boot protocol 2.10): say so now rather than fail to
+    // load an ELF into memory that is not there.
+    if let Some(end) = bzimage::init_end(&image) {
+        if end > layout::low_ram_end(mem_size) {
+            return Err(BootError::KernelTooLarge {
+                path: path.to_path_buf(),
+                end,
+                mem: mem_size,
+            });
+        }
+    }
+    // The kernel's ELF lands in low memory; it can never be larger.
+    let elf = match payload.decompress(layout::low_ram_end(mem_size)) {
+        Ok(elf) => elf,
+        Err(e @ PayloadError::Unsupported(_)) => {
+            log::info!("{}: the guest decompresses its kernel: {e}", path.display());
+            return Ok(None);
+        }
+        Err(e) => return Err(payload_err(e)),
+    };
+    // The zero page of a 64-bit entry still wants the bzImage's header.
+    let mut setup_header = linux_loader::loader::bootparam::setup_header::default();
+    let header_bytes = image
+        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + setup_header.as_slice().len())
+        .ok_or(BootError::NotAKernel(path.to_path_buf()))?;
+    setup_header.as_mut_slice().copy_from_slice(header_bytes);
+    drop(image);
+    let result = Elf::load(
+        mem,
+        None,
+        &mut std::io::Cursor::new(&elf),
+        Some(GuestAddress(HIMEM_START)),
+    )
+    .map_err(|source| BootError::Load {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_fits(path, &result, mem_size)?;
+    let has_acpi = memchr::memmem::find(&elf, ACPI_CORE_MARKER).is_some();
+    Ok(Some(LoadedKernel {
+        entry: elf_entry(&result),
+        format: KernelFormat::BzImage,
+        acpi: acpi_support(has_acpi),
+        end: result.kernel_end,
+        decompressed: Some(compression),
+        setup_header: Some(setup_header),
+    }))
+}
+
+/// Where the setup header starts in a bzImage file (and in the zero page).
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
+
+fn check_fits(path: &Path, result: &KernelLoaderResult, mem_size: u64) -> Result<(), BootError> {
+    if result.kernel_end > layout::low_ram_end(mem_size) {
+        return Err(BootError::KernelTooLarge {
+            path: path.to_path_buf(),
+            end: result.kernel_end,
+            mem: mem_size,
+        });
+    }
+    Ok(())
+}
+
+/// An ELF kernel's entry: PVH when it carries the note, else the 64-bit
+/// entry at `e_entry` (Firecracker's way for vmlinux without the note).
+fn elf_entry(result: &KernelLoaderResult) -> EntryMode {
+    match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => EntryMode::Pvh {
+            entry: addr.raw_value(),
+        },
+        _ => EntryMode::Linux64 {
+            entry: result.kernel_load.raw_value(),
+        },
+    }
+}
+
+fn acpi_support(has_acpi_core: bool) -> AcpiSupport {
+    if has_acpi_core {
+        AcpiSupport::Present
+    } else {
+        AcpiSupport::Absent
+    }
 }
 
 /// Where the initrd went.

@@ -2,6 +2,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod bzimage;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
