@@ -113,6 +113,22 @@ pub const GLIBC_NO_AVX: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX5
 /// The command-line parameter that gives Linux its TSC frequency (any vendor).
 const TSC_EARLY_KHZ: &str = "tsc_early_khz";
 
+/// The parameter that keeps initcalls from running; every occurrence adds
+/// to the list.
+const INITCALL_BLACKLIST: &str = "initcall_blacklist";
+
+/// Initcalls of unmodified kernels skipped on hosts that emulate the guest
+/// kernel (see [`Workarounds::cmdline_params`]): tracing set-up,
+/// self-tests and debugging files, nothing a guest runs on.
+pub const SKIPPED_INITCALLS: [&str; 6] = [
+    "trace_eval_init",
+    "tracer_init_tracefs",
+    "ftrace_check_for_weak_functions",
+    "blake2s_mod_init",
+    "crypto_kdf108_init",
+    "slab_sysfs_init",
+];
+
 /// The adaptations in force for this VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workarounds {
@@ -201,6 +217,26 @@ impl Workarounds {
             // is a slow exit here.
             "pci=off".to_string(),
             SYSCALL_VIA_PF_PARAM.to_string(),
+            // Distribution kernels (Debian's cloud kernel measured, AMD
+            // host) set up tracing at boot with work that is cheap on
+            // hardware and minutes long in emulated code: substituting enum
+            // values into every trace event's format (56 s), creating the
+            // tracefs files of every event (about 240 s, which the next
+            // initcalls wait for), and a kallsyms lookup for each of 37,609
+            // ftrace records to find overridden weak functions (a soft
+            // lockup of 26 s). Skipped, the kernel boots without
+            // /sys/kernel/tracing's event files, event formats keep enum
+            // names, and ftrace lists those dead records too. Also skipped:
+            // two self-tests that run as initcalls of their own (BLAKE2s,
+            // 22.6 s; the SP800-108 KDF, 22.0 s; the functions stay) and
+            // /sys/kernel/slab (17.7 s), which only slabinfo tools read.
+            // Kernels without these initcalls ignore the names.
+            format!("{INITCALL_BLACKLIST}={}", SKIPPED_INITCALLS.join(",")),
+            // The crypto API's self-tests of every algorithm a kernel
+            // registers; a lookup that waits for a test still running gives
+            // up after 60 s (seen while Debian's kernel loaded its X.509
+            // certificates). Kernels built without the tests ignore it.
+            "cryptomgr.notests".to_string(),
             // Not for the kernel: it hands `KEY=value` parameters it does
             // not know to init as environment. With `noxsave` the kernel
             // keeps only x87/SSE state across process switches, but guest
@@ -218,13 +254,20 @@ impl Workarounds {
         params
     }
 
-    /// `user` plus the parameters above that the user did not set already.
+    /// `user` plus the parameters above that the user did not set already
+    /// (`initcall_blacklist` always goes in: the kernel adds up every
+    /// occurrence, so the user's list and ours both apply).
     pub fn extend_cmdline(&self, user: &str, tsc: TscSource) -> String {
         let given: Vec<&str> = param_keys(user).collect();
         let mut out = user.trim().to_string();
         for param in self.cmdline_params(tsc) {
             let key = param.split('=').next().unwrap_or(&param);
-            if !given.contains(&key) {
+            let wanted = if key == INITCALL_BLACKLIST {
+                !user.split_whitespace().any(|p| p == param)
+            } else {
+                !given.contains(&key)
+            };
+            if wanted {
                 if !out.is_empty() {
                     out.push(' ');
                 }
@@ -321,6 +364,20 @@ mod tests {
         let again = w.tsc_source(&c, Some(2_445_404));
         assert_eq!(again, TscSource::UserCmdline);
         assert_eq!(w.extend_cmdline(&c, again), c, "idempotent");
+    }
+
+    #[test]
+    fn the_users_initcall_blacklist_and_ours_both_go_in_once() {
+        let w = Workarounds::new(CpuTemplate::EmulatedKernel, HostKind::HardwareKvm);
+        let user = "console=ttyS0 initcall_blacklist=slab_sysfs_init";
+        let c = w.extend_cmdline(user, TscSource::Cmdline(1));
+        assert!(c.starts_with(user), "{c}");
+        let ours = format!(" initcall_blacklist={} ", SKIPPED_INITCALLS.join(","));
+        assert_eq!(c.matches(&ours).count(), 1, "{c}");
+        assert!(c.contains(" cryptomgr.notests "), "{c}");
+        assert_eq!(w.extend_cmdline(&c, TscSource::Cmdline(1)), c, "idempotent");
+        let bare = Workarounds::new(CpuTemplate::None, HostKind::EmulatedKernel);
+        assert_eq!(bare.extend_cmdline(user, TscSource::Kvmclock), user);
     }
 
     /// The decision must not depend on the vendor: Linux 6.1 reads CPUID
