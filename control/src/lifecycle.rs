@@ -262,9 +262,11 @@ async fn plug_hotplug_memory(id: String, config: PathBuf, sock: PathBuf) {
 }
 
 /// Boot memory on hosts that emulate the guest kernel: enough for the lab
-/// kernel and lab-minimal's boot, while initialising memory costs ~21 s
-/// per GiB there (guest-images/kernel/NOTES.md).
-pub const EMULATED_HOST_BOOT_MEMORY_MIB: u64 = 256;
+/// kernel and lab-minimal's boot (a lab.nano has no more in all), while
+/// initialising memory costs ~21 s per GiB there
+/// (guest-images/kernel/NOTES.md). 256 MiB made a t2.micro's SSH banner
+/// come ~4 s later.
+pub const EMULATED_HOST_BOOT_MEMORY_MIB: u64 = 128;
 
 /// The boot memory limit when the daemon is given none: on hosts that
 /// emulate the guest kernel (as the VMM detects them),

@@ -102,7 +102,7 @@ enum Command {
         forward_base: u16,
         /// Boot instances with at most this much memory (MiB) when their
         /// kernel plugs virtio-mem memory, and plug the rest once the
-        /// guest's agent checks in; 0 boots with all of it. Default: 256 on
+        /// guest's agent checks in; 0 boots with all of it. Default: 128 on
         /// hosts that emulate the guest kernel (where a kernel takes ~21 s
         /// per GiB to initialise memory), 0 elsewhere.
         #[arg(long)]

@@ -91,7 +91,7 @@ def test_run_describe_console_stop_start_reboot_hibernate_terminate(ec2, lab_min
     assert status["SystemStatus"]["Status"] == "ok"
     assert status["InstanceState"]["Name"] == "running"
     # The guest has its type's 1 GiB. On hosts that emulate the guest
-    # kernel the lab boots it with 256 MiB and its virtio-mem driver plugs
+    # kernel the lab boots it with 128 MiB and its virtio-mem driver plugs
     # the rest once the agent has checked in; elsewhere it boots with all.
     wait_for(lambda: "session: ok: listening on vsock port 9001" in console(iid), 300,
              "the agent's session service")
