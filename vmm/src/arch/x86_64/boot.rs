@@ -81,7 +81,7 @@ pub enum BootError {
         /// The file.
         path: PathBuf,
         /// What was wrong with the payload.
-        source: super::bzimage::PayloadError,
+        source: PayloadError,
     },
     /// Writing to guest memory failed.
     #[error("cannot write {what} into guest memory: {source}")]
@@ -144,8 +144,8 @@ pub enum AcpiSupport {
     /// table; `poweroff` only halts such a guest (use `reboot`).
     Absent,
     /// A bzImage the guest decompresses: its contents cannot be read
-    /// without decompressing; distribution kernels, the reason to boot a bzImage,
-    /// all have ACPI, so it is assumed.
+    /// without decompressing; distribution kernels, the reason to boot a
+    /// bzImage, all have ACPI, so it is assumed.
     Assumed,
 }
 
