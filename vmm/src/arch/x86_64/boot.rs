@@ -16,7 +16,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader, KernelLoaderResult};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::bzimage::{self, Compression, PayloadError};
 use super::layout::{self, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START};
@@ -285,12 +285,13 @@ fn load_decompressed(
     let mut image = Vec::with_capacity(len as usize);
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.read_to_end(&mut image).map_err(io)?;
+    let left_to_guest = |e: PayloadError| {
+        log::info!("{}: the guest decompresses its kernel: {e}", path.display());
+        Ok(None)
+    };
     let payload = match bzimage::payload(&image) {
         Ok(payload) => payload,
-        Err(e @ (PayloadError::OldProtocol(_) | PayloadError::Unknown(_))) => {
-            log::info!("{}: the guest decompresses its kernel: {e}", path.display());
-            return Ok(None);
-        }
+        Err(e) if e.leaves_it_to_the_guest() => return left_to_guest(e),
         Err(e) => return Err(payload_err(e)),
     };
     let compression = payload.compression;
@@ -309,18 +310,12 @@ fn load_decompressed(
     // The kernel's ELF lands in low memory; it can never be larger.
     let elf = match payload.decompress(layout::low_ram_end(mem_size)) {
         Ok(elf) => elf,
-        Err(e @ PayloadError::Unsupported(_)) => {
-            log::info!("{}: the guest decompresses its kernel: {e}", path.display());
-            return Ok(None);
-        }
+        Err(e) if e.leaves_it_to_the_guest() => return left_to_guest(e),
         Err(e) => return Err(payload_err(e)),
     };
     // The zero page of a 64-bit entry still wants the bzImage's header.
-    let mut setup_header = linux_loader::loader::bootparam::setup_header::default();
-    let header_bytes = image
-        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + setup_header.as_slice().len())
-        .ok_or(BootError::NotAKernel(path.to_path_buf()))?;
-    setup_header.as_mut_slice().copy_from_slice(header_bytes);
+    let setup_header =
+        bzimage::setup_header(&image).ok_or(BootError::NotAKernel(path.to_path_buf()))?;
     drop(image);
     let result = Elf::load(
         mem,
@@ -343,9 +338,6 @@ fn load_decompressed(
         setup_header: Some(setup_header),
     }))
 }
-
-/// Where the setup header starts in a bzImage file (and in the zero page).
-const SETUP_HEADER_OFFSET: usize = 0x1f1;
 
 fn check_fits(path: &Path, result: &KernelLoaderResult, mem_size: u64) -> Result<(), BootError> {
     if result.kernel_end > layout::low_ram_end(mem_size) {

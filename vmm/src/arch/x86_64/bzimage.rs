@@ -21,6 +21,9 @@
 
 use std::io::Read;
 
+use linux_loader::loader::bootparam::setup_header;
+use vm_memory::ByteValued;
+
 /// Errors reading or decompressing a bzImage's payload.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PayloadError {
@@ -73,6 +76,18 @@ pub enum PayloadError {
     /// What came out is not an ELF file.
     #[error("the decompressed payload is not an ELF vmlinux")]
     NotElf,
+}
+
+impl PayloadError {
+    /// Whether the payload is not the VMM's to decompress (a compression
+    /// it leaves to the kernel, or a header too old or unknown to locate
+    /// it) rather than damaged: the guest's own decompressor gets it.
+    pub fn leaves_it_to_the_guest(&self) -> bool {
+        matches!(
+            self,
+            Self::OldProtocol(_) | Self::Unknown(_) | Self::Unsupported(_)
+        )
+    }
 }
 
 /// The compressions Linux can build a bzImage with, known by their magic.
@@ -137,8 +152,10 @@ pub struct Payload<'a> {
     declared_size: u64,
 }
 
+/// Where the setup header starts in a bzImage file (and in the zero page).
+pub const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// Setup header fields (offsets from the file's start, Documentation/arch/x86/boot.rst).
-const SETUP_SECTS: usize = 0x1f1;
+const SETUP_SECTS: usize = SETUP_HEADER_OFFSET;
 const VERSION: usize = 0x206;
 const PAYLOAD_OFFSET: usize = 0x248;
 const PAYLOAD_LENGTH: usize = 0x24c;
@@ -201,6 +218,17 @@ pub fn payload(image: &[u8]) -> Result<Payload<'_>, PayloadError> {
     })
 }
 
+/// The setup header of `image`, a whole bzImage file, as the zero page of
+/// a 64-bit entry carries it.
+pub fn setup_header(image: &[u8]) -> Option<setup_header> {
+    let mut header = setup_header::default();
+    let len = header.as_slice().len();
+    header
+        .as_mut_slice()
+        .copy_from_slice(image.get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + len)?);
+    Some(header)
+}
+
 /// Where the kernel's memory ends once it runs: its preferred load address
 /// plus the `init_size` it needs there (boot protocol 2.10 and later, else
 /// `None`).
@@ -231,32 +259,23 @@ impl Payload<'_> {
                 limit,
             });
         }
-        let corrupt = |reason: String| PayloadError::Corrupt { format, reason };
         // Bounded by `limit` above, which the caller derives from guest memory.
         let capacity = self.declared_size as usize;
-        let out = match self.compression {
-            Compression::Lz4 => lz4_legacy(self.data, capacity).map_err(corrupt)?,
-            Compression::Gzip => read_bounded(
-                flate2::read::MultiGzDecoder::new(self.data),
-                capacity,
-                limit,
-            )
-            .map_err(|e| corrupt(e.to_string()))?,
-            Compression::Xz => read_bounded(
-                liblzma::read::XzDecoder::new_multi_decoder(self.data),
-                capacity,
-                limit,
-            )
-            .map_err(|e| corrupt(e.to_string()))?,
-            Compression::Zstd => read_bounded(
-                ruzstd::decoding::StreamingDecoder::new(self.data)
-                    .map_err(|e| corrupt(e.to_string()))?,
-                capacity,
-                limit,
-            )
-            .map_err(|e| corrupt(e.to_string()))?,
-            other => return Err(PayloadError::Unsupported(other.name())),
+        let stream = |reader: Box<dyn Read + '_>| {
+            read_bounded(reader, capacity, limit).map_err(|e| e.to_string())
         };
+        let out = match self.compression {
+            Compression::Lz4 => lz4_legacy(self.data, capacity),
+            Compression::Gzip => stream(Box::new(flate2::read::MultiGzDecoder::new(self.data))),
+            Compression::Xz => stream(Box::new(liblzma::read::XzDecoder::new_multi_decoder(
+                self.data,
+            ))),
+            Compression::Zstd => ruzstd::decoding::StreamingDecoder::new(self.data)
+                .map_err(|e| e.to_string())
+                .and_then(|decoder| stream(Box::new(decoder))),
+            other => return Err(PayloadError::Unsupported(other.name())),
+        }
+        .map_err(|reason| PayloadError::Corrupt { format, reason })?;
         let got = out.len() as u64;
         if got > limit {
             return Err(PayloadError::TooLarge { size: got, limit });
@@ -538,6 +557,26 @@ mod tests {
             payload(&image).expect_err("unknown"),
             PayloadError::Unknown(vec![0, 1, 2, 3, 4, 5])
         );
+        // Those two and an old header go to the guest; damage does not.
+        assert!(PayloadError::Unsupported("bzip2").leaves_it_to_the_guest());
+        assert!(PayloadError::Unknown(vec![0]).leaves_it_to_the_guest());
+        assert!(PayloadError::OldProtocol(0x0206).leaves_it_to_the_guest());
+        assert!(!PayloadError::NotElf.leaves_it_to_the_guest());
+        let corrupt = PayloadError::Corrupt {
+            format: "lz4",
+            reason: String::new(),
+        };
+        assert!(!corrupt.leaves_it_to_the_guest());
+    }
+
+    #[test]
+    fn the_setup_header_is_read_from_its_offset() {
+        let image = bzimage(&gzip(&vmlinux(4096)), 4096);
+        let header = setup_header(&image).expect("header");
+        assert_eq!({ header.setup_sects }, 27);
+        assert_eq!({ header.header }, u32::from_le_bytes(*b"HdrS"));
+        assert_eq!({ header.version }, 0x020f);
+        assert!(setup_header(&image[..0x200]).is_none());
     }
 
     #[test]
