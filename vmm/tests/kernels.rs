@@ -100,6 +100,13 @@ fn boot_to_init(kernel: &Path, vcpus: u32, extra: &[&str]) -> common::Outcome {
     vmm.wait(Duration::from_secs(30))
 }
 
+/// A zeroed disk of `bytes` in `dir`, as the `--disk PATH,ro` value.
+fn read_only_disk(dir: &Path, bytes: usize) -> String {
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; bytes]).expect("write disk");
+    format!("{},ro", disk.display())
+}
+
 /// What every boot must show, whichever kernel.
 fn check_common(out: &common::Outcome) {
     out.assert_code(status::SIGTERM);
@@ -183,9 +190,7 @@ fn plain_bzimage_decompressed_by_the_vmm_boots_through_pvh_with_its_disk() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = dir.path().join("disk.img");
-    std::fs::write(&disk, vec![0u8; 2 << 20]).expect("write disk");
-    let disk = format!("{},ro", disk.display());
+    let disk = read_only_disk(dir.path(), 2 << 20);
     let out = boot_to_init(&bz, 1, &["--bzimage-decompression", "vmm", "--disk", &disk]);
     check_common(&out);
     out.assert_stdout_contains("-plain");
@@ -212,9 +217,7 @@ fn plain_vmlinux_without_acpi_boots_unmodified_through_pvh_with_two_vcpus_and_it
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = dir.path().join("disk.img");
-    std::fs::write(&disk, vec![0u8; 4 << 20]).expect("write disk");
-    let disk = format!("{},ro", disk.display());
+    let disk = read_only_disk(dir.path(), 4 << 20);
     let out = boot_to_init(&elf, 2, &["--disk", &disk, "--hide-tsc-leaves"]);
     check_common(&out);
     assert!(
