@@ -350,7 +350,8 @@ pub fn build(
                 config.cmdline.clone()
             };
             // Checked before KVM is touched, with the longest TSC parameter there is.
-            let longest = workarounds.extend_cmdline(&cmdline, TscSource::Cmdline(u32::MAX));
+            let longest =
+                workarounds.extend_cmdline(&cmdline, TscSource::Cmdline(u32::MAX), kernel.traits);
             if longest.len() >= layout::CMDLINE_MAX_SIZE {
                 return Err(ConfigError::CmdlineTooLong(longest.len()).into());
             }
@@ -461,7 +462,7 @@ pub fn build(
             // The command line and the tables that point at it go in last:
             // the TSC frequency it may carry is known only once KVM has
             // made a vCPU.
-            let cmdline = workarounds.extend_cmdline(&user_cmdline, tsc);
+            let cmdline = workarounds.extend_cmdline(&user_cmdline, tsc, kernel.traits);
             if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
                 return Err(ConfigError::CmdlineTooLong(cmdline.len()).into());
             }
@@ -487,6 +488,7 @@ pub fn build(
                 format: kernel.format,
                 decompressed: kernel.decompressed,
                 acpi: kernel.acpi,
+                traits: kernel.traits,
             };
             (cmdline, origin)
         }

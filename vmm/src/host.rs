@@ -15,6 +15,7 @@
 
 use std::path::Path;
 
+use crate::arch::x86_64::boot::KernelTraits;
 use crate::arch::x86_64::cpuid::{Feature, EMULATED_KERNEL_HIDDEN};
 use crate::config::CpuTemplate;
 
@@ -129,6 +130,23 @@ pub const SKIPPED_INITCALLS: [&str; 6] = [
     "slab_sysfs_init",
 ];
 
+/// Initcalls skipped as well on those hosts in a kernel that carries BTF
+/// and cannot run user space there (no syscall-via-#PF patch: every
+/// unmodified kernel): the built-in BPF kfunc registrations of Linux 6.1.
+/// The first of them to run parses the kernel's whole BTF (4 MB in Debian's
+/// cloud kernel, 97 s of emulated code in `cubictcp_register`), so all of
+/// them go, or the cost only moves to the next. CUBIC is among them:
+/// without it TCP's default congestion control stays Reno, which matters
+/// to no one in a kernel that never starts a process.
+pub const SKIPPED_BTF_INITCALLS: [&str; 6] = [
+    "cubictcp_register",
+    "kfunc_init",
+    "bpf_rstat_kfunc_init",
+    "bpf_key_sig_kfuncs_init",
+    "bpf_prog_test_run_init",
+    "bpf_tcp_ca_kfunc_init",
+];
+
 /// The adaptations in force for this VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workarounds {
@@ -180,10 +198,15 @@ impl Workarounds {
     /// must be told), no paravirt hypercalls (they never return), no page-table
     /// isolation (every syscall already costs an emulated fault), no RCU
     /// stall reports, a trusted TSC, the lab kernel's syscall patch, and the
-    /// TSC frequency when it goes on the command line.
-    pub fn cmdline_params(&self, tsc: TscSource) -> Vec<String> {
+    /// TSC frequency when it goes on the command line. `kernel`: what the
+    /// VMM found in the image (see [`SKIPPED_BTF_INITCALLS`]).
+    pub fn cmdline_params(&self, tsc: TscSource, kernel: KernelTraits) -> Vec<String> {
         if !self.emulated_kernel {
             return Vec::new();
+        }
+        let mut skipped = SKIPPED_INITCALLS.to_vec();
+        if kernel.btf && !kernel.syscall_via_pf {
+            skipped.extend(SKIPPED_BTF_INITCALLS);
         }
         let names: Vec<&str> = EMULATED_KERNEL_HIDDEN
             .iter()
@@ -228,10 +251,11 @@ impl Workarounds {
             // /sys/kernel/tracing's event files, event formats keep enum
             // names, and ftrace lists those dead records too. Also skipped:
             // two self-tests that run as initcalls of their own (BLAKE2s,
-            // 22.6 s; the SP800-108 KDF, 22.0 s; the functions stay) and
-            // /sys/kernel/slab (17.7 s), which only slabinfo tools read.
+            // 22.6 s; the SP800-108 KDF, 22.0 s; the functions stay),
+            // /sys/kernel/slab (17.7 s), which only slabinfo tools read, and
+            // in a kernel with BTF the BPF kfunc registrations (97 s).
             // Kernels without these initcalls ignore the names.
-            format!("{INITCALL_BLACKLIST}={}", SKIPPED_INITCALLS.join(",")),
+            format!("{INITCALL_BLACKLIST}={}", skipped.join(",")),
             // The crypto API's self-tests of every algorithm a kernel
             // registers; a lookup that waits for a test still running gives
             // up after 60 s (seen while Debian's kernel loaded its X.509
@@ -257,10 +281,10 @@ impl Workarounds {
     /// `user` plus the parameters above that the user did not set already
     /// (`initcall_blacklist` always goes in: the kernel adds up every
     /// occurrence, so the user's list and ours both apply).
-    pub fn extend_cmdline(&self, user: &str, tsc: TscSource) -> String {
+    pub fn extend_cmdline(&self, user: &str, tsc: TscSource, kernel: KernelTraits) -> String {
         let given: Vec<&str> = param_keys(user).collect();
         let mut out = user.trim().to_string();
-        for param in self.cmdline_params(tsc) {
+        for param in self.cmdline_params(tsc, kernel) {
             let key = param.split('=').next().unwrap_or(&param);
             let wanted = if key == INITCALL_BLACKLIST {
                 !user.split_whitespace().any(|p| p == param)
@@ -338,7 +362,10 @@ mod tests {
         let w = Workarounds::new(CpuTemplate::Auto, HostKind::HardwareKvm);
         let tsc = w.tsc_source("console=ttyS0", Some(2_000_000));
         assert_eq!(tsc, TscSource::Kvmclock);
-        assert_eq!(w.extend_cmdline("console=ttyS0", tsc), "console=ttyS0");
+        assert_eq!(
+            w.extend_cmdline("console=ttyS0", tsc, KernelTraits::default()),
+            "console=ttyS0"
+        );
         assert!(w.hidden_features().is_empty());
     }
 
@@ -346,7 +373,7 @@ mod tests {
     fn emulated_kernel_cmdline_gets_the_workarounds_once() {
         let w = Workarounds::new(CpuTemplate::EmulatedKernel, HostKind::HardwareKvm);
         let tsc = w.tsc_source("console=ttyS0 pti=on", Some(2_445_404));
-        let c = w.extend_cmdline("console=ttyS0 pti=on", tsc);
+        let c = w.extend_cmdline("console=ttyS0 pti=on", tsc, KernelTraits::default());
         assert!(
             c.starts_with("console=ttyS0 pti=on nopv noxsave clearcpuid="),
             "{c}"
@@ -363,21 +390,67 @@ mod tests {
         assert!(c.ends_with(" tsc_early_khz=2445404"), "{c}");
         let again = w.tsc_source(&c, Some(2_445_404));
         assert_eq!(again, TscSource::UserCmdline);
-        assert_eq!(w.extend_cmdline(&c, again), c, "idempotent");
+        assert_eq!(
+            w.extend_cmdline(&c, again, KernelTraits::default()),
+            c,
+            "idempotent"
+        );
     }
 
     #[test]
     fn the_users_initcall_blacklist_and_ours_both_go_in_once() {
         let w = Workarounds::new(CpuTemplate::EmulatedKernel, HostKind::HardwareKvm);
         let user = "console=ttyS0 initcall_blacklist=slab_sysfs_init";
-        let c = w.extend_cmdline(user, TscSource::Cmdline(1));
+        let c = w.extend_cmdline(user, TscSource::Cmdline(1), KernelTraits::default());
         assert!(c.starts_with(user), "{c}");
         let ours = format!(" initcall_blacklist={} ", SKIPPED_INITCALLS.join(","));
         assert_eq!(c.matches(&ours).count(), 1, "{c}");
         assert!(c.contains(" cryptomgr.notests "), "{c}");
-        assert_eq!(w.extend_cmdline(&c, TscSource::Cmdline(1)), c, "idempotent");
+        assert_eq!(
+            w.extend_cmdline(&c, TscSource::Cmdline(1), KernelTraits::default()),
+            c,
+            "idempotent"
+        );
         let bare = Workarounds::new(CpuTemplate::None, HostKind::EmulatedKernel);
-        assert_eq!(bare.extend_cmdline(user, TscSource::Kvmclock), user);
+        assert_eq!(
+            bare.extend_cmdline(user, TscSource::Kvmclock, KernelTraits::default()),
+            user
+        );
+    }
+
+    #[test]
+    fn an_unmodified_kernel_with_btf_also_skips_the_kfunc_registrations() {
+        let w = Workarounds::new(CpuTemplate::EmulatedKernel, HostKind::HardwareKvm);
+        let tsc = TscSource::Cmdline(1);
+        let btf = KernelTraits {
+            btf: true,
+            syscall_via_pf: false,
+        };
+        let all: Vec<&str> = SKIPPED_INITCALLS
+            .iter()
+            .chain(&SKIPPED_BTF_INITCALLS)
+            .copied()
+            .collect();
+        let ours = format!(" initcall_blacklist={} ", all.join(","));
+        let c = w.extend_cmdline("console=ttyS0", tsc, btf);
+        assert_eq!(c.matches("initcall_blacklist=").count(), 1, "{c}");
+        assert!(c.contains(&ours), "{c}");
+        assert_eq!(w.extend_cmdline(&c, tsc, btf), c, "idempotent");
+        let without = w.extend_cmdline("console=ttyS0", tsc, KernelTraits::default());
+        assert!(!without.contains("cubictcp_register"), "{without}");
+        // A kernel that runs user space here keeps CUBIC and its kfuncs.
+        let patched = KernelTraits {
+            btf: true,
+            syscall_via_pf: true,
+        };
+        let c = w.extend_cmdline("console=ttyS0", tsc, patched);
+        assert!(c.contains(SYSCALL_VIA_PF_PARAM), "{c}");
+        assert!(!c.contains("cubictcp_register"), "{c}");
+        let bare = Workarounds::new(CpuTemplate::None, HostKind::EmulatedKernel);
+        assert_eq!(
+            bare.extend_cmdline("console=ttyS0", TscSource::Kvmclock, btf),
+            "console=ttyS0"
+        );
     }
 
     /// The decision must not depend on the vendor: Linux 6.1 reads CPUID
@@ -404,12 +477,15 @@ mod tests {
         let user = "console=ttyS0 tsc_early_khz=1000000";
         let tsc = w.tsc_source(user, Some(2_445_404));
         assert_eq!(tsc, TscSource::UserCmdline);
-        let c = w.extend_cmdline(user, tsc);
+        let c = w.extend_cmdline(user, tsc, KernelTraits::default());
         assert_eq!(c.matches("tsc_early_khz=").count(), 1, "{c}");
         assert!(c.contains("tsc_early_khz=1000000"), "{c}");
         let none = Workarounds::new(CpuTemplate::None, HostKind::EmulatedKernel);
         let tsc = none.tsc_source("console=ttyS0", Some(2_445_404));
-        assert_eq!(none.extend_cmdline("console=ttyS0", tsc), "console=ttyS0");
+        assert_eq!(
+            none.extend_cmdline("console=ttyS0", tsc, KernelTraits::default()),
+            "console=ttyS0"
+        );
     }
 
     #[test]
@@ -418,7 +494,7 @@ mod tests {
         let tsc = w.tsc_source("console=ttyS0", None);
         assert_eq!(tsc, TscSource::Calibrate);
         assert!(!w
-            .extend_cmdline("console=ttyS0", tsc)
+            .extend_cmdline("console=ttyS0", tsc, KernelTraits::default())
             .contains("tsc_early_khz"));
         assert_eq!(w.tsc_source("", Some(0)), TscSource::Calibrate);
     }

@@ -59,6 +59,8 @@ pub(crate) enum Origin {
         format: boot::KernelFormat,
         decompressed: Option<bzimage::Compression>,
         acpi: boot::AcpiSupport,
+        /// What the VMM found in the image.
+        traits: boot::KernelTraits,
     },
     /// A snapshot restored from this directory.
     Restored(PathBuf),
@@ -375,13 +377,14 @@ impl Vmm {
         if matches!(self.tsc, TscSource::Calibrate) {
             log::warn!("KVM reported no TSC frequency; a guest that cannot calibrate will hang");
         }
-        let (entry, format, decompressed, acpi) = match &self.origin {
+        let (entry, format, decompressed, acpi, traits) = match &self.origin {
             Origin::Kernel {
                 entry,
                 format,
                 decompressed,
                 acpi,
-            } => (*entry, *format, *decompressed, *acpi),
+                traits,
+            } => (*entry, *format, *decompressed, *acpi, *traits),
             Origin::Restored(dir) => {
                 log::info!(
                     "restored from {} with {} vCPU(s), {} MiB; the guest booted with: {}",
@@ -394,7 +397,7 @@ impl Vmm {
             }
         };
         log::info!(
-            "booting {} ({:?}{}, {} entry, ACPI {}) with {} vCPU(s), {} MiB: {}",
+            "booting {} ({:?}{}, {} entry, ACPI {}{}{}) with {} vCPU(s), {} MiB: {}",
             self.config.kernel.display(),
             format,
             decompressed.map_or(String::new(), |c| format!(
@@ -411,6 +414,12 @@ impl Vmm {
                 (_, true) => "off: devices on the command line, IRQs from the MP table",
                 (boot::AcpiSupport::Present, false) => "present",
                 (boot::AcpiSupport::Assumed, false) => "assumed (bzImage)",
+            },
+            if traits.btf { ", BTF present" } else { "" },
+            if traits.syscall_via_pf {
+                ", ec2lab syscall patch"
+            } else {
+                ""
             },
             self.config.vcpus,
             self.config.memory_mib,

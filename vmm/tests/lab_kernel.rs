@@ -146,6 +146,13 @@ fn busybox_init_runs_to_its_end(test: &str, vcpus: u32, extra: &[&str]) {
         out.stderr.contains("host: Intel CPU") || out.stderr.contains("host: AMD CPU"),
         "no host line naming the CPU vendor\n{out}"
     );
+    // The VMM found the syscall patch in the image (and no BTF, so the
+    // kernel keeps its BPF initcalls, CUBIC's among them, on every host).
+    assert!(
+        out.stderr.contains("ACPI present, ec2lab syscall patch)"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("cubictcp_register"), "{out}");
     if common::on_emulating_host() {
         // The frequency went on the command line, the path every vendor's
         // Linux reads (6.1 reads CPUID 0x15 only on Intel).

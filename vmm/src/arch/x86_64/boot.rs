@@ -16,6 +16,9 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader, KernelLoaderResult};
+use object::elf::FileHeader64;
+use object::read::elf::FileHeader as _;
+use object::{Endianness, ReadCache, ReadRef};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::bzimage::{self, Compression, PayloadError};
@@ -160,27 +163,69 @@ impl AcpiSupport {
 /// `acpi_bus_init` since 2.6 as `PREFIX "Core revision %08x"`).
 const ACPI_CORE_MARKER: &[u8] = b"ACPI: Core revision";
 
-/// Whether `file` (an uncompressed image) contains `marker`, read in chunks
-/// so that a large vmlinux is not held in memory.
-fn image_contains(file: &mut File, marker: &[u8]) -> std::io::Result<bool> {
+/// Which of `markers` `file` (an uncompressed image) contains, in one pass
+/// read in chunks so that a large vmlinux is not held in memory.
+fn image_contains<const N: usize>(
+    file: &mut File,
+    markers: [&[u8]; N],
+) -> std::io::Result<[bool; N]> {
     const CHUNK: usize = 1 << 20;
-    let finder = memchr::memmem::Finder::new(marker);
-    let keep = marker.len().saturating_sub(1);
+    let finders = markers.map(memchr::memmem::Finder::new);
+    let mut found = [false; N];
+    let keep = markers
+        .iter()
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(1);
     let mut buf = vec![0u8; CHUNK + keep];
     let mut carried = 0;
     file.seek(SeekFrom::Start(0))?;
-    loop {
+    while !found.iter().all(|f| *f) {
         let n = file.read(&mut buf[carried..])?;
         if n == 0 {
-            return Ok(false);
+            break;
         }
         let filled = carried + n;
-        if finder.find(&buf[..filled]).is_some() {
-            return Ok(true);
+        for (hit, finder) in found.iter_mut().zip(&finders) {
+            *hit = *hit || finder.find(&buf[..filled]).is_some();
         }
         carried = keep.min(filled);
         buf.copy_within(filled - carried..filled, 0);
     }
+    Ok(found)
+}
+
+/// What the VMM found in a kernel image that changes what it tells the
+/// kernel on hosts that emulate guest kernel mode (see
+/// `Workarounds::cmdline_params` in `host.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelTraits {
+    /// A `.BTF` section: type information the kernel parses in full at its
+    /// first BPF kfunc registration (see [`carries_btf`]).
+    pub btf: bool,
+    /// ec2lab's syscall-via-#PF patch (guest-images/kernel/patches/0001),
+    /// without which no user space runs on those hosts.
+    pub syscall_via_pf: bool,
+}
+
+/// The line the syscall-via-#PF patch prints when enabled.
+const SYSCALL_VIA_PF_MARKER: &[u8] = b"ec2lab: syscall entry via #PF enabled";
+
+/// Whether an ELF kernel has a `.BTF` section (`CONFIG_DEBUG_INFO_BTF`):
+/// the type information of the whole kernel, which Linux parses at its
+/// first BPF kfunc registration. Section headers are not needed to load a
+/// kernel, so an image whose headers cannot be read counts as without.
+fn carries_btf<'data, R: ReadRef<'data>>(data: R) -> bool {
+    let Ok(header) = FileHeader64::<Endianness>::parse(data) else {
+        return false;
+    };
+    let Ok(endian) = header.endian() else {
+        return false;
+    };
+    header
+        .sections(endian, data)
+        .is_ok_and(|sections| sections.section_by_name(endian, b".BTF").is_some())
 }
 
 /// What the boot vCPU needs after loading.
@@ -192,6 +237,9 @@ pub struct LoadedKernel {
     pub format: KernelFormat,
     /// Whether the kernel reads ACPI tables.
     pub acpi: AcpiSupport,
+    /// What the image contains; all `false` for a bzImage the guest
+    /// decompresses, which the VMM cannot read.
+    pub traits: KernelTraits,
     /// End of the loaded image (first free byte).
     pub end: u64,
     /// The compression of a bzImage whose kernel the VMM decompressed and
@@ -241,14 +289,26 @@ pub fn load_kernel(
             entry: result.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
         },
     };
-    let acpi = match format {
-        KernelFormat::Elf => acpi_support(image_contains(&mut file, ACPI_CORE_MARKER).map_err(io)?),
-        KernelFormat::BzImage => AcpiSupport::Assumed,
+    let (acpi, traits) = match format {
+        KernelFormat::Elf => {
+            let [acpi, syscall_via_pf] =
+                image_contains(&mut file, [ACPI_CORE_MARKER, SYSCALL_VIA_PF_MARKER]).map_err(io)?;
+            let btf = carries_btf(&ReadCache::new(&mut file));
+            (
+                acpi_support(acpi),
+                KernelTraits {
+                    btf,
+                    syscall_via_pf,
+                },
+            )
+        }
+        KernelFormat::BzImage => (AcpiSupport::Assumed, KernelTraits::default()),
     };
     Ok(LoadedKernel {
         entry,
         format,
         acpi,
+        traits,
         end: result.kernel_end,
         decompressed: None,
         setup_header: result.setup_header,
@@ -333,6 +393,10 @@ fn load_decompressed(
         entry: elf_entry(&result),
         format: KernelFormat::BzImage,
         acpi: acpi_support(has_acpi),
+        traits: KernelTraits {
+            btf: carries_btf(elf.as_slice()),
+            syscall_via_pf: memchr::memmem::find(&elf, SYSCALL_VIA_PF_MARKER).is_some(),
+        },
         end: result.kernel_end,
         decompressed: Some(compression),
         setup_header: Some(setup_header),
@@ -614,7 +678,7 @@ mod tests {
     }
 
     #[test]
-    fn acpi_marker_is_found_across_chunk_boundaries() {
+    fn markers_are_found_across_chunk_boundaries() {
         let dir = tempfile::tempdir().expect("tempdir");
         for at in [0usize, 100, (1 << 20) - 5, (1 << 20) + 3, 3 << 20] {
             let mut bytes = vec![0x90u8; (3 << 20) + 64];
@@ -622,8 +686,9 @@ mod tests {
             let path = dir.path().join("with");
             std::fs::write(&path, &bytes).expect("write");
             let mut f = File::open(&path).expect("open");
-            assert!(
-                image_contains(&mut f, ACPI_CORE_MARKER).expect("read"),
+            assert_eq!(
+                image_contains(&mut f, [ACPI_CORE_MARKER, SYSCALL_VIA_PF_MARKER]).expect("read"),
+                [true, false],
                 "at {at}"
             );
         }
@@ -634,7 +699,20 @@ mod tests {
         bytes[(1 << 20) - 9..(1 << 20) - 9 + near.len()].copy_from_slice(near);
         std::fs::write(&path, &bytes).expect("write");
         let mut f = File::open(&path).expect("open");
-        assert!(!image_contains(&mut f, ACPI_CORE_MARKER).expect("read"));
+        assert_eq!(
+            image_contains(&mut f, [ACPI_CORE_MARKER]).expect("read"),
+            [false]
+        );
+        // Both markers, the shorter one across the last boundary.
+        bytes[(2 << 20) - 3..(2 << 20) - 3 + SYSCALL_VIA_PF_MARKER.len()]
+            .copy_from_slice(SYSCALL_VIA_PF_MARKER);
+        bytes[100..100 + ACPI_CORE_MARKER.len()].copy_from_slice(ACPI_CORE_MARKER);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut f = File::open(&path).expect("open");
+        assert_eq!(
+            image_contains(&mut f, [ACPI_CORE_MARKER, SYSCALL_VIA_PF_MARKER]).expect("read"),
+            [true, true]
+        );
     }
 
     #[test]
@@ -662,5 +740,77 @@ mod tests {
             detect_format(&mut f, &txt),
             Err(BootError::NotAKernel(_))
         ));
+    }
+
+    /// A little-endian ELF64 with no segments and these sections (after the
+    /// null section and `.shstrtab`).
+    fn elf_with_sections(names: &[&str]) -> Vec<u8> {
+        let mut strtab = b"\0.shstrtab\0".to_vec();
+        let mut name_offsets = Vec::new();
+        for name in names {
+            name_offsets.push(strtab.len() as u32);
+            strtab.extend_from_slice(name.as_bytes());
+            strtab.push(0);
+        }
+        let shoff = (64 + strtab.len()).next_multiple_of(8);
+        let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+        elf.resize(16, 0);
+        elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: EXEC
+        elf.extend_from_slice(&62u16.to_le_bytes()); // e_machine: x86-64
+        elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+        elf.extend_from_slice(&0u64.to_le_bytes()); // e_entry
+        elf.extend_from_slice(&0u64.to_le_bytes()); // e_phoff
+        elf.extend_from_slice(&(shoff as u64).to_le_bytes());
+        elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [64u16, 56, 0, 64, names.len() as u16 + 2, 1] {
+            // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+            elf.extend_from_slice(&half.to_le_bytes());
+        }
+        elf.extend_from_slice(&strtab);
+        elf.resize(shoff, 0);
+        let section = |name: u32, kind: u32, offset: u64, size: u64| {
+            let mut h = Vec::with_capacity(64);
+            h.extend_from_slice(&name.to_le_bytes());
+            h.extend_from_slice(&kind.to_le_bytes());
+            h.extend_from_slice(&[0; 24]); // flags, addr, and the offset below
+            h[24..32].copy_from_slice(&offset.to_le_bytes());
+            h.extend_from_slice(&size.to_le_bytes());
+            h.extend_from_slice(&[0; 24]); // link, info, addralign, entsize
+            h
+        };
+        elf.extend(section(0, 0, 0, 0));
+        elf.extend(section(1, 3, 64, strtab.len() as u64)); // SHT_STRTAB
+        for offset in name_offsets {
+            elf.extend(section(offset, 1, 0, 0)); // SHT_PROGBITS, empty
+        }
+        elf
+    }
+
+    #[test]
+    fn btf_is_found_by_its_section_name() {
+        assert!(carries_btf(
+            elf_with_sections(&[".text", ".BTF", ".BTF_ids"]).as_slice()
+        ));
+        assert!(!carries_btf(
+            elf_with_sections(&[".text", ".BTF_ids", ".BTF.ext"]).as_slice()
+        ));
+        assert!(!carries_btf(elf_with_sections(&[]).as_slice()));
+        // Read from a file as a vmlinux is, without holding all of it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, elf_with_sections(&[".BTF"])).expect("write");
+        let mut file = File::open(&path).expect("open");
+        assert!(carries_btf(&ReadCache::new(&mut file)));
+    }
+
+    #[test]
+    fn unreadable_section_headers_mean_no_btf() {
+        let elf = elf_with_sections(&[".BTF"]);
+        assert!(!carries_btf(&elf[..elf.len() - 10]), "table cut short");
+        assert!(!carries_btf(&elf[..40]), "header cut short");
+        let mut big_endian = elf;
+        big_endian[5] = 2;
+        assert!(!carries_btf(big_endian.as_slice()));
+        assert!(!carries_btf(b"not an elf at all".as_slice()));
     }
 }
