@@ -163,10 +163,10 @@ impl AcpiSupport {
 /// `acpi_bus_init` since 2.6 as `PREFIX "Core revision %08x"`).
 const ACPI_CORE_MARKER: &[u8] = b"ACPI: Core revision";
 
-/// Which of `markers` `file` (an uncompressed image) contains, in one pass
-/// read in chunks so that a large vmlinux is not held in memory.
-fn image_contains<const N: usize>(
-    file: &mut File,
+/// Which of `markers` `image` (an uncompressed kernel) contains, in one
+/// pass read in chunks so that a large vmlinux is not held in memory.
+fn image_contains<const N: usize, R: Read + Seek>(
+    image: &mut R,
     markers: [&[u8]; N],
 ) -> std::io::Result<[bool; N]> {
     const CHUNK: usize = 1 << 20;
@@ -180,9 +180,9 @@ fn image_contains<const N: usize>(
         .saturating_sub(1);
     let mut buf = vec![0u8; CHUNK + keep];
     let mut carried = 0;
-    file.seek(SeekFrom::Start(0))?;
+    image.seek(SeekFrom::Start(0))?;
     while !found.iter().all(|f| *f) {
-        let n = file.read(&mut buf[carried..])?;
+        let n = image.read(&mut buf[carried..])?;
         if n == 0 {
             break;
         }
@@ -211,6 +211,20 @@ pub struct KernelTraits {
 
 /// The line the syscall-via-#PF patch prints when enabled.
 const SYSCALL_VIA_PF_MARKER: &[u8] = b"ec2lab: syscall entry via #PF enabled";
+
+/// What a kernel ELF (a vmlinux file, or the payload the VMM decompressed
+/// from a bzImage) contains: Linux's ACPI core, BTF, our syscall patch.
+fn inspect_elf<R: Read + Seek>(elf: &mut R) -> std::io::Result<(AcpiSupport, KernelTraits)> {
+    let [acpi, syscall_via_pf] = image_contains(elf, [ACPI_CORE_MARKER, SYSCALL_VIA_PF_MARKER])?;
+    let btf = carries_btf(&ReadCache::new(elf));
+    Ok((
+        acpi_support(acpi),
+        KernelTraits {
+            btf,
+            syscall_via_pf,
+        },
+    ))
+}
 
 /// Whether an ELF kernel has a `.BTF` section (`CONFIG_DEBUG_INFO_BTF`):
 /// the type information of the whole kernel, which Linux parses at its
@@ -290,18 +304,7 @@ pub fn load_kernel(
         },
     };
     let (acpi, traits) = match format {
-        KernelFormat::Elf => {
-            let [acpi, syscall_via_pf] =
-                image_contains(&mut file, [ACPI_CORE_MARKER, SYSCALL_VIA_PF_MARKER]).map_err(io)?;
-            let btf = carries_btf(&ReadCache::new(&mut file));
-            (
-                acpi_support(acpi),
-                KernelTraits {
-                    btf,
-                    syscall_via_pf,
-                },
-            )
-        }
+        KernelFormat::Elf => inspect_elf(&mut file).map_err(io)?,
         KernelFormat::BzImage => (AcpiSupport::Assumed, KernelTraits::default()),
     };
     Ok(LoadedKernel {
@@ -388,15 +391,12 @@ fn load_decompressed(
         source,
     })?;
     check_fits(path, &result, mem_size)?;
-    let has_acpi = memchr::memmem::find(&elf, ACPI_CORE_MARKER).is_some();
+    let (acpi, traits) = inspect_elf(&mut std::io::Cursor::new(&elf)).map_err(io)?;
     Ok(Some(LoadedKernel {
         entry: elf_entry(&result),
         format: KernelFormat::BzImage,
-        acpi: acpi_support(has_acpi),
-        traits: KernelTraits {
-            btf: carries_btf(elf.as_slice()),
-            syscall_via_pf: memchr::memmem::find(&elf, SYSCALL_VIA_PF_MARKER).is_some(),
-        },
+        acpi,
+        traits,
         end: result.kernel_end,
         decompressed: Some(compression),
         setup_header: Some(setup_header),
