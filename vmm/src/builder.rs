@@ -483,14 +483,7 @@ pub fn build(
                     mem_size,
                 },
             )?;
-            let origin = Origin::Kernel {
-                entry: kernel.entry,
-                format: kernel.format,
-                decompressed: kernel.decompressed,
-                acpi: kernel.acpi,
-                traits: kernel.traits,
-            };
-            (cmdline, origin)
+            (cmdline, Origin::Kernel(kernel))
         }
         Start::Restore(snapshot, dir) => {
             // Interrupt controllers first, then each vCPU, then the

@@ -16,8 +16,8 @@ use ec2lab_vmm_api::api::HotplugMemoryStatus;
 use vm_memory::GuestMemoryMmap;
 
 use crate::api::{self, ApiServer};
+use crate::arch::x86_64::boot;
 use crate::arch::x86_64::regs::EntryMode;
-use crate::arch::x86_64::{boot, bzimage};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::devices::bus::lock;
@@ -53,15 +53,8 @@ pub use ec2lab_vmm_api::api::VmRunState as VmState;
 
 /// Where the guest came from.
 pub(crate) enum Origin {
-    /// A kernel booted by the VMM.
-    Kernel {
-        entry: EntryMode,
-        format: boot::KernelFormat,
-        decompressed: Option<bzimage::Compression>,
-        acpi: boot::AcpiSupport,
-        /// What the VMM found in the image.
-        traits: boot::KernelTraits,
-    },
+    /// A kernel booted by the VMM, as it was loaded.
+    Kernel(boot::LoadedKernel),
     /// A snapshot restored from this directory.
     Restored(PathBuf),
 }
@@ -377,14 +370,15 @@ impl Vmm {
         if matches!(self.tsc, TscSource::Calibrate) {
             log::warn!("KVM reported no TSC frequency; a guest that cannot calibrate will hang");
         }
-        let (entry, format, decompressed, acpi, traits) = match &self.origin {
-            Origin::Kernel {
-                entry,
-                format,
-                decompressed,
-                acpi,
-                traits,
-            } => (*entry, *format, *decompressed, *acpi, *traits),
+        let boot::LoadedKernel {
+            entry,
+            format,
+            decompressed,
+            acpi,
+            traits,
+            ..
+        } = match &self.origin {
+            Origin::Kernel(kernel) => *kernel,
             Origin::Restored(dir) => {
                 log::info!(
                     "restored from {} with {} vCPU(s), {} MiB; the guest booted with: {}",
